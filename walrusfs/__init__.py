@@ -1,0 +1,3 @@
+"""walrusfs: a verifiable decentralized filesystem on RedStuff-encoded storage peers."""
+
+__version__ = "0.1.0"
