@@ -9,6 +9,7 @@ import sys
 import click
 
 from . import __version__
+from .allocator import tune_allocator
 from .core.config import EncodingConfig
 from .core.errors import CodecError
 from .core.redstuff import compute_metadata
@@ -25,6 +26,7 @@ def _config(ctx: click.Context, param: click.Parameter, value: int) -> EncodingC
 @click.version_option(__version__, "-V", "--version", prog_name="walrusfs")
 def main() -> None:
     """walrusfs: a verifiable filesystem on RedStuff-encoded storage peers."""
+    tune_allocator()
 
 
 @main.command("blob-id")

@@ -45,14 +45,14 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return h.digest()
 
 
-def leaf_hashes(data: bytes, item_size: int, count: int) -> bytes:
-    """Leaf hashes of ``count`` consecutive ``item_size``-byte items of ``data``, concatenated."""
+def leaf_hashes(items: Iterable[bytes]) -> bytes:
+    """Leaf hashes of ``items``, concatenated into one level buffer."""
     copy = _LEAF.copy
     out = []
     append = out.append
-    for start in range(0, item_size * count, item_size):
+    for item in items:
         h = copy()
-        h.update(data[start : start + item_size])
+        h.update(item)
         append(h.digest())
     return b"".join(out)
 
@@ -83,7 +83,7 @@ def root_of_level(level: bytes) -> bytes:
 
 def root(items: Iterable[bytes]) -> bytes:
     """Merkle root over raw leaf data items."""
-    return root_of_level(b"".join(leaf_hash(item) for item in items))
+    return root_of_level(leaf_hashes(items))
 
 
 def proof_length(n_leaves: int) -> int:

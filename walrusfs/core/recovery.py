@@ -55,7 +55,7 @@ def needed_symbols(config: EncodingConfig, target: Axis) -> int:
 def recovery_symbols(config: EncodingConfig, sliver: Sliver, targets: Iterable[int]) -> list[RecoverySymbol]:
     """Symbols a holder of ``sliver`` sends to rebuild slivers ``targets`` on the other axis."""
     expanded = expanded_sliver(config, sliver)
-    level = b"".join(map(merkle.leaf_hash, expanded))
+    level = merkle.leaf_hashes(expanded)
     target_axis = _OTHER[sliver.axis]
     out = []
     for t in targets:

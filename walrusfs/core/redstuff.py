@@ -146,72 +146,69 @@ def expanded_sliver(config: EncodingConfig, sliver: Sliver) -> list[bytes]:
 
 def sliver_root(config: EncodingConfig, sliver: Sliver) -> bytes:
     """Merkle root over the sliver's expansion to n symbols: what the metadata commits to."""
-    return merkle.root_of_level(b"".join(map(merkle.leaf_hash, expanded_sliver(config, sliver))))
+    return merkle.root_of_level(merkle.leaf_hashes(expanded_sliver(config, sliver)))
 
 
-def _systematic_rows(data: bytes, config: EncodingConfig, symbol_size: int) -> list[bytes]:
-    """The p rows of the message matrix; only the rows past the end of the blob get padding."""
+def _message_rows(data: bytes, config: EncodingConfig, symbol_size: int) -> list[bytes]:
+    """The p rows of the message matrix; only rows past the blob's end get zero padding."""
     row_len = config.primary_sliver_size(len(data))
     rows = [data[r * row_len : (r + 1) * row_len] for r in range(config.primary_source_symbols)]
     return [row if len(row) == row_len else row + bytes(row_len - len(row)) for row in rows]
 
 
-def _primary_sources(data: bytes, config: EncodingConfig, symbol_size: int, parallel: bool) -> list[bytes]:
-    """The s source symbols of all n expanded rows, each row as one ``bytes``."""
+def _source_rows(data: bytes, config: EncodingConfig, symbol_size: int, parallel: bool) -> list[bytes]:
+    """The s source symbols of all n expanded rows, one contiguous ``bytes`` per row.
+
+    Parity rows are assembled column by column into preallocated buffers: holding every
+    parity symbol as its own object until the rows could be joined would cost ~50 bytes of
+    object header per symbol, doubling peak memory when symbols are small (large n).
+    """
     n, p, s = config.n_shards, config.primary_source_symbols, config.secondary_source_symbols
-    systematic = _systematic_rows(data, config, symbol_size)
-    # parity[k][c] is symbol (p + k, c); filled column by column, joined once per row so
-    # every byte of the output is written once (fresh pages are expensive on small VMs).
-    parity: list[list[bytes]] = [[b""] * s for _ in range(n - p)]
+    rows = _message_rows(data, config, symbol_size)
+    parity = [bytearray(s * symbol_size) for _ in range(n - p)]
 
     def encode_columns(columns: range) -> None:
         for c in columns:
-            start = c * symbol_size
-            column = [row[start : start + symbol_size] for row in systematic]
-            for k, symbol in enumerate(_rs.encode(column, n - p)):
-                parity[k][c] = symbol
+            lo, hi = c * symbol_size, (c + 1) * symbol_size
+            for buffer, symbol in zip(parity, _rs.encode([row[lo:hi] for row in rows], n - p)):
+                buffer[lo:hi] = symbol
 
     _map(encode_columns, _chunks(s, 2 * _workers()), parallel)
-    rows = systematic
     for k in range(n - p):
-        rows.append(b"".join(parity[k]))
-        parity[k] = []
+        rows.append(bytes(parity[k]))
+        parity[k] = bytearray()  # release each buffer once copied
     return rows
 
 
 @dataclass
 class _Rows:
-    """Intermediate result of expanding rows: per-row leaf hashes, roots and kept parity."""
+    """Expanded rows: the primary slivers, per-row leaf hashes and roots, kept parity."""
 
-    sources: list[bytes]
+    slivers: list[bytes]
     leaves: list[bytes]
     roots: list[bytes]
-    parity: dict[int, bytes]
+    #: Recovery symbols of rows r < p, joined: what secondary slivers n - s.. are made of.
+    parity: list[bytes]
 
 
-def _expand_rows(
-    data: bytes, config: EncodingConfig, symbol_size: int, keep_parity: Iterable[int], parallel: bool
-) -> _Rows:
-    n, s = config.n_shards, config.secondary_source_symbols
-    sources = _primary_sources(data, config, symbol_size, parallel)
-    keep = set(keep_parity)
+def _expand_rows(data: bytes, config: EncodingConfig, symbol_size: int, keep_parity: bool, parallel: bool) -> _Rows:
+    n, p, s = config.n_shards, config.primary_source_symbols, config.secondary_source_symbols
+    slivers = _source_rows(data, config, symbol_size, parallel)
     leaves: list[bytes] = [b""] * n
     roots: list[bytes] = [b""] * n
-    parity: dict[int, bytes] = {}
+    parity: list[bytes] = [b""] * p if keep_parity else []
 
     def expand(rows: range) -> None:
         for r in rows:
-            source = sources[r]
-            recovery = b"".join(_rs.encode(_split(source, symbol_size, s), n - s))
-            leaves[r] = merkle.leaf_hashes(source, symbol_size, s) + merkle.leaf_hashes(
-                recovery, symbol_size, n - s
-            )
+            source = _split(slivers[r], symbol_size, s)
+            recovery = _rs.encode(source, n - s)
+            leaves[r] = merkle.leaf_hashes(source) + merkle.leaf_hashes(recovery)
             roots[r] = merkle.root_of_level(leaves[r])
-            if r in keep:
-                parity[r] = recovery
+            if keep_parity and r < p:
+                parity[r] = b"".join(recovery)
 
     _map(expand, _chunks(n, 2 * _workers()), parallel)
-    return _Rows(sources, leaves, roots, parity)
+    return _Rows(slivers, leaves, roots, parity)
 
 
 def _column_roots(leaves: list[bytes], n: int, parallel: bool) -> list[bytes]:
@@ -245,7 +242,7 @@ def compute_metadata(data: bytes, config: EncodingConfig) -> BlobMetadata:
     data = _check_data(data)
     symbol_size = config.symbol_size(len(data))
     parallel = symbol_size >= _PARALLEL_MIN_SYMBOL
-    rows = _expand_rows(data, config, symbol_size, (), parallel)
+    rows = _expand_rows(data, config, symbol_size, False, parallel)
     return _metadata(len(data), rows.roots, _column_roots(rows.leaves, config.n_shards, parallel))
 
 
@@ -255,22 +252,20 @@ def encode_blob(data: bytes, config: EncodingConfig) -> EncodedBlob:
     n, p = config.n_shards, config.primary_source_symbols
     symbol_size = config.symbol_size(len(data))
     parallel = symbol_size >= _PARALLEL_MIN_SYMBOL
-    rows = _expand_rows(data, config, symbol_size, range(p), parallel)
+    rows = _expand_rows(data, config, symbol_size, True, parallel)
     metadata = _metadata(len(data), rows.roots, _column_roots(rows.leaves, n, parallel))
     del rows.leaves[:]
     s = config.secondary_source_symbols
     pairs = []
     for i in range(n):
         column = n - 1 - i
-        if column < s:
-            start, held = column * symbol_size, rows.sources[:p]
-        else:
-            start, held = (column - s) * symbol_size, [rows.parity[r] for r in range(p)]
-        secondary = b"".join([row[start : start + symbol_size] for row in held])
+        held = rows.slivers[:p] if column < s else rows.parity
+        lo = (column if column < s else column - s) * symbol_size
+        secondary = b"".join([row[lo : lo + symbol_size] for row in held])
         pairs.append(
             SliverPair(
                 i,
-                Sliver(Axis.PRIMARY, i, symbol_size, rows.sources[i]),
+                Sliver(Axis.PRIMARY, i, symbol_size, rows.slivers[i]),
                 Sliver(Axis.SECONDARY, column, symbol_size, secondary),
             )
         )
@@ -411,14 +406,11 @@ def primary_slivers_of(data: bytes, config: EncodingConfig, rows: Iterable[int])
     wanted = list(rows)
     for r in wanted:
         config.check_index(r, "primary sliver")
-    p = config.primary_source_symbols
-    if all(r < p for r in wanted):
-        systematic = _systematic_rows(data, config, symbol_size)
-        sources = {r: systematic[r] for r in wanted}
+    if all(r < config.primary_source_symbols for r in wanted):
+        rows = _message_rows(data, config, symbol_size)
     else:
-        all_rows = _primary_sources(data, config, symbol_size, symbol_size >= _PARALLEL_MIN_SYMBOL)
-        sources = {r: all_rows[r] for r in wanted}
-    return [Sliver(Axis.PRIMARY, r, symbol_size, sources[r]) for r in wanted]
+        rows = _source_rows(data, config, symbol_size, symbol_size >= _PARALLEL_MIN_SYMBOL)
+    return [Sliver(Axis.PRIMARY, r, symbol_size, rows[r]) for r in wanted]
 
 
 def check_consistency(
