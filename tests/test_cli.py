@@ -53,6 +53,7 @@ def test_blob_id_json(reference_file: Path) -> None:
         "symbolSize": 2,
         "encodedLength": 6940,
         "overheadFactor": round(6940 / 33, 3),
+        "walrusCompatible": True,
     }
 
 
@@ -89,12 +90,23 @@ def test_wrong_arguments_fail_with_usage_errors(reference_file: Path, args: list
     assert "Traceback" not in result.stderr
 
 
+def test_blobs_beyond_walrus_limits_are_flagged(tmp_path: Path) -> None:
+    path = tmp_path / "large"
+    path.write_bytes(bytes(EncodingConfig(4).walrus_max_blob_size + 1))
+    result = walrusfs("blob-id", str(path), "--shards", "4")
+    assert result.returncode == 0, result.stderr
+    assert "walrusfs extension" in result.stdout
+    assert json.loads(walrusfs("blob-id", str(path), "-n", "4", "--json").stdout)["walrusCompatible"] is False
+
+
 def test_file_too_large_for_one_blob(tmp_path: Path) -> None:
     big = tmp_path / "big"
-    big.write_bytes(bytes(EncodingConfig(4).max_blob_size + 1))
+    limit = EncodingConfig(4).max_blob_size
+    with big.open("wb") as f:
+        f.truncate(limit + 1)  # sparse: the size check comes before any read
     result = walrusfs("blob-id", str(big), "--shards", "4")
     assert result.returncode == 1
-    assert "holds at most 393204 bytes" in result.stderr
+    assert f"holds at most {limit} bytes" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -160,8 +160,9 @@ def test_malformed_inputs_raise_codec_errors() -> None:
         decode_primary(config, 1000, [encoded.pairs[0].secondary])
     with pytest.raises(InvalidParameter, match="exceeds the blob length"):
         decode_primary(config, 1000, primaries(encoded, range(3)), 900, 200)
-    with pytest.raises(BlobTooLarge):
-        encode_blob(bytes(config.max_blob_size + 1), config)
+    small = EncodingConfig(7, max_symbol_size=4)
+    with pytest.raises(BlobTooLarge, match="exceeds the maximum of 60 bytes"):
+        encode_blob(bytes(61), small)
     with pytest.raises(InvalidParameter, match="must be bytes"):
         encode_blob("text", config)  # type: ignore[arg-type]
     assert issubclass(BlobTooLarge, CodecError)

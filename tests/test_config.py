@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from walrusfs.core.config import MAX_SYMBOL_SIZE, EncodingConfig
+from walrusfs.core.config import MAX_SYMBOL_SIZE, WALRUS_MAX_SYMBOL_SIZE, EncodingConfig
 from walrusfs.core.errors import BlobTooLarge, CodecError, InvalidParameter
 
 
@@ -21,15 +21,15 @@ def test_source_symbol_counts(n: int, f: int, p: int, s: int) -> None:
     assert config.validity_threshold == f + 1
 
 
-@given(st.integers(4, 1200), st.integers(0, 10**7))
-def test_symbol_size_is_smallest_even_size_that_fits(n: int, length: int) -> None:
-    config = EncodingConfig(n)
+@given(st.integers(4, 1200), st.integers(0, 10**10), st.sampled_from([WALRUS_MAX_SYMBOL_SIZE, MAX_SYMBOL_SIZE]))
+def test_symbol_size_is_smallest_even_size_that_fits(n: int, length: int, cap: int) -> None:
+    config = EncodingConfig(n, cap)
     if length > config.max_blob_size:
         with pytest.raises(BlobTooLarge):
             config.symbol_size(length)
         return
     size = config.symbol_size(length)
-    assert size % 2 == 0 and 2 <= size <= MAX_SYMBOL_SIZE
+    assert size % 2 == 0 and 2 <= size <= cap
     assert size * config.source_symbols >= length
     assert size == 2 or (size - 2) * config.source_symbols < length
 
@@ -39,7 +39,15 @@ def test_reference_sizes() -> None:
     assert config.symbol_size(33) == 2
     # Walrus's own test value for an empty blob on 10 shards.
     assert config.encoded_blob_length(0) == 10 * (2 * 11 + 10 * 64 + 32)
-    assert EncodingConfig(7).max_blob_size == 15 * 65534
+    assert EncodingConfig(7).walrus_max_blob_size == 15 * 65534
+    assert EncodingConfig(7, WALRUS_MAX_SYMBOL_SIZE).max_blob_size == 15 * 65534
+    assert EncodingConfig(7).max_blob_size == 15 * (32 << 20)
+
+
+@pytest.mark.parametrize("bad", [0, 3, -2, 2.0, True])
+def test_bad_symbol_caps_are_rejected(bad: object) -> None:
+    with pytest.raises(InvalidParameter, match="maximum symbol size"):
+        EncodingConfig(7, bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [0, 3, -1, 65536, 4.0, "7", True, None])

@@ -1,18 +1,42 @@
-"""The ``walrusfs`` command line."""
+"""The ``walrusfs`` command line.
+
+Exit codes scripts can rely on: 0 success, 1 the operation failed (peers unreachable,
+too few valid answers), 2 usage error, 3 the blob is invalid (inconsistently encoded),
+4 the blob does not exist.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from . import __version__
 from .allocator import tune_allocator
+from .core.committee import Committee, CommitteeError, parse_committee
 from .core.config import EncodingConfig
 from .core.errors import CodecError
+from .core.metadata import BlobId
 from .core.redstuff import compute_metadata
+
+EXIT_FAILED = 1
+EXIT_INVALID = 3
+EXIT_NOT_FOUND = 4
+_T = TypeVar("_T")
+
+
+class Failure(click.ClickException):
+    """An operation failed; exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = code
 
 
 def _config(ctx: click.Context, param: click.Parameter, value: int) -> EncodingConfig:
@@ -20,6 +44,70 @@ def _config(ctx: click.Context, param: click.Parameter, value: int) -> EncodingC
         return EncodingConfig(value)
     except CodecError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
+def _blob_id(ctx: click.Context, param: click.Parameter, value: str) -> BlobId:
+    try:
+        return BlobId.parse(value)
+    except CodecError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
+def default_committee_path() -> Path:
+    """$WALRUSFS_COMMITTEE, else committee.toml in the user's config directory."""
+    if os.environ.get("WALRUSFS_COMMITTEE"):
+        return Path(os.environ["WALRUSFS_COMMITTEE"])
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("walrusfs")) / "committee.toml"
+
+
+def load_committee(path: Path | None) -> Committee:
+    """The committee from ``path`` or the default location, with a usable error if absent."""
+    path = path or default_committee_path()
+    try:
+        return parse_committee(path.read_text())
+    except FileNotFoundError:
+        raise click.UsageError(
+            f"no committee file at {path}; pass --committee FILE or set WALRUSFS_COMMITTEE "
+            "(walrusfs devnet up writes DIR/committee.toml)"
+        ) from None
+    except CommitteeError as exc:
+        raise click.UsageError(f"{path}: {exc}") from None
+
+
+committee_option = click.option(
+    "--committee", "committee_path", type=click.Path(dir_okay=False, path_type=Path),
+    help="Committee file (default: $WALRUSFS_COMMITTEE, then the user config directory).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _with_client(committee: Committee, job: Callable[[Any], Awaitable[_T]]) -> _T:
+    """Run ``job(client)`` under trio with an ephemeral libp2p identity."""
+    import trio
+
+    from p2p.host import configure_logging, running_host
+
+    from .client import Client
+
+    # Clients report unreachable peers themselves; libp2p logs every refused dial as ERROR.
+    configure_logging(logging.CRITICAL)
+
+    async def main() -> _T:
+        # Errors are caught inside the host's block and re-raised after it closed, so they
+        # reach the caller as themselves, not wrapped in libp2p's nursery exception groups.
+        failure: Exception | None = None
+        async with running_host(os.urandom(32)) as host:
+            try:
+                result = await job(Client(host, committee))
+            except Exception as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+        return result
+
+    return trio.run(main)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +123,7 @@ def main() -> None:
     "--shards", "-n", "config", type=int, required=True, callback=_config, metavar="N",
     help="Number of shards in the committee (at least 4).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+@json_option
 def blob_id(file: str, config: EncodingConfig, as_json: bool) -> None:
     """Print the Walrus blob ID of FILE encoded for N shards (use - for stdin)."""
     if file != "-":
@@ -62,6 +150,7 @@ def blob_id(file: str, config: EncodingConfig, as_json: bool) -> None:
         "symbolSize": config.symbol_size(length),
         "encodedLength": encoded,
         "overheadFactor": round(encoded / length, 3) if length else None,
+        "walrusCompatible": length <= config.walrus_max_blob_size,
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -73,6 +162,279 @@ def blob_id(file: str, config: EncodingConfig, as_json: bool) -> None:
     click.echo("Encoding type: RedStuff/Reed-Solomon (RS2)")
     click.echo(f"Shards: {config.n_shards} (symbol size {report['symbolSize']} bytes)")
     click.echo(f"Encoded size: {encoded} bytes (overhead {overhead})")
+    if not report["walrusCompatible"]:
+        click.echo(
+            f"Note: Walrus itself encodes at most {config.walrus_max_blob_size} bytes for "
+            f"{config.n_shards} shards; this larger blob is a walrusfs extension."
+        )
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Create a peer identity (Ed25519) in DIRECTORY."""
+    from .identity import IdentityError, create_identity
+
+    try:
+        identity = create_identity(directory)
+    except IdentityError as exc:
+        raise Failure(str(exc)) from exc
+    click.echo(f"peer_id = \"{identity.peer_id}\"")
+    click.echo(f"public_key = \"{identity.public_key.hex()}\"")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@committee_option
+@click.option("--fault", type=click.Choice(["corrupt-slivers", "wrong-metadata", "bad-confirmations"]),
+              hidden=True, help="TEST ONLY: misbehave in this way.")
+def peer(directory: Path, committee_path: Path | None, fault: str | None) -> None:
+    """Run a storage peer from its data DIRECTORY until SIGTERM."""
+    import trio
+
+    from p2p.host import configure_logging
+
+    from .identity import IdentityError, load_identity
+    from .peer import Fault, run_peer
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    configure_logging(logging.WARNING)
+    committee = load_committee(committee_path)
+    try:
+        identity = load_identity(directory)
+        committee.index_of(identity.peer_id)
+    except (IdentityError, CommitteeError) as exc:
+        raise Failure(str(exc)) from exc
+    trio.run(run_peer, directory, identity, committee, Fault(fault) if fault else None)
+
+
+@main.group()
+def devnet() -> None:
+    """A local network of peer processes on 127.0.0.1."""
+
+
+def _wait_ready(directory: Path, committee: Committee, indices: list[int], limit: float = 60.0) -> None:
+    import time
+
+    from . import devnet as dn
+
+    deadline = time.monotonic() + limit
+    while True:
+        status = _with_client(committee, lambda client: client.health())
+        waiting = [k for k in indices if not status[k]["reachable"]]
+        if not waiting:
+            return
+        dead = [k for k in waiting if k not in dn.running(directory)]
+        if dead or time.monotonic() > deadline:
+            logs = "\n".join(
+                f"--- {dn.peer_dir(directory, k) / 'peer.log'}:\n"
+                + (dn.peer_dir(directory, k) / "peer.log").read_text()[-2000:] for k in waiting
+            )
+            raise Failure(f"peers {waiting} did not come up:\n{logs}")
+        time.sleep(0.2)
+
+
+@devnet.command("up")
+@click.option("--peers", "count", type=click.IntRange(4, 200), default=7, show_default=True, help="Number of peers.")
+@click.option("--fault", "faults", multiple=True, hidden=True, metavar="K=MODE",
+              help="TEST ONLY: start peer K in fault mode MODE.")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def devnet_up(count: int, faults: tuple[str, ...], directory: Path) -> None:
+    """Start COUNT peers with data in DIRECTORY and write DIRECTORY/committee.toml."""
+    from . import devnet as dn
+
+    modes: dict[int, str] = {}
+    for item in faults:
+        index, _, mode = item.partition("=")
+        if not index.isdigit() or not mode:
+            raise click.BadParameter(f"expected K=MODE, got {item!r}", param_hint="--fault")
+        modes[int(index)] = mode
+    try:
+        committee = dn.create(directory, count)
+        started = [k for k in range(count) if k not in dn.running(directory)]
+        for k in started:
+            dn.start_peer(directory, k, modes.get(k))
+    except dn.DevnetError as exc:
+        raise Failure(str(exc)) from exc
+    _wait_ready(directory, committee, list(range(count)))
+    path = (directory / dn.COMMITTEE_FILE).resolve()
+    click.echo(f"{count} peers running (n = {committee.n_shards}, f = {committee.f}); committee: {path}")
+    click.echo(f"  export WALRUSFS_COMMITTEE={path}")
+    click.echo("  walrusfs store FILE; walrusfs read BLOB_ID -o OUT; walrusfs health")
+    click.echo(f"  walrusfs devnet down {directory}")
+
+
+@devnet.command("down")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def devnet_down(directory: Path) -> None:
+    """Stop every peer of the devnet in DIRECTORY."""
+    from . import devnet as dn
+
+    try:
+        stopped = dn.down(directory)
+    except dn.DevnetError as exc:
+        raise Failure(str(exc)) from exc
+    click.echo(f"stopped {len(stopped)} peers")
+
+
+@devnet.command("stop")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--peer", "index", type=int, required=True, help="Index of the peer to stop.")
+@click.option("--kill", is_flag=True, help="SIGKILL instead of SIGTERM (a crash).")
+def devnet_stop(directory: Path, index: int, kill: bool) -> None:
+    """Stop one peer of the devnet (a fault drill)."""
+    from . import devnet as dn
+
+    if not dn.stop_peer(directory, index, kill=kill):
+        raise Failure(f"peer {index} is not running")
+    click.echo(f"peer {index} stopped")
+
+
+@devnet.command("start")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--peer", "index", type=int, required=True, help="Index of the peer to start.")
+def devnet_start(directory: Path, index: int) -> None:
+    """Start one stopped peer of the devnet again."""
+    from . import devnet as dn
+
+    committee = load_committee(directory / dn.COMMITTEE_FILE)
+    try:
+        dn.start_peer(directory, index)
+    except dn.DevnetError as exc:
+        raise Failure(str(exc)) from exc
+    _wait_ready(directory, committee, [index])
+    click.echo(f"peer {index} running")
+
+
+def _progress(label: str, total: int) -> Any:
+    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False, width=30)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@committee_option
+@json_option
+def store(file: str, committee_path: Path | None, as_json: bool) -> None:
+    """Store FILE as a blob; print its blob ID and availability certificate."""
+    from .client import StoreError
+
+    committee = load_committee(committee_path)
+    config = committee.config
+    with click.open_file(file, "rb") as stream:
+        data = stream.read(config.max_blob_size + 1)
+    if len(data) > config.max_blob_size:
+        raise Failure(f"{file} is larger than one blob for {config.n_shards} shards ({config.max_blob_size} bytes)")
+    total = config.encoded_slivers_length(len(data))
+    with _progress("storing", total) as bar:
+        try:
+            result = _with_client(committee, lambda client: client.store(data, progress=bar.update))
+        except StoreError as exc:
+            raise Failure(str(exc)) from exc
+    cert = result.certificate
+    report = {
+        "blobId": str(result.blob_id),
+        "unencodedLength": len(data),
+        "epoch": cert.epoch,
+        "certificate": {
+            "signers": [committee.peers[i].peer_id for i in cert.signers],
+            "shards": committee.weight(cert.signers),
+            "quorum": committee.quorum,
+            "signatures": [sig.hex() for sig in cert.signatures],
+        },
+        "failures": result.failures,
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"Blob ID: {result.blob_id}")
+    click.echo(f"Size: {len(data)} bytes on {committee.n_shards} shards")
+    click.echo(
+        f"Certificate: {len(cert.signers)} peers holding {committee.weight(cert.signers)} of "
+        f"{committee.n_shards} shards signed (quorum {committee.quorum}), epoch {cert.epoch}"
+    )
+    for peer_id, why in sorted(result.failures.items()):
+        click.echo(f"  not confirmed by {peer_id}: {why}")
+
+
+@main.command()
+@click.argument("blob", metavar="BLOB_ID", callback=_blob_id)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@click.option("--offset", type=click.IntRange(0), default=0, help="First byte to read.")
+@click.option("--length", type=click.IntRange(0), default=None, help="Bytes to read (default: to the end).")
+@click.option("--strict", is_flag=True, help="Recompute the blob ID from the decoded bytes.")
+@committee_option
+def read(blob: BlobId, output: Path | None, offset: int, length: int | None, strict: bool, committee_path: Path | None) -> None:
+    """Read blob BLOB_ID back, verified against its commitments."""
+    from .client import InvalidBlobError, ReadError
+
+    committee = load_committee(committee_path)
+
+    async def job(client: Any) -> bytes:
+        metadata = await client.get_metadata(blob)
+        size = metadata.unencoded_length - offset if length is None else length
+        with _progress("reading", max(size, 1)) as bar:
+            return await client.read(blob, offset, size, strict=strict, progress=lambda k: bar.update(min(k, size)))
+
+    try:
+        data = _with_client(committee, job)
+    except InvalidBlobError as exc:
+        raise Failure(str(exc), EXIT_INVALID) from exc
+    except ReadError as exc:
+        code = EXIT_NOT_FOUND if "does not exist" in str(exc) else EXIT_FAILED
+        raise Failure(str(exc), code) from exc
+    if output:
+        tmp = output.with_name(output.name + ".partial")
+        tmp.write_bytes(data)
+        tmp.replace(output)
+        click.echo(f"wrote {len(data)} bytes to {output}", err=True)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+@main.command("blob-status")
+@click.argument("blob", metavar="BLOB_ID", callback=_blob_id)
+@committee_option
+@json_option
+def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> None:
+    """Show which peers hold which slivers of BLOB_ID and who confirmed it."""
+    committee = load_committee(committee_path)
+    status = _with_client(committee, lambda client: client.blob_status(blob))
+    confirmed = [s for s in status if s.get("confirmed")]
+    weight = sum(len(s["shards"]) for s in confirmed)
+    if as_json:
+        click.echo(json.dumps({"blobId": str(blob), "confirmedShards": weight, "quorum": committee.quorum,
+                               "certified": weight >= committee.quorum, "peers": status}, indent=2))
+        return
+    click.echo(f"Blob {blob}: confirmed by peers holding {weight} of {committee.n_shards} shards "
+               f"({'certifiable' if weight >= committee.quorum else 'below quorum ' + str(committee.quorum)})")
+    for s in status:
+        if not s["reachable"]:
+            click.echo(f"  {s['peer_id']}: unreachable ({s['error']})")
+            continue
+        held = "all" if sorted(s["pairs"]) == s["pairs_expected"] else f"{s['pairs']} of {s['pairs_expected']}"
+        click.echo(f"  {s['peer_id']}: shards {s['shards']}, pairs {held}, metadata {'yes' if s['metadata'] else 'no'}, "
+                   f"{'confirmed' if s['confirmed'] else 'not confirmed'}")
+
+
+@main.command()
+@committee_option
+@json_option
+def health(committee_path: Path | None, as_json: bool) -> None:
+    """Show each peer: reachable, shards, stored bytes, version."""
+    committee = load_committee(committee_path)
+    status = _with_client(committee, lambda client: client.health())
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    else:
+        for s in status:
+            if s["reachable"]:
+                click.echo(f"{s['peer_id']}  up    shards {s['shards']}  blobs {s['blobs']}  "
+                           f"stored {s['stored_bytes']} bytes  version {s['version']}")
+            else:
+                click.echo(f"{s['peer_id']}  DOWN  {s['error']}")
+    if not all(s["reachable"] for s in status):
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":  # pragma: no cover

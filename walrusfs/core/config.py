@@ -8,8 +8,13 @@ from .errors import BlobTooLarge, InvalidParameter
 
 #: Encoding type byte of RedStuff over Reed-Solomon, as in Walrus.
 RS2 = 1
-#: Largest symbol size: Walrus stores it as u16 and Reed-Solomon shards must be even.
-MAX_SYMBOL_SIZE = 65534
+#: Walrus's largest symbol size: it keeps symbol sizes in a u16, and shards must be even.
+WALRUS_MAX_SYMBOL_SIZE = 65534
+#: walrusfs's default largest symbol size. Walrus's cap limits a blob to p*s*65534 bytes,
+#: 983,010 bytes for a 7-peer committee, too small for the multi-MiB chunks a filesystem on
+#: a small committee wants. Symbol sizes follow the same formula either way, so every blob
+#: Walrus accepts has the same blob ID here; larger blobs are a walrusfs extension.
+MAX_SYMBOL_SIZE = 32 << 20
 #: reed-solomon-simd supports up to 65535 shards in total; n x n expansion bounds us far lower.
 MAX_SHARDS = 65535
 MIN_SHARDS = 4
@@ -20,6 +25,7 @@ class EncodingConfig:
     """RedStuff parameters for a committee of ``n_shards`` shards."""
 
     n_shards: int
+    max_symbol_size: int = MAX_SYMBOL_SIZE
 
     def __post_init__(self) -> None:
         n = self.n_shards
@@ -29,6 +35,9 @@ class EncodingConfig:
             raise InvalidParameter(
                 f"shard count must be between {MIN_SHARDS} and {MAX_SHARDS}, got {n}"
             )
+        cap = self.max_symbol_size
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 2 or cap % 2:
+            raise InvalidParameter(f"maximum symbol size must be a positive even integer, got {cap!r}")
 
     @property
     def n(self) -> int:
@@ -68,7 +77,12 @@ class EncodingConfig:
     @property
     def max_blob_size(self) -> int:
         """Largest blob this config can encode, in bytes."""
-        return self.source_symbols * MAX_SYMBOL_SIZE
+        return self.source_symbols * self.max_symbol_size
+
+    @property
+    def walrus_max_blob_size(self) -> int:
+        """Largest blob Walrus itself encodes for this many shards (symbols of at most 65534 bytes)."""
+        return self.source_symbols * WALRUS_MAX_SYMBOL_SIZE
 
     def check_blob_size(self, length: int) -> None:
         """Raise ``BlobTooLarge`` or ``InvalidParameter`` unless ``length`` is encodable."""
@@ -77,7 +91,7 @@ class EncodingConfig:
         if length > self.max_blob_size:
             raise BlobTooLarge(
                 f"blob of {length} bytes exceeds the maximum of {self.max_blob_size} bytes "
-                f"for {self.n_shards} shards (symbol size is capped at {MAX_SYMBOL_SIZE})"
+                f"for {self.n_shards} shards (symbol size is capped at {self.max_symbol_size})"
             )
 
     def symbol_size(self, length: int) -> int:

@@ -1,0 +1,89 @@
+"""Request/response framing over libp2p streams.
+
+One frame is ``u32 header length | header | u64 body length | body``. The header is opaque
+here (walrusfs puts canonical CBOR in it); the body is raw bytes that may be large, so it
+is delivered in chunks as they arrive and never buffered whole by this layer. Both lengths
+are checked against the caller's limits before anything is read, so an oversized or
+truncated frame costs the reader nothing but an error.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+
+from libp2p.network.stream.exceptions import StreamEOF
+
+#: Yamux and Noise both move big writes far faster than small ones (70-90 MB/s at 1 MiB
+#: writes, 16-21 MB/s at 8 KiB).
+CHUNK = 1 << 20
+_HEADER_PREFIX = struct.Struct(">I")
+_BODY_PREFIX = struct.Struct(">Q")
+
+
+class FrameError(Exception):
+    """The peer sent a frame that is truncated or exceeds the agreed limits."""
+
+
+class FrameReader:
+    """Reads frames from a stream in large reads."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def _more(self) -> bool:
+        try:
+            chunk = await self._stream.read(CHUNK)  # type: ignore[attr-defined]
+        except StreamEOF:
+            return False
+        if not chunk:
+            return False
+        self._buffer += chunk
+        return True
+
+    async def _exactly(self, count: int, what: str) -> bytes:
+        while len(self._buffer) < count:
+            if not await self._more():
+                raise FrameError(f"stream ended inside the {what} ({len(self._buffer)} of {count} bytes)")
+        out = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return out
+
+    async def read_header(self, max_size: int) -> bytes:
+        """The next frame's header, at most ``max_size`` bytes."""
+        (size,) = _HEADER_PREFIX.unpack(await self._exactly(_HEADER_PREFIX.size, "header length"))
+        if size > max_size:
+            raise FrameError(f"header of {size} bytes exceeds the limit of {max_size}")
+        return await self._exactly(size, "header")
+
+    async def body_length(self, max_size: int) -> int:
+        """The length of the body that follows the header, checked against ``max_size``."""
+        (size,) = _BODY_PREFIX.unpack(await self._exactly(_BODY_PREFIX.size, "body length"))
+        if size > max_size:
+            raise FrameError(f"body of {size} bytes exceeds the limit of {max_size}")
+        return size
+
+    async def body_chunks(self, length: int) -> AsyncIterator[bytes]:
+        """Yield the body's ``length`` bytes as they arrive."""
+        left = length
+        while left:
+            if not self._buffer and not await self._more():
+                raise FrameError(f"stream ended inside the body ({length - left} of {length} bytes)")
+            piece = bytes(self._buffer[:left])
+            del self._buffer[: len(piece)]
+            left -= len(piece)
+            yield piece
+
+    async def read_body(self, max_size: int) -> bytes:
+        """The whole body, for bodies small enough to hold in memory."""
+        length = await self.body_length(max_size)
+        return b"".join([chunk async for chunk in self.body_chunks(length)])
+
+
+async def write_frame(stream: object, header: bytes, body: bytes | memoryview = b"") -> None:
+    """Write one frame, the body in large writes."""
+    await stream.write(_HEADER_PREFIX.pack(len(header)) + header + _BODY_PREFIX.pack(len(body)))  # type: ignore[attr-defined]
+    view = memoryview(body)
+    for start in range(0, len(view), CHUNK):
+        await stream.write(bytes(view[start : start + CHUNK]))  # type: ignore[attr-defined]

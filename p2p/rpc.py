@@ -1,0 +1,97 @@
+"""Request/response over libp2p streams: one frame each way per stream.
+
+A handler exception escaping a libp2p stream handler takes the whole host down, so every
+handler is wrapped: framing errors are answered with an error header built by the caller's
+``on_error`` and anything else resets just that stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from libp2p.abc import IHost
+from libp2p.custom_types import TProtocol
+from libp2p.peer.peerinfo import PeerInfo
+
+from .framing import FrameError, FrameReader, write_frame
+
+log = logging.getLogger("p2p.rpc")
+
+#: handler(reader, remote peer ID) -> (response header, response body)
+Handler = Callable[[FrameReader, str], Awaitable[tuple[bytes, bytes]]]
+
+
+class PeerUnavailable(Exception):
+    """A peer could not be reached, refused the protocol or broke off the exchange."""
+
+    def __init__(self, peer_id: str, reason: str) -> None:
+        super().__init__(f"peer {peer_id}: {reason}")
+        self.peer_id = peer_id
+        self.reason = reason
+
+
+def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exception], bytes]) -> None:
+    """Answer requests on ``protocol`` with ``handler``, never letting an error reach the host."""
+
+    async def on_stream(stream: object) -> None:
+        remote = str(stream.muxed_conn.peer_id)  # type: ignore[attr-defined]
+        try:
+            try:
+                header, body = await handler(FrameReader(stream), remote)
+            except FrameError as exc:
+                header, body = on_error(exc), b""
+            await write_frame(stream, header, body)
+            await stream.close()  # type: ignore[attr-defined]
+        except Exception:
+            log.warning("request on %s from %s failed", protocol, remote, exc_info=True)
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.reset()  # type: ignore[attr-defined]
+                except Exception:
+                    pass
+
+    host.set_stream_handler(TProtocol(protocol), on_stream)
+
+
+async def request(
+    host: IHost,
+    peer: PeerInfo,
+    protocol: str,
+    header: bytes,
+    body: bytes | memoryview = b"",
+    *,
+    max_header: int,
+    max_body: int,
+) -> tuple[bytes, bytes]:
+    """Send one request frame to ``peer`` and return its response (header, body)."""
+    peer_id = str(peer.peer_id)
+    try:
+        network = host.get_network()
+        if not network.get_connections(peer.peer_id):
+            # A failed dial blocks the peer for 60 s; a peer that restarted must be reachable
+            # at once, and callers already decide how often to retry.
+            unblock = getattr(network, "unblock_peer", None)
+            if unblock is not None:
+                unblock(peer.peer_id)
+            await host.connect(peer)
+        stream = await host.new_stream(peer.peer_id, [TProtocol(protocol)])
+    except Exception as exc:
+        raise PeerUnavailable(peer_id, f"cannot open {protocol}: {exc or type(exc).__name__}") from exc
+    try:
+        await write_frame(stream, header, body)
+        reader = FrameReader(stream)
+        response = await reader.read_header(max_header)
+        response_body = await reader.read_body(max_body)
+    except BaseException as exc:
+        with trio.CancelScope(shield=True):
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+        if isinstance(exc, Exception):
+            raise PeerUnavailable(peer_id, f"{protocol} exchange failed: {exc or type(exc).__name__}") from exc
+        raise
+    await stream.close()
+    return response, response_body

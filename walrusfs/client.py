@@ -1,0 +1,354 @@
+"""The blob client: store a blob on the committee and read it back verified.
+
+Nothing here trusts a peer: metadata is checked against the blob ID, every sliver against
+the metadata, every confirmation against the signer's key in the committee file. Progress
+is decided by counting valid answers, never by timeouts: slow peers are waited for
+concurrently while the others answer, and a failure report names who failed and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2p.host import IHost, peer_info
+from p2p.rpc import PeerUnavailable
+from p2p.rpc import request as rpc_request
+
+from .core import messages as m
+from .core.certificates import Certificate, assemble_certificate, verify_confirmation
+from .core.committee import Committee
+from .core.errors import CodecError, InconsistentBlob
+from .core.metadata import BlobId, BlobMetadata
+from .core.redstuff import (
+    Axis,
+    EncodedBlob,
+    Sliver,
+    check_consistency,
+    decode_primary,
+    decode_secondary,
+    encode_blob,
+    rows_for_range,
+    verify_sliver,
+)
+from .core.wire import field as wire_field
+
+log = logging.getLogger("walrusfs.client")
+
+#: After the quorum, keep delivering to the remaining peers this long so they need not heal.
+GRACE_PERIOD = 2.0
+
+Progress = Callable[[int], None]
+
+
+class StoreError(Exception):
+    """The committee did not certify the blob."""
+
+
+class ReadError(Exception):
+    """The blob could not be read back verified."""
+
+
+class InvalidBlobError(ReadError):
+    """The blob's encoding is inconsistent: no honest reader returns bytes for it."""
+
+
+@dataclass
+class StoreResult:
+    """Outcome of a store: blob ID, certificate and what each peer did."""
+
+    blob_id: BlobId
+    metadata: BlobMetadata
+    certificate: Certificate
+    confirmed: list[str]
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, PeerUnavailable):
+        return exc.reason
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, CodecError) else str(exc)
+
+
+class Client:
+    """Talks to the committee through a libp2p host."""
+
+    def __init__(self, host: IHost, committee: Committee) -> None:
+        self.host = host
+        self.committee = committee
+        self.n = committee.n_shards
+        self.config = committee.config
+
+    async def _call(self, peer: int, protocol: str, body: bytes | memoryview = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
+        info = self.committee.peers[peer]
+        header, response_body = await rpc_request(
+            self.host, peer_info(info.peer_id, info.addrs), protocol, m.request(**fields), body,
+            max_header=m.MAX_HEADER, max_body=m.MAX_BODY,
+        )
+        return m.parse_response(header), response_body
+
+    # ------------------------------------------------------------------ store
+
+    async def store(self, data: bytes, progress: Progress | None = None, grace: float = GRACE_PERIOD) -> StoreResult:
+        """Encode and store ``data``; return once peers holding 2f + 1 shards confirmed."""
+        encoded: EncodedBlob = await trio.to_thread.run_sync(encode_blob, data, self.config)
+        blob_id = encoded.blob_id
+        metadata_wire = m.metadata_to_wire(encoded.metadata)
+        signatures: dict[int, bytes] = {}
+        failures: dict[str, str] = {}
+        quorum_reached = trio.Event()
+        all_done = trio.Event()
+        remaining = len(self.committee.peers)
+
+        async def store_on(peer: int) -> None:
+            nonlocal remaining
+            info = self.committee.peers[peer]
+            try:
+                await self._call(peer, m.PUT_METADATA, blob_id=blob_id.raw, metadata=metadata_wire)
+                for shard in info.shards:
+                    pair = encoded.pairs[blob_id.pair_for_shard(shard, self.n)]
+                    await self._call(peer, m.PUT_PAIR, pair.primary.data + pair.secondary.data,
+                                     blob_id=blob_id.raw, pair=pair.index)
+                    if progress:
+                        progress(len(pair.primary.data) + len(pair.secondary.data))
+                reply, _ = await self._call(peer, m.GET_CONFIRMATION, blob_id=blob_id.raw)
+                signature = wire_field(reply, "signature", bytes)
+                verify_confirmation(info.public_key, self.committee.epoch, blob_id, signature)
+                signatures[peer] = signature
+                if self.committee.weight(signatures) >= self.committee.quorum:
+                    quorum_reached.set()
+            except (PeerUnavailable, CodecError) as exc:
+                failures[info.peer_id] = _describe(exc)
+            finally:
+                remaining -= 1
+                if remaining == 0:
+                    all_done.set()
+
+        async with trio.open_nursery() as nursery:
+            for peer in range(len(self.committee.peers)):
+                nursery.start_soon(store_on, peer)
+
+            async def wait_quorum() -> None:
+                await quorum_reached.wait()
+                all_done.set()
+
+            nursery.start_soon(wait_quorum)
+            await all_done.wait()
+            if quorum_reached.is_set():
+                with trio.move_on_after(grace):
+                    while remaining:
+                        await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+        if not quorum_reached.is_set():
+            weight = self.committee.weight(signatures)
+            detail = "; ".join(f"{peer}: {why}" for peer, why in sorted(failures.items()))
+            raise StoreError(
+                f"blob {blob_id} was confirmed by peers holding {weight} of {self.n} shards, "
+                f"a certificate needs {self.committee.quorum}. Failures: {detail or 'none'}"
+            )
+        certificate = assemble_certificate(self.committee, blob_id, signatures.items())
+        confirmed = [self.committee.peers[i].peer_id for i in certificate.signers]
+        return StoreResult(blob_id, encoded.metadata, certificate, confirmed, failures)
+
+    # ------------------------------------------------------------------ read
+
+    def _holders(self, blob_id: BlobId, axis: Axis, index: int) -> int:
+        pair = index if axis is Axis.PRIMARY else self.n - 1 - index
+        return self.committee.shard_owner(blob_id.shard_for_pair(pair, self.n))
+
+    async def get_metadata(self, blob_id: BlobId) -> BlobMetadata:
+        """Metadata from the first peer whose copy verifies against the blob ID."""
+        failures: dict[str, str] = {}
+        found: list[BlobMetadata] = []
+        order = list(range(len(self.committee.peers)))
+        random.shuffle(order)
+
+        async def ask(peer: int, cancel: trio.CancelScope) -> None:
+            peer_id = self.committee.peers[peer].peer_id
+            try:
+                reply, _ = await self._call(peer, m.GET_METADATA, blob_id=blob_id.raw)
+                metadata = m.metadata_from_wire(reply.get("metadata"), self.n)
+                await trio.to_thread.run_sync(metadata.verify, blob_id)
+            except (PeerUnavailable, CodecError) as exc:
+                failures[peer_id] = _describe(exc)
+                return
+            found.append(metadata)
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for peer in order:
+                nursery.start_soon(ask, peer, nursery.cancel_scope)
+        if found:
+            return found[0]
+        not_found = sum(
+            len(self.committee.peers[self.committee.index_of(p)].shards)
+            for p, why in failures.items() if why.startswith(m.NOT_FOUND)
+        )
+        if not_found >= self.committee.quorum:
+            raise ReadError(f"blob {blob_id} does not exist: peers holding {not_found} shards do not know it")
+        detail = "; ".join(f"{p}: {why}" for p, why in sorted(failures.items()))
+        raise ReadError(f"no peer returned metadata that matches blob {blob_id}. {detail}")
+
+    def _others(self, exclude: Sequence[int]) -> list[int]:
+        rest = [i for i in range(self.n) if i not in exclude]
+        random.shuffle(rest)
+        return rest
+
+    async def _collect(
+        self, blob_id: BlobId, metadata: BlobMetadata, axis: Axis, candidates: Sequence[int], needed: int,
+        progress: Progress | None, failures: dict[str, str],
+    ) -> dict[int, Sliver]:
+        """Fetch and verify slivers on ``axis`` in ``candidates`` order until ``needed`` are valid.
+
+        At most ``needed`` requests run at once; each failure starts the next candidate.
+        """
+        valid: dict[int, Sliver] = {}
+        if needed <= 0:
+            return valid
+        limiter = trio.Semaphore(needed)
+        enough = trio.Event()
+        pending = len(candidates)
+
+        async def fetch(index: int) -> None:
+            nonlocal pending
+            try:
+                async with limiter:
+                    if enough.is_set():
+                        return
+                    peer = self._holders(blob_id, axis, index)
+                    peer_id = self.committee.peers[peer].peer_id
+                    try:
+                        _, data = await self._call(peer, m.GET_SLIVER, blob_id=blob_id.raw, axis=axis.value, index=index)
+                        sliver = Sliver(axis, index, metadata.symbol_size, data)
+                        await trio.to_thread.run_sync(verify_sliver, metadata, sliver)
+                    except (PeerUnavailable, CodecError) as exc:
+                        failures[f"{peer_id} ({axis.value} sliver {index})"] = _describe(exc)
+                        return
+                    valid[index] = sliver
+                    if progress:
+                        progress(len(data))
+                    if len(valid) >= needed:
+                        enough.set()
+            finally:
+                pending -= 1
+                if pending == 0:
+                    enough.set()
+
+        async with trio.open_nursery() as nursery:
+            for index in candidates:
+                nursery.start_soon(fetch, index)
+            await enough.wait()
+            nursery.cancel_scope.cancel()
+        return valid
+
+    async def read(
+        self, blob_id: BlobId, offset: int = 0, size: int | None = None, *, strict: bool = False,
+        progress: Progress | None = None,
+    ) -> bytes:
+        """Bytes [offset, offset + size) of a blob, verified; raise ``ReadError`` otherwise.
+
+        Prefers the systematic primary slivers the range covers (no decoding, and a small
+        range fetches only its rows), then any p primary slivers, then s secondary slivers.
+        Strict mode reads the whole blob and recomputes its blob ID.
+        """
+        metadata = await self.get_metadata(blob_id)
+        length = metadata.unencoded_length
+        size = length - offset if size is None else size
+        if offset < 0 or size < 0 or offset + size > length:
+            raise ReadError(f"range {offset}+{size} is outside blob {blob_id} of {length} bytes")
+        if size == 0:
+            return b""
+        start, count = (0, length) if strict else (offset, size)
+        p, s = self.config.primary_source_symbols, self.config.secondary_source_symbols
+        rows = list(rows_for_range(self.config, length, start, count))
+        failures: dict[str, str] = {}
+        primary = await self._collect(blob_id, metadata, Axis.PRIMARY, rows, len(rows), progress, failures)
+        secondary: dict[int, Sliver] = {}
+        if len(primary) < len(rows):
+            primary.update(await self._collect(
+                blob_id, metadata, Axis.PRIMARY, self._others(list(primary)), p - len(primary), progress, failures
+            ))
+
+        def decode_rows() -> bytes:
+            if all(r in primary for r in rows):
+                data = decode_primary(self.config, length, [primary[r] for r in rows], start, count)
+                if strict:
+                    check_consistency(metadata, data, rows, strict=True)
+                return data[offset - start : offset - start + size]
+            chosen = [primary[k] for k in sorted(primary)[:p]]
+            data = decode_primary(self.config, length, chosen)
+            check_consistency(metadata, data, [c.index for c in chosen], strict)
+            return data[offset : offset + size]
+
+        def decode_columns() -> bytes:
+            data = decode_secondary(self.config, length, secondary.values())
+            check_consistency(metadata, data, (), strict)
+            return data[offset : offset + size]
+
+        try:
+            if all(r in primary for r in rows) or len(primary) >= p:
+                return await trio.to_thread.run_sync(decode_rows)
+            secondary = await self._collect(blob_id, metadata, Axis.SECONDARY, self._others([]), s, progress, failures)
+            if len(secondary) >= s:
+                return await trio.to_thread.run_sync(decode_columns)
+        except InconsistentBlob as exc:
+            raise InvalidBlobError(f"blob {blob_id} is invalid: {exc}") from exc
+        detail = "; ".join(f"{who}: {why}" for who, why in sorted(failures.items()))
+        raise ReadError(
+            f"blob {blob_id}: got {len(primary)} valid primary slivers (need {p}) and {len(secondary)} "
+            f"valid secondary slivers (need {s}). {detail}"
+        )
+
+    # ------------------------------------------------------------------ status
+
+    async def _each_peer(self, protocol: str, **fields: Any) -> list[tuple[int, dict[str, Any] | None, str | None]]:
+        results: list[tuple[int, dict[str, Any] | None, str | None]] = []
+
+        async def ask(peer: int) -> None:
+            try:
+                reply, _ = await self._call(peer, protocol, **fields)
+                results.append((peer, reply, None))
+            except (PeerUnavailable, CodecError) as exc:
+                results.append((peer, None, _describe(exc)))
+
+        async with trio.open_nursery() as nursery:
+            for peer in range(len(self.committee.peers)):
+                nursery.start_soon(ask, peer)
+        return sorted(results, key=lambda r: r[0])
+
+    async def health(self) -> list[dict[str, Any]]:
+        """Each peer's status, or why it could not be reached."""
+        out = []
+        for peer, reply, problem in await self._each_peer(m.GET_STATUS):
+            info = self.committee.peers[peer]
+            entry: dict[str, Any] = {"peer_id": info.peer_id, "addrs": list(info.addrs), "reachable": reply is not None}
+            if reply is not None:
+                entry.update(
+                    shards=reply.get("shards"), blobs=reply.get("blobs"),
+                    stored_bytes=reply.get("stored_bytes"), version=reply.get("version"),
+                )
+            else:
+                entry["error"] = problem
+            out.append(entry)
+        return out
+
+    async def blob_status(self, blob_id: BlobId) -> list[dict[str, Any]]:
+        """Which peers hold which pairs of a blob and whether they confirmed it."""
+        out = []
+        for peer, reply, problem in await self._each_peer(m.GET_BLOB_STATUS, blob_id=blob_id.raw):
+            info = self.committee.peers[peer]
+            expected = sorted(blob_id.pair_for_shard(sh, self.n) for sh in info.shards)
+            entry: dict[str, Any] = {"peer_id": info.peer_id, "shards": list(info.shards), "pairs_expected": expected}
+            if reply is not None:
+                entry.update(reachable=True, metadata=reply.get("metadata"), pairs=reply.get("pairs"),
+                             confirmed=reply.get("confirmed"))
+            else:
+                entry.update(reachable=False, error=problem)
+            out.append(entry)
+        return out

@@ -1,0 +1,127 @@
+"""The storage protocol: versioned protocol IDs and their canonical messages.
+
+Each operation has its own libp2p protocol ID carrying the major version, and each message
+is a canonical CBOR map (see ``wire``) with the message format version ``v``. Requests and
+responses are one frame each way; bulk data (slivers, symbols) travels in the frame body,
+not inside CBOR. Building and parsing are pure and validate every field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import merkle
+from .config import RS2, EncodingConfig
+from .errors import CodecError
+from .metadata import BLOB_ID_LENGTH, BlobId, BlobMetadata, SliverPairHashes
+from .redstuff import Axis
+from .wire import WIRE_VERSION, MessageError, decode, encode, field, uint
+
+PUT_METADATA = "/walrusfs/put-metadata/1.0.0"
+PUT_PAIR = "/walrusfs/put-pair/1.0.0"
+GET_CONFIRMATION = "/walrusfs/get-confirmation/1.0.0"
+GET_METADATA = "/walrusfs/get-metadata/1.0.0"
+GET_SLIVER = "/walrusfs/get-sliver/1.0.0"
+GET_RECOVERY_SYMBOL = "/walrusfs/get-recovery-symbol/1.0.0"
+GET_STATUS = "/walrusfs/status/1.0.0"
+GET_BLOB_STATUS = "/walrusfs/blob-status/1.0.0"
+PROTOCOLS = (
+    PUT_METADATA, PUT_PAIR, GET_CONFIRMATION, GET_METADATA, GET_SLIVER,
+    GET_RECOVERY_SYMBOL, GET_STATUS, GET_BLOB_STATUS,
+)
+
+#: Every header (request or response) fits in this; metadata for n = 1000 is ~70 KB.
+MAX_HEADER = 1 << 20
+#: Largest body: a sliver pair at the largest symbol size for n = 4 (2 + 3 symbols of 32 MiB).
+MAX_BODY = 5 * (32 << 20)
+
+# Error codes a peer answers with; clients and scripts may rely on them.
+MALFORMED = "malformed"
+NOT_FOUND = "not-found"
+INVALID = "invalid"
+NOT_ASSIGNED = "not-assigned"
+INTERNAL = "internal"
+
+
+class RemoteError(CodecError):
+    """A peer answered with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def request(**fields: Any) -> bytes:
+    """A request header."""
+    return encode({"v": WIRE_VERSION, **fields})
+
+
+def ok(**fields: Any) -> bytes:
+    """A success response header."""
+    return encode({"v": WIRE_VERSION, "ok": True, **fields})
+
+
+def error(code: str, message: str) -> bytes:
+    """An error response header."""
+    return encode({"v": WIRE_VERSION, "ok": False, "error": {"code": code, "message": message[:1000]}})
+
+
+def parse_request(header: bytes) -> dict[str, Any]:
+    """Decode a request header."""
+    return decode(header, MAX_HEADER)
+
+
+def parse_response(header: bytes) -> dict[str, Any]:
+    """Decode a response header; raise ``RemoteError`` for an error reply."""
+    message = decode(header, MAX_HEADER)
+    if field(message, "ok", bool):
+        return message
+    problem = field(message, "error", dict)
+    raise RemoteError(str(problem.get("code", "unknown")), str(problem.get("message", "")))
+
+
+def blob_id_field(message: dict[str, Any]) -> BlobId:
+    """The ``blob_id`` field."""
+    return BlobId(field(message, "blob_id", bytes, size=BLOB_ID_LENGTH))
+
+
+def axis_field(message: dict[str, Any], name: str = "axis") -> Axis:
+    """An axis field: "primary" or "secondary"."""
+    value = field(message, name, str)
+    try:
+        return Axis(value)
+    except ValueError:
+        raise MessageError(f"field {name!r} must be 'primary' or 'secondary', got {value!r}") from None
+
+
+def metadata_to_wire(metadata: BlobMetadata) -> dict[str, Any]:
+    """Metadata as a CBOR-ready map."""
+    return {
+        "encoding": metadata.encoding_type,
+        "length": metadata.unencoded_length,
+        "hashes": [[h.primary, h.secondary] for h in metadata.hashes],
+    }
+
+
+def metadata_from_wire(value: Any, n_shards: int) -> BlobMetadata:
+    """Metadata from its map, checked to be for ``n_shards`` shards."""
+    if not isinstance(value, dict):
+        raise MessageError("metadata must be a map")
+    encoding = field(value, "encoding", int)
+    if encoding != RS2:
+        raise MessageError(f"unsupported encoding type {encoding}")
+    length = uint(value, "length", EncodingConfig(n_shards).max_blob_size + 1)
+    hashes = field(value, "hashes", list)
+    if len(hashes) != n_shards:
+        raise MessageError(f"metadata has {len(hashes)} hash pairs, the committee has {n_shards} shards")
+    pairs = []
+    for pair in hashes:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(h, bytes) and len(h) == merkle.DIGEST_SIZE for h in pair)
+        ):
+            raise MessageError("each metadata hash pair must be two 32-byte strings")
+        pairs.append(SliverPairHashes(pair[0], pair[1]))
+    return BlobMetadata(encoding, length, tuple(pairs))

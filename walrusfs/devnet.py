@@ -1,0 +1,152 @@
+"""A local network of peers: N ``walrusfs peer`` processes on 127.0.0.1 and their committee.
+
+``DIR/committee.toml`` is written once and reused, so identities and ports survive
+``down``/``up``; ``DIR/devnet.json`` records the running processes. Peers run in their own
+sessions with logs in ``DIR/peer-K/peer.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .core.committee import Committee, PeerInfo, parse_committee, render_committee
+from .identity import IdentityError, create_identity, load_identity
+
+STATE_FILE = "devnet.json"
+COMMITTEE_FILE = "committee.toml"
+
+
+class DevnetError(Exception):
+    """The devnet cannot be started, found or stopped as asked."""
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def peer_dir(directory: Path, index: int) -> Path:
+    """Data directory of peer ``index``."""
+    return directory / f"peer-{index}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live walrusfs peer (a zombie's command line is empty)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"walrusfs" in command and b"peer" in command
+
+
+def _read_state(directory: Path) -> dict[str, dict[str, int | str]]:
+    try:
+        return json.loads((directory / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _write_state(directory: Path, state: dict[str, dict[str, int | str]]) -> None:
+    tmp = directory / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(directory / STATE_FILE)
+
+
+def create(directory: Path, peers: int) -> Committee:
+    """Make identities and a committee for ``peers`` peers, or load the existing one."""
+    path = directory / COMMITTEE_FILE
+    if path.exists():
+        committee = parse_committee(path.read_text())
+        if len(committee.peers) != peers:
+            raise DevnetError(f"{path} describes {len(committee.peers)} peers, not {peers}; use another directory")
+        return committee
+    directory.mkdir(parents=True, exist_ok=True)
+    members = []
+    for index, port in enumerate(_free_ports(peers)):
+        try:
+            identity = load_identity(peer_dir(directory, index))
+        except IdentityError:
+            identity = create_identity(peer_dir(directory, index))
+        members.append(PeerInfo(identity.peer_id, identity.public_key, (f"/ip4/127.0.0.1/tcp/{port}",), (index,)))
+    committee = Committee(0, tuple(members))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render_committee(committee))
+    tmp.replace(path)
+    return committee
+
+
+def start_peer(directory: Path, index: int, fault: str | None = None) -> int:
+    """Start peer ``index`` in the background; return its PID."""
+    state = _read_state(directory)
+    entry = state.get(str(index))
+    if entry and _alive(int(entry["pid"])):
+        raise DevnetError(f"peer {index} is already running (pid {entry['pid']})")
+    data = peer_dir(directory, index)
+    args = [sys.executable, "-m", "walrusfs", "peer", str(data), "--committee", str(directory / COMMITTEE_FILE)]
+    if fault:
+        args += ["--fault", fault]
+    with open(data / "peer.log", "ab") as logfile:
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    state[str(index)] = {"pid": process.pid, "fault": fault or ""}
+    _write_state(directory, state)
+    return process.pid
+
+
+def stop_peer(directory: Path, index: int, kill: bool = False, wait: float = 10.0) -> bool:
+    """Stop peer ``index`` (SIGTERM, or SIGKILL with ``kill``); False if it was not running."""
+    state = _read_state(directory)
+    entry = state.pop(str(index), None)
+    _write_state(directory, state)
+    if not entry or not _alive(int(entry["pid"])):
+        return False
+    pid = int(entry["pid"])
+    os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while _alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid) and time.monotonic() < deadline + 5:
+            _reap(pid)
+            time.sleep(0.05)
+    _reap(pid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def running(directory: Path) -> dict[int, int]:
+    """Running peers: index -> PID."""
+    return {int(k): int(v["pid"]) for k, v in _read_state(directory).items() if _alive(int(v["pid"]))}
+
+
+def down(directory: Path) -> list[int]:
+    """Stop every peer of the devnet; return the indices that were running."""
+    if not (directory / COMMITTEE_FILE).exists():
+        raise DevnetError(f"no devnet in {directory} (no {COMMITTEE_FILE})")
+    stopped = [index for index in sorted(running(directory)) if stop_peer(directory, index)]
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    return stopped

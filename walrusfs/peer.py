@@ -1,0 +1,253 @@
+"""The storage peer: verifies, durably stores and serves slivers, signs confirmations.
+
+Each protocol handler parses and validates its request, does disk, SQLite and hashing work
+in worker threads (never on the trio loop, which also carries every other stream), and
+answers with an error reply naming the problem for anything malformed, so one bad request
+never disturbs the others. Pair uploads are written to disk chunk by chunk as they arrive,
+so the sender's Yamux window never stalls.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2p.framing import FrameReader
+from p2p.host import running_host
+from p2p.rpc import serve
+
+from . import __version__
+from .core import messages as m
+from .core.certificates import sign_confirmation
+from .core.committee import Committee
+from .core.errors import CodecError, VerificationError
+from .core.metadata import BlobId, BlobMetadata
+from .core.recovery import recovery_symbol
+from .core.redstuff import Axis, Sliver, verify_sliver
+from .core.wire import MessageError, encode, field, uint
+from .identity import Identity
+from .storage import PeerStore
+
+log = logging.getLogger("walrusfs.peer")
+
+
+class Fault(enum.Enum):
+    """Test-only misbehaviour, to show that clients withstand up to f lying peers."""
+
+    CORRUPT_SLIVERS = "corrupt-slivers"
+    WRONG_METADATA = "wrong-metadata"
+    BAD_CONFIRMATIONS = "bad-confirmations"
+
+
+class _Reject(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _flip(data: bytes) -> bytes:
+    if not data:
+        return data
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0x01
+    return bytes(out)
+
+
+class PeerService:
+    """Protocol handlers of one peer over its store."""
+
+    def __init__(self, identity: Identity, committee: Committee, store: PeerStore, fault: Fault | None = None) -> None:
+        self.identity = identity
+        self.committee = committee
+        self.store = store
+        self.fault = fault
+        self.index = committee.index_of(identity.peer_id)
+        self.shards = frozenset(committee.peers[self.index].shards)
+        self.n = committee.n_shards
+
+    def register(self, host: Any) -> None:
+        """Serve every storage protocol on ``host``."""
+        handlers: dict[str, Callable[[dict[str, Any], FrameReader], Awaitable[tuple[bytes, bytes]]]] = {
+            m.PUT_METADATA: self._put_metadata,
+            m.PUT_PAIR: self._put_pair,
+            m.GET_CONFIRMATION: self._get_confirmation,
+            m.GET_METADATA: self._get_metadata,
+            m.GET_SLIVER: self._get_sliver,
+            m.GET_RECOVERY_SYMBOL: self._get_recovery_symbol,
+            m.GET_STATUS: self._status,
+            m.GET_BLOB_STATUS: self._blob_status,
+        }
+        for protocol, handler in handlers.items():
+            serve(host, protocol, self._guarded(handler), lambda exc: m.error(m.MALFORMED, str(exc)))
+
+    def _guarded(
+        self, handler: Callable[[dict[str, Any], FrameReader], Awaitable[tuple[bytes, bytes]]]
+    ) -> Callable[[FrameReader, str], Awaitable[tuple[bytes, bytes]]]:
+        async def run(reader: FrameReader, remote: str) -> tuple[bytes, bytes]:
+            try:
+                request = m.parse_request(await reader.read_header(m.MAX_HEADER))
+                return await handler(request, reader)
+            except _Reject as exc:
+                return m.error(exc.code, str(exc)), b""
+            except MessageError as exc:
+                return m.error(m.MALFORMED, str(exc)), b""
+            except VerificationError as exc:
+                return m.error(m.INVALID, str(exc)), b""
+            except CodecError as exc:
+                return m.error(m.MALFORMED, str(exc)), b""
+
+        return run
+
+    async def _no_body(self, reader: FrameReader) -> None:
+        await reader.body_length(0)
+
+    async def _metadata(self, blob_id: BlobId) -> BlobMetadata:
+        encoded = await trio.to_thread.run_sync(self.store.get_metadata, blob_id)
+        if encoded is None:
+            raise _Reject(m.NOT_FOUND, f"no metadata for blob {blob_id}")
+        return m.metadata_from_wire(m.decode(encoded, m.MAX_HEADER)["metadata"], self.n)
+
+    def _check_pair_is_mine(self, blob_id: BlobId, pair: int) -> None:
+        shard = blob_id.shard_for_pair(pair, self.n)
+        if shard not in self.shards:
+            raise _Reject(m.NOT_ASSIGNED, f"pair {pair} of blob {blob_id} belongs to shard {shard}, not this peer")
+
+    async def _put_metadata(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await self._no_body(reader)
+        blob_id = m.blob_id_field(request)
+        wire = field(request, "metadata", dict)
+        metadata = m.metadata_from_wire(wire, self.n)
+        await trio.to_thread.run_sync(metadata.verify, blob_id)
+        encoded = encode({"v": 1, "metadata": m.metadata_to_wire(metadata)})
+        await trio.to_thread.run_sync(self.store.put_metadata, blob_id, encoded, metadata.unencoded_length)
+        return m.ok(), b""
+
+    async def _put_pair(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        blob_id = m.blob_id_field(request)
+        pair = uint(request, "pair", self.n)
+        self._check_pair_is_mine(blob_id, pair)
+        metadata = await self._metadata(blob_id)
+        config = metadata.config
+        size = metadata.symbol_size
+        primary_length = config.secondary_source_symbols * size
+        expected = primary_length + config.primary_source_symbols * size
+        length = await reader.body_length(m.MAX_BODY)
+        if length != expected:
+            raise _Reject(m.MALFORMED, f"a sliver pair of this blob is {expected} bytes, got {length}")
+        path = self.store.spool_path()
+        spool = await trio.to_thread.run_sync(open, path, "wb")
+        try:
+            async for chunk in reader.body_chunks(length):
+                await trio.to_thread.run_sync(spool.write, chunk)
+            await trio.to_thread.run_sync(spool.close)
+
+            def verify_and_commit() -> None:
+                data = path.read_bytes()
+                verify_sliver(metadata, Sliver(Axis.PRIMARY, pair, size, data[:primary_length]))
+                verify_sliver(metadata, Sliver(Axis.SECONDARY, self.n - 1 - pair, size, data[primary_length:]))
+                self.store.commit_pair(blob_id, pair, path, primary_length)
+
+            await trio.to_thread.run_sync(verify_and_commit)
+        finally:
+            spool.close()
+            if path.exists():
+                path.unlink()
+        return m.ok(), b""
+
+    async def _get_confirmation(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await self._no_body(reader)
+        blob_id = m.blob_id_field(request)
+        epoch = self.committee.epoch
+        signature = await trio.to_thread.run_sync(self.store.get_confirmation, blob_id, epoch)
+        if signature is None:
+            pairs = [blob_id.pair_for_shard(shard, self.n) for shard in sorted(self.shards)]
+            stored = await trio.to_thread.run_sync(self.store.stored_pairs, blob_id)
+            missing = [p for p in pairs if p not in stored]
+            if missing:
+                raise _Reject(m.NOT_FOUND, f"blob {blob_id}: sliver pairs {missing} are not stored here yet")
+            signature = sign_confirmation(self.identity.signing_key, epoch, blob_id)
+            await trio.to_thread.run_sync(self.store.put_confirmation, blob_id, epoch, signature)
+        if self.fault is Fault.BAD_CONFIRMATIONS:
+            signature = _flip(signature)
+        return m.ok(epoch=epoch, signature=signature), b""
+
+    async def _get_metadata(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await self._no_body(reader)
+        metadata = m.metadata_to_wire(await self._metadata(m.blob_id_field(request)))
+        if self.fault is Fault.WRONG_METADATA:
+            metadata["hashes"][0][0] = _flip(metadata["hashes"][0][0])
+        return m.ok(metadata=metadata), b""
+
+    async def _get_sliver(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await self._no_body(reader)
+        blob_id = m.blob_id_field(request)
+        axis = m.axis_field(request)
+        index = uint(request, "index", self.n)
+        pair = index if axis is Axis.PRIMARY else self.n - 1 - index
+        self._check_pair_is_mine(blob_id, pair)
+        data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, axis)
+        if data is None:
+            raise _Reject(m.NOT_FOUND, f"{axis.value} sliver {index} of blob {blob_id} is not stored here")
+        if self.fault is Fault.CORRUPT_SLIVERS:
+            data = _flip(data)
+        return m.ok(), data
+
+    async def _get_recovery_symbol(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await self._no_body(reader)
+        blob_id = m.blob_id_field(request)
+        target = m.axis_field(request, "target")
+        target_index = uint(request, "target_index", self.n)
+        pair = uint(request, "pair", self.n)
+        self._check_pair_is_mine(blob_id, pair)
+        metadata = await self._metadata(blob_id)
+        source_axis = Axis.SECONDARY if target is Axis.PRIMARY else Axis.PRIMARY
+        data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, source_axis)
+        if data is None:
+            raise _Reject(m.NOT_FOUND, f"pair {pair} of blob {blob_id} is not stored here")
+        source_index = pair if source_axis is Axis.PRIMARY else self.n - 1 - pair
+        sliver = Sliver(source_axis, source_index, metadata.symbol_size, data)
+        symbol = await trio.to_thread.run_sync(recovery_symbol, metadata.config, sliver, target_index)
+        return m.ok(source_index=symbol.source_index, proof=list(symbol.proof)), symbol.data
+
+    async def _status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await self._no_body(reader)
+        blobs, stored = await trio.to_thread.run_sync(self.store.stats)
+        return m.ok(
+            peer_id=self.identity.peer_id, version=__version__, epoch=self.committee.epoch,
+            shards=sorted(self.shards), n_shards=self.n, blobs=blobs, stored_bytes=stored,
+        ), b""
+
+    async def _blob_status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await self._no_body(reader)
+        blob_id = m.blob_id_field(request)
+        has_metadata = await trio.to_thread.run_sync(self.store.get_metadata, blob_id) is not None
+        pairs = await trio.to_thread.run_sync(self.store.stored_pairs, blob_id)
+        confirmed = await trio.to_thread.run_sync(self.store.get_confirmation, blob_id, self.committee.epoch)
+        return m.ok(metadata=has_metadata, pairs=pairs, confirmed=confirmed is not None), b""
+
+
+async def run_peer(directory: Path, identity: Identity, committee: Committee, fault: Fault | None = None) -> None:
+    """Serve as a committee peer until SIGTERM or SIGINT, then close cleanly."""
+    store = await trio.to_thread.run_sync(PeerStore, directory)
+    service = PeerService(identity, committee, store, fault)
+    me = committee.peers[service.index]
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with running_host(identity.seed, me.addrs) as host:
+                service.register(host)
+                addrs = ", ".join(str(a) for a in host.get_addrs())
+                print(f"walrusfs peer {identity.peer_id} serving shards {sorted(service.shards)} on {addrs}"
+                      + (f" [TEST FAULT: {fault.value}]" if fault else ""), flush=True)
+                async for signum in signals:
+                    print(f"walrusfs peer: {signal.Signals(signum).name}, shutting down", flush=True)
+                    break
+    finally:
+        store.close()
+    os.sync()

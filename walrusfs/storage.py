@@ -1,0 +1,156 @@
+"""A peer's durable store: metadata and confirmations in SQLite (WAL), sliver pairs in files.
+
+Every method blocks; the peer calls them from worker threads. A pair arrives in a file in
+``tmp/`` as it streams in, is verified, fsynced, renamed to its final name and the
+directory fsynced; only then is it recorded in SQLite and served. A crash leaves no pair
+or a whole one; leftovers in ``tmp/`` are removed at start-up. Confirmations are signed and
+recorded only after that.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from .core.metadata import BlobId
+from .core.redstuff import Axis
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metadata (blob_id BLOB PRIMARY KEY, encoded BLOB NOT NULL, length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pairs (blob_id BLOB NOT NULL, pair INTEGER NOT NULL, bytes INTEGER NOT NULL,
+                                  primary_length INTEGER NOT NULL, PRIMARY KEY (blob_id, pair));
+CREATE TABLE IF NOT EXISTS confirmations (blob_id BLOB NOT NULL, epoch INTEGER NOT NULL, signature BLOB NOT NULL,
+                                          PRIMARY KEY (blob_id, epoch));
+"""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PeerStore:
+    """Durable storage of one peer's data directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.slivers = directory / "slivers"
+        self.tmp = directory / "tmp"
+        self.slivers.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(exist_ok=True)
+        for leftover in self.tmp.iterdir():
+            leftover.unlink()
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(directory / "peer.sqlite", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _pair_path(self, blob_id: BlobId, pair: int) -> Path:
+        text = str(blob_id)
+        return self.slivers / text[:2] / f"{text}.{pair}"
+
+    def put_metadata(self, blob_id: BlobId, encoded: bytes, length: int) -> None:
+        """Record a blob's (already verified) metadata; idempotent."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO metadata (blob_id, encoded, length) VALUES (?, ?, ?)",
+                (blob_id.raw, encoded, length),
+            )
+
+    def get_metadata(self, blob_id: BlobId) -> bytes | None:
+        """A blob's encoded metadata, if stored."""
+        with self._lock:
+            row = self._db.execute("SELECT encoded FROM metadata WHERE blob_id = ?", (blob_id.raw,)).fetchone()
+        return row[0] if row else None
+
+    def spool_path(self) -> Path:
+        """A fresh temporary file name to receive a sliver pair into as it streams in."""
+        return self.tmp / f"incoming.{threading.get_ident()}.{os.urandom(6).hex()}"
+
+    def commit_pair(self, blob_id: BlobId, pair: int, spooled: Path, primary_length: int) -> None:
+        """Durably store a verified, spooled pair (primary then secondary): fsync, rename, fsync dir."""
+        final = self._pair_path(blob_id, pair)
+        final.parent.mkdir(exist_ok=True)
+        with open(spooled, "rb+") as f:
+            os.fsync(f.fileno())
+            size = os.fstat(f.fileno()).st_size
+        os.replace(spooled, final)
+        _fsync_dir(final.parent)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO pairs (blob_id, pair, bytes, primary_length) VALUES (?, ?, ?, ?)",
+                (blob_id.raw, pair, size, primary_length),
+            )
+
+    def write_pair(self, blob_id: BlobId, pair: int, primary: bytes, secondary: bytes) -> None:
+        """Durably store a verified sliver pair given in memory."""
+        path = self.spool_path()
+        with open(path, "wb") as f:
+            f.write(primary)
+            f.write(secondary)
+        self.commit_pair(blob_id, pair, path, len(primary))
+
+    def has_pair(self, blob_id: BlobId, pair: int) -> bool:
+        """Whether the pair is stored."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM pairs WHERE blob_id = ? AND pair = ?", (blob_id.raw, pair)
+            ).fetchone()
+        return row is not None and self._pair_path(blob_id, pair).exists()
+
+    def read_sliver(self, blob_id: BlobId, pair: int, axis: Axis) -> bytes | None:
+        """A stored sliver's bytes, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT primary_length FROM pairs WHERE blob_id = ? AND pair = ?", (blob_id.raw, pair)
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            with open(self._pair_path(blob_id, pair), "rb") as f:
+                if axis is Axis.PRIMARY:
+                    return f.read(row[0])
+                f.seek(row[0])
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def stored_pairs(self, blob_id: BlobId) -> list[int]:
+        """Pair indices stored for a blob."""
+        with self._lock:
+            rows = self._db.execute("SELECT pair FROM pairs WHERE blob_id = ? ORDER BY pair", (blob_id.raw,))
+            return [r[0] for r in rows]
+
+    def put_confirmation(self, blob_id: BlobId, epoch: int, signature: bytes) -> None:
+        """Remember a signed confirmation so it can be handed out again."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO confirmations (blob_id, epoch, signature) VALUES (?, ?, ?)",
+                (blob_id.raw, epoch, signature),
+            )
+
+    def get_confirmation(self, blob_id: BlobId, epoch: int) -> bytes | None:
+        """A previously signed confirmation."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT signature FROM confirmations WHERE blob_id = ? AND epoch = ?", (blob_id.raw, epoch)
+            ).fetchone()
+        return row[0] if row else None
+
+    def stats(self) -> tuple[int, int]:
+        """(blobs with metadata, bytes of stored sliver pairs)."""
+        with self._lock:
+            blobs = self._db.execute("SELECT COUNT(*) FROM metadata").fetchone()[0]
+            stored = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM pairs").fetchone()[0]
+        return blobs, stored
