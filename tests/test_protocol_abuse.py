@@ -1,0 +1,133 @@
+"""Malformed, oversized and truncated protocol messages against a real peer process.
+
+Each abuse gets an error reply (or, for a truncated frame, a closed stream), and the peer
+goes on serving: a status request on a fresh stream still answers afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2p.framing import FrameReader
+from p2p.host import peer_info, running_host
+from tests.test_network import Devnet
+from walrusfs.core import messages as m
+from walrusfs.core.committee import Committee, parse_committee
+from walrusfs.core.wire import encode
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    devnet = Devnet(tmp_path_factory.mktemp("abuse"), 4)
+    yield devnet
+    devnet.down()
+
+
+async def exchange(committee: Committee, protocol: str, raw: bytes, close_write: bool = True) -> tuple[dict | None, bytes]:
+    """Send raw bytes on a fresh stream; return the decoded reply header (None if the stream just ended)."""
+    target = committee.peers[0]
+    async with running_host(os.urandom(32)) as host:
+        info = peer_info(target.peer_id, target.addrs)
+        await host.connect(info)
+        stream = await host.new_stream(info.peer_id, [protocol])
+        await stream.write(raw)
+        if close_write:
+            await stream.close()
+        reader = FrameReader(stream)
+        try:
+            header = await reader.read_header(m.MAX_HEADER)
+        except Exception:
+            return None, b""
+        body = await reader.read_body(m.MAX_BODY)
+        import cbor2
+
+        return cbor2.loads(header), body
+
+
+def frame(header: bytes, body: bytes = b"", declared_body: int | None = None) -> bytes:
+    size = len(body) if declared_body is None else declared_body
+    return struct.pack(">I", len(header)) + header + struct.pack(">Q", size) + body
+
+
+async def status_still_works(committee: Committee) -> None:
+    reply, _ = await exchange(committee, m.GET_STATUS, frame(m.request()))
+    assert reply is not None and reply["ok"] is True and reply["shards"] == list(committee.peers[0].shards)
+
+
+BLOB = bytes(32)
+CASES = {
+    "not cbor": (m.GET_METADATA, frame(b"\xff\x00garbage"), "not valid CBOR"),
+    "not a map": (m.GET_METADATA, frame(b"\x83\x01\x02\x03"), "CBOR map"),
+    "wrong version": (m.GET_METADATA, frame(encode({"v": 99, "blob_id": BLOB})), "unsupported message version"),
+    "missing field": (m.GET_METADATA, frame(m.request()), "lacks field 'blob_id'"),
+    "short blob id": (m.GET_METADATA, frame(m.request(blob_id=b"\x01" * 31)), "must be 32 bytes"),
+    "wrong type": (m.GET_SLIVER, frame(m.request(blob_id=BLOB, axis="primary", index="0")), "must be int"),
+    "bad axis": (m.GET_SLIVER, frame(m.request(blob_id=BLOB, axis="diagonal", index=0)), "'primary' or 'secondary'"),
+    "index out of range": (m.GET_SLIVER, frame(m.request(blob_id=BLOB, axis="primary", index=4)), "must be in 0..3"),
+    # Canonical CBOR puts the shorter key "v" first.
+    "non-canonical": (m.GET_METADATA, frame(b"\xa2\x67blob_id\x58\x20" + BLOB + b"\x61\x76\x01"), "not canonically encoded"),
+    "oversized header": (m.GET_METADATA, struct.pack(">I", (1 << 20) + 1) + b"x" * 100, "exceeds the limit"),
+    "unexpected body": (m.GET_STATUS, frame(m.request(), b"surprise"), "exceeds the limit of 0"),
+    "unknown blob": (m.GET_METADATA, frame(m.request(blob_id=BLOB)), "no metadata"),
+    "bad metadata": (m.PUT_METADATA, frame(m.request(blob_id=BLOB, metadata={"encoding": 1, "length": 5, "hashes": []})), "hash pairs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_malformed_requests_get_error_replies(case: str, net: Devnet) -> None:
+    committee = parse_committee(net.committee.read_text())
+    protocol, raw, reason = CASES[case]
+    reply, _ = await exchange(committee, protocol, raw)
+    assert reply is not None, "expected an error reply, the stream just ended"
+    assert reply["ok"] is False
+    assert reply["error"]["code"] in {m.MALFORMED, m.NOT_FOUND, m.NOT_ASSIGNED, m.INVALID}
+    assert reason in reply["error"]["message"]
+    await status_still_works(committee)
+
+
+@pytest.mark.parametrize("cut", [2, 6, 20])
+async def test_truncated_frames_end_the_stream_and_nothing_else(cut: int, net: Devnet) -> None:
+    committee = parse_committee(net.committee.read_text())
+    raw = frame(m.request(blob_id=BLOB))[:cut]
+    reply, _ = await exchange(committee, m.GET_METADATA, raw)
+    if reply is not None:
+        assert reply["ok"] is False and "ended inside" in reply["error"]["message"]
+    await status_still_works(committee)
+
+
+async def test_wrong_sliver_pair_is_rejected_and_not_confirmed(net: Devnet, tmp_path: Path) -> None:
+    from walrusfs.core.redstuff import encode_blob
+
+    committee = parse_committee(net.committee.read_text())
+    encoded = encode_blob(b"x" * 5000, committee.config)
+    blob_id = encoded.blob_id
+    shard0 = committee.peers[0].shards[0]
+    pair = encoded.pairs[blob_id.pair_for_shard(shard0, committee.n_shards)]
+    reply, _ = await exchange(committee, m.PUT_METADATA, frame(m.request(blob_id=blob_id.raw, metadata=m.metadata_to_wire(encoded.metadata))))
+    assert reply and reply["ok"]
+    oversized = frame(m.request(blob_id=blob_id.raw, pair=pair.index), declared_body=1 << 40)
+    reply, _ = await exchange(committee, m.PUT_PAIR, oversized)
+    assert reply and reply["error"]["code"] == m.MALFORMED and "exceeds the limit" in reply["error"]["message"]
+    short = frame(m.request(blob_id=blob_id.raw, pair=pair.index), pair.primary.data)
+    reply, _ = await exchange(committee, m.PUT_PAIR, short)
+    assert reply and "a sliver pair of this blob is" in reply["error"]["message"]
+    other = encoded.pairs[(pair.index + 1) % committee.n_shards]
+    body = pair.primary.data + other.secondary.data
+    reply, _ = await exchange(committee, m.PUT_PAIR, frame(m.request(blob_id=blob_id.raw, pair=pair.index), body))
+    assert reply and reply["error"]["code"] == m.INVALID
+    wrong_shard = encoded.pairs[(pair.index + 1) % committee.n_shards]
+    reply, _ = await exchange(committee, m.PUT_PAIR, frame(m.request(blob_id=blob_id.raw, pair=wrong_shard.index), b"x"))
+    assert reply and reply["error"]["code"] == m.NOT_ASSIGNED
+    reply, _ = await exchange(committee, m.GET_CONFIRMATION, frame(m.request(blob_id=blob_id.raw)))
+    assert reply and reply["error"]["code"] == m.NOT_FOUND
+    # The honest pair is accepted and confirmed.
+    reply, _ = await exchange(committee, m.PUT_PAIR, frame(m.request(blob_id=blob_id.raw, pair=pair.index), pair.primary.data + pair.secondary.data))
+    assert reply and reply["ok"]
+    reply, _ = await exchange(committee, m.GET_CONFIRMATION, frame(m.request(blob_id=blob_id.raw)))
+    assert reply and reply["ok"] and len(reply["signature"]) == 64
