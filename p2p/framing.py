@@ -10,7 +10,7 @@ truncated frame costs the reader nothing but an error.
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from libp2p.network.stream.exceptions import StreamEOF
 
@@ -81,9 +81,15 @@ class FrameReader:
         return b"".join([chunk async for chunk in self.body_chunks(length)])
 
 
-async def write_frame(stream: object, header: bytes, body: bytes | memoryview = b"") -> None:
-    """Write one frame, the body in large writes."""
-    await stream.write(_HEADER_PREFIX.pack(len(header)) + header + _BODY_PREFIX.pack(len(body)))  # type: ignore[attr-defined]
-    view = memoryview(body)
-    for start in range(0, len(view), CHUNK):
-        await stream.write(bytes(view[start : start + CHUNK]))  # type: ignore[attr-defined]
+Body = bytes | memoryview | Sequence[bytes]
+
+
+async def write_frame(stream: object, header: bytes, body: Body = b"") -> None:
+    """Write one frame, the body (one buffer, or parts sent back to back) in large writes."""
+    parts = [body] if isinstance(body, (bytes, bytearray, memoryview)) else list(body)
+    total = sum(len(part) for part in parts)
+    await stream.write(_HEADER_PREFIX.pack(len(header)) + header + _BODY_PREFIX.pack(total))  # type: ignore[attr-defined]
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), CHUNK):
+            await stream.write(bytes(view[start : start + CHUNK]))  # type: ignore[attr-defined]

@@ -2,8 +2,8 @@
 
 Noise only (a default host would also accept an unauthenticated /plaintext/2.0.0 dialer),
 Yamux only (mplex measured 3-4x slower), one connection per peer (without it every connect
-waits ~250 ms), no mDNS/UPnP, and ``host.close()`` before leaving ``host.run()`` (leaving
-without it leaks the listener and background tasks).
+waits ~250 ms), no auto-connector, mDNS or UPnP, and ``host.close()`` before leaving
+``host.run()`` (leaving without it leaks the listener and background tasks).
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def make_host(seed: bytes) -> IHost:
         key_pair=keys,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        # No background auto-dialing of every known peer: walrusfs connects on demand, and a
+        # second dialer racing ours under a one-connection limit only adds failures.
+        connection_config=ConnectionConfig(max_connections_per_peer=1, min_connections=0, low_watermark=0),
         enable_mDNS=False,
         enable_upnp=False,
     )

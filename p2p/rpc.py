@@ -15,7 +15,7 @@ from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
 
-from .framing import FrameError, FrameReader, write_frame
+from .framing import Body, FrameError, FrameReader, write_frame
 
 log = logging.getLogger("p2p.rpc")
 
@@ -60,7 +60,7 @@ async def request(
     peer: PeerInfo,
     protocol: str,
     header: bytes,
-    body: bytes | memoryview = b"",
+    body: Body = b"",
     *,
     max_header: int,
     max_body: int,

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from p2p.framing import Body
 from p2p.host import IHost, peer_info
 from p2p.rpc import PeerUnavailable
 from p2p.rpc import request as rpc_request
@@ -84,7 +85,7 @@ class Client:
         self.n = committee.n_shards
         self.config = committee.config
 
-    async def _call(self, peer: int, protocol: str, body: bytes | memoryview = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
+    async def _call(self, peer: int, protocol: str, body: Body = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
         info = self.committee.peers[peer]
         header, response_body = await rpc_request(
             self.host, peer_info(info.peer_id, info.addrs), protocol, m.request(**fields), body,
@@ -112,7 +113,7 @@ class Client:
                 await self._call(peer, m.PUT_METADATA, blob_id=blob_id.raw, metadata=metadata_wire)
                 for shard in info.shards:
                     pair = encoded.pairs[blob_id.pair_for_shard(shard, self.n)]
-                    await self._call(peer, m.PUT_PAIR, pair.primary.data + pair.secondary.data,
+                    await self._call(peer, m.PUT_PAIR, (pair.primary.data, pair.secondary.data),
                                      blob_id=blob_id.raw, pair=pair.index)
                     if progress:
                         progress(len(pair.primary.data) + len(pair.secondary.data))

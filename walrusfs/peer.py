@@ -37,6 +37,10 @@ from .storage import PeerStore
 
 log = logging.getLogger("walrusfs.peer")
 
+#: Incoming pairs are written to disk in blocks this large, at most this many queued.
+_SPOOL_BLOCK = 4 << 20
+_SPOOL_BLOCKS = 4
+
 
 class Fault(enum.Enum):
     """Test-only misbehaviour, to show that clients withstand up to f lying peers."""
@@ -142,24 +146,55 @@ class PeerService:
         if length != expected:
             raise _Reject(m.MALFORMED, f"a sliver pair of this blob is {expected} bytes, got {length}")
         path = self.store.spool_path()
-        spool = await trio.to_thread.run_sync(open, path, "wb")
         try:
-            async for chunk in reader.body_chunks(length):
-                await trio.to_thread.run_sync(spool.write, chunk)
-            await trio.to_thread.run_sync(spool.close)
+            data = await self._spool(reader, length, path)
 
             def verify_and_commit() -> None:
-                data = path.read_bytes()
                 verify_sliver(metadata, Sliver(Axis.PRIMARY, pair, size, data[:primary_length]))
                 verify_sliver(metadata, Sliver(Axis.SECONDARY, self.n - 1 - pair, size, data[primary_length:]))
                 self.store.commit_pair(blob_id, pair, path, primary_length)
 
             await trio.to_thread.run_sync(verify_and_commit)
         finally:
-            spool.close()
             if path.exists():
                 path.unlink()
         return m.ok(), b""
+
+    async def _spool(self, reader: FrameReader, length: int, path: Path) -> bytes:
+        """Drain a body to ``path`` and return it: one task reads the stream, another writes blocks.
+
+        Reading never waits for the disk (a stalled reader stalls the sender's Yamux
+        window, and 5 s of it resets the stream). The bytes are also kept, because
+        verification needs the whole pair in memory anyway; reading it back would cost a copy.
+        """
+        send, receive = trio.open_memory_channel[bytes](_SPOOL_BLOCKS)
+        spool = await trio.to_thread.run_sync(open, path, "wb")
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def write_blocks() -> None:
+                    async with receive:
+                        async for block in receive:
+                            await trio.to_thread.run_sync(spool.write, block)
+
+                nursery.start_soon(write_blocks)
+                blocks: list[bytes] = []
+                async with send:
+                    pending: list[bytes] = []
+                    pending_size = 0
+                    async for chunk in reader.body_chunks(length):
+                        pending.append(chunk)
+                        pending_size += len(chunk)
+                        if pending_size >= _SPOOL_BLOCK:
+                            blocks.append(b"".join(pending))
+                            await send.send(blocks[-1])
+                            pending, pending_size = [], 0
+                    if pending:
+                        blocks.append(b"".join(pending))
+                        await send.send(blocks[-1])
+        finally:
+            await trio.to_thread.run_sync(spool.close)
+        return blocks[0] if len(blocks) == 1 else b"".join(blocks)
 
     async def _get_confirmation(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
