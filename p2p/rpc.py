@@ -15,6 +15,9 @@ from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
 
+from libp2p.network.stream.exceptions import StreamEOF, StreamReset
+from libp2p.stream_muxer.exceptions import MuxedStreamError
+
 from .framing import Body, FrameError, FrameReader, write_frame
 
 log = logging.getLogger("p2p.rpc")
@@ -44,6 +47,9 @@ def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exce
                 header, body = on_error(exc), b""
             await write_frame(stream, header, body)
             await stream.close()  # type: ignore[attr-defined]
+        except (StreamEOF, StreamReset, MuxedStreamError) as exc:
+            # The requester went away (it cancels requests it no longer needs).
+            log.debug("request on %s from %s ended early: %r", protocol, remote, exc)
         except Exception:
             log.warning("request on %s from %s failed", protocol, remote, exc_info=True)
             with trio.CancelScope(shield=True):
@@ -53,6 +59,18 @@ def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exce
                     pass
 
     host.set_stream_handler(TProtocol(protocol), on_stream)
+
+
+async def _open_stream(host: IHost, peer: PeerInfo, protocol: str) -> object:
+    network = host.get_network()
+    if not network.get_connections(peer.peer_id):
+        # A failed dial blocks the peer for 60 s; a peer that restarted must be reachable
+        # at once, and callers already decide how often to retry.
+        unblock = getattr(network, "unblock_peer", None)
+        if unblock is not None:
+            unblock(peer.peer_id)
+        await host.connect(peer)
+    return await host.new_stream(peer.peer_id, [TProtocol(protocol)])
 
 
 async def request(
@@ -68,17 +86,15 @@ async def request(
     """Send one request frame to ``peer`` and return its response (header, body)."""
     peer_id = str(peer.peer_id)
     try:
-        network = host.get_network()
-        if not network.get_connections(peer.peer_id):
-            # A failed dial blocks the peer for 60 s; a peer that restarted must be reachable
-            # at once, and callers already decide how often to retry.
-            unblock = getattr(network, "unblock_peer", None)
-            if unblock is not None:
-                unblock(peer.peer_id)
-            await host.connect(peer)
-        stream = await host.new_stream(peer.peer_id, [TProtocol(protocol)])
-    except Exception as exc:
-        raise PeerUnavailable(peer_id, f"cannot open {protocol}: {exc or type(exc).__name__}") from exc
+        stream = await _open_stream(host, peer, protocol)
+    except Exception as first:
+        # A connection can die under us (the peer restarted, or the connection was torn
+        # down); drop it and dial once more before calling the peer unavailable.
+        try:
+            await host.get_network().close_peer(peer.peer_id)
+            stream = await _open_stream(host, peer, protocol)
+        except Exception as exc:
+            raise PeerUnavailable(peer_id, f"cannot open {protocol}: {exc or type(exc).__name__}") from first
     try:
         await write_frame(stream, header, body)
         reader = FrameReader(stream)

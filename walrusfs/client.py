@@ -103,7 +103,8 @@ class Client:
         signatures: dict[int, bytes] = {}
         failures: dict[str, str] = {}
         quorum_reached = trio.Event()
-        all_done = trio.Event()
+        finished = trio.Event()  # every peer confirmed or failed
+        decided = trio.Event()  # quorum reached, or it never can be
         remaining = len(self.committee.peers)
 
         async def store_on(peer: int) -> None:
@@ -123,27 +124,23 @@ class Client:
                 signatures[peer] = signature
                 if self.committee.weight(signatures) >= self.committee.quorum:
                     quorum_reached.set()
+                    decided.set()
             except (PeerUnavailable, CodecError) as exc:
                 failures[info.peer_id] = _describe(exc)
             finally:
                 remaining -= 1
                 if remaining == 0:
-                    all_done.set()
+                    finished.set()
+                    decided.set()
 
         async with trio.open_nursery() as nursery:
             for peer in range(len(self.committee.peers)):
                 nursery.start_soon(store_on, peer)
-
-            async def wait_quorum() -> None:
-                await quorum_reached.wait()
-                all_done.set()
-
-            nursery.start_soon(wait_quorum)
-            await all_done.wait()
+            await decided.wait()
             if quorum_reached.is_set():
+                # Keep delivering to the rest for a while, so fewer peers need to heal.
                 with trio.move_on_after(grace):
-                    while remaining:
-                        await trio.sleep(0.01)
+                    await finished.wait()
             nursery.cancel_scope.cancel()
 
         if not quorum_reached.is_set():
