@@ -1,0 +1,161 @@
+"""The signed log: validation, chains, equivocation and order-independent state (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from walrusfs.core.certificates import Certificate, sign_confirmation
+from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key
+from walrusfs.core.log import (
+    BLOB_CERTIFIED,
+    GENESIS,
+    Entry,
+    LogError,
+    LogState,
+    Outcome,
+    certificate_payload,
+    check_entry,
+    decode_entry,
+    next_hlc,
+    sign_entry,
+)
+from walrusfs.core.metadata import BlobId
+
+KEYS = [SigningKey(bytes([k + 1]) * 32) for k in range(4)]
+COMMITTEE = Committee(
+    0,
+    tuple(
+        PeerInfo(peer_id_from_public_key(bytes(k.verify_key)), bytes(k.verify_key), (f"/ip4/127.0.0.1/tcp/{4000 + i}",), (i,))
+        for i, k in enumerate(KEYS)
+    ),
+)
+OUTSIDER = SigningKey(b"\x99" * 32)
+
+
+def certificate(blob: bytes, signers: tuple[int, ...] = (0, 1, 2)) -> Certificate:
+    blob_id = BlobId(blob)
+    return Certificate(blob_id, 0, signers, tuple(sign_confirmation(KEYS[i], 0, blob_id) for i in signers))
+
+
+def chain(key: SigningKey, blobs: list[bytes], start_hlc: int = 1000) -> list[Entry]:
+    entries: list[Entry] = []
+    prev, hlc = GENESIS, start_hlc
+    for seq, blob in enumerate(blobs, 1):
+        hlc = next_hlc(hlc, 0)
+        entry = sign_entry(key, seq, prev, hlc, BLOB_CERTIFIED, certificate_payload(certificate(blob), 10))
+        entries.append(entry)
+        prev = entry.id
+    return entries
+
+
+def test_round_trip_and_validation() -> None:
+    (entry,) = chain(KEYS[0], [b"\x01" * 32])
+    assert decode_entry(entry.encode()) == entry
+    check_entry(entry, COMMITTEE)
+    state = LogState(COMMITTEE)
+    assert state.apply(entry) == (Outcome.ACCEPTED, [entry])
+    assert state.apply(entry) == (Outcome.DUPLICATE, [])
+    assert BlobId(b"\x01" * 32) in state.certified()
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda e: dataclasses.replace(e, signature=bytes(64)), "signature is invalid"),
+        (lambda e: dataclasses.replace(e, hlc=e.hlc + 1), "signature is invalid"),
+        (lambda e: sign_entry(OUTSIDER, 1, GENESIS, 5, BLOB_CERTIFIED, e.payload), "not a committee member"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certificate_payload(certificate(b"\x02" * 32, (0, 1)), 1)), "needs 3"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certificate_payload(certificate(b"\x02" * 32, (0, 1, 1)), 1)), "signer twice"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, {**e.payload, "signatures": [bytes(64)] * 3}), "signature is invalid"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "namespace", {}), "reserved"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "gossip", {}), "unknown entry kind"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, {"blob_id": b"x"}), "malformed"),
+    ],
+    ids=["forged-signature", "altered-field", "unknown-author", "too-few-signers", "duplicate-signers",
+         "bad-confirmations", "reserved-kind", "unknown-kind", "malformed-payload"],
+)
+def test_invalid_entries_are_rejected_with_reasons(make, reason: str) -> None:  # type: ignore[no-untyped-def]
+    (good,) = chain(KEYS[0], [b"\x01" * 32])
+    bad = make(good)
+    with pytest.raises(LogError, match=reason):
+        check_entry(bad, COMMITTEE)
+    assert LogState(COMMITTEE).apply(bad) == (Outcome.REJECTED, [])
+
+
+def test_malformed_encodings() -> None:
+    (entry,) = chain(KEYS[0], [b"\x01" * 32])
+    with pytest.raises(LogError, match="malformed"):
+        decode_entry(b"\xa0")
+    with pytest.raises(LogError, match="prev"):
+        decode_entry(dataclasses.replace(entry, prev=b"\x01" * 32).encode())
+    with pytest.raises(LogError, match="seq"):
+        decode_entry(dataclasses.replace(entry, seq=0).encode())
+
+
+def test_broken_chain_is_rejected_and_gaps_wait() -> None:
+    entries = chain(KEYS[1], [bytes([k]) * 32 for k in range(1, 5)])
+    state = LogState(COMMITTEE)
+    assert state.apply(entries[2])[0] is Outcome.PENDING
+    assert state.apply(entries[0])[0] is Outcome.ACCEPTED
+    assert state.apply(entries[1]) == (Outcome.ACCEPTED, entries[1:3])
+    assert state.head(entries[0].author) == 3
+    forged_link = sign_entry(KEYS[1], 4, b"\x07" * 32, entries[3].hlc, BLOB_CERTIFIED, entries[3].payload)
+    assert state.apply(forged_link)[0] is Outcome.REJECTED
+
+
+def test_equivocation_is_detected_kept_and_excludes_the_rest() -> None:
+    honest = chain(KEYS[2], [b"\x01" * 32, b"\x02" * 32, b"\x03" * 32])
+    other = sign_entry(KEYS[2], 2, honest[0].id, honest[1].hlc, BLOB_CERTIFIED, certificate_payload(certificate(b"\x09" * 32), 1))
+    state = LogState(COMMITTEE)
+    for entry in honest:
+        state.apply(entry)
+    assert state.apply(other)[0] is Outcome.EQUIVOCATION
+    proof = state.equivocations[(honest[0].author, 2)]
+    assert set(proof) == {honest[1].id, other.id}
+    for entry in proof.values():  # both signatures check: anyone can verify the proof
+        check_entry(entry, COMMITTEE)
+    assert set(state.certified()) == {BlobId(b"\x01" * 32)}
+
+
+@st.composite
+def entry_sets(draw: st.DrawFn) -> list[Entry]:
+    entries: list[Entry] = []
+    blobs = [bytes([k]) * 32 for k in range(1, 9)]
+    for key in KEYS[:3]:
+        length = draw(st.integers(0, 4))
+        mine = chain(key, [draw(st.sampled_from(blobs)) for _ in range(length)], draw(st.integers(0, 5000)))
+        entries += mine
+        if mine and draw(st.booleans()):
+            # An equivocating fork at a random position, continued for a while.
+            at = draw(st.integers(1, len(mine)))
+            prev = mine[at - 2].id if at > 1 else GENESIS
+            fork = sign_entry(key, at, prev, draw(st.integers(0, 9999)), BLOB_CERTIFIED,
+                              certificate_payload(certificate(draw(st.sampled_from(blobs))), 3))
+            entries.append(fork)
+            if draw(st.booleans()):
+                entries.append(sign_entry(key, at + 1, fork.id, 10**6, BLOB_CERTIFIED,
+                                          certificate_payload(certificate(blobs[0]), 3)))
+    return entries
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entry_sets(), st.randoms(use_true_random=False), st.randoms(use_true_random=False))
+def test_any_order_with_duplicates_gives_the_same_state(entries: list[Entry], r1: random.Random, r2: random.Random) -> None:
+    def run(rng: random.Random) -> LogState:
+        shuffled = entries + rng.sample(entries, k=len(entries) // 2)
+        rng.shuffle(shuffled)
+        state = LogState(COMMITTEE)
+        for entry in shuffled:
+            state.apply(entry)
+        return state
+
+    a, b = run(r1), run(r2)
+    assert a.digest() == b.digest()
+    assert a.certified() == b.certified()
+    assert a.cutoffs() == b.cutoffs()

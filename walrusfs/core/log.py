@@ -1,0 +1,280 @@
+"""The signed, hash-chained log: entries, their validation, and the state derived from them.
+
+Every author (a committee member) keeps a chain: entry ``seq`` names the ID of the author's
+entry ``seq - 1`` in ``prev``. An entry's ID is the hash of its canonical encoding,
+signature included; the signature covers domain-separated canonical bytes, so a log entry
+can never be mistaken for anything else walrusfs signs.
+
+``LogState`` applies entries in any order, any number of times, and always derives the same
+state: entries wait until their chain reaches them, duplicates are ignored, and two signed
+entries for one (author, seq) are kept as an equivocation proof, after which that author's
+entries from that position on no longer count. Validation is pure and deterministic.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from . import merkle, wire
+from .certificates import Certificate, verify_certificate
+from .committee import Committee
+from .errors import CodecError, VerificationError
+from .metadata import BlobId
+
+ENTRY_DOMAIN = b"walrusfs/log-entry/v1\x00"
+GENESIS = bytes(32)
+#: Entry kinds. Only blob-certified is produced today; the others are reserved so later
+#: versions can add them without a format change.
+BLOB_CERTIFIED = "blob-certified"
+RESERVED_KINDS = frozenset({"namespace", "blob-invalid", "challenge-result", "committee-change"})
+MAX_PAYLOAD = 64 << 10
+
+
+class LogError(CodecError, ValueError):
+    """An entry is malformed or invalid; the message says why."""
+
+
+def next_hlc(last: int, now_ms: int, seen: int = 0) -> int:
+    """Hybrid logical clock: wall-clock milliseconds in the high bits, a counter in the low 16.
+
+    Strictly greater than both ``last`` (our previous stamp) and ``seen`` (the largest stamp
+    received), so stamps order causally even when clocks disagree.
+    """
+    return max(now_ms << 16, last + 1, seen + 1)
+
+
+def hlc_millis(hlc: int) -> int:
+    """The wall-clock part of a stamp, in milliseconds since the epoch."""
+    return hlc >> 16
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One signed log entry."""
+
+    author: bytes
+    seq: int
+    prev: bytes
+    hlc: int
+    kind: str
+    payload: Mapping[str, Any]
+    signature: bytes
+
+    def body(self) -> dict[str, Any]:
+        """The signed fields."""
+        return {
+            "author": self.author, "seq": self.seq, "prev": self.prev,
+            "hlc": self.hlc, "kind": self.kind, "payload": dict(self.payload),
+        }
+
+    def signed_bytes(self) -> bytes:
+        """Domain-separated canonical bytes the author signs."""
+        return ENTRY_DOMAIN + wire.encode(self.body())
+
+    def encode(self) -> bytes:
+        """Canonical encoding of the whole entry."""
+        return wire.encode({"v": wire.WIRE_VERSION, **self.body(), "signature": self.signature})
+
+    @property
+    def id(self) -> bytes:
+        """The entry ID: hash of its canonical encoding."""
+        return merkle.blake2b256(self.encode())
+
+
+def sign_entry(key: SigningKey, seq: int, prev: bytes, hlc: int, kind: str, payload: Mapping[str, Any]) -> Entry:
+    """A new entry signed by ``key``."""
+    unsigned = Entry(bytes(key.verify_key), seq, prev, hlc, kind, dict(payload), b"")
+    return Entry(unsigned.author, seq, prev, hlc, kind, dict(payload), key.sign(unsigned.signed_bytes()).signature)
+
+
+def decode_entry(data: bytes) -> Entry:
+    """Parse an encoded entry, checking every field's type and size (not the signature)."""
+    if len(data) > MAX_PAYLOAD + 1024:
+        raise LogError(f"entry of {len(data)} bytes is too large")
+    try:
+        message = wire.decode(data, MAX_PAYLOAD + 1024)
+        entry = Entry(
+            author=wire.field(message, "author", bytes, size=32),
+            seq=wire.field(message, "seq", int),
+            prev=wire.field(message, "prev", bytes, size=32),
+            hlc=wire.field(message, "hlc", int),
+            kind=wire.field(message, "kind", str),
+            payload=wire.field(message, "payload", dict),
+            signature=wire.field(message, "signature", bytes, size=64),
+        )
+    except wire.MessageError as exc:
+        raise LogError(f"malformed entry: {exc}") from exc
+    if set(message) != {"v", "author", "seq", "prev", "hlc", "kind", "payload", "signature"}:
+        raise LogError("entry has unknown fields")
+    if entry.seq < 1 or entry.hlc < 0 or entry.hlc >= 2**63:
+        raise LogError("entry seq must be >= 1 and hlc a non-negative 63-bit integer")
+    if (entry.seq == 1) != (entry.prev == GENESIS):
+        raise LogError("only an author's first entry (seq 1) has the all-zero prev")
+    return entry
+
+
+def certificate_payload(certificate: Certificate, length: int) -> dict[str, Any]:
+    """The payload of a blob-certified entry."""
+    return {**certificate.to_wire(), "length": length, "encoding": 1}
+
+
+def certificate_from_payload(payload: Mapping[str, Any]) -> tuple[Certificate, int]:
+    """The certificate and blob length a blob-certified payload carries."""
+    try:
+        signers = wire.field(payload, "signers", list)
+        signatures = wire.field(payload, "signatures", list)
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in signers):
+            raise LogError("certificate signers must be integers")
+        if not all(isinstance(s, bytes) for s in signatures):
+            raise LogError("certificate signatures must be byte strings")
+        certificate = Certificate(
+            BlobId(wire.field(payload, "blob_id", bytes, size=32)),
+            wire.uint(payload, "epoch", 2**32),
+            tuple(signers),
+            tuple(signatures),
+        )
+        length = wire.uint(payload, "length", 2**63)
+        if wire.field(payload, "encoding", int) != 1:
+            raise LogError("unsupported blob encoding")
+    except wire.MessageError as exc:
+        raise LogError(f"malformed blob-certified payload: {exc}") from exc
+    return certificate, length
+
+
+def check_entry(entry: Entry, committee: Committee) -> None:
+    """Raise ``LogError`` unless the entry is well-formed, from a member, signed and valid for its kind."""
+    members = {peer.public_key for peer in committee.peers}
+    if entry.author not in members:
+        raise LogError("entry author is not a committee member")
+    try:
+        VerifyKey(entry.author).verify(entry.signed_bytes(), entry.signature)
+    except BadSignatureError:
+        raise LogError("entry signature is invalid") from None
+    if entry.kind == BLOB_CERTIFIED:
+        certificate, _ = certificate_from_payload(entry.payload)
+        try:
+            verify_certificate(committee, certificate)
+        except VerificationError as exc:
+            raise LogError(f"invalid availability certificate: {exc}") from exc
+    elif entry.kind in RESERVED_KINDS:
+        raise LogError(f"entry kind {entry.kind!r} is reserved and not accepted yet")
+    else:
+        raise LogError(f"unknown entry kind {entry.kind!r}")
+
+
+class Outcome(enum.Enum):
+    """What applying an entry did."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    PENDING = "pending"  # its chain has a gap before it; kept until the gap is filled
+    EQUIVOCATION = "equivocation"
+    REJECTED = "rejected"
+
+
+@dataclass
+class LogState:
+    """Entries accepted so far and the state derived from them; pure and order-independent."""
+
+    committee: Committee
+    chains: dict[bytes, list[Entry]] = field(default_factory=dict)
+    pending: dict[bytes, dict[int, dict[bytes, Entry]]] = field(default_factory=dict)
+    #: (author, seq) -> conflicting entries, keyed by ID: anyone can check both signatures.
+    equivocations: dict[tuple[bytes, int], dict[bytes, Entry]] = field(default_factory=dict)
+    ids: set[bytes] = field(default_factory=set)
+
+    def head(self, author: bytes) -> int:
+        """Highest contiguous seq accepted from ``author``."""
+        return len(self.chains.get(author, ()))
+
+    def heads(self) -> dict[bytes, int]:
+        """Highest contiguous seq for every author."""
+        return {author: len(chain) for author, chain in self.chains.items()}
+
+    def apply(self, entry: Entry, checked: bool = False) -> tuple[Outcome, list[Entry]]:
+        """Apply one entry; return the outcome and the entries that became accepted."""
+        if entry.id in self.ids:
+            return Outcome.DUPLICATE, []
+        if not checked:
+            try:
+                check_entry(entry, self.committee)
+            except LogError:
+                return Outcome.REJECTED, []
+        chain = self.chains.setdefault(entry.author, [])
+        if entry.seq <= len(chain):
+            return self._equivocation(chain[entry.seq - 1], entry), []
+        if entry.seq > len(chain) + 1:
+            slot = self.pending.setdefault(entry.author, {}).setdefault(entry.seq, {})
+            slot[entry.id] = entry
+            return Outcome.PENDING, []
+        prev = chain[-1].id if chain else GENESIS
+        if entry.prev != prev:
+            return Outcome.REJECTED, []
+        accepted = [self._append(chain, entry)]
+        # Entries that were waiting for this one may now follow it.
+        waiting = self.pending.get(entry.author, {})
+        while len(chain) + 1 in waiting:
+            candidates = sorted(waiting.pop(len(chain) + 1).values(), key=lambda e: e.id)
+            fitting = [e for e in candidates if e.prev == chain[-1].id]
+            if not fitting:
+                break
+            chosen = fitting[0]
+            # Any other signed entry for this position proves the author equivocated.
+            for other in candidates:
+                self._equivocation(chosen, other)
+            accepted.append(self._append(chain, chosen))
+        return Outcome.ACCEPTED, accepted
+
+    def _append(self, chain: list[Entry], entry: Entry) -> Entry:
+        chain.append(entry)
+        self.ids.add(entry.id)
+        return entry
+
+    def _equivocation(self, ours: Entry, theirs: Entry) -> Outcome:
+        if ours.id == theirs.id:
+            return Outcome.DUPLICATE
+        proof = self.equivocations.setdefault((theirs.author, theirs.seq), {})
+        proof[ours.id] = ours
+        proof[theirs.id] = theirs
+        return Outcome.EQUIVOCATION
+
+    def _cutoff(self, author: bytes) -> int:
+        """First seq of ``author`` that no longer counts (after an equivocation)."""
+        return self.cutoffs().get(author, 1 << 62)
+
+    def cutoffs(self) -> dict[bytes, int]:
+        """For each equivocating author, the first position where it signed two entries."""
+        out: dict[bytes, int] = {}
+        for author, seq in self.equivocations:
+            out[author] = min(seq, out.get(author, seq))
+        return out
+
+    def counted(self) -> Iterable[Entry]:
+        """Entries that count towards the state: accepted and before any equivocation."""
+        for author, chain in self.chains.items():
+            cutoff = self._cutoff(author)
+            yield from (e for e in chain if e.seq < cutoff)
+
+    def certified(self) -> dict[BlobId, Entry]:
+        """Each certified blob with the entry that certified it first (by stamp, author, ID)."""
+        first: dict[BlobId, Entry] = {}
+        for entry in self.counted():
+            if entry.kind != BLOB_CERTIFIED:
+                continue
+            blob_id = BlobId(entry.payload["blob_id"])
+            known = first.get(blob_id)
+            if known is None or (entry.hlc, entry.author, entry.id) < (known.hlc, known.author, known.id):
+                first[blob_id] = entry
+        return first
+
+    def digest(self) -> bytes:
+        """Hash of the derived state: equal on every peer holding the same valid entries."""
+        certified = sorted([blob_id.raw, entry.id] for blob_id, entry in self.certified().items())
+        cutoffs = sorted([author, seq] for author, seq in self.cutoffs().items())
+        return merkle.blake2b256(wire.encode({"certified": certified, "equivocations": cutoffs}))
