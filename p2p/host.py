@@ -45,6 +45,8 @@ def configure_logging(level: int = logging.WARNING) -> None:
     logger.setLevel(level)
     logger.propagate = False
     logging.getLogger("libp2p.network.auto_connector").setLevel(max(level, logging.WARNING))
+    # A refused dial is logged as ERROR here although callers handle it; they report it.
+    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
 
 
 def key_pair(seed: bytes) -> KeyPair:

@@ -342,6 +342,8 @@ def store(file: str, committee_path: Path | None, as_json: bool) -> None:
             "signatures": [sig.hex() for sig in cert.signatures],
         },
         "failures": result.failures,
+        "entryId": result.entry.id.hex() if result.entry else None,
+        "loggedBy": result.logged_by,
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -354,6 +356,8 @@ def store(file: str, committee_path: Path | None, as_json: bool) -> None:
     )
     for peer_id, why in sorted(result.failures.items()):
         click.echo(f"  not confirmed by {peer_id}: {why}")
+    if result.entry:
+        click.echo(f"Log entry: {result.entry.id.hex()} (held by {len(result.logged_by)} peers' logs)")
 
 
 @main.command()
@@ -398,14 +402,33 @@ def read(blob: BlobId, output: Path | None, offset: int, length: int | None, str
 @json_option
 def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> None:
     """Show which peers hold which slivers of BLOB_ID and who confirmed it."""
+    from .core.log import hlc_millis
+
     committee = load_committee(committee_path)
-    status = _with_client(committee, lambda client: client.blob_status(blob))
+
+    async def job(client: Any) -> tuple[Any, Any]:
+        return await client.blob_status(blob), await client.certified_entry(blob)
+
+    status, entry = _with_client(committee, job)
     confirmed = [s for s in status if s.get("confirmed")]
     weight = sum(len(s["shards"]) for s in confirmed)
+    poa = None
+    if entry is not None:
+        poa = {
+            "entryId": entry.id.hex(),
+            "author": committee.peers[[p.public_key for p in committee.peers].index(entry.author)].peer_id,
+            "time": _iso(hlc_millis(entry.hlc)),
+            "signers": [committee.peers[i].peer_id for i in entry.payload["signers"]],
+        }
     if as_json:
         click.echo(json.dumps({"blobId": str(blob), "confirmedShards": weight, "quorum": committee.quorum,
-                               "certified": weight >= committee.quorum, "peers": status}, indent=2))
+                               "certified": poa is not None, "pointOfAvailability": poa, "peers": status}, indent=2))
         return
+    if poa:
+        click.echo(f"Blob {blob}: certified in the log at {poa['time']} (entry {poa['entryId'][:16]}..., "
+                   f"{len(poa['signers'])} signers)")
+    else:
+        click.echo(f"Blob {blob}: no certificate in the log")
     click.echo(f"Blob {blob}: confirmed by peers holding {weight} of {committee.n_shards} shards "
                f"({'certifiable' if weight >= committee.quorum else 'below quorum ' + str(committee.quorum)})")
     for s in status:
@@ -415,6 +438,83 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
         held = "all" if sorted(s["pairs"]) == s["pairs_expected"] else f"{s['pairs']} of {s['pairs_expected']}"
         click.echo(f"  {s['peer_id']}: shards {s['shards']}, pairs {held}, metadata {'yes' if s['metadata'] else 'no'}, "
                    f"{'confirmed' if s['confirmed'] else 'not confirmed'}")
+
+
+def _iso(millis: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@main.command("log")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new entries (Ctrl-C to stop).")
+@click.option("--author", help="Only entries by this peer ID.")
+@click.option("--kind", help="Only entries of this kind (e.g. blob-certified).")
+@click.option("--peer", "peer_index", type=int, default=None, help="Read this committee member's log (default: first that answers).")
+@committee_option
+@json_option
+def log_command(follow: bool, author: str | None, kind: str | None, peer_index: int | None,
+                committee_path: Path | None, as_json: bool) -> None:
+    """Show the log's entries, oldest first, each checked here for validity."""
+    import trio
+
+    from .core.log import LogError, check_entry, hlc_millis
+
+    committee = load_committee(committee_path)
+    names = {p.public_key: p.peer_id for p in committee.peers}
+    if author and author not in names.values():
+        raise click.BadParameter(f"{author} is not a committee member", param_hint="--author")
+
+    def describe(entry: Any, counted: bool) -> dict[str, Any]:
+        try:
+            check_entry(entry, committee)
+            validity = "valid" if counted else "equivocation"
+        except LogError as exc:
+            validity = f"INVALID: {exc}"
+        row = {"entryId": entry.id.hex(), "author": names.get(entry.author, entry.author.hex()),
+               "seq": entry.seq, "time": _iso(hlc_millis(entry.hlc)), "kind": entry.kind, "validity": validity}
+        if entry.kind == "blob-certified" and "blob_id" in entry.payload:
+            row["blobId"] = str(BlobId(entry.payload["blob_id"]))
+            row["length"] = entry.payload.get("length")
+        return row
+
+    async def job(client: Any) -> None:
+        shown: set[bytes] = set()
+        while True:
+            peers = [peer_index] if peer_index is not None else list(range(len(committee.peers)))
+            entries = None
+            for peer in peers:
+                try:
+                    entries = await client.log_entries(peer)
+                    break
+                except Exception:
+                    continue
+            if entries is None:
+                raise Failure("no peer answered with its log")
+            from .core.log import LogState
+
+            state = LogState(committee)
+            for entry in entries:
+                state.apply(entry, checked=True)
+            counted = {e.id for e in state.counted()}
+            for entry in sorted(entries, key=lambda e: (e.hlc, e.author, e.seq)):
+                if entry.id in shown:
+                    continue
+                shown.add(entry.id)
+                row = describe(entry, entry.id in counted)
+                if (author and row["author"] != author) or (kind and entry.kind != kind):
+                    continue
+                if as_json:
+                    click.echo(json.dumps(row))
+                else:
+                    extra = f" blob {row['blobId']} ({row['length']} bytes)" if "blobId" in row else ""
+                    click.echo(f"{row['time']}  {row['author'][:20]}... #{row['seq']}  {row['kind']}{extra}  "
+                               f"[{row['validity']}]  {row['entryId'][:16]}")
+            if not follow:
+                return
+            await trio.sleep(1.0)
+
+    _with_client(committee, job)
 
 
 @main.command()

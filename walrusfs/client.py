@@ -25,6 +25,7 @@ from .core import messages as m
 from .core.certificates import Certificate, assemble_certificate, verify_confirmation
 from .core.committee import Committee
 from .core.errors import CodecError, InconsistentBlob
+from .core.log import Entry, LogError, certificate_payload, check_entry, decode_entry
 from .core.metadata import BlobId, BlobMetadata
 from .core.redstuff import (
     Axis,
@@ -38,11 +39,14 @@ from .core.redstuff import (
     verify_sliver,
 )
 from .core.wire import field as wire_field
+from .replication import LOG_CERTIFIED, LOG_EVIDENCE, LOG_HEADS, LOG_RANGE, LOG_SUBMIT, LOG_TIMES
 
 log = logging.getLogger("walrusfs.client")
 
 #: After the quorum, keep delivering to the remaining peers this long so they need not heal.
 GRACE_PERIOD = 2.0
+#: How long ``store`` waits for f + 1 peers' logs to hold its entry before reporting it.
+LOG_WAIT = 60.0
 
 Progress = Callable[[int], None]
 
@@ -61,13 +65,15 @@ class InvalidBlobError(ReadError):
 
 @dataclass
 class StoreResult:
-    """Outcome of a store: blob ID, certificate and what each peer did."""
+    """Outcome of a store: blob ID, certificate, its log entry and what each peer did."""
 
     blob_id: BlobId
     metadata: BlobMetadata
     certificate: Certificate
     confirmed: list[str]
     failures: dict[str, str] = field(default_factory=dict)
+    entry: Entry | None = None
+    logged_by: list[str] = field(default_factory=list)
 
 
 def _describe(exc: BaseException) -> str:
@@ -95,8 +101,10 @@ class Client:
 
     # ------------------------------------------------------------------ store
 
-    async def store(self, data: bytes, progress: Progress | None = None, grace: float = GRACE_PERIOD) -> StoreResult:
-        """Encode and store ``data``; return once peers holding 2f + 1 shards confirmed."""
+    async def store(
+        self, data: bytes, progress: Progress | None = None, grace: float = GRACE_PERIOD, publish: bool = True
+    ) -> StoreResult:
+        """Encode and store ``data``; certify it (2f + 1 shards) and record it in the log."""
         encoded: EncodedBlob = await trio.to_thread.run_sync(encode_blob, data, self.config)
         blob_id = encoded.blob_id
         metadata_wire = m.metadata_to_wire(encoded.metadata)
@@ -152,7 +160,82 @@ class Client:
             )
         certificate = assemble_certificate(self.committee, blob_id, signatures.items())
         confirmed = [self.committee.peers[i].peer_id for i in certificate.signers]
-        return StoreResult(blob_id, encoded.metadata, certificate, confirmed, failures)
+        result = StoreResult(blob_id, encoded.metadata, certificate, confirmed, failures)
+        if publish:
+            result.entry = await self.publish(certificate, len(data))
+            result.logged_by = await self.wait_logged(result.entry.id)
+        return result
+
+    async def publish(self, certificate: Certificate, length: int) -> Entry:
+        """Hand the certificate to peers, in random order, until one records it in the log."""
+        payload = certificate_payload(certificate, length)
+        problems: dict[str, str] = {}
+        order = list(range(len(self.committee.peers)))
+        random.shuffle(order)
+        for peer in order:
+            info = self.committee.peers[peer]
+            try:
+                reply, _ = await self._call(peer, LOG_SUBMIT, payload=payload)
+                entry = decode_entry(wire_field(reply, "entry", bytes))
+                await trio.to_thread.run_sync(check_entry, entry, self.committee)
+                if entry.payload.get("blob_id") != certificate.blob_id.raw:
+                    raise LogError("peer returned an entry for another blob")
+                return entry
+            except (PeerUnavailable, CodecError) as exc:
+                problems[info.peer_id] = _describe(exc)
+        detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
+        raise StoreError(f"no peer recorded the certificate of {certificate.blob_id} in the log: {detail}")
+
+    async def wait_logged(self, entry_id: bytes, limit: float = LOG_WAIT) -> list[str]:
+        """Wait until the logs of peers holding f + 1 shards hold the entry; return those peers."""
+        holders: set[int] = set()
+        with trio.move_on_after(limit):
+            while self.committee.weight(holders) < self.committee.validity_threshold:
+                for peer, reply, _ in await self._each_peer(LOG_TIMES, ids=[entry_id]):
+                    if reply is not None and reply.get("times", [None])[0] is not None:
+                        holders.add(peer)
+                if self.committee.weight(holders) < self.committee.validity_threshold:
+                    await trio.sleep(0.05)
+            return [self.committee.peers[i].peer_id for i in sorted(holders)]
+        raise StoreError(
+            f"entry {entry_id.hex()} reached only {len(holders)} peers' logs in {limit:.0f} s; "
+            f"f + 1 = {self.committee.validity_threshold} shards are needed"
+        )
+
+    async def log_heads(self) -> list[tuple[int, dict[str, Any] | None, str | None]]:
+        """Each peer's log heads, digest and entry count (or why it did not answer)."""
+        return await self._each_peer(LOG_HEADS)
+
+    async def log_entries(self, peer: int) -> list[Entry]:
+        """Every accepted entry in ``peer``'s log, fetched range by range."""
+        reply, _ = await self._call(peer, LOG_HEADS)
+        entries: list[Entry] = []
+        for author_hex, head in wire_field(reply, "heads", dict).items():
+            start = 1
+            while start <= head:
+                got, _ = await self._call(peer, LOG_RANGE, author=bytes.fromhex(author_hex), start=start, count=500)
+                batch = [decode_entry(e) for e in wire_field(got, "entries", list)]
+                if not batch:
+                    break
+                entries += batch
+                start += len(batch)
+        evidence, _ = await self._call(peer, LOG_EVIDENCE)
+        entries += [decode_entry(e) for e in wire_field(evidence, "entries", list)]
+        return entries
+
+    async def certified_entry(self, blob_id: BlobId) -> Entry | None:
+        """The log entry certifying ``blob_id``, from the first peer that has a valid one."""
+        for peer, reply, _ in await self._each_peer(LOG_CERTIFIED, blob_id=blob_id.raw):
+            if reply is None:
+                continue
+            try:
+                entry = decode_entry(wire_field(reply, "entry", bytes))
+                check_entry(entry, self.committee)
+            except CodecError:
+                continue
+            if entry.payload.get("blob_id") == blob_id.raw:
+                return entry
+        return None
 
     # ------------------------------------------------------------------ read
 

@@ -33,6 +33,7 @@ from .core.recovery import recovery_symbol
 from .core.redstuff import Axis, Sliver, verify_sliver
 from .core.wire import MessageError, encode, field, uint
 from .identity import Identity
+from .replication import LogService
 from .storage import PeerStore
 
 log = logging.getLogger("walrusfs.peer")
@@ -73,6 +74,7 @@ class PeerService:
         self.store = store
         self.fault = fault
         self.index = committee.index_of(identity.peer_id)
+        self.log = LogService(identity, committee, store, self.index)
         self.shards = frozenset(committee.peers[self.index].shards)
         self.n = committee.n_shards
 
@@ -87,6 +89,7 @@ class PeerService:
             m.GET_RECOVERY_SYMBOL: self._get_recovery_symbol,
             m.GET_STATUS: self._status,
             m.GET_BLOB_STATUS: self._blob_status,
+            **self.log.handlers(),
         }
         for protocol, handler in handlers.items():
             serve(host, protocol, self._guarded(handler), lambda exc: m.error(m.MALFORMED, str(exc)))
@@ -272,17 +275,20 @@ async def run_peer(directory: Path, identity: Identity, committee: Committee, fa
     """Serve as a committee peer until SIGTERM or SIGINT, then close cleanly."""
     store = await trio.to_thread.run_sync(PeerStore, directory)
     service = PeerService(identity, committee, store, fault)
+    await service.log.load()
     me = committee.peers[service.index]
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with running_host(identity.seed, me.addrs) as host:
+            async with running_host(identity.seed, me.addrs) as host, trio.open_nursery() as nursery:
                 service.register(host)
+                nursery.start_soon(service.log.run, host)
                 addrs = ", ".join(str(a) for a in host.get_addrs())
                 print(f"walrusfs peer {identity.peer_id} serving shards {sorted(service.shards)} on {addrs}"
                       + (f" [TEST FAULT: {fault.value}]" if fault else ""), flush=True)
                 async for signum in signals:
                     print(f"walrusfs peer: {signal.Signals(signum).name}, shutting down", flush=True)
                     break
+                nursery.cancel_scope.cancel()
     finally:
         store.close()
     os.sync()

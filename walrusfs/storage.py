@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS pairs (blob_id BLOB NOT NULL, pair INTEGER NOT NULL, 
                                   primary_length INTEGER NOT NULL, PRIMARY KEY (blob_id, pair));
 CREATE TABLE IF NOT EXISTS confirmations (blob_id BLOB NOT NULL, epoch INTEGER NOT NULL, signature BLOB NOT NULL,
                                           PRIMARY KEY (blob_id, epoch));
+CREATE TABLE IF NOT EXISTS log_entries (id BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL,
+                                        encoded BLOB NOT NULL, received_ms INTEGER NOT NULL);
 """
 
 
@@ -147,6 +149,33 @@ class PeerStore:
                 "SELECT signature FROM confirmations WHERE blob_id = ? AND epoch = ?", (blob_id.raw, epoch)
             ).fetchone()
         return row[0] if row else None
+
+    def add_log_entries(self, rows: list[tuple[bytes, bytes, int, bytes, int]]) -> None:
+        """Durably record (id, author, seq, encoded, received_ms) log entries in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO log_entries (id, author, seq, encoded, received_ms) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            self._db.execute("COMMIT")
+
+    def log_entries(self) -> list[bytes]:
+        """Every stored log entry, each author's in seq order."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT encoded FROM log_entries ORDER BY author, seq")]
+
+    def entry_times(self, ids: list[bytes]) -> dict[bytes, int]:
+        """When each of the given entries was first stored here (ms since the epoch)."""
+        out: dict[bytes, int] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                batch = ids[start : start + 500]
+                marks = ",".join("?" * len(batch))
+                for entry_id, received in self._db.execute(
+                    f"SELECT id, received_ms FROM log_entries WHERE id IN ({marks})", batch
+                ):
+                    out[entry_id] = received
+        return out
 
     def stats(self) -> tuple[int, int]:
         """(blobs with metadata, bytes of stored sliver pairs)."""

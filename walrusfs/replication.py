@@ -1,0 +1,308 @@
+"""Log replication on a peer: authoring, validating, storing and spreading log entries.
+
+Delivery is made certain by anti-entropy, not by the fast path: every interval (and at once
+when an entry arrives ahead of a gap) the peer asks a random other peer for its per-author
+heads and pulls the ranges it lacks. The fast path pushes newly accepted entries to every
+other peer in batches, one request in flight per destination. Invalid entries are never
+stored or relayed; equivocation evidence is relayed so every peer learns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from p2p.framing import FrameReader
+from p2p.host import IHost, peer_info
+from p2p.rpc import PeerUnavailable
+from p2p.rpc import request as rpc_request
+
+from .core import messages as m
+from .core.certificates import verify_certificate
+from .core.committee import Committee
+from .core.errors import CodecError, VerificationError
+from .core.log import (
+    BLOB_CERTIFIED,
+    GENESIS,
+    Entry,
+    LogError,
+    LogState,
+    Outcome,
+    certificate_from_payload,
+    check_entry,
+    decode_entry,
+    next_hlc,
+    sign_entry,
+)
+from .core.wire import field, uint
+from .identity import Identity
+from .storage import PeerStore
+
+log = logging.getLogger("walrusfs.replication")
+
+LOG_SUBMIT = "/walrusfs/log-submit/1.0.0"
+LOG_PUSH = "/walrusfs/log-push/1.0.0"
+LOG_HEADS = "/walrusfs/log-heads/1.0.0"
+LOG_RANGE = "/walrusfs/log-range/1.0.0"
+LOG_TIMES = "/walrusfs/log-times/1.0.0"
+LOG_EVIDENCE = "/walrusfs/log-evidence/1.0.0"
+LOG_CERTIFIED = "/walrusfs/log-certified/1.0.0"
+LOG_PROTOCOLS = (LOG_SUBMIT, LOG_PUSH, LOG_HEADS, LOG_RANGE, LOG_TIMES, LOG_EVIDENCE, LOG_CERTIFIED)
+
+#: Entries per push or range reply; keeps every message far below the header limit.
+BATCH = 500
+ANTI_ENTROPY_INTERVAL = 1.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class LogService:
+    """One peer's replica of the log and its replication tasks."""
+
+    def __init__(self, identity: Identity, committee: Committee, store: PeerStore, index: int) -> None:
+        self.identity = identity
+        self.committee = committee
+        self.store = store
+        self.index = index
+        self.state = LogState(committee)
+        self.last_hlc = 0
+        self.max_seen = 0
+        self._author_lock = trio.Lock()
+        self._apply_lock = trio.Lock()
+        self._outboxes: dict[int, list[Entry]] = {i: [] for i in range(len(committee.peers)) if i != index}
+        self._outbox_ready: dict[int, trio.Event] = {i: trio.Event() for i in self._outboxes}
+        self._pull_now = trio.Event()
+        self.host: IHost | None = None
+
+    async def load(self) -> None:
+        """Rebuild the state from the entries stored here (they were validated before storing)."""
+        for encoded in await trio.to_thread.run_sync(self.store.log_entries):
+            entry = decode_entry(encoded)
+            self.state.apply(entry, checked=True)
+            self.max_seen = max(self.max_seen, entry.hlc)
+            if entry.author == self.identity.public_key:
+                self.last_hlc = max(self.last_hlc, entry.hlc)
+
+    # ------------------------------------------------------------------ applying
+
+    async def receive(self, entries: Sequence[Entry]) -> list[tuple[str, str]]:
+        """Validate, apply, store and relay entries; return (outcome, reason) for each."""
+        fresh = [e for e in entries if e.id not in self.state.ids]
+
+        def validate() -> dict[bytes, str]:
+            problems: dict[bytes, str] = {}
+            for entry in fresh:
+                try:
+                    check_entry(entry, self.committee)
+                except LogError as exc:
+                    problems[entry.id] = str(exc)
+            return problems
+
+        problems = await trio.to_thread.run_sync(validate)
+        results: list[tuple[str, str]] = []
+        to_store: dict[bytes, Entry] = {}
+        to_relay: list[Entry] = []
+        gap = False
+        async with self._apply_lock:
+            for entry in entries:
+                if entry.id in problems:
+                    results.append((Outcome.REJECTED.value, problems[entry.id]))
+                    continue
+                outcome, accepted = self.state.apply(entry, checked=True)
+                reason = ""
+                if outcome is Outcome.REJECTED:
+                    reason = "does not extend the author's chain (prev mismatch)"
+                elif outcome is Outcome.PENDING:
+                    gap = True
+                    to_store[entry.id] = entry
+                elif outcome is Outcome.EQUIVOCATION:
+                    reason = "author signed two entries at this position; kept as proof"
+                    to_store[entry.id] = entry
+                    to_relay.append(entry)
+                for accepted_entry in accepted:
+                    self.max_seen = max(self.max_seen, accepted_entry.hlc)
+                    to_store[accepted_entry.id] = accepted_entry
+                    to_relay.append(accepted_entry)
+                results.append((outcome.value, reason))
+            if to_store:
+                now = _now_ms()
+                rows = [(e.id, e.author, e.seq, e.encode(), now) for e in to_store.values()]
+                await trio.to_thread.run_sync(self.store.add_log_entries, rows)
+        self._relay(to_relay)
+        if gap:
+            self._pull_now.set()
+        return results
+
+    def _relay(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        for peer, outbox in self._outboxes.items():
+            outbox.extend(entries)
+            self._outbox_ready[peer].set()
+
+    async def submit(self, payload: dict[str, Any]) -> Entry:
+        """Author a blob-certified entry for a certificate a writer handed us."""
+        certificate, _ = certificate_from_payload(payload)
+        verify_certificate(self.committee, certificate)
+        async with self._author_lock:
+            existing = self.state.certified().get(certificate.blob_id)
+            if existing is not None:
+                return existing
+            me = self.identity.public_key
+            chain = self.state.chains.get(me, [])
+            self.last_hlc = next_hlc(self.last_hlc, _now_ms(), self.max_seen)
+            entry = sign_entry(
+                self.identity.signing_key, len(chain) + 1, chain[-1].id if chain else GENESIS,
+                self.last_hlc, BLOB_CERTIFIED, payload,
+            )
+            [(outcome, reason)] = await self.receive([entry])
+            if outcome != Outcome.ACCEPTED.value:
+                raise LogError(f"could not append our own entry: {outcome} {reason}")
+        return entry
+
+    # ------------------------------------------------------------------ background
+
+    async def run(self, host: IHost) -> None:
+        """Relay and anti-entropy tasks; runs until cancelled."""
+        self.host = host
+        async with trio.open_nursery() as nursery:
+            for peer in self._outboxes:
+                nursery.start_soon(self._pusher, peer)
+            nursery.start_soon(self._anti_entropy)
+
+    async def _call(self, peer: int, protocol: str, **fields: Any) -> dict[str, Any]:
+        assert self.host is not None
+        info = self.committee.peers[peer]
+        header, _ = await rpc_request(
+            self.host, peer_info(info.peer_id, info.addrs), protocol, m.request(**fields),
+            max_header=m.MAX_HEADER, max_body=0,
+        )
+        return m.parse_response(header)
+
+    async def _pusher(self, peer: int) -> None:
+        outbox = self._outboxes[peer]
+        ready = self._outbox_ready[peer]
+        while True:
+            await ready.wait()
+            ready = self._outbox_ready[peer] = trio.Event()
+            while outbox:
+                batch = outbox[:BATCH]
+                del outbox[:BATCH]
+                try:
+                    await self._call(peer, LOG_PUSH, entries=[e.encode() for e in batch])
+                except (PeerUnavailable, CodecError) as exc:
+                    # Anti-entropy delivers it later; the fast path does not retry.
+                    log.debug("push to peer %d failed: %s", peer, exc)
+                    outbox.clear()
+
+    async def _anti_entropy(self) -> None:
+        others = list(self._outboxes)
+        # Catch up with everyone at start, then one random peer per round.
+        for peer in others:
+            await self._pull_from(peer)
+        while True:
+            with trio.move_on_after(ANTI_ENTROPY_INTERVAL):
+                await self._pull_now.wait()
+            self._pull_now = trio.Event()
+            await self._pull_from(random.choice(others))
+
+    async def _pull_from(self, peer: int) -> None:
+        try:
+            reply = await self._call(peer, LOG_HEADS)
+            heads = field(reply, "heads", dict)
+            for author_hex, remote in heads.items():
+                author = bytes.fromhex(author_hex)
+                while self.state.head(author) < remote:
+                    start = self.state.head(author) + 1
+                    got = await self._call(peer, LOG_RANGE, author=author, start=start, count=BATCH)
+                    entries = [decode_entry(e) for e in field(got, "entries", list)]
+                    if not entries:
+                        break
+                    await self.receive(entries)
+                    if self.state.head(author) < start:
+                        break  # nothing usable came back; try another peer next round
+            if field(reply, "evidence", int) > len(self.state.equivocations):
+                got = await self._call(peer, LOG_EVIDENCE)
+                await self.receive([decode_entry(e) for e in field(got, "entries", list)])
+        except (PeerUnavailable, CodecError) as exc:
+            log.debug("anti-entropy with peer %d failed: %s", peer, exc)
+
+    # ------------------------------------------------------------------ handlers
+
+    def handlers(self) -> dict[str, Any]:
+        """Protocol ID -> handler(request, reader) for the peer to serve."""
+        return {
+            LOG_SUBMIT: self._h_submit, LOG_PUSH: self._h_push, LOG_HEADS: self._h_heads,
+            LOG_RANGE: self._h_range, LOG_TIMES: self._h_times, LOG_EVIDENCE: self._h_evidence,
+            LOG_CERTIFIED: self._h_certified,
+        }
+
+    async def _h_certified(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await reader.body_length(0)
+        blob_id = m.blob_id_field(request)
+        entry = self.state.certified().get(blob_id)
+        if entry is None:
+            return m.error(m.NOT_FOUND, f"blob {blob_id} is not certified in this peer's log"), b""
+        return m.ok(entry=entry.encode()), b""
+
+    async def _h_submit(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await reader.body_length(0)
+        try:
+            entry = await self.submit(field(request, "payload", dict))
+        except LogError as exc:
+            return m.error(m.INVALID, str(exc)), b""
+        except VerificationError as exc:
+            return m.error(m.INVALID, f"invalid availability certificate: {exc}"), b""
+        return m.ok(entry=entry.encode(), entry_id=entry.id), b""
+
+    async def _h_push(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await reader.body_length(0)
+        raw = field(request, "entries", list)
+        if len(raw) > BATCH:
+            return m.error(m.MALFORMED, f"at most {BATCH} entries per push, got {len(raw)}"), b""
+        entries, results = [], []
+        for item in raw:
+            if not isinstance(item, bytes):
+                return m.error(m.MALFORMED, "entries must be byte strings"), b""
+            try:
+                entries.append(decode_entry(item))
+            except LogError as exc:
+                results.append((Outcome.REJECTED.value, str(exc)))
+        results += await self.receive(entries)
+        return m.ok(results=[[o, r] for o, r in results]), b""
+
+    async def _h_heads(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await reader.body_length(0)
+        heads = {author.hex(): seq for author, seq in self.state.heads().items()}
+        count = sum(heads.values())
+        return m.ok(heads=heads, digest=self.state.digest(), entries=count,
+                    evidence=len(self.state.equivocations)), b""
+
+    async def _h_range(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await reader.body_length(0)
+        author = field(request, "author", bytes, size=32)
+        start = uint(request, "start", 2**62)
+        count = min(uint(request, "count", 2**31), BATCH)
+        chain = self.state.chains.get(author, [])
+        return m.ok(entries=[e.encode() for e in chain[max(start, 1) - 1 : max(start, 1) - 1 + count]]), b""
+
+    async def _h_times(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await reader.body_length(0)
+        ids = field(request, "ids", list)
+        if len(ids) > 10_000 or not all(isinstance(i, bytes) for i in ids):
+            return m.error(m.MALFORMED, "ids must be at most 10000 byte strings"), b""
+        times = await trio.to_thread.run_sync(self.store.entry_times, ids)
+        return m.ok(times=[times.get(i) for i in ids]), b""
+
+    async def _h_evidence(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await reader.body_length(0)
+        entries = [e.encode() for proof in self.state.equivocations.values() for e in proof.values()]
+        return m.ok(entries=entries[:BATCH]), b""
+
