@@ -62,9 +62,7 @@ def make_host(seed: bytes) -> IHost:
         key_pair=keys,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        # No background auto-dialing of every known peer: walrusfs connects on demand, and a
-        # second dialer racing ours under a one-connection limit only adds failures.
-        connection_config=ConnectionConfig(max_connections_per_peer=1, min_connections=0, low_watermark=0),
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
         enable_mDNS=False,
         enable_upnp=False,
     )
@@ -81,6 +79,12 @@ async def running_host(seed: bytes, listen: Sequence[str] = ()) -> AsyncIterator
     host = make_host(seed)
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         try:
+            # The auto-connector would dial every known peer in the background (aiming at
+            # 150 connections); walrusfs connects on demand, and a second dialer racing
+            # ours under a one-connection limit only adds failures. It has no off switch.
+            auto_connector = getattr(host.get_network(), "auto_connector", None)
+            if auto_connector is not None:
+                await auto_connector.stop()
             yield host
         finally:
             with trio.CancelScope(shield=True):

@@ -290,6 +290,20 @@ def devnet_stop(directory: Path, index: int, kill: bool) -> None:
     click.echo(f"peer {index} stopped")
 
 
+@devnet.command("wipe")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--peer", "index", type=int, required=True, help="Index of the (stopped) peer to wipe.")
+def devnet_wipe(directory: Path, index: int) -> None:
+    """Delete a stopped peer's stored data, keeping its identity (a fault drill)."""
+    from . import devnet as dn
+
+    try:
+        dn.wipe_peer(directory, index)
+    except dn.DevnetError as exc:
+        raise Failure(str(exc)) from exc
+    click.echo(f"peer {index} wiped")
+
+
 @devnet.command("start")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--peer", "index", type=int, required=True, help="Index of the peer to start.")

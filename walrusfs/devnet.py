@@ -138,6 +138,24 @@ def _reap(pid: int) -> None:
         pass
 
 
+def wipe_peer(directory: Path, index: int) -> None:
+    """Delete a stopped peer's stored data (slivers, metadata, log), keeping its identity."""
+    import shutil
+
+    if index in running(directory):
+        raise DevnetError(f"peer {index} is running; stop it before wiping its data")
+    data = peer_dir(directory, index)
+    if not data.is_dir():
+        raise DevnetError(f"no peer {index} in {directory}")
+    for item in data.iterdir():
+        if item.name in ("identity.key", "peer.log"):
+            continue
+        if item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+
+
 def running(directory: Path) -> dict[int, int]:
     """Running peers: index -> PID."""
     return {int(k): int(v["pid"]) for k, v in _read_state(directory).items() if _alive(int(v["pid"]))}
