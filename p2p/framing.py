@@ -25,6 +25,10 @@ class FrameError(Exception):
     """The peer sent a frame that is truncated or exceeds the agreed limits."""
 
 
+class EndOfStream(FrameError):
+    """The stream ended cleanly between frames."""
+
+
 class FrameReader:
     """Reads frames from a stream in large reads."""
 
@@ -51,7 +55,9 @@ class FrameReader:
         return out
 
     async def read_header(self, max_size: int) -> bytes:
-        """The next frame's header, at most ``max_size`` bytes."""
+        """The next frame's header, at most ``max_size`` bytes; ``EndOfStream`` if none follows."""
+        if not self._buffer and not await self._more():
+            raise EndOfStream("stream ended between frames")
         (size,) = _HEADER_PREFIX.unpack(await self._exactly(_HEADER_PREFIX.size, "header length"))
         if size > max_size:
             raise FrameError(f"header of {size} bytes exceeds the limit of {max_size}")

@@ -1,8 +1,11 @@
-"""Request/response over libp2p streams: one frame each way per stream.
+"""Request/response over libp2p streams: one frame each way per request.
 
-A handler exception escaping a libp2p stream handler takes the whole host down, so every
-handler is wrapped: framing errors are answered with an error header built by the caller's
-``on_error`` and anything else resets just that stream.
+A stream may carry several requests in turn: ``request`` opens a stream per call, while a
+``Session`` keeps one stream open for many (opening a stream costs a few ms of CPU in
+py-libp2p, which dominates small, frequent messages). A handler exception escaping a
+libp2p stream handler takes the whole host down, so every handler is wrapped: framing
+errors are answered with an error header built by the caller's ``on_error`` and anything
+else resets just that stream.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 
-from .framing import Body, FrameError, FrameReader, write_frame
+from .framing import Body, EndOfStream, FrameError, FrameReader, write_frame
 
 log = logging.getLogger("p2p.rpc")
 
@@ -40,12 +43,18 @@ def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exce
 
     async def on_stream(stream: object) -> None:
         remote = str(stream.muxed_conn.peer_id)  # type: ignore[attr-defined]
+        reader = FrameReader(stream)
         try:
-            try:
-                header, body = await handler(FrameReader(stream), remote)
-            except FrameError as exc:
-                header, body = on_error(exc), b""
-            await write_frame(stream, header, body)
+            while True:
+                try:
+                    header, body = await handler(reader, remote)
+                except EndOfStream:
+                    break
+                except FrameError as exc:
+                    # After a framing error the stream's position is unknown: answer, then end it.
+                    await write_frame(stream, on_error(exc), b"")
+                    break
+                await write_frame(stream, header, body)
             await stream.close()  # type: ignore[attr-defined]
         except (StreamEOF, StreamReset, MuxedStreamError) as exc:
             # The requester went away (it cancels requests it no longer needs).
@@ -111,3 +120,53 @@ async def request(
         raise
     await stream.close()
     return response, response_body
+
+
+class Session:
+    """Sequential requests to one peer over one long-lived stream, reopened when it breaks."""
+
+    def __init__(self, host: IHost, peer: PeerInfo, protocol: str, *, max_header: int, max_body: int) -> None:
+        self._host = host
+        self._peer = peer
+        self._protocol = protocol
+        self._limits = (max_header, max_body)
+        self._stream: object | None = None
+        self._reader: FrameReader | None = None
+        self._lock = trio.Lock()
+
+    async def request(self, header: bytes, body: Body = b"") -> tuple[bytes, bytes]:
+        """Send one request on the session's stream and return the response (header, body)."""
+        async with self._lock:
+            for attempt in range(2):
+                try:
+                    if self._stream is None:
+                        self._stream = await _open_stream(self._host, self._peer, self._protocol)
+                        self._reader = FrameReader(self._stream)
+                    assert self._reader is not None
+                    await write_frame(self._stream, header, body)
+                    response = await self._reader.read_header(self._limits[0])
+                    return response, await self._reader.read_body(self._limits[1])
+                except Exception as exc:
+                    await self._drop()
+                    if attempt:
+                        raise PeerUnavailable(str(self._peer.peer_id), f"{self._protocol} session failed: {exc}") from exc
+            raise AssertionError("unreachable")
+
+    async def _drop(self) -> None:
+        stream, self._stream, self._reader = self._stream, None, None
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.reset()  # type: ignore[attr-defined]
+                except Exception:
+                    pass
+
+    async def aclose(self) -> None:
+        """Close the stream."""
+        stream, self._stream, self._reader = self._stream, None, None
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.close()  # type: ignore[attr-defined]
+                except Exception:
+                    pass

@@ -168,6 +168,10 @@ def check_entry(entry: Entry, committee: Committee) -> None:
         raise LogError(f"unknown entry kind {entry.kind!r}")
 
 
+def _item_hash(blob_id: BlobId, entry: Entry) -> int:
+    return int.from_bytes(merkle.blake2b256(blob_id.raw + entry.id), "big")
+
+
 class Outcome(enum.Enum):
     """What applying an entry did."""
 
@@ -188,6 +192,11 @@ class LogState:
     #: (author, seq) -> conflicting entries, keyed by ID: anyone can check both signatures.
     equivocations: dict[tuple[bytes, int], dict[bytes, Entry]] = field(default_factory=dict)
     ids: set[bytes] = field(default_factory=set)
+    # Kept up to date as entries arrive, so heads and digests cost nothing on a large log.
+    _certified: dict[BlobId, Entry] = field(default_factory=dict)
+    _by_blob: dict[BlobId, list[Entry]] = field(default_factory=dict)
+    _digest_sum: int = 0
+    _count: int = 0
 
     def head(self, author: bytes) -> int:
         """Highest contiguous seq accepted from ``author``."""
@@ -196,6 +205,11 @@ class LogState:
     def heads(self) -> dict[bytes, int]:
         """Highest contiguous seq for every author."""
         return {author: len(chain) for author, chain in self.chains.items()}
+
+    @property
+    def size(self) -> int:
+        """Number of entries in the authors' chains."""
+        return self._count
 
     def apply(self, entry: Entry, checked: bool = False) -> tuple[Outcome, list[Entry]]:
         """Apply one entry; return the outcome and the entries that became accepted."""
@@ -234,14 +248,36 @@ class LogState:
     def _append(self, chain: list[Entry], entry: Entry) -> Entry:
         chain.append(entry)
         self.ids.add(entry.id)
+        self._count += 1
+        if entry.kind == BLOB_CERTIFIED and entry.seq < self._cutoff(entry.author):
+            blob_id = BlobId(entry.payload["blob_id"])
+            self._by_blob.setdefault(blob_id, []).append(entry)
+            self._recertify(blob_id)
         return entry
+
+    def _recertify(self, blob_id: BlobId) -> None:
+        """Re-pick the first counted entry certifying ``blob_id`` and update the digest."""
+        old = self._certified.pop(blob_id, None)
+        if old is not None:
+            self._digest_sum -= _item_hash(blob_id, old)
+        candidates = [e for e in self._by_blob.get(blob_id, ()) if e.seq < self._cutoff(e.author)]
+        if candidates:
+            new = min(candidates, key=lambda e: (e.hlc, e.author, e.id))
+            self._certified[blob_id] = new
+            self._digest_sum += _item_hash(blob_id, new)
 
     def _equivocation(self, ours: Entry, theirs: Entry) -> Outcome:
         if ours.id == theirs.id:
             return Outcome.DUPLICATE
+        before = self._cutoff(theirs.author)
         proof = self.equivocations.setdefault((theirs.author, theirs.seq), {})
         proof[ours.id] = ours
         proof[theirs.id] = theirs
+        if self._cutoff(theirs.author) != before:
+            # Rare: the author's later entries stop counting; re-pick what they certified.
+            for entry in self.chains.get(theirs.author, [])[self._cutoff(theirs.author) - 1 :]:
+                if entry.kind == BLOB_CERTIFIED:
+                    self._recertify(BlobId(entry.payload["blob_id"]))
         return Outcome.EQUIVOCATION
 
     def _cutoff(self, author: bytes) -> int:
@@ -263,18 +299,18 @@ class LogState:
 
     def certified(self) -> dict[BlobId, Entry]:
         """Each certified blob with the entry that certified it first (by stamp, author, ID)."""
-        first: dict[BlobId, Entry] = {}
-        for entry in self.counted():
-            if entry.kind != BLOB_CERTIFIED:
-                continue
-            blob_id = BlobId(entry.payload["blob_id"])
-            known = first.get(blob_id)
-            if known is None or (entry.hlc, entry.author, entry.id) < (known.hlc, known.author, known.id):
-                first[blob_id] = entry
-        return first
+        return dict(self._certified)
+
+    def certified_entry(self, blob_id: BlobId) -> Entry | None:
+        """The entry that certified ``blob_id`` first, if any."""
+        return self._certified.get(blob_id)
 
     def digest(self) -> bytes:
-        """Hash of the derived state: equal on every peer holding the same valid entries."""
-        certified = sorted([blob_id.raw, entry.id] for blob_id, entry in self.certified().items())
+        """Hash of the derived state: equal on every peer holding the same valid entries.
+
+        The certified set enters as a sum of per-item hashes mod 2^256 (a multiset hash),
+        kept up to date incrementally, so the digest is order-independent and cheap.
+        """
         cutoffs = sorted([author, seq] for author, seq in self.cutoffs().items())
-        return merkle.blake2b256(wire.encode({"certified": certified, "equivocations": cutoffs}))
+        total = (self._digest_sum % (1 << 256)).to_bytes(32, "big")
+        return merkle.blake2b256(wire.encode({"certified": total, "equivocations": cutoffs}))
