@@ -38,6 +38,15 @@ class PeerUnavailable(Exception):
         self.reason = reason
 
 
+async def _quietly(action: Callable[[], Awaitable[object]]) -> None:
+    """Close or reset a stream even while being cancelled, ignoring one that is already gone."""
+    with trio.CancelScope(shield=True):
+        try:
+            await action()
+        except Exception:
+            pass
+
+
 def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exception], bytes]) -> None:
     """Answer requests on ``protocol`` with ``handler``, never letting an error reach the host."""
 
@@ -61,11 +70,7 @@ def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exce
             log.debug("request on %s from %s ended early: %r", protocol, remote, exc)
         except Exception:
             log.warning("request on %s from %s failed", protocol, remote, exc_info=True)
-            with trio.CancelScope(shield=True):
-                try:
-                    await stream.reset()  # type: ignore[attr-defined]
-                except Exception:
-                    pass
+            await _quietly(stream.reset)  # type: ignore[attr-defined]
 
     host.set_stream_handler(TProtocol(protocol), on_stream)
 
@@ -110,11 +115,7 @@ async def request(
         response = await reader.read_header(max_header)
         response_body = await reader.read_body(max_body)
     except BaseException as exc:
-        with trio.CancelScope(shield=True):
-            try:
-                await stream.reset()
-            except Exception:
-                pass
+        await _quietly(stream.reset)
         if isinstance(exc, Exception):
             raise PeerUnavailable(peer_id, f"{protocol} exchange failed: {exc or type(exc).__name__}") from exc
         raise
@@ -155,18 +156,10 @@ class Session:
     async def _drop(self) -> None:
         stream, self._stream, self._reader = self._stream, None, None
         if stream is not None:
-            with trio.CancelScope(shield=True):
-                try:
-                    await stream.reset()  # type: ignore[attr-defined]
-                except Exception:
-                    pass
+            await _quietly(stream.reset)  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
         """Close the stream."""
         stream, self._stream, self._reader = self._stream, None, None
         if stream is not None:
-            with trio.CancelScope(shield=True):
-                try:
-                    await stream.close()  # type: ignore[attr-defined]
-                except Exception:
-                    pass
+            await _quietly(stream.close)  # type: ignore[attr-defined]
