@@ -119,8 +119,11 @@ async def test_invalid_entries_are_rejected_and_never_relayed(case: str, net: De
     committee = committee_of(net)
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee)
+        # Peer 3 authors one entry first, so "the next position" is past its first one.
+        await client._call(3, LOG_SUBMIT, payload=certificate_payload(certificate(net), 1))
+        await converged(client, list(range(7)), (await client._call(3, LOG_HEADS))[0]["entries"])
         reply, _ = await client._call(0, LOG_HEADS)
-        head = reply["heads"].get(committee.peers[3].public_key.hex(), 0)
+        head = reply["heads"][committee.peers[3].public_key.hex()]
         raw = invalid_entries(net, head)[case]
         entry = decode_entry(raw)
         reply, _ = await client._call(0, LOG_PUSH, entries=[raw])

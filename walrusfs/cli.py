@@ -391,7 +391,8 @@ def read(blob: BlobId, output: Path | None, offset: int, length: int | None, str
         metadata = await client.get_metadata(blob)
         size = metadata.unencoded_length - offset if length is None else length
         with _progress("reading", max(size, 1)) as bar:
-            return await client.read(blob, offset, size, strict=strict, progress=lambda k: bar.update(min(k, size)))
+            return await client.read(blob, offset, size, strict=strict, metadata=metadata,
+                                     progress=lambda k: bar.update(min(k, size)))
 
     try:
         data = _with_client(committee, job)

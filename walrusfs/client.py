@@ -330,15 +330,16 @@ class Client:
 
     async def read(
         self, blob_id: BlobId, offset: int = 0, size: int | None = None, *, strict: bool = False,
-        progress: Progress | None = None,
+        progress: Progress | None = None, metadata: BlobMetadata | None = None,
     ) -> bytes:
         """Bytes [offset, offset + size) of a blob, verified; raise ``ReadError`` otherwise.
 
         Prefers the systematic primary slivers the range covers (no decoding, and a small
         range fetches only its rows), then any p primary slivers, then s secondary slivers.
-        Strict mode reads the whole blob and recomputes its blob ID.
+        Strict mode reads the whole blob and recomputes its blob ID. ``metadata``, if given,
+        must already be verified against the blob ID.
         """
-        metadata = await self.get_metadata(blob_id)
+        metadata = metadata or await self.get_metadata(blob_id)
         length = metadata.unencoded_length
         size = length - offset if size is None else size
         if offset < 0 or size < 0 or offset + size > length:

@@ -287,15 +287,19 @@ class LogService:
         raw = field(request, "entries", list)
         if len(raw) > BATCH:
             return m.error(m.MALFORMED, f"at most {BATCH} entries per push, got {len(raw)}"), b""
-        entries, results = [], []
+        if not all(isinstance(item, bytes) for item in raw):
+            return m.error(m.MALFORMED, "entries must be byte strings"), b""
+        # One result per pushed entry, in order: malformed ones are reported where they stood.
+        results: list[tuple[str, str] | None] = []
+        entries: list[Entry] = []
         for item in raw:
-            if not isinstance(item, bytes):
-                return m.error(m.MALFORMED, "entries must be byte strings"), b""
             try:
                 entries.append(decode_entry(item))
+                results.append(None)
             except LogError as exc:
                 results.append((Outcome.REJECTED.value, str(exc)))
-        results += await self.receive(entries)
+        applied = iter(await self.receive(entries))
+        results = [r if r is not None else next(applied) for r in results]
         return m.ok(results=[[o, r] for o, r in results]), b""
 
     async def _h_heads(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
