@@ -1,0 +1,286 @@
+"""A volume's directory tree as a deterministic fold over namespace operations (pure).
+
+Operations come from the log, each stamped (hybrid logical clock, author, op ID). The tree
+is the result of applying every known operation in that total order, so any two mounts that
+hold the same operations hold the same tree, whatever order they learned them in. Each
+operation is defined in every state (a concurrent change never makes one fail), and nothing
+is lost to concurrency:
+
+* a content write names the version it was based on; if another writer's version landed in
+  between, the displaced version stays reachable as ``NAME.conflict-AUTHOR-MILLIS``;
+* a create of a name that a concurrent create already took gets such a conflict name, and
+  two concurrent ``mkdir`` of one name merge into one directory;
+* ``unlink`` and ``rename`` name the node the writer saw; a name that now points elsewhere
+  is left alone, and a node displaced by a rename is kept as a conflict copy;
+* ``rmdir`` of a directory that gained entries concurrently does nothing;
+* a write to a node another writer unlinked brings it back, under a conflict name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ROOT = bytes(32)
+FILE, DIRECTORY, SYMLINK = "file", "dir", "symlink"
+
+
+@dataclass(frozen=True)
+class Content:
+    """A file's bytes: ``size`` bytes in chunks of ``chunk_size``, each a blob ID (None = a hole)."""
+
+    size: int = 0
+    chunk_size: int = 4 << 20
+    chunks: tuple[bytes | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class Op:
+    """One namespace operation as recorded in the log."""
+
+    op_id: bytes
+    hlc: int
+    author: bytes
+    kind: str
+    args: Mapping[str, Any]
+
+    @property
+    def order(self) -> tuple[int, bytes, bytes]:
+        """Position in the total order every mount applies operations in."""
+        return (self.hlc, self.author, self.op_id)
+
+
+@dataclass
+class Node:
+    """A file, directory or symbolic link."""
+
+    node_id: bytes
+    kind: str
+    mode: int
+    mtime_ns: int
+    parent: bytes | None = None
+    name: str | None = None
+    content: Content = field(default_factory=Content)
+    version: bytes | None = None  # op ID of the write that produced ``content``
+    target: str = ""
+    uid: int = 0
+    gid: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+def conflict_name(name: str, op: Op) -> str:
+    """The name a version displaced by ``op`` is kept under."""
+    return f"{name}.conflict-{op.author.hex()[:8]}-{op.hlc >> 16}"
+
+
+class Namespace:
+    """The tree; ``apply`` operations in their total order (``build`` sorts them for you)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[bytes, Node] = {ROOT: Node(ROOT, DIRECTORY, 0o755, 0)}
+        self.children: dict[bytes, dict[str, bytes]] = {ROOT: {}}
+        self.aliases: dict[bytes, bytes] = {}
+        self.last: tuple[int, bytes, bytes] | None = None
+
+    # ------------------------------------------------------------------ queries
+
+    def resolve(self, node_id: bytes) -> bytes:
+        """The node an ID refers to, following merged-directory aliases."""
+        while node_id in self.aliases:
+            node_id = self.aliases[node_id]
+        return node_id
+
+    def lookup(self, path: str) -> Node | None:
+        """The node at a slash-separated path, or None."""
+        node_id = ROOT
+        for part in (p for p in path.split("/") if p):
+            entries = self.children.get(node_id)
+            if entries is None or part not in entries:
+                return None
+            node_id = entries[part]
+        return self.nodes[node_id]
+
+    def listing(self, directory: bytes) -> dict[str, bytes]:
+        """Name -> node ID of a directory's entries."""
+        return dict(self.children.get(self.resolve(directory), {}))
+
+    def tree(self) -> dict[str, tuple[Any, ...]]:
+        """Every path with what it holds: a comparable picture of the whole tree."""
+        out: dict[str, tuple[Any, ...]] = {}
+
+        def walk(directory: bytes, prefix: str) -> None:
+            for name, node_id in sorted(self.children.get(directory, {}).items()):
+                node = self.nodes[node_id]
+                path = f"{prefix}/{name}"
+                out[path] = (node.kind, node.mode, node.content, node.target, tuple(sorted(node.xattrs.items())))
+                if node.kind == DIRECTORY:
+                    walk(node_id, path)
+
+        walk(ROOT, "")
+        return out
+
+    # ------------------------------------------------------------------ applying
+
+    def apply(self, op: Op) -> None:
+        """Apply one operation; operations must come in ``Op.order``."""
+        if self.last is not None and op.order <= self.last:
+            raise ValueError("namespace operations must be applied in their total order")
+        self.last = op.order
+        handler = getattr(self, "_op_" + op.kind.replace("-", "_"), None)
+        if handler is not None:
+            handler(op, op.args)
+
+    def _free_name(self, directory: bytes, name: str, op: Op) -> str:
+        taken = self.children[directory]
+        candidate = conflict_name(name, op)
+        suffix = 1
+        while candidate in taken:
+            suffix += 1
+            candidate = f"{conflict_name(name, op)}-{suffix}"
+        return candidate
+
+    def _link(self, directory: bytes, name: str, node_id: bytes) -> None:
+        self.children[directory][name] = node_id
+        node = self.nodes[node_id]
+        node.parent, node.name = directory, name
+
+    def _unlink_node(self, node_id: bytes) -> None:
+        node = self.nodes[node_id]
+        if node.parent is not None and self.children.get(node.parent, {}).get(node.name or "") == node_id:
+            del self.children[node.parent][node.name or ""]
+        node.parent, node.name = None, None
+
+    def _directory(self, args: Mapping[str, Any], key: str = "parent") -> bytes | None:
+        directory = self.resolve(args.get(key, ROOT))
+        node = self.nodes.get(directory)
+        if node is None or node.kind != DIRECTORY or (directory != ROOT and node.parent is None):
+            return None
+        return directory
+
+    def _create(self, op: Op, args: Mapping[str, Any], kind: str) -> None:
+        directory = self._directory(args)
+        node_id = args["node"]
+        if directory is None or node_id in self.nodes:
+            return
+        name = str(args["name"])
+        existing = self.children[directory].get(name)
+        if existing is not None and kind == DIRECTORY and self.nodes[existing].kind == DIRECTORY:
+            self.aliases[node_id] = existing  # concurrent mkdir of one name: one directory
+            return
+        node = Node(node_id, kind, int(args.get("mode", 0o644)), int(args.get("mtime_ns", op.hlc)),
+                    target=str(args.get("target", "")))
+        self.nodes[node_id] = node
+        if kind == DIRECTORY:
+            self.children[node_id] = {}
+        self._link(directory, name if existing is None else self._free_name(directory, name, op), node_id)
+
+    def _op_create(self, op: Op, args: Mapping[str, Any]) -> None:
+        self._create(op, args, FILE)
+
+    def _op_mkdir(self, op: Op, args: Mapping[str, Any]) -> None:
+        self._create(op, args, DIRECTORY)
+
+    def _op_symlink(self, op: Op, args: Mapping[str, Any]) -> None:
+        self._create(op, args, SYMLINK)
+
+    def _op_write(self, op: Op, args: Mapping[str, Any]) -> None:
+        node = self.nodes.get(self.resolve(args["node"]))
+        if node is None or node.kind != FILE:
+            return
+        base = args.get("base")
+        if node.version is not None and base != node.version and node.parent is not None:
+            # Another writer's version landed after the one this write started from: keep it.
+            keep = Node(
+                op.op_id, FILE, node.mode, node.mtime_ns, content=node.content, version=node.version,
+                uid=node.uid, gid=node.gid, xattrs=dict(node.xattrs),
+            )
+            self.nodes[keep.node_id] = keep
+            self._link(node.parent, self._free_name(node.parent, node.name or "file", op), keep.node_id)
+        if node.parent is None and node.name is None and args.get("last_parent") is not None:
+            directory = self._directory(args, "last_parent")
+            if directory is not None:  # written after a concurrent unlink: bring it back
+                self._link(directory, self._free_name(directory, str(args.get("last_name", "file")), op), node.node_id)
+        content = args["content"]
+        node.content = content if isinstance(content, Content) else Content(**content)
+        node.version = op.op_id
+        node.mtime_ns = int(args.get("mtime_ns", op.hlc))
+
+    def _op_unlink(self, op: Op, args: Mapping[str, Any]) -> None:
+        directory = self._directory(args)
+        if directory is None:
+            return
+        node_id = self.children[directory].get(str(args["name"]))
+        if node_id is None or node_id != self.resolve(args["node"]):
+            return  # the name now means something the writer never saw
+        node = self.nodes[node_id]
+        if node.kind == DIRECTORY:
+            return
+        self._unlink_node(node_id)
+
+    def _op_rmdir(self, op: Op, args: Mapping[str, Any]) -> None:
+        directory = self._directory(args)
+        if directory is None:
+            return
+        node_id = self.children[directory].get(str(args["name"]))
+        if node_id is None or node_id != self.resolve(args["node"]) or self.children.get(node_id):
+            return  # gone, replaced, or no longer empty
+        self._unlink_node(node_id)
+
+    def _op_rename(self, op: Op, args: Mapping[str, Any]) -> None:
+        source = self._directory(args, "parent")
+        target = self._directory(args, "new_parent")
+        if source is None or target is None:
+            return
+        node_id = self.children[source].get(str(args["name"]))
+        if node_id is None or node_id != self.resolve(args["node"]):
+            return
+        # A directory must not move below itself.
+        ancestor: bytes | None = target
+        while ancestor is not None:
+            if ancestor == node_id:
+                return
+            ancestor = self.nodes[ancestor].parent
+        new_name = str(args["new_name"])
+        existing = self.children[target].get(new_name)
+        if existing is not None and existing != node_id:
+            replaced = self.nodes[existing]
+            if replaced.kind == DIRECTORY and self.children.get(existing):
+                return  # POSIX: cannot replace a non-empty directory
+            if existing == self.resolve(args.get("replaces", b"")) or replaced.kind == DIRECTORY:
+                self._unlink_node(existing)  # the writer saw it: an ordinary replacing rename
+            else:
+                # Someone else put it there concurrently: keep it under a conflict name.
+                del self.children[target][new_name]
+                self._link(target, self._free_name(target, new_name, op), existing)
+        self._unlink_node(node_id)
+        self._link(target, new_name, node_id)
+
+    def _op_setattr(self, op: Op, args: Mapping[str, Any]) -> None:
+        node = self.nodes.get(self.resolve(args["node"]))
+        if node is None:
+            return
+        updates = {k: int(args[k]) for k in ("mode", "uid", "gid", "mtime_ns") if k in args}
+        for key, value in updates.items():
+            setattr(node, key, value)
+
+    def _op_setxattr(self, op: Op, args: Mapping[str, Any]) -> None:
+        node = self.nodes.get(self.resolve(args["node"]))
+        if node is not None:
+            node.xattrs[str(args["name"])] = bytes(args["value"])
+
+    def _op_removexattr(self, op: Op, args: Mapping[str, Any]) -> None:
+        node = self.nodes.get(self.resolve(args["node"]))
+        if node is not None:
+            node.xattrs.pop(str(args["name"]), None)
+
+
+def build(ops: Iterable[Op]) -> Namespace:
+    """The tree that a set of operations (duplicates ignored) produces."""
+    namespace = Namespace()
+    seen: set[bytes] = set()
+    for op in sorted(ops, key=lambda o: o.order):
+        if op.op_id not in seen:
+            seen.add(op.op_id)
+            namespace.apply(op)
+    return namespace
