@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
 import shutil
 import sys
@@ -136,7 +135,7 @@ def main() -> int:
 
     # Read: any p primary slivers per blob, verified, decoded and consistency-checked.
     out = bytearray()
-    for (blob, metadata), chunk in zip(blobs, chunks):
+    for blob, metadata in blobs:
         blob_id = metadata.blob_id()
         size = metadata.symbol_size
         readers = rng.sample(range(n), config.primary_source_symbols)

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio

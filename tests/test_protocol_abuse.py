@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
 from p2p.framing import FrameReader
 from p2p.host import peer_info, running_host

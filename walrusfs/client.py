@@ -225,7 +225,7 @@ class Client:
 
     async def certified_entry(self, blob_id: BlobId) -> Entry | None:
         """The log entry certifying ``blob_id``, from the first peer that has a valid one."""
-        for peer, reply, _ in await self._each_peer(LOG_CERTIFIED, blob_id=blob_id.raw):
+        for _, reply, _ in await self._each_peer(LOG_CERTIFIED, blob_id=blob_id.raw):
             if reply is None:
                 continue
             try:
