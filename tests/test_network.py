@@ -97,6 +97,10 @@ def test_store_and_read_back(n: int, size: int, devnet4: Devnet, devnet7: Devnet
     cert = report["certificate"]
     assert cert["shards"] >= cert["quorum"] == 2 * ((n - 1) // 3) + 1
     assert len(set(cert["signers"])) == len(cert["signers"])
+    # The certificate is in the log of at least f + 1 peers before store returns.
+    assert len(report["entryId"]) == 64 and len(report["loggedBy"]) >= (n - 1) // 3 + 1
+    status = json.loads(walrusfs("blob-status", report["blobId"], "--json", committee=net.committee, check=True).stdout)
+    assert status["certified"] and status["pointOfAvailability"]["entryId"] == report["entryId"]
     out = tmp_path / "out"
     result = net.read(report["blobId"], out)
     assert result.returncode == 0, result.stderr

@@ -210,7 +210,7 @@ class Client:
         """Every accepted entry in ``peer``'s log, fetched range by range."""
         reply, _ = await self._call(peer, LOG_HEADS)
         entries: list[Entry] = []
-        for author_hex, head in wire_field(reply, "heads", dict).items():
+        for author_hex, (head, _) in wire_field(reply, "heads", dict).items():
             start = 1
             while start <= head:
                 got, _ = await self._call(peer, LOG_RANGE, author=bytes.fromhex(author_hex), start=start, count=500)

@@ -24,6 +24,7 @@ from p2p.host import IHost, peer_info
 from p2p.rpc import PeerUnavailable, Session
 from p2p.rpc import request as rpc_request
 
+from .core import merkle
 from .core import messages as m
 from .core.certificates import verify_certificate
 from .core.committee import Committee
@@ -236,23 +237,42 @@ class LogService:
     async def _pull_from(self, peer: int) -> None:
         try:
             reply = await self._call(peer, LOG_HEADS)
-            heads = field(reply, "heads", dict)
-            for author_hex, remote in heads.items():
-                author = bytes.fromhex(author_hex)
-                while self.state.head(author) < remote:
-                    start = self.state.head(author) + 1
-                    got = await self._call(peer, LOG_RANGE, author=author, start=start, count=BATCH)
-                    entries = [decode_entry(e) for e in field(got, "entries", list)]
-                    if not entries:
-                        break
-                    await self.receive(entries)
-                    if self.state.head(author) < start:
-                        break  # nothing usable came back; try another peer next round
-            if field(reply, "evidence", int) > len(self.state.equivocations):
+            for author_hex, (remote_seq, remote_head) in field(reply, "heads", dict).items():
+                await self._catch_up(peer, bytes.fromhex(author_hex), remote_seq, remote_head)
+            if field(reply, "evidence", bytes) != self._evidence_digest():
                 got = await self._call(peer, LOG_EVIDENCE)
                 await self.receive([decode_entry(e) for e in field(got, "entries", list)])
-        except (PeerUnavailable, CodecError) as exc:
+        except (PeerUnavailable, CodecError, ValueError, TypeError) as exc:
             log.debug("anti-entropy with peer %d failed: %s", peer, exc)
+
+    async def _catch_up(self, peer: int, author: bytes, remote_seq: int, remote_head: bytes) -> None:
+        """Pull an author's entries we lack; fetch the remote's version where the chains differ."""
+        while self.state.head(author) < remote_seq:
+            start = self.state.head(author) + 1
+            got = await self._call(peer, LOG_RANGE, author=author, start=start, count=BATCH)
+            entries = [decode_entry(e) for e in field(got, "entries", list)]
+            if not entries:
+                return
+            await self.receive(entries)
+            if self.state.head(author) < start:
+                break  # its next entry does not follow ours: the chains forked
+        # Same position, different entry (or a stalled pull): the author signed two entries.
+        # Fetching the remote's entry at our head makes that an equivocation proof here too.
+        common = min(self.state.head(author), remote_seq)
+        if common == 0:
+            return
+        ours = self.state.chains[author][common - 1].id
+        if common == remote_seq and ours == remote_head:
+            return
+        got = await self._call(peer, LOG_RANGE, author=author, start=common, count=1)
+        theirs = [decode_entry(e) for e in field(got, "entries", list)]
+        if theirs and theirs[0].id != ours:
+            await self.receive(theirs)
+
+    def _evidence_digest(self) -> bytes:
+        return merkle.blake2b256(b"".join(sorted(
+            entry_id for proof in self.state.equivocations.values() for entry_id in proof
+        )))
 
     # ------------------------------------------------------------------ handlers
 
@@ -304,9 +324,9 @@ class LogService:
 
     async def _h_heads(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
-        heads = {author.hex(): seq for author, seq in self.state.heads().items()}
+        heads = {author.hex(): [len(chain), chain[-1].id] for author, chain in self.state.chains.items() if chain}
         return m.ok(heads=heads, digest=self.state.digest(), entries=self.state.size,
-                    evidence=len(self.state.equivocations)), b""
+                    evidence=self._evidence_digest(), proofs=len(self.state.equivocations)), b""
 
     async def _h_range(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
