@@ -73,12 +73,13 @@ def test_round_trip_and_validation() -> None:
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certificate_payload(certificate(b"\x02" * 32, (0, 1)), 1)), "needs 3"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certificate_payload(certificate(b"\x02" * 32, (0, 1, 1)), 1)), "signer twice"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, {**e.payload, "signatures": [bytes(64)] * 3}), "signature is invalid"),
-        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "namespace", {}), "reserved"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "blob-invalid", {}), "reserved"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "namespace", {}), "delegation"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "gossip", {}), "unknown entry kind"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, {"blob_id": b"x"}), "malformed"),
     ],
     ids=["forged-signature", "altered-field", "unknown-author", "too-few-signers", "duplicate-signers",
-         "bad-confirmations", "reserved-kind", "unknown-kind", "malformed-payload"],
+         "bad-confirmations", "reserved-kind", "namespace-without-delegation", "unknown-kind", "malformed-payload"],
 )
 def test_invalid_entries_are_rejected_with_reasons(make, reason: str) -> None:  # type: ignore[no-untyped-def]
     (good,) = chain(KEYS[0], [b"\x01" * 32])
@@ -159,3 +160,60 @@ def test_any_order_with_duplicates_gives_the_same_state(entries: list[Entry], r1
     assert a.digest() == b.digest()
     assert a.certified() == b.certified()
     assert a.cutoffs() == b.cutoffs()
+
+
+VOLUME = SigningKey(b"\x42" * 32)
+DEVICES = [SigningKey(b"\x51" * 32), SigningKey(b"\x52" * 32)]
+
+
+def namespace_entry(device: SigningKey, seq: int, prev: bytes, hlc: int, kind: str, delegate: SigningKey = VOLUME,
+                    volume: bytes | None = None, **args: object) -> Entry:
+    from walrusfs.core.log import NAMESPACE, delegate_device
+
+    payload = {
+        "volume": volume or bytes(VOLUME.verify_key),
+        "delegation": delegate_device(delegate, bytes(device.verify_key)),
+        "op": {"kind": kind, "args": args},
+    }
+    return sign_entry(device, seq, prev, hlc, NAMESPACE, payload)
+
+
+def test_namespace_entries_from_delegated_devices_build_the_tree() -> None:
+    from walrusfs.core.namespace import ROOT, build
+
+    a1 = namespace_entry(DEVICES[0], 1, GENESIS, 10, "mkdir", parent=ROOT, name="docs", node=b"\x01" * 32)
+    a2 = namespace_entry(DEVICES[0], 2, a1.id, 11, "create", parent=b"\x01" * 32, name="a.txt", node=b"\x02" * 32)
+    chunk = b"\x09" * 32
+    a3 = namespace_entry(DEVICES[0], 3, a2.id, 12, "write", node=b"\x02" * 32, base=None,
+                         content={"size": 5, "chunk_size": 4, "chunks": [chunk, None]})
+    # A second mount of the same volume writes its own chain: no equivocation.
+    b1 = namespace_entry(DEVICES[1], 1, GENESIS, 13, "create", parent=b"\x01" * 32, name="b.txt", node=b"\x03" * 32)
+    state = LogState(COMMITTEE)
+    for entry in (b1, a3, a1, a2):
+        check_entry(entry, COMMITTEE)
+        state.apply(entry)
+    assert not state.equivocations
+    tree = build(state.namespace_ops(bytes(VOLUME.verify_key))).tree()
+    assert set(tree) == {"/docs", "/docs/a.txt", "/docs/b.txt"}
+    assert tree["/docs/a.txt"][2].chunks == (chunk, None)
+    assert state.namespace_ops(b"\x00" * 32) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: namespace_entry(DEVICES[0], 1, GENESIS, 1, "mkdir", delegate=SigningKey(b"\x77" * 32), parent=bytes(32), name="x", node=b"\x01" * 32), "not authorized"),
+        (lambda: namespace_entry(DEVICES[0], 1, GENESIS, 1, "mkdir", volume=b"\x07" * 32, parent=bytes(32), name="x", node=b"\x01" * 32), "not authorized"),
+        (lambda: namespace_entry(DEVICES[0], 1, GENESIS, 1, "mkdir", parent=bytes(32), name="a/b", node=b"\x01" * 32), "file name"),
+        (lambda: namespace_entry(DEVICES[0], 1, GENESIS, 1, "mkdir", parent=bytes(32), name="..", node=b"\x01" * 32), "file name"),
+        (lambda: namespace_entry(DEVICES[0], 1, GENESIS, 1, "create", parent=bytes(32), name="x", node=b"\x01"), "node ID"),
+        (lambda: namespace_entry(DEVICES[0], 1, GENESIS, 1, "format-disk", node=b"\x01" * 32), "unknown namespace op"),
+        (lambda: namespace_entry(DEVICES[0], 1, GENESIS, 1, "write", node=b"\x01" * 32,
+                                 content={"size": 9, "chunk_size": 4, "chunks": [None]}), "one blob ID"),
+        (lambda: namespace_entry(DEVICES[0], 1, GENESIS, 1, "setattr", node=b"\x01" * 32, mode=-1), "non-negative"),
+    ],
+    ids=["wrong-volume-key", "other-volume", "slash-in-name", "dot-dot", "short-node", "unknown-op", "bad-content", "bad-mode"],
+)
+def test_bad_namespace_entries_are_rejected(make, reason: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(LogError, match=reason):
+        check_entry(make(), COMMITTEE)

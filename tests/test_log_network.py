@@ -163,3 +163,29 @@ async def test_equivocation_is_detected_everywhere_and_shown_by_walrusfs_log(net
     rows = [json.loads(line) for line in shown.stdout.splitlines()]
     flagged = {row["entryId"] for row in rows if row["validity"] == "equivocation"}
     assert {a.id.hex(), b.id.hex()} <= flagged
+
+
+async def test_namespace_entries_from_a_mount_device_replicate_to_every_peer(net: Devnet) -> None:
+    from nacl.signing import SigningKey
+
+    from walrusfs.core.log import NAMESPACE, delegate_device
+    from walrusfs.core.namespace import ROOT
+
+    committee = committee_of(net)
+    volume, device = SigningKey(os.urandom(32)), SigningKey(os.urandom(32))
+    payload = {
+        "volume": bytes(volume.verify_key),
+        "delegation": delegate_device(volume, bytes(device.verify_key)),
+        "op": {"kind": "mkdir", "args": {"parent": ROOT, "name": "photos", "node": os.urandom(32)}},
+    }
+    entry = sign_entry(device, 1, GENESIS, 1 << 40, NAMESPACE, payload)
+    stranger = sign_entry(SigningKey(os.urandom(32)), 1, GENESIS, 1 << 40, NAMESPACE, payload)
+    async with running_host(os.urandom(32)) as host:
+        client = Client(host, committee)
+        reply, _ = await client._call(0, LOG_PUSH, entries=[entry.encode(), stranger.encode()])
+        assert [r[0] for r in reply["results"]] == ["accepted", "rejected"]
+        assert "not authorized" in reply["results"][1][1]
+        total = (await client._call(0, LOG_HEADS))[0]["entries"]
+        await converged(client, list(range(7)), total)
+        for peer in (3, 6):
+            assert entry.id in {e.id for e in await client.log_entries(peer)}

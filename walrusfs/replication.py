@@ -75,6 +75,7 @@ class LogService:
         self.store = store
         self.index = index
         self.state = LogState(committee)
+        self._members = frozenset(peer.public_key for peer in committee.peers)
         self.last_hlc = 0
         self.max_seen = 0
         self._author_lock = trio.Lock()
@@ -98,9 +99,10 @@ class LogService:
     async def receive(self, entries: Sequence[Entry], relay: bool = False) -> list[tuple[str, str]]:
         """Validate, apply and store entries; return (outcome, reason) for each.
 
-        Only our own new entries (``relay``) and equivocation evidence are pushed on: the
-        author pushes to everyone once, and anti-entropy fills in whatever a push missed.
-        Re-relaying every received entry would cost each entry n^2 streams.
+        Only our own new entries (``relay``), entries of writers outside the committee and
+        equivocation evidence are pushed on: an author pushes to everyone once, and
+        anti-entropy fills in whatever a push missed. Re-relaying every received entry would
+        cost each entry n^2 streams.
         """
         fresh = [e for e in entries if e.id not in self.state.ids]
 
@@ -142,7 +144,9 @@ class LogService:
                 for accepted_entry in accepted:
                     self.max_seen = max(self.max_seen, accepted_entry.hlc)
                     to_store[accepted_entry.id] = accepted_entry
-                    if relay:
+                    # Members push their own entries; a writer outside the committee (a
+                    # mount's device) publishes to one peer, which relays for it.
+                    if relay or accepted_entry.author not in self._members:
                         to_relay.append(accepted_entry)
                 results.append((outcome.value, reason))
             if to_store:

@@ -26,13 +26,17 @@ from .certificates import Certificate, verify_certificate
 from .committee import Committee
 from .errors import CodecError, VerificationError
 from .metadata import BlobId
+from .namespace import Op
 
 ENTRY_DOMAIN = b"walrusfs/log-entry/v1\x00"
+DEVICE_DOMAIN = b"walrusfs/volume-device/v1\x00"
 GENESIS = bytes(32)
-#: Entry kinds. Only blob-certified is produced today; the others are reserved so later
+#: Entry kinds: blob-certified (authored by committee members) and namespace (authored by a
+#: mount's device key that the volume key delegated to). The others are reserved so later
 #: versions can add them without a format change.
 BLOB_CERTIFIED = "blob-certified"
-RESERVED_KINDS = frozenset({"namespace", "blob-invalid", "challenge-result", "committee-change"})
+NAMESPACE = "namespace"
+RESERVED_KINDS = frozenset({"blob-invalid", "challenge-result", "committee-change"})
 MAX_PAYLOAD = 64 << 10
 
 
@@ -147,15 +151,93 @@ def certificate_from_payload(payload: Mapping[str, Any]) -> tuple[Certificate, i
     return certificate, length
 
 
+def delegate_device(volume_key: SigningKey, device: bytes) -> bytes:
+    """The volume key's signature letting ``device`` author namespace entries for the volume."""
+    return volume_key.sign(DEVICE_DOMAIN + bytes(volume_key.verify_key) + device).signature
+
+
+def check_delegation(volume: bytes, device: bytes, delegation: bytes) -> None:
+    """Raise ``LogError`` unless ``volume`` delegated to ``device``."""
+    try:
+        VerifyKey(volume).verify(DEVICE_DOMAIN + volume + device, delegation)
+    except (BadSignatureError, ValueError, TypeError):
+        raise LogError("namespace entry's device is not authorized by the volume key") from None
+
+
+# Namespace operation -> required argument types; anything else is malformed, so the
+# namespace fold never meets an argument it cannot use.
+_NODE, _NAME, _INT, _ANY_NODE = "node", "name", "int", "any-node"
+NAMESPACE_OPS: dict[str, dict[str, str]] = {
+    "create": {"parent": _NODE, "name": _NAME, "node": _NODE},
+    "mkdir": {"parent": _NODE, "name": _NAME, "node": _NODE},
+    "symlink": {"parent": _NODE, "name": _NAME, "node": _NODE},
+    "write": {"node": _NODE},
+    "unlink": {"parent": _NODE, "name": _NAME, "node": _NODE},
+    "rmdir": {"parent": _NODE, "name": _NAME, "node": _NODE},
+    "rename": {"parent": _NODE, "name": _NAME, "node": _NODE, "new_parent": _NODE, "new_name": _NAME},
+    "setattr": {"node": _NODE},
+    "setxattr": {"node": _NODE, "name": _NAME},
+    "removexattr": {"node": _NODE, "name": _NAME},
+}
+
+
+def _check_op(op: Any) -> None:
+    if not isinstance(op, dict) or not isinstance(op.get("kind"), str) or not isinstance(op.get("args"), dict):
+        raise LogError("namespace op must be a map with a kind and args")
+    schema = NAMESPACE_OPS.get(op["kind"])
+    if schema is None:
+        raise LogError(f"unknown namespace op {op['kind']!r}")
+    args = op["args"]
+    for name, kind in schema.items():
+        value = args.get(name)
+        if kind == _NODE and not (isinstance(value, bytes) and len(value) == 32):
+            raise LogError(f"namespace op {op['kind']}: {name} must be a 32-byte node ID")
+        if kind == _NAME and not (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value
+                                  and "\0" not in value and len(value.encode()) <= 255):
+            raise LogError(f"namespace op {op['kind']}: {name} must be a file name")
+    for name in ("mode", "uid", "gid", "mtime_ns"):
+        if name in args and not (isinstance(args[name], int) and not isinstance(args[name], bool) and 0 <= args[name] < 2**63):
+            raise LogError(f"namespace op {op['kind']}: {name} must be a non-negative integer")
+    for name in ("base", "replaces", "last_parent"):
+        if args.get(name) is not None and not (isinstance(args[name], bytes) and len(args[name]) in (0, 32)):
+            raise LogError(f"namespace op {op['kind']}: {name} must be a node or version ID")
+    if op["kind"] == "write":
+        content = args.get("content")
+        if (not isinstance(content, dict) or set(content) != {"size", "chunk_size", "chunks"}
+                or not isinstance(content["size"], int) or not isinstance(content["chunk_size"], int)
+                or content["size"] < 0 or content["chunk_size"] <= 0
+                or not isinstance(content["chunks"], list)
+                or not all(c is None or (isinstance(c, bytes) and len(c) == 32) for c in content["chunks"])
+                or len(content["chunks"]) != -(-content["size"] // content["chunk_size"])):
+            raise LogError("namespace op write: content must give size, chunk_size and one blob ID (or null) per chunk")
+    if op["kind"] == "symlink" and not isinstance(args.get("target"), str):
+        raise LogError("namespace op symlink: target must be a string")
+    if op["kind"] == "setxattr" and not isinstance(args.get("value"), bytes):
+        raise LogError("namespace op setxattr: value must be bytes")
+
+
 def check_entry(entry: Entry, committee: Committee) -> None:
-    """Raise ``LogError`` unless the entry is well-formed, from a member, signed and valid for its kind."""
-    members = {peer.public_key for peer in committee.peers}
-    if entry.author not in members:
+    """Raise ``LogError`` unless the entry is well-formed, from a known author, signed and valid for its kind.
+
+    Known authors are committee members, and, for namespace entries only, device keys that
+    the entry shows the volume key delegated to: a stateless check, so two mounts of one
+    volume write separate chains and never equivocate.
+    """
+    if entry.kind == NAMESPACE:
+        volume = wire.field(entry.payload, "volume", bytes, size=32) if "volume" in entry.payload else None
+        delegation = entry.payload.get("delegation")
+        if volume is None or not isinstance(delegation, bytes):
+            raise LogError("namespace entry must name its volume and carry the device's delegation")
+        check_delegation(volume, entry.author, delegation)
+        _check_op(entry.payload.get("op"))
+    elif entry.author not in {peer.public_key for peer in committee.peers}:
         raise LogError("entry author is not a committee member")
     try:
         VerifyKey(entry.author).verify(entry.signed_bytes(), entry.signature)
     except BadSignatureError:
         raise LogError("entry signature is invalid") from None
+    if entry.kind == NAMESPACE:
+        return
     if entry.kind == BLOB_CERTIFIED:
         certificate, _ = certificate_from_payload(entry.payload)
         try:
@@ -304,6 +386,15 @@ class LogState:
     def certified_entry(self, blob_id: BlobId) -> Entry | None:
         """The entry that certified ``blob_id`` first, if any."""
         return self._certified.get(blob_id)
+
+    def namespace_ops(self, volume: bytes) -> list[Op]:
+        """The counted namespace operations of one volume, ready for ``namespace.build``."""
+        ops = []
+        for entry in self.counted():
+            if entry.kind == NAMESPACE and entry.payload.get("volume") == volume:
+                op = entry.payload["op"]
+                ops.append(Op(entry.id, entry.hlc, entry.author, op["kind"], op["args"]))
+        return ops
 
     def digest(self) -> bytes:
         """Hash of the derived state: equal on every peer holding the same valid entries.

@@ -202,7 +202,9 @@ class Namespace:
             if directory is not None:  # written after a concurrent unlink: bring it back
                 self._link(directory, self._free_name(directory, str(args.get("last_name", "file")), op), node.node_id)
         content = args["content"]
-        node.content = content if isinstance(content, Content) else Content(**content)
+        if not isinstance(content, Content):
+            content = Content(content["size"], content["chunk_size"], tuple(content["chunks"]))
+        node.content = content
         node.version = op.op_id
         node.mtime_ns = int(args.get("mtime_ns", op.hlc))
 
