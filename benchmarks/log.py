@@ -49,7 +49,7 @@ async def measure_latency(directory: Path, keys: list, rate: float, seconds: flo
     from walrusfs.core.committee import parse_committee
     from walrusfs.core.log import certificate_payload
     from walrusfs.core.metadata import BlobId
-    from walrusfs.replication import LOG_SUBMIT, LOG_TIMES
+    from walrusfs.core.messages import LOG_SUBMIT, LOG_TIMES
 
     committee = parse_committee((directory / "committee.toml").read_text())
     sent: dict[bytes, float] = {}

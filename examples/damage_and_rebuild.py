@@ -26,7 +26,7 @@ from walrusfs.core.config import EncodingConfig
 from walrusfs.core.errors import CodecError
 from walrusfs.core.metadata import BlobMetadata
 from walrusfs.core.recovery import needed_symbols, rebuild_sliver, recovery_symbol
-from walrusfs.core.redstuff import Axis, Sliver, encode_blob, read_blob, verify_sliver
+from walrusfs.core.redstuff import Axis, Sliver, encode_blob, pair_index, read_blob, verify_sliver
 
 
 def sliver_path(root: Path, shard: int, blob: str, axis: Axis) -> Path:
@@ -94,7 +94,8 @@ def main() -> int:
         size = metadata.symbol_size
         for shard in range(n):
             pair = blob_id.pair_for_shard(shard, n)
-            for axis, index in ((Axis.PRIMARY, pair), (Axis.SECONDARY, n - 1 - pair)):
+            for axis in Axis:
+                index = pair_index(axis, pair, n)
                 sliver = load(root, shard, blob, axis, index, size)
                 try:
                     if sliver is None:
@@ -109,8 +110,7 @@ def main() -> int:
                 for helper in range(n):
                     if helper == shard or len(symbols) == needed_symbols(config, axis):
                         continue
-                    hp = blob_id.pair_for_shard(helper, n)
-                    source_index = hp if other is Axis.PRIMARY else n - 1 - hp
+                    source_index = pair_index(other, blob_id.pair_for_shard(helper, n), n)
                     source = load(root, helper, blob, other, source_index, size)
                     if source is None:
                         continue

@@ -19,7 +19,7 @@ from walrusfs.core.log import BLOB_CERTIFIED, GENESIS, certificate_payload, deco
 from walrusfs.core.metadata import BlobId
 from walrusfs.devnet import peer_dir
 from walrusfs.identity import load_identity
-from walrusfs.replication import LOG_HEADS, LOG_PUSH, LOG_SUBMIT
+from walrusfs.core.messages import LOG_HEADS, LOG_PUSH, LOG_SUBMIT
 
 WAIT = 120.0
 

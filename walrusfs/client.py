@@ -17,9 +17,8 @@ from typing import Any
 import trio
 
 from p2p.framing import Body
-from p2p.host import IHost, peer_info
+from p2p.host import IHost
 from p2p.rpc import PeerUnavailable
-from p2p.rpc import request as rpc_request
 
 from .core import messages as m
 from .core.certificates import Certificate, assemble_certificate, verify_confirmation
@@ -35,11 +34,13 @@ from .core.redstuff import (
     decode_primary,
     decode_secondary,
     encode_blob,
+    pair_index,
     rows_for_range,
     verify_sliver,
 )
 from .core.wire import field as wire_field
-from .replication import LOG_CERTIFIED, LOG_EVIDENCE, LOG_HEADS, LOG_RANGE, LOG_SUBMIT, LOG_TIMES
+from .core.messages import LOG_CERTIFIED, LOG_EVIDENCE, LOG_HEADS, LOG_RANGE, LOG_SUBMIT, LOG_TIMES
+from .rpc import call_member
 
 log = logging.getLogger("walrusfs.client")
 
@@ -92,12 +93,7 @@ class Client:
         self.config = committee.config
 
     async def _call(self, peer: int, protocol: str, body: Body = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
-        info = self.committee.peers[peer]
-        header, response_body = await rpc_request(
-            self.host, peer_info(info.peer_id, info.addrs), protocol, m.request(**fields), body,
-            max_header=m.MAX_HEADER, max_body=m.MAX_BODY,
-        )
-        return m.parse_response(header), response_body
+        return await call_member(self.host, self.committee, peer, protocol, body, **fields)
 
     # ------------------------------------------------------------------ store
 
@@ -240,8 +236,7 @@ class Client:
     # ------------------------------------------------------------------ read
 
     def _holders(self, blob_id: BlobId, axis: Axis, index: int) -> int:
-        pair = index if axis is Axis.PRIMARY else self.n - 1 - index
-        return self.committee.shard_owner(blob_id.shard_for_pair(pair, self.n))
+        return self.committee.shard_owner(blob_id.shard_for_pair(pair_index(axis, index, self.n), self.n))
 
     async def get_metadata(self, blob_id: BlobId) -> BlobMetadata:
         """Metadata from the first peer whose copy verifies against the blob ID."""

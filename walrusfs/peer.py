@@ -30,7 +30,7 @@ from .core.committee import Committee
 from .core.errors import CodecError, VerificationError
 from .core.metadata import BlobId, BlobMetadata
 from .core.recovery import recovery_symbol
-from .core.redstuff import Axis, Sliver, verify_sliver
+from .core.redstuff import Axis, Sliver, pair_index, verify_sliver
 from .core.wire import MessageError, encode, field, uint
 from .identity import Identity
 from .replication import LogService
@@ -154,7 +154,8 @@ class PeerService:
 
             def verify_and_commit() -> None:
                 verify_sliver(metadata, Sliver(Axis.PRIMARY, pair, size, data[:primary_length]))
-                verify_sliver(metadata, Sliver(Axis.SECONDARY, self.n - 1 - pair, size, data[primary_length:]))
+                verify_sliver(metadata, Sliver(Axis.SECONDARY, pair_index(Axis.SECONDARY, pair, self.n), size,
+                                               data[primary_length:]))
                 self.store.commit_pair(blob_id, pair, path, primary_length)
 
             await trio.to_thread.run_sync(verify_and_commit)
@@ -228,7 +229,7 @@ class PeerService:
         blob_id = m.blob_id_field(request)
         axis = m.axis_field(request)
         index = uint(request, "index", self.n)
-        pair = index if axis is Axis.PRIMARY else self.n - 1 - index
+        pair = pair_index(axis, index, self.n)
         self._check_pair_is_mine(blob_id, pair)
         data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, axis)
         if data is None:
@@ -249,7 +250,7 @@ class PeerService:
         data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, source_axis)
         if data is None:
             raise _Reject(m.NOT_FOUND, f"pair {pair} of blob {blob_id} is not stored here")
-        source_index = pair if source_axis is Axis.PRIMARY else self.n - 1 - pair
+        source_index = pair_index(source_axis, pair, self.n)
         sliver = Sliver(source_axis, source_index, metadata.symbol_size, data)
         symbol = await trio.to_thread.run_sync(recovery_symbol, metadata.config, sliver, target_index)
         return m.ok(source_index=symbol.source_index, proof=list(symbol.proof)), symbol.data

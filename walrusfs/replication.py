@@ -22,10 +22,10 @@ import trio
 from p2p.framing import FrameReader
 from p2p.host import IHost, peer_info
 from p2p.rpc import PeerUnavailable, Session
-from p2p.rpc import request as rpc_request
 
 from .core import merkle
 from .core import messages as m
+from .core.messages import LOG_CERTIFIED, LOG_EVIDENCE, LOG_HEADS, LOG_PUSH, LOG_RANGE, LOG_SUBMIT, LOG_TIMES
 from .core.certificates import verify_certificate
 from .core.committee import Committee
 from .core.errors import CodecError, VerificationError
@@ -44,18 +44,11 @@ from .core.log import (
 )
 from .core.wire import field, uint
 from .identity import Identity
+from .rpc import call_member
 from .storage import PeerStore
 
 log = logging.getLogger("walrusfs.replication")
 
-LOG_SUBMIT = "/walrusfs/log-submit/1.0.0"
-LOG_PUSH = "/walrusfs/log-push/1.0.0"
-LOG_HEADS = "/walrusfs/log-heads/1.0.0"
-LOG_RANGE = "/walrusfs/log-range/1.0.0"
-LOG_TIMES = "/walrusfs/log-times/1.0.0"
-LOG_EVIDENCE = "/walrusfs/log-evidence/1.0.0"
-LOG_CERTIFIED = "/walrusfs/log-certified/1.0.0"
-LOG_PROTOCOLS = (LOG_SUBMIT, LOG_PUSH, LOG_HEADS, LOG_RANGE, LOG_TIMES, LOG_EVIDENCE, LOG_CERTIFIED)
 
 #: Entries per push or range reply; keeps every message far below the header limit.
 BATCH = 500
@@ -197,12 +190,8 @@ class LogService:
 
     async def _call(self, peer: int, protocol: str, **fields: Any) -> dict[str, Any]:
         assert self.host is not None
-        info = self.committee.peers[peer]
-        header, _ = await rpc_request(
-            self.host, peer_info(info.peer_id, info.addrs), protocol, m.request(**fields),
-            max_header=m.MAX_HEADER, max_body=0,
-        )
-        return m.parse_response(header)
+        reply, _ = await call_member(self.host, self.committee, peer, protocol, max_body=0, **fields)
+        return reply
 
     async def _pusher(self, peer: int) -> None:
         assert self.host is not None

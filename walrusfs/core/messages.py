@@ -29,6 +29,14 @@ PROTOCOLS = (
     PUT_METADATA, PUT_PAIR, GET_CONFIRMATION, GET_METADATA, GET_SLIVER,
     GET_RECOVERY_SYMBOL, GET_STATUS, GET_BLOB_STATUS,
 )
+# The replicated log (walrusfs/replication.py).
+LOG_SUBMIT = "/walrusfs/log-submit/1.0.0"
+LOG_PUSH = "/walrusfs/log-push/1.0.0"
+LOG_HEADS = "/walrusfs/log-heads/1.0.0"
+LOG_RANGE = "/walrusfs/log-range/1.0.0"
+LOG_TIMES = "/walrusfs/log-times/1.0.0"
+LOG_EVIDENCE = "/walrusfs/log-evidence/1.0.0"
+LOG_CERTIFIED = "/walrusfs/log-certified/1.0.0"
 
 #: Every header (request or response) fits in this; metadata for n = 1000 is ~70 KB.
 MAX_HEADER = 1 << 20

@@ -67,6 +67,15 @@ class Axis(enum.Enum):
     SECONDARY = "secondary"
 
 
+def pair_index(axis: Axis, index: int, n_shards: int) -> int:
+    """The sliver pair carrying sliver ``index`` on ``axis``; also the sliver index of a pair.
+
+    Pair i holds primary sliver i and secondary sliver n - 1 - i, so the mapping is its own
+    inverse.
+    """
+    return index if axis is Axis.PRIMARY else n_shards - 1 - index
+
+
 @dataclass(frozen=True)
 class Sliver:
     """A primary sliver (row ``index``, s symbols) or secondary sliver (column ``index``, p symbols)."""
