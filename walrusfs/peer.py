@@ -31,7 +31,7 @@ from .core.errors import CodecError, VerificationError
 from .core.metadata import BlobId, BlobMetadata
 from .core.recovery import recovery_symbol
 from .core.redstuff import Axis, Sliver, pair_index, verify_sliver
-from .core.wire import MessageError, encode, field, uint
+from .core.wire import WIRE_VERSION, MessageError, encode, field, uint
 from .identity import Identity
 from .replication import LogService
 from .storage import PeerStore
@@ -132,7 +132,7 @@ class PeerService:
         wire = field(request, "metadata", dict)
         metadata = m.metadata_from_wire(wire, self.n)
         await trio.to_thread.run_sync(metadata.verify, blob_id)
-        encoded = encode({"v": 1, "metadata": m.metadata_to_wire(metadata)})
+        encoded = encode({"v": WIRE_VERSION, "metadata": m.metadata_to_wire(metadata)})
         await trio.to_thread.run_sync(self.store.put_metadata, blob_id, encoded, metadata.unencoded_length)
         return m.ok(), b""
 

@@ -95,22 +95,6 @@ class PeerStore:
                 (blob_id.raw, pair, size, primary_length),
             )
 
-    def write_pair(self, blob_id: BlobId, pair: int, primary: bytes, secondary: bytes) -> None:
-        """Durably store a verified sliver pair given in memory."""
-        path = self.spool_path()
-        with open(path, "wb") as f:
-            f.write(primary)
-            f.write(secondary)
-        self.commit_pair(blob_id, pair, path, len(primary))
-
-    def has_pair(self, blob_id: BlobId, pair: int) -> bool:
-        """Whether the pair is stored."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM pairs WHERE blob_id = ? AND pair = ?", (blob_id.raw, pair)
-            ).fetchone()
-        return row is not None and self._pair_path(blob_id, pair).exists()
-
     def read_sliver(self, blob_id: BlobId, pair: int, axis: Axis) -> bytes | None:
         """A stored sliver's bytes, or None."""
         with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
@@ -81,14 +82,20 @@ class Entry:
         """Domain-separated canonical bytes the author signs."""
         return ENTRY_DOMAIN + wire.encode(self.body())
 
-    def encode(self) -> bytes:
-        """Canonical encoding of the whole entry."""
+    @cached_property
+    def _encoded(self) -> bytes:
+        # Entries are immutable and their encoding and ID are needed many times each while
+        # applying, storing and serving them: compute them once.
         return wire.encode({"v": wire.WIRE_VERSION, **self.body(), "signature": self.signature})
 
-    @property
+    def encode(self) -> bytes:
+        """Canonical encoding of the whole entry."""
+        return self._encoded
+
+    @cached_property
     def id(self) -> bytes:
         """The entry ID: hash of its canonical encoding."""
-        return merkle.blake2b256(self.encode())
+        return merkle.blake2b256(self._encoded)
 
 
 def sign_entry(key: SigningKey, seq: int, prev: bytes, hlc: int, kind: str, payload: Mapping[str, Any]) -> Entry:
