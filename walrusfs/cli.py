@@ -473,7 +473,7 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
     """Show the log's entries, oldest first, each checked here for validity."""
     import trio
 
-    from .core.log import LogError, check_entry, hlc_millis
+    from .core.log import LogError, LogState, check_entry, hlc_millis
 
     committee = load_committee(committee_path)
     names = {p.public_key: p.peer_id for p in committee.peers}
@@ -506,8 +506,6 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
                     continue
             if entries is None:
                 raise Failure("no peer answered with its log")
-            from .core.log import LogState
-
             state = LogState(committee)
             for entry in entries:
                 state.apply(entry, checked=True)
