@@ -530,6 +530,160 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
     _with_client(committee, job)
 
 
+@main.group()
+def volume() -> None:
+    """Volumes: namespaces owned by a key kept in your config directory."""
+
+
+@volume.command("create")
+@click.argument("name")
+@json_option
+def volume_create(name: str, as_json: bool) -> None:
+    """Make a new volume NAME and print its ID (share the ID for read-only mounts)."""
+    from .volume import VolumeError, config_dir, create_volume
+
+    try:
+        made = create_volume(name)
+    except VolumeError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"name": made.name, "volumeId": made.volume_id,
+                               "keyFile": str(config_dir() / "volumes" / f"{name}.key")}))
+    else:
+        click.echo(f"volume {name}: {made.volume_id}")
+        click.echo(f"mount it with: walrusfs mount DIR --volume {name}")
+
+
+@volume.command("list")
+@json_option
+def volume_list(as_json: bool) -> None:
+    """List the volumes whose keys you hold."""
+    from .volume import VolumeError, list_volumes
+
+    try:
+        volumes = list_volumes()
+    except VolumeError as exc:
+        raise Failure(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([{"name": v.name, "volumeId": v.volume_id} for v in volumes]))
+    for v in volumes if not as_json else ():
+        click.echo(f"{v.name}  {v.volume_id}")
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        number = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size like 4MiB, 512k or 1048576", ctx=ctx, param=param) from None
+    if number <= 0:
+        raise click.BadParameter("must be positive", ctx=ctx, param=param)
+    return number
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--volume", "volume_ref", required=True, help="Volume name (key held here) or volume ID (read-only).")
+@committee_option
+@click.option("--read-only", is_flag=True, help="Refuse every change (EROFS), even with the volume key.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Staging, cache and device key (default: the user state directory, per volume).")
+@click.option("--chunk-size", default="4MiB", callback=_size, show_default=True, help="Size of the chunks new content is cut into.")
+@click.option("--cache-size", default="1GiB", callback=_size, show_default=True, help="Local cache of verified chunks.")
+@click.option("--debug", is_flag=True, help="Log every warning and info message.")
+def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_only: bool, state_dir: Path | None,
+          chunk_size: int, cache_size: int, debug: bool) -> None:
+    """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u)."""
+    import trio
+
+    from p2p.host import configure_logging
+
+    from .mount import MountError, default_state_dir, serve_mount
+    from .staging import StateError
+    from .volume import VolumeError, resolve_volume
+
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    configure_logging(logging.INFO if debug else logging.CRITICAL)
+    committee = load_committee(committee_path)
+    try:
+        vol = resolve_volume(volume_ref)
+    except VolumeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--volume") from None
+    if os.path.ismount(mountpoint):
+        raise click.UsageError(f"{mountpoint} is already a mount point")
+    if any(mountpoint.iterdir()):
+        raise click.UsageError(f"{mountpoint} is not empty; mount on an empty directory")
+    try:
+        trio.run(lambda: serve_mount(
+            mountpoint, vol, committee, state_dir or default_state_dir(vol), read_only=read_only,
+            chunk_size=chunk_size, cache_bytes=cache_size, announce=lambda text: click.echo(text, err=True),
+        ))
+    except (MountError, StateError) as exc:
+        raise Failure(str(exc)) from None
+
+
+def _mount_status(mountpoint: Path) -> dict[str, Any]:
+    try:
+        return json.loads(os.getxattr(mountpoint, "user.walrus.status"))
+    except OSError as exc:
+        raise Failure(f"{mountpoint} is not a walrusfs mount ({exc.strerror})") from None
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--no-wait", is_flag=True, help="Unmount at once; staged files upload at the next mount.")
+def umount(mountpoint: Path, no_wait: bool) -> None:
+    """Wait for pending uploads, then unmount MOUNTPOINT."""
+    import time
+
+    from .mount import fuse_unmount
+
+    status = _mount_status(mountpoint)
+    if not no_wait and not status.get("read_only"):
+        pending = len(status.get("pending", []))
+        if pending:
+            click.echo(f"waiting for {pending} pending uploads (Ctrl-C to stop waiting; they resume at next mount)", err=True)
+        fd = os.open(mountpoint, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the mount answers once every upload and namespace entry is in the log
+        finally:
+            os.close(fd)
+    done = fuse_unmount(mountpoint)
+    if done.returncode != 0:
+        raise Failure(f"fusermount3 -u {mountpoint}: {done.stderr.strip()}")
+    pid = status.get("pid")
+    for _ in range(100):  # the mount process exits once the kernel let go
+        if not isinstance(pid, int) or not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.1)
+    click.echo(f"unmounted {mountpoint}")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@json_option
+def status(mountpoint: Path, as_json: bool) -> None:
+    """Show a mount's pending uploads and their progress."""
+    info = _mount_status(mountpoint)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    mode = "read-only" if info["read_only"] else "read-write"
+    click.echo(f"volume {info['volume']} at {info['mountpoint']} ({mode}), pid {info['pid']}")
+    click.echo(f"namespace entries: {info['entries_signed']} signed, {info['entries_published']} in the log"
+               + (f" (publishing fails: {info['publish_error']})" if info.get("publish_error") else ""))
+    click.echo(f"chunks uploaded {info['uploaded_chunks']}, deduplicated {info['deduplicated_chunks']}, "
+               f"cache {info['cache_bytes']} bytes")
+    if not info["pending"]:
+        click.echo("no pending uploads")
+    for item in info["pending"]:
+        line = (f"  {item['node'][:16]}  {item['state']:<9} {item['uploaded_bytes']}/{item['staged_bytes']} "
+                f"staged bytes of {item['size']}")
+        click.echo(line + (f"  error: {item['error']}" if item.get("error") else ""))
+
+
 @main.command()
 @committee_option
 @json_option

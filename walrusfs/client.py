@@ -98,10 +98,18 @@ class Client:
     # ------------------------------------------------------------------ store
 
     async def store(
-        self, data: bytes, progress: Progress | None = None, grace: float = GRACE_PERIOD, publish: bool = True
+        self, data: bytes, progress: Progress | None = None, grace: float = GRACE_PERIOD, publish: bool = True,
+        wait_logged: bool = True,
     ) -> StoreResult:
         """Encode and store ``data``; certify it (2f + 1 shards) and record it in the log."""
         encoded: EncodedBlob = await trio.to_thread.run_sync(encode_blob, data, self.config)
+        return await self.store_encoded(encoded, len(data), progress, grace, publish, wait_logged)
+
+    async def store_encoded(
+        self, encoded: EncodedBlob, length: int, progress: Progress | None = None, grace: float = GRACE_PERIOD,
+        publish: bool = True, wait_logged: bool = True,
+    ) -> StoreResult:
+        """Store an encoded blob of ``length`` bytes; certify it and (``publish``) record it in the log."""
         blob_id = encoded.blob_id
         metadata_wire = m.metadata_to_wire(encoded.metadata)
         signatures: dict[int, bytes] = {}
@@ -158,8 +166,9 @@ class Client:
         confirmed = [self.committee.peers[i].peer_id for i in certificate.signers]
         result = StoreResult(blob_id, encoded.metadata, certificate, confirmed, failures)
         if publish:
-            result.entry = await self.publish(certificate, len(data))
-            result.logged_by = await self.wait_logged(result.entry.id)
+            result.entry = await self.publish(certificate, length)
+            if wait_logged:
+                result.logged_by = await self.wait_logged(result.entry.id)
         return result
 
     async def publish(self, certificate: Certificate, length: int) -> Entry:

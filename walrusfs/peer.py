@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -258,9 +259,10 @@ class PeerService:
     async def _status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blobs, stored = await trio.to_thread.run_sync(self.store.stats)
+        free = (await trio.to_thread.run_sync(shutil.disk_usage, self.store.directory)).free
         return m.ok(
             peer_id=self.identity.peer_id, version=__version__, epoch=self.committee.epoch,
-            shards=sorted(self.shards), n_shards=self.n, blobs=blobs, stored_bytes=stored,
+            shards=sorted(self.shards), n_shards=self.n, blobs=blobs, stored_bytes=stored, free_bytes=free,
         ), b""
 
     async def _blob_status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:

@@ -169,7 +169,7 @@ class Namespace:
             self.aliases[node_id] = existing  # concurrent mkdir of one name: one directory
             return
         node = Node(node_id, kind, int(args.get("mode", 0o644)), int(args.get("mtime_ns", op.hlc)),
-                    target=str(args.get("target", "")))
+                    target=str(args.get("target", "")), uid=int(args.get("uid", 0)), gid=int(args.get("gid", 0)))
         self.nodes[node_id] = node
         if kind == DIRECTORY:
             self.children[node_id] = {}

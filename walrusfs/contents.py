@@ -1,0 +1,492 @@
+"""File contents for a mount: staged writes, verified chunk reads, background uploads.
+
+A file's bytes are fixed-size chunks, each a blob. Writing stages the touched chunks in a
+local sparse file (fetching a chunk first only when a write covers part of bytes it
+already had); ``flush`` makes the staged record durable and queues an upload; uploads
+encode each dirty chunk, skip chunks whose blob is already certified (identical chunks are
+stored once), store the rest, then sign a namespace ``write`` naming every chunk's blob.
+Reads take staged chunks from the staging file and the others from the verified chunk
+cache or the peers, reading only the rows a small random read needs and one chunk ahead
+on sequential reads. Nothing unverified is ever returned: a failed read raises
+``ReadError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .client import Client, ReadError, StoreError
+from .core.metadata import BlobId, BlobMetadata
+from .core.namespace import Node
+from .core.redstuff import encode_blob
+from .staging import ChunkCache, MountState, StagedFile
+from .volumelog import VolumeLog
+
+log = logging.getLogger("walrusfs.contents")
+
+#: Reads at most this large, not continuing the previous read, fetch only their rows.
+SMALL_READ = 64 << 10
+MEMORY_CHUNKS = 16
+UPLOAD_WORKERS = 4
+STORE_CONCURRENCY = 3
+RETRY_DELAY = 2.0
+
+
+@dataclass
+class UploadProgress:
+    """What one upload has done so far, for ``walrusfs status``."""
+
+    node: bytes
+    total: int
+    done: int = 0
+    error: str | None = None
+
+
+class Contents:
+    """Staged and stored file contents of one mount."""
+
+    def __init__(self, client: Client, vlog: VolumeLog, state: MountState, cache: ChunkCache, chunk_size: int) -> None:
+        self.client = client
+        self.vlog = vlog
+        self.state = state
+        self.cache = cache
+        self.chunk_size = chunk_size
+        self.staged: dict[bytes, StagedFile] = {}
+        self.opens: Counter[bytes] = Counter()
+        self.writers: Counter[bytes] = Counter()
+        self.saved_generation: dict[bytes, int] = {}
+        self.published_generation: dict[bytes, int] = {}
+        self.progress: dict[bytes, UploadProgress] = {}
+        self._memory: OrderedDict[bytes, bytes] = OrderedDict()
+        self._metadata: OrderedDict[bytes, BlobMetadata] = OrderedDict()
+        self._fetching: dict[bytes, trio.Event] = {}
+        self._locks: dict[bytes, trio.Lock] = {}
+        self._upload_locks: dict[bytes, trio.Lock] = {}
+        self._fds: dict[bytes, int] = {}
+        self._staging_length: dict[bytes, int] = {}
+        self._queue: list[bytes] = []
+        self._queued: set[bytes] = set()
+        self._work = trio.Condition()
+        self._published = trio.Condition()
+        self._store_limit = trio.CapacityLimiter(STORE_CONCURRENCY)
+        self._nursery: trio.Nursery | None = None
+        self.uploaded_chunks = 0
+        self.deduplicated_chunks = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def load(self) -> None:
+        """Pick up files staged before a crash or unmount; they upload once running."""
+        for staged in await trio.to_thread.run_sync(self.state.staged_files):
+            self.staged[staged.node] = staged
+            path = self.state.staging_path(staged)
+            self._staging_length[staged.file] = path.stat().st_size if path.exists() else 0
+            self.saved_generation[staged.node] = staged.generation
+            self._enqueue(staged.node)
+
+    async def run(self) -> None:
+        """Upload queued files until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for _ in range(UPLOAD_WORKERS):
+                nursery.start_soon(self._worker)
+
+    def close(self) -> None:
+        """Close staging file descriptors."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # ------------------------------------------------------------------ reading
+
+    def size_of(self, node: Node) -> int:
+        """A file's current size, staged or stored."""
+        staged = self.staged.get(node.node_id)
+        return staged.size if staged is not None else node.content.size
+
+    def mtime_of(self, node: Node) -> int:
+        """A file's current modification time in nanoseconds."""
+        staged = self.staged.get(node.node_id)
+        return staged.mtime_ns if staged is not None else node.mtime_ns
+
+    async def read(self, node: Node, offset: int, size: int, sequential: bool) -> bytes:
+        """Bytes [offset, offset + size) of a file, verified or staged; short at end of file."""
+        staged = self.staged.get(node.node_id)
+        if staged is not None:
+            length, chunk_size, chunks, dirty = staged.size, staged.chunk_size, staged.chunks, staged.dirty
+        else:
+            content = node.content
+            length, chunk_size, chunks, dirty = content.size, content.chunk_size, list(content.chunks), set()
+        end = min(offset + size, length)
+        if offset >= end:
+            return b""
+        parts = []
+        last = (end - 1) // chunk_size
+        for index in range(offset // chunk_size, last + 1):
+            start = index * chunk_size
+            low, high = max(offset, start) - start, min(end, start + chunk_size) - start
+            blob = chunks[index] if index < len(chunks) else None
+            if index in dirty:
+                data = await trio.to_thread.run_sync(self._pread, staged, high - low, start + low)
+            elif blob is None:
+                data = b""
+            elif (high - low) <= SMALL_READ and not sequential and not self._cached(blob):
+                data = await self._read_range(blob, low, high - low)
+            else:
+                chunk = await self.chunk(blob)
+                data = chunk[low:high]
+            parts.append(data.ljust(high - low, b"\0"))
+        if sequential and self._nursery is not None:
+            following = last + 1
+            if following < len(chunks) and following not in dirty and chunks[following] is not None:
+                self._nursery.start_soon(self._read_ahead, chunks[following])
+        return b"".join(parts)
+
+    def _cached(self, blob: bytes) -> bool:
+        return blob in self._memory or (self.cache.directory / str(BlobId(blob))).exists()
+
+    async def _read_ahead(self, blob: bytes) -> None:
+        try:
+            await self.chunk(blob)
+        except ReadError as exc:
+            log.info("read-ahead of %s failed: %s", BlobId(blob), exc)
+
+    async def _metadata_of(self, blob: bytes) -> BlobMetadata:
+        metadata = self._metadata.get(blob)
+        if metadata is None:
+            metadata = await self.client.get_metadata(BlobId(blob))
+            self._metadata[blob] = metadata
+            while len(self._metadata) > 1024:
+                self._metadata.popitem(last=False)
+        return metadata
+
+    async def _read_range(self, blob: bytes, offset: int, size: int) -> bytes:
+        metadata = await self._metadata_of(blob)
+        return await self.client.read(BlobId(blob), offset, size, metadata=metadata)
+
+    async def chunk(self, blob: bytes) -> bytes:
+        """A whole chunk, verified, from memory, the disk cache or the peers (one fetch at a time per chunk)."""
+        while True:
+            data = self._memory.get(blob)
+            if data is not None:
+                self._memory.move_to_end(blob)
+                return data
+            data = await trio.to_thread.run_sync(self.cache.get, str(BlobId(blob)))
+            if data is not None:
+                self._remember(blob, data)
+                return data
+            waiting = self._fetching.get(blob)
+            if waiting is None:
+                break
+            await waiting.wait()
+        done = self._fetching[blob] = trio.Event()
+        try:
+            data = await self.client.read(BlobId(blob), metadata=await self._metadata_of(blob))
+            await trio.to_thread.run_sync(self.cache.put, str(BlobId(blob)), data)
+            self._remember(blob, data)
+            return data
+        finally:
+            del self._fetching[blob]
+            done.set()
+
+    def _remember(self, blob: bytes, data: bytes) -> None:
+        self._memory[blob] = data
+        self._memory.move_to_end(blob)
+        while len(self._memory) > MEMORY_CHUNKS:
+            self._memory.popitem(last=False)
+
+    # ------------------------------------------------------------------ staging
+
+    def _fd(self, staged: StagedFile) -> int:
+        fd = self._fds.get(staged.file)
+        if fd is None:
+            fd = self._fds[staged.file] = os.open(self.state.staging_path(staged), os.O_RDWR | os.O_CREAT, 0o600)
+        return fd
+
+    def _pread(self, staged: StagedFile, size: int, offset: int) -> bytes:
+        return os.pread(self._fd(staged), size, offset)
+
+    def _pwrite(self, staged: StagedFile, data: bytes, offset: int) -> None:
+        os.pwrite(self._fd(staged), data, offset)
+        self._staging_length[staged.file] = max(self._staging_length.get(staged.file, 0), offset + len(data))
+
+    def _truncate(self, staged: StagedFile, size: int) -> None:
+        os.ftruncate(self._fd(staged), size)
+        self._staging_length[staged.file] = size
+
+    async def _forget(self, staged: StagedFile) -> None:
+        """Drop a staging (published or removed): its record, file and descriptor."""
+        if self.staged.get(staged.node) is staged:
+            del self.staged[staged.node]
+        fd = self._fds.pop(staged.file, None)
+        if fd is not None:
+            os.close(fd)
+        self._staging_length.pop(staged.file, None)
+        await trio.to_thread.run_sync(self.state.drop_staged, staged)
+
+    def stage(self, node: Node) -> StagedFile:
+        """The staged state of a file about to change (created from its stored content if needed)."""
+        staged = self.staged.get(node.node_id)
+        if staged is None:
+            content = node.content
+            staged = StagedFile(
+                node.node_id, content.size, content.chunk_size if content.chunks else self.chunk_size,
+                list(content.chunks), set(), node.version, node.mtime_ns, node.parent, node.name or "",
+            )
+            self.staged[node.node_id] = staged
+            self._staging_length[staged.file] = 0
+            self.saved_generation[node.node_id] = -1
+        return staged
+
+    async def _materialize(self, staged: StagedFile, index: int) -> None:
+        """Copy a stored chunk into the staging file so a partial write can change it."""
+        blob = staged.chunks[index] if index < len(staged.chunks) else None
+        if blob is not None and index not in staged.dirty:
+            data = await self.chunk(blob)
+            start = index * staged.chunk_size
+            data = data[: max(0, min(staged.size - start, staged.chunk_size))]
+            await trio.to_thread.run_sync(self._pwrite, staged, data, start)
+        staged.dirty.add(index)
+
+    async def _grow(self, staged: StagedFile, new_size: int) -> None:
+        """Prepare for the file to grow: its old last chunk changes length, old garbage goes."""
+        if new_size <= staged.size:
+            return
+        if staged.size % staged.chunk_size:
+            await self._materialize(staged, staged.size // staged.chunk_size)
+        if self._staging_length.get(staged.file, 0) > staged.size:
+            await trio.to_thread.run_sync(self._truncate, staged, staged.size)
+
+    def _lock(self, node: bytes) -> trio.Lock:
+        lock = self._locks.get(node)
+        if lock is None:
+            lock = self._locks[node] = trio.Lock()
+        return lock
+
+    async def write(self, node: Node, offset: int, data: bytes) -> int:
+        """Stage a write; return the bytes written."""
+        # The kernel sends writes to one file concurrently; growing the file and filling a
+        # chunk must not interleave with another write's.
+        async with self._lock(node.node_id):
+            return await self._write(node, offset, data)
+
+    async def _write(self, node: Node, offset: int, data: bytes) -> int:
+        staged = self.stage(node)
+        end = offset + len(data)
+        cs = staged.chunk_size
+        await self._grow(staged, end)
+        for index in range(offset // cs, (end - 1) // cs + 1 if data else offset // cs):
+            if index in staged.dirty:
+                continue
+            start = index * cs
+            old_end = min(start + cs, staged.size)
+            covered = offset <= start and end >= old_end
+            if old_end > start and not covered:
+                await self._materialize(staged, index)
+            else:
+                staged.dirty.add(index)
+        await trio.to_thread.run_sync(self._pwrite, staged, data, offset)
+        staged.size = max(staged.size, end)
+        staged.mtime_ns = time.time_ns()
+        staged.generation += 1
+        return len(data)
+
+    async def truncate(self, node: Node, size: int) -> None:
+        """Change a file's length; new bytes read as zeros."""
+        async with self._lock(node.node_id):
+            await self._truncate_locked(node, size)
+
+    async def _truncate_locked(self, node: Node, size: int) -> None:
+        staged = self.stage(node)
+        cs = staged.chunk_size
+        if size < staged.size:
+            if size % cs:
+                await self._materialize(staged, size // cs)
+            keep = -(-size // cs)
+            staged.chunks = staged.chunks[:keep]
+            staged.dirty = {i for i in staged.dirty if i < keep}
+            await trio.to_thread.run_sync(self._truncate, staged, size)
+        else:
+            await self._grow(staged, size)
+        staged.size = size
+        staged.mtime_ns = time.time_ns()
+        staged.generation += 1
+
+    async def commit(self, node: bytes, upload_now: bool = False) -> None:
+        """Make a file's staged bytes durable (close); queue the upload once no writer has it open."""
+        staged = self.staged.get(node)
+        if staged is None:
+            return
+        generation = staged.generation
+        if self.saved_generation.get(node) != generation:
+            await trio.to_thread.run_sync(self.state.save_staged, staged)
+            self.saved_generation[node] = generation
+        # Uploading while a writer still has the file open would publish versions nobody
+        # asked for (every close of a dup'ed descriptor flushes); fsync asks explicitly.
+        if (upload_now or not self.writers[node]) and self.published_generation.get(node, -1) < generation:
+            self._enqueue(node)
+
+    async def discard(self, node: bytes) -> None:
+        """Forget a removed file's staged bytes (once nobody has it open)."""
+        staged = self.staged.get(node)
+        if self.opens[node] or staged is None:
+            return
+        self.saved_generation.pop(node, None)
+        self._queued.discard(node)
+        await self._forget(staged)
+        async with self._published:
+            self._published.notify_all()
+
+    async def sync(self, node: bytes) -> None:
+        """fsync: return once the file's chunks are certified and its namespace entry is in the log."""
+        await self.commit(node, upload_now=True)
+        staged = self.staged.get(node)
+        if staged is not None:
+            generation = staged.generation
+            async with self._published:
+                while node in self.staged and self.published_generation.get(node, -1) < generation:
+                    await self._published.wait()
+        await self.vlog.wait_published()
+
+    async def sync_all(self) -> None:
+        """Wait until every staged file is uploaded and every namespace entry published."""
+        for node in list(self.staged):
+            await self.sync(node)
+        await self.vlog.wait_published()
+
+    # ------------------------------------------------------------------ uploading
+
+    def _enqueue(self, node: bytes) -> None:
+        if node not in self._queued:
+            self._queued.add(node)
+            self._queue.append(node)
+            self._wake()
+
+    def _wake(self) -> None:
+        async def notify() -> None:
+            async with self._work:
+                self._work.notify_all()
+        if self._nursery is not None:
+            self._nursery.start_soon(notify)
+
+    async def _worker(self) -> None:
+        while True:
+            async with self._work:
+                while not self._queue:
+                    await self._work.wait()
+                node = self._queue.pop(0)
+                # A close during the upload queues the file again; the lock below makes
+                # that second upload wait for this one instead of racing it.
+                self._queued.discard(node)
+            try:
+                async with self._upload_lock(node):
+                    await self._upload(node)
+            except (StoreError, ReadError, OSError) as exc:
+                progress = self.progress.get(node)
+                if progress is not None:
+                    progress.error = str(exc)
+                log.warning("upload of %s failed (will retry): %s", node.hex()[:16], exc)
+                await trio.sleep(RETRY_DELAY)
+                if node in self.staged:
+                    self._enqueue(node)
+
+    def _upload_lock(self, node: bytes) -> trio.Lock:
+        lock = self._upload_locks.get(node)
+        if lock is None:
+            lock = self._upload_locks[node] = trio.Lock()
+        return lock
+
+    async def _upload(self, node: bytes) -> None:
+        staged = self.staged.get(node)
+        if staged is None:
+            return
+        current = self.vlog.namespace.nodes.get(self.vlog.namespace.resolve(node))
+        if current is None or (current.parent is None and not self.opens[node]):
+            await self.discard(node)  # removed before it was uploaded
+            return
+        generation = staged.generation
+        size, cs = staged.size, staged.chunk_size
+        log.debug("upload %s gen %d size %d dirty %s", node.hex()[:8], generation, size, sorted(staged.dirty))
+        count = -(-size // cs)
+        dirty = sorted(i for i in staged.dirty if i < count)
+        progress = self.progress[node] = UploadProgress(node, sum(min(cs, size - i * cs) for i in dirty))
+        chunks: list[bytes | None] = [staged.chunks[i] if i < len(staged.chunks) else None for i in range(count)]
+
+        async def upload_chunk(index: int) -> None:
+            length = min(cs, size - index * cs)
+            async with self._lock(node):  # not torn by a concurrent write
+                data = await trio.to_thread.run_sync(self._pread, staged, length, index * cs)
+            data = data.ljust(length, b"\0")
+            if data.count(0) == length:
+                chunks[index] = None  # all zeros: a hole, stored as nothing
+            else:
+                async with self._store_limit:
+                    chunks[index] = await self._store_chunk(data)
+            progress.done += length
+
+        async with trio.open_nursery() as nursery:
+            for index in dirty:
+                nursery.start_soon(upload_chunk, index)
+        if self.staged.get(node) is not staged:
+            return  # discarded while uploading
+        args: dict[str, Any] = {
+            "node": node, "content": {"size": size, "chunk_size": cs, "chunks": chunks},
+            "mtime_ns": staged.mtime_ns, "last_name": staged.last_name or "file",
+        }
+        if staged.base is not None:
+            args["base"] = staged.base
+        if staged.last_parent is not None:
+            args["last_parent"] = staged.last_parent
+        op = await self.vlog.append("write", args)
+        staged.base = op.op_id
+        if staged.generation == generation:
+            await self._forget(staged)
+        else:
+            # Written again while uploading: this version is published, the next one follows.
+            staged.chunks = [*chunks, *staged.chunks[count:]]
+            await trio.to_thread.run_sync(self.state.save_staged, staged, False)
+        self.progress.pop(node, None)
+        async with self._published:
+            self.published_generation[node] = generation
+            self._published.notify_all()
+
+    async def _store_chunk(self, data: bytes) -> bytes:
+        encoded = await trio.to_thread.run_sync(encode_blob, data, self.client.config)
+        blob_id = encoded.blob_id
+        if self.vlog.state.certified_entry(blob_id) is None:
+            result = await self.client.store_encoded(encoded, len(data), publish=True, wait_logged=False)
+            if result.entry is not None:
+                self.vlog.note_certified(result.entry)
+            self.uploaded_chunks += 1
+        else:
+            self.deduplicated_chunks += 1
+        self._metadata[blob_id.raw] = encoded.metadata
+        await trio.to_thread.run_sync(self.cache.put, str(blob_id), data)
+        self._remember(blob_id.raw, data)
+        return blob_id.raw
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """Pending uploads and their progress."""
+        pending = []
+        for node, staged in self.staged.items():
+            cs = staged.chunk_size
+            dirty_bytes = sum(min(cs, staged.size - i * cs) for i in staged.dirty if i * cs < staged.size)
+            progress = self.progress.get(node)
+            pending.append({
+                "node": node.hex(), "size": staged.size, "staged_bytes": dirty_bytes,
+                "uploaded_bytes": progress.done if progress else 0,
+                "state": "uploading" if progress and not progress.error else ("retrying" if progress else "queued"),
+                "error": progress.error if progress else None,
+            })
+        return {"pending": pending, "uploaded_chunks": self.uploaded_chunks,
+                "deduplicated_chunks": self.deduplicated_chunks, "cache_bytes": self.cache.total}
+

@@ -1,0 +1,510 @@
+"""The FUSE operations: POSIX calls become namespace operations and staged contents.
+
+Every handler runs on the trio loop that also runs the libp2p host, so nothing here blocks:
+disk and SQLite work happens in ``Contents`` and ``VolumeLog`` worker threads. Checks that
+POSIX requires (existence, type, emptiness) are made against this mount's current tree
+before an operation is signed; the namespace fold then keeps concurrent writers from
+losing anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+
+from .client import ReadError
+from .core.metadata import BlobId
+from .core.namespace import DIRECTORY, FILE, ROOT, SYMLINK, Node
+from .contents import Contents
+from .volumelog import VolumeLog
+
+log = logging.getLogger("walrusfs.fs")
+
+ATTR_TIMEOUT = 1.0
+XATTR_PREFIX = "user.walrus."
+NAME_MAX = 255
+
+
+def _error(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+@dataclass
+class Handle:
+    """An open file."""
+
+    node: bytes
+    writable: bool
+    last_end: int = -1
+    wrote: bool = False
+
+
+class WalrusFS(pyfuse3.Operations):
+    """A volume's tree as a FUSE filesystem."""
+
+    enable_writeback_cache = True
+
+    def __init__(self, vlog: VolumeLog, contents: Contents, read_only: bool, status: Any = None) -> None:
+        super().__init__()
+        self.vlog = vlog
+        self.contents = contents
+        self.read_only = read_only or not vlog.volume.writable
+        self.status_extra = status or (lambda: {})
+        self._inode_of: dict[bytes, int] = {ROOT: pyfuse3.ROOT_INODE}
+        self._node_of: dict[int, bytes] = {pyfuse3.ROOT_INODE: ROOT}
+        self._next_inode = pyfuse3.ROOT_INODE + 1
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, list[tuple[str, bytes]]] = {}
+        self._next_fh = 1
+        self._seen_version: dict[bytes, Any] = {}
+        self.statfs_source: Any = None
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def ns(self) -> Any:
+        """The current namespace (replaced when the log refolds)."""
+        return self.vlog.namespace
+
+    def _inode(self, node_id: bytes) -> int:
+        inode = self._inode_of.get(node_id)
+        if inode is None:
+            inode = self._inode_of[node_id] = self._next_inode
+            self._node_of[inode] = node_id
+            self._next_inode += 1
+        return inode
+
+    def _node(self, inode: int) -> Node:
+        node_id = self._node_of.get(inode)
+        node = self.ns.nodes.get(self.ns.resolve(node_id)) if node_id is not None else None
+        if node is None:
+            raise _error(errno.ENOENT)
+        return node
+
+    def _directory(self, inode: int) -> Node:
+        node = self._node(inode)
+        if node.kind != DIRECTORY:
+            raise _error(errno.ENOTDIR)
+        if node.node_id != ROOT and node.parent is None:
+            raise _error(errno.ENOENT)  # removed while someone held it
+        return node
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise _error(errno.EROFS)
+
+    @staticmethod
+    def _name(name: bytes) -> str:
+        if len(name) > NAME_MAX:
+            raise _error(errno.ENAMETOOLONG)
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _error(errno.EILSEQ) from None
+
+    def _child(self, directory: Node, name: str) -> Node | None:
+        child = self.ns.children.get(directory.node_id, {}).get(name)
+        return self.ns.nodes[child] if child is not None else None
+
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = self._inode(node.node_id)
+        attr.generation = 0
+        attr.entry_timeout = ATTR_TIMEOUT
+        attr.attr_timeout = ATTR_TIMEOUT
+        mtime = node.mtime_ns
+        if node.kind == FILE:
+            attr.st_mode = stat.S_IFREG | node.mode
+            attr.st_size = self.contents.size_of(node)
+            attr.st_nlink = 1 if node.parent is not None else 0
+            mtime = self.contents.mtime_of(node)
+        elif node.kind == DIRECTORY:
+            attr.st_mode = stat.S_IFDIR | node.mode
+            children = self.ns.children.get(node.node_id, {})
+            attr.st_nlink = 2 + sum(1 for c in children.values() if self.ns.nodes[c].kind == DIRECTORY)
+            attr.st_size = 4096
+        else:
+            attr.st_mode = stat.S_IFLNK | 0o777
+            attr.st_size = len(node.target.encode())
+            attr.st_nlink = 1
+        if node.node_id == ROOT and node.uid == 0 and node.gid == 0:
+            attr.st_uid, attr.st_gid = os.getuid(), os.getgid()
+        else:
+            attr.st_uid, attr.st_gid = node.uid, node.gid
+        attr.st_blksize = 128 << 10
+        attr.st_blocks = -(-attr.st_size // 512)
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
+        return attr
+
+    def _open_handle(self, node: bytes, writable: bool) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(node, writable)
+        self.contents.opens[node] += 1
+        if writable:
+            self.contents.writers[node] += 1
+        return fh
+
+    # ------------------------------------------------------------------ lookups
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        """Find a name in a directory."""
+        directory = self._directory(parent_inode)
+        if name == b".":
+            return self._attr(directory)
+        if name == b"..":
+            return self._attr(self.ns.nodes[directory.parent or ROOT])
+        try:
+            text = self._name(name)
+        except pyfuse3.FUSEError:
+            raise _error(errno.ENOENT) from None
+        child = self._child(directory, text)
+        if child is None:
+            raise _error(errno.ENOENT)
+        return self._attr(child)
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        """Attributes of a node."""
+        return self._attr(self._node(inode))
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        """A symbolic link's target."""
+        node = self._node(inode)
+        if node.kind != SYMLINK:
+            raise _error(errno.EINVAL)
+        return node.target.encode()
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        """Snapshot a directory's entries, so a listing is consistent under concurrent change."""
+        directory = self._directory(inode)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = sorted(self.ns.children.get(directory.node_id, {}).items())
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        """List a directory from its snapshot."""
+        entries = self._dirs.get(fh, [])
+        for index in range(start_id, len(entries)):
+            name, node_id = entries[index]
+            node = self.ns.nodes.get(node_id)
+            if node is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name.encode(), self._attr(node), index + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        """Drop a directory snapshot."""
+        self._dirs.pop(fh, None)
+
+    # ------------------------------------------------------------------ namespace changes
+
+    def _new_node_args(self, parent: Node, name: str, mode: int, ctx: Any) -> dict[str, Any]:
+        if self._child(parent, name) is not None:
+            raise _error(errno.EEXIST)
+        return {"parent": parent.node_id, "name": name, "node": os.urandom(32), "mode": mode & 0o7777,
+                "uid": getattr(ctx, "uid", 0), "gid": getattr(ctx, "gid", 0), "mtime_ns": time.time_ns()}
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """Create and open a regular file."""
+        self._writable()
+        parent = self._directory(parent_inode)
+        args = self._new_node_args(parent, self._name(name), mode, ctx)
+        await self.vlog.append("create", args)
+        node = self.ns.nodes[args["node"]]
+        self.contents.stage(node)
+        fh = self._open_handle(node.node_id, True)
+        return pyfuse3.FileInfo(fh=fh), self._attr(node)
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        """Only regular files can be made here."""
+        self._writable()
+        if not stat.S_ISREG(mode):
+            raise _error(errno.EPERM)
+        parent = self._directory(parent_inode)
+        args = self._new_node_args(parent, self._name(name), mode, ctx)
+        await self.vlog.append("create", args)
+        return self._attr(self.ns.nodes[args["node"]])
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        """Make a directory."""
+        self._writable()
+        parent = self._directory(parent_inode)
+        args = self._new_node_args(parent, self._name(name), mode, ctx)
+        await self.vlog.append("mkdir", args)
+        return self._attr(self.ns.nodes[self.ns.resolve(args["node"])])
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        """Make a symbolic link."""
+        self._writable()
+        parent = self._directory(parent_inode)
+        args = self._new_node_args(parent, self._name(name), 0o777, ctx)
+        try:
+            args["target"] = target.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _error(errno.EILSEQ) from None
+        await self.vlog.append("symlink", args)
+        return self._attr(self.ns.nodes[args["node"]])
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        """Hard links are not supported (a node has one name)."""
+        self._writable()
+        raise _error(errno.EPERM)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        """Remove a file or symbolic link; an open file stays readable until closed."""
+        self._writable()
+        parent = self._directory(parent_inode)
+        text = self._name(name)
+        child = self._child(parent, text)
+        if child is None:
+            raise _error(errno.ENOENT)
+        if child.kind == DIRECTORY:
+            raise _error(errno.EISDIR)
+        await self.vlog.append("unlink", {"parent": parent.node_id, "name": text, "node": child.node_id})
+        await self.contents.discard(child.node_id)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        """Remove an empty directory."""
+        self._writable()
+        parent = self._directory(parent_inode)
+        text = self._name(name)
+        child = self._child(parent, text)
+        if child is None:
+            raise _error(errno.ENOENT)
+        if child.kind != DIRECTORY:
+            raise _error(errno.ENOTDIR)
+        if self.ns.children.get(child.node_id):
+            raise _error(errno.ENOTEMPTY)
+        await self.vlog.append("rmdir", {"parent": parent.node_id, "name": text, "node": child.node_id})
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: Any) -> None:
+        """Atomically move a name, replacing what the target held (POSIX rules)."""
+        self._writable()
+        if flags & ~1:  # RENAME_EXCHANGE and RENAME_WHITEOUT are not supported
+            raise _error(errno.EINVAL)
+        source_dir = self._directory(parent_inode_old)
+        target_dir = self._directory(parent_inode_new)
+        old, new = self._name(name_old), self._name(name_new)
+        node = self._child(source_dir, old)
+        if node is None:
+            raise _error(errno.ENOENT)
+        existing = self._child(target_dir, new)
+        if existing is not None and existing.node_id == node.node_id:
+            return
+        if node.kind == DIRECTORY:
+            ancestor: bytes | None = target_dir.node_id
+            while ancestor is not None:
+                if ancestor == node.node_id:
+                    raise _error(errno.EINVAL)
+                ancestor = self.ns.nodes[ancestor].parent
+        args: dict[str, Any] = {"parent": source_dir.node_id, "name": old, "node": node.node_id,
+                                "new_parent": target_dir.node_id, "new_name": new}
+        if existing is not None:
+            if flags & 1:  # RENAME_NOREPLACE
+                raise _error(errno.EEXIST)
+            if node.kind == DIRECTORY and existing.kind != DIRECTORY:
+                raise _error(errno.ENOTDIR)
+            if node.kind != DIRECTORY and existing.kind == DIRECTORY:
+                raise _error(errno.EISDIR)
+            if existing.kind == DIRECTORY and self.ns.children.get(existing.node_id):
+                raise _error(errno.ENOTEMPTY)
+            args["replaces"] = existing.node_id
+        await self.vlog.append("rename", args)
+        if existing is not None and existing.kind == FILE:
+            await self.contents.discard(existing.node_id)
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        """Truncate, chmod, chown, utimens."""
+        node = self._node(inode)
+        log.debug("setattr %s size=%s %s", node.node_id.hex()[:8], fields.update_size, attr.st_size)
+        changes: dict[str, int] = {}
+        if fields.update_mode and stat.S_IMODE(attr.st_mode) != node.mode:
+            changes["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid and attr.st_uid != node.uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid and attr.st_gid != node.gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_mtime:
+            if node.kind == FILE and node.node_id in self.contents.staged:
+                self.contents.staged[node.node_id].mtime_ns = attr.st_mtime_ns
+            if attr.st_mtime_ns != node.mtime_ns:
+                changes["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_size or changes:
+            self._writable()
+        if fields.update_size:
+            if node.kind == DIRECTORY:
+                raise _error(errno.EISDIR)
+            if node.kind != FILE:
+                raise _error(errno.EINVAL)
+            await self.contents.truncate(node, attr.st_size)
+            if fh is None:
+                await self.contents.commit(node.node_id)
+        if changes:
+            await self.vlog.append("setattr", {"node": node.node_id, **changes})
+        return self._attr(self._node(inode))
+
+    # ------------------------------------------------------------------ file I/O
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        """Open a file; the kernel keeps its cached pages only if nobody else changed the file."""
+        node = self._node(inode)
+        if node.kind == DIRECTORY:
+            raise _error(errno.EISDIR)
+        writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        if writable:
+            self._writable()
+            self.contents.stage(node)
+        version = (node.version, node.node_id in self.contents.staged)
+        keep = self._seen_version.get(node.node_id) in (version, (node.version, False), (None, True))
+        self._seen_version[node.node_id] = version
+        return pyfuse3.FileInfo(fh=self._open_handle(node.node_id, writable), keep_cache=keep)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        """Read verified bytes; EIO if they cannot be verified."""
+        handle = self._handles[fh]
+        node = self._node(self._inode(handle.node))
+        try:
+            data = await self.contents.read(node, off, size, sequential=off == handle.last_end)
+        except ReadError as exc:
+            log.error("read of %s failed: %s", handle.node.hex()[:16], exc)
+            raise _error(errno.EIO) from None
+        handle.last_end = off + len(data)
+        return data
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        """Stage a write."""
+        handle = self._handles[fh]
+        log.debug("write fh=%d node=%s off=%d len=%d", fh, handle.node.hex()[:8], off, len(buf))
+        if not handle.writable:
+            raise _error(errno.EBADF)
+        node = self._node(self._inode(handle.node))
+        try:
+            written = await self.contents.write(node, off, buf)
+        except ReadError as exc:
+            log.error("write to %s needed a chunk that cannot be read: %s", handle.node.hex()[:16], exc)
+            raise _error(errno.EIO) from None
+        handle.wrote = True
+        return written
+
+    async def flush(self, fh: int) -> None:
+        """close(): the staged bytes are durable when this returns; the upload follows."""
+        handle = self._handles.get(fh)
+        log.debug("flush fh=%d", fh)
+        if handle is not None and handle.writable:
+            await self.contents.commit(handle.node)
+
+    async def release(self, fh: int) -> None:
+        """Last close of a handle."""
+        handle = self._handles.pop(fh, None)
+        log.debug("release fh=%d", fh)
+        if handle is None:
+            return
+        self.contents.opens[handle.node] -= 1
+        if handle.writable:
+            self.contents.writers[handle.node] -= 1
+            if self.contents.writers[handle.node] <= 0:
+                del self.contents.writers[handle.node]
+        if self.contents.opens[handle.node] <= 0:
+            del self.contents.opens[handle.node]
+            node = self.ns.nodes.get(handle.node)
+            if node is None or node.parent is None:
+                await self.contents.discard(handle.node)
+                return
+        if handle.writable:
+            await self.contents.commit(handle.node)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        """Return once the file's chunks are certified and its namespace entry is in the log."""
+        await self.contents.sync(self._handles[fh].node)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """Return once every pending upload and namespace entry of this mount is in the log."""
+        await self.contents.sync_all()
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        """Capacity as the peers report it: what the fullest peer's free space allows."""
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        free = self.statfs_source() if self.statfs_source is not None else 0
+        data.f_blocks = data.f_bfree = data.f_bavail = free // 4096
+        data.f_files = len(self.ns.nodes) + 1_000_000
+        data.f_ffree = data.f_favail = 1_000_000
+        data.f_namemax = NAME_MAX
+        return data
+
+    # ------------------------------------------------------------------ xattrs
+
+    def _walrus_xattrs(self, node: Node) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        if node.node_id == ROOT:
+            status = {"volume": self.vlog.volume.volume_id, "device": self.vlog.device_id.hex(),
+                      "read_only": self.read_only, "entries_signed": self.vlog.head,
+                      "entries_published": self.vlog.published, "publish_error": self.vlog.last_error,
+                      **self.contents.status(), **self.status_extra()}
+            out["status"] = json.dumps(status).encode()
+            out["volume"] = self.vlog.volume.volume_id.encode()
+        if node.kind == FILE:
+            staged = self.contents.staged.get(node.node_id)
+            chunks = node.content.chunks
+            out["blob_ids"] = "\n".join(str(BlobId(c)) if c else "(hole)" for c in chunks).encode()
+            certificates = []
+            for chunk in chunks:
+                entry = self.vlog.state.certified_entry(BlobId(chunk)) if chunk else None
+                certificates.append(entry.id.hex() if entry is not None else ("(hole)" if not chunk else "(unknown)"))
+            out["certificates"] = "\n".join(certificates).encode()
+            out["version"] = (node.version or b"").hex().encode()
+            out["chunk_size"] = str(node.content.chunk_size).encode()
+            out["pending"] = b"yes" if staged is not None else b"no"
+        return out
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        """``user.walrus.*`` describe storage; other ``user.*`` names are the file's own."""
+        node = self._node(inode)
+        text = name.decode("utf-8", "replace")
+        if text.startswith(XATTR_PREFIX):
+            value = self._walrus_xattrs(node).get(text[len(XATTR_PREFIX):])
+        else:
+            value = node.xattrs.get(text)
+        if value is None:
+            raise _error(errno.ENODATA)
+        return value
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        """Every attribute name of a node."""
+        node = self._node(inode)
+        names = [(XATTR_PREFIX + k).encode() for k in self._walrus_xattrs(node)]
+        return names + [k.encode() for k in sorted(node.xattrs)]
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        """Set a ``user.*`` attribute (``user.walrus.*`` is read-only)."""
+        text = self._name(name)
+        if not text.startswith("user."):
+            raise _error(errno.ENOTSUP)
+        if text.startswith(XATTR_PREFIX):
+            raise _error(errno.EPERM)
+        self._writable()
+        if len(value) > 16 << 10:
+            raise _error(errno.E2BIG)
+        node = self._node(inode)
+        await self.vlog.append("setxattr", {"node": node.node_id, "name": text, "value": bytes(value)})
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        """Remove a ``user.*`` attribute."""
+        text = self._name(name)
+        node = self._node(inode)
+        if text.startswith(XATTR_PREFIX):
+            raise _error(errno.EPERM)
+        if text not in node.xattrs:
+            raise _error(errno.ENODATA)
+        self._writable()
+        await self.vlog.append("removexattr", {"node": node.node_id, "name": text})

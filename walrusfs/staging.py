@@ -1,0 +1,218 @@
+"""A mount's durable local state: device key, its own log entries, staged file contents.
+
+Everything here blocks; the mount calls it from worker threads. The state directory holds:
+
+* ``device.key``: this mount's Ed25519 device key (its own log chain, delegated by the
+  volume key), so a restarted mount continues its chain instead of equivocating;
+* ``mount.sqlite`` (WAL): the device's signed entries with a published flag, and one row
+  per staged file (which chunks live in the staging file, which are blobs already);
+* ``staging/NODE``: sparse files holding the staged bytes of dirty chunks;
+* ``cache/BLOB``: verified chunks, evicted least recently used beyond a byte budget.
+
+A lock file keeps two mounts from sharing one state directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+import cbor2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS own_entries (seq INTEGER PRIMARY KEY, encoded BLOB NOT NULL, published INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS staged (node BLOB PRIMARY KEY, file TEXT NOT NULL, record BLOB NOT NULL);
+"""
+
+
+class StateError(Exception):
+    """The state directory is unusable (in use by another mount, unreadable key)."""
+
+
+@dataclass
+class StagedFile:
+    """A file whose latest content is (partly) local: chunk i is in the staging file if i in ``dirty``."""
+
+    node: bytes
+    size: int
+    chunk_size: int
+    chunks: list[bytes | None]  # blob ID per chunk of the version this one started from
+    dirty: set[int] = field(default_factory=set)
+    base: bytes | None = None  # version (op ID) the staged content started from
+    mtime_ns: int = 0
+    last_parent: bytes | None = None
+    last_name: str = ""
+    generation: int = 0  # bumped by every change; an upload publishes one generation
+    # Each staging of a node gets its own file, so dropping a published one can never
+    # remove bytes a newer staging of the same node already wrote.
+    file: str = field(default_factory=lambda: os.urandom(12).hex())
+
+    def encode(self) -> bytes:
+        """Canonical bytes for the state database."""
+        return cbor2.dumps({
+            "size": self.size, "chunk_size": self.chunk_size, "chunks": list(self.chunks),
+            "dirty": sorted(self.dirty), "base": self.base, "mtime_ns": self.mtime_ns,
+            "last_parent": self.last_parent, "last_name": self.last_name,
+        }, canonical=True)
+
+    @classmethod
+    def decode(cls, node: bytes, file: str, data: bytes) -> StagedFile:
+        """Inverse of ``encode``."""
+        record = cbor2.loads(data)
+        return cls(node, record["size"], record["chunk_size"], list(record["chunks"]), set(record["dirty"]),
+                   record["base"], record["mtime_ns"], record["last_parent"], record["last_name"], file=file)
+
+
+class MountState:
+    """The state directory of one mount."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = directory
+        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StateError(
+                f"state directory {directory} is in use by another mount; give this mount its own with --state DIR"
+            ) from None
+        self.staging = directory / "staging"
+        self.staging.mkdir(exist_ok=True)
+        self.device = self._device_key()
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(directory / "mount.sqlite", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a crash of the mount process; fsync() of a file is
+        # the user's power-loss guarantee, and it waits for certification on the peers.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def _device_key(self) -> SigningKey:
+        path = self.directory / "device.key"
+        try:
+            seed = bytes.fromhex(path.read_text().strip())
+        except FileNotFoundError:
+            seed = os.urandom(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(seed.hex() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except ValueError:
+            seed = b""
+        if len(seed) != 32:
+            raise StateError(f"{path} must hold 64 hex digits")
+        return SigningKey(seed)
+
+    def close(self) -> None:
+        """Close the database and release the lock."""
+        with self._lock:
+            self._db.close()
+        os.close(self._lock_fd)
+
+    # ------------------------------------------------------------------ own log entries
+
+    def own_entries(self) -> list[tuple[bytes, bool]]:
+        """This device's entries in chain order, with whether peers hold each."""
+        with self._lock:
+            rows = self._db.execute("SELECT encoded, published FROM own_entries ORDER BY seq").fetchall()
+        return [(bytes(e), bool(p)) for e, p in rows]
+
+    def add_own_entry(self, seq: int, encoded: bytes) -> None:
+        """Record a newly signed entry before anyone sees it (so the chain survives a crash)."""
+        with self._lock:
+            self._db.execute("INSERT INTO own_entries VALUES (?, ?, 0)", (seq, encoded))
+
+    def mark_published(self, up_to: int) -> None:
+        """Entries up to ``up_to`` are held by enough peers."""
+        with self._lock:
+            self._db.execute("UPDATE own_entries SET published = 1 WHERE seq <= ? AND published = 0", (up_to,))
+
+    # ------------------------------------------------------------------ staged files
+
+    def staging_path(self, staged: StagedFile) -> Path:
+        """Where a staged file's bytes live."""
+        return self.staging / f"{staged.node.hex()}.{staged.file}"
+
+    def save_staged(self, staged: StagedFile, sync_data: bool = True) -> None:
+        """Persist a staged file's record, after its bytes are on disk."""
+        path = self.staging_path(staged)
+        if sync_data and path.exists():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO staged VALUES (?, ?, ?)", (staged.node, staged.file, staged.encode()))
+
+    def drop_staged(self, staged: StagedFile) -> None:
+        """Forget a staged file (published, or its node is gone)."""
+        with self._lock:
+            self._db.execute("DELETE FROM staged WHERE node = ? AND file = ?", (staged.node, staged.file))
+        self.staging_path(staged).unlink(missing_ok=True)
+
+    def staged_files(self) -> list[StagedFile]:
+        """Every staged file, as the last crash or shutdown left them."""
+        with self._lock:
+            rows = self._db.execute("SELECT node, file, record FROM staged").fetchall()
+        return [StagedFile.decode(bytes(n), f, bytes(r)) for n, f, r in rows]
+
+
+class ChunkCache:
+    """Verified chunks on local disk, least recently used evicted beyond ``limit`` bytes."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, int] = OrderedDict()
+        self.total = 0
+        for path in sorted(directory.iterdir(), key=lambda p: p.stat().st_mtime):
+            if path.name.endswith(".tmp"):
+                path.unlink()
+                continue
+            self._entries[path.name] = path.stat().st_size
+            self.total += path.stat().st_size
+        self._evict()
+
+    def get(self, key: str) -> bytes | None:
+        """The chunk, if cached."""
+        try:
+            data = (self.directory / key).read_bytes()
+        except FileNotFoundError:
+            return None
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        """Cache a verified chunk (written to a temporary name first, so a crash leaves no half chunk)."""
+        if len(data) > self.limit:
+            return
+        path = self.directory / key
+        tmp = path.with_name(key + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        with self._lock:
+            if key in self._entries:
+                self.total -= self._entries.pop(key)
+            self._entries[key] = len(data)
+            self.total += len(data)
+            self._evict()
+
+    def _evict(self) -> None:
+        while self.total > self.limit and self._entries:
+            key, size = self._entries.popitem(last=False)
+            self.total -= size
+            (self.directory / key).unlink(missing_ok=True)

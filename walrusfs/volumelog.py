@@ -1,0 +1,248 @@
+"""A mount's view of the log: follows the peers, authors the device's namespace entries.
+
+The mount keeps its own ``LogState``: it pulls every author's chain from the peers (any
+peer will do, since entries are signed; it rotates through them so a peer withholding
+entries only delays them) and checks every entry itself. The volume's tree is the
+namespace fold over the counted entries, updated in place while operations arrive in
+order and rebuilt when one lands earlier in the total order.
+
+Its own operations are signed at once, recorded in the state database and applied locally;
+a publisher pushes them, in chain order, to every peer and counts one as published once
+peers holding f + 1 shards accepted it (they relay it to the rest).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from p2p.rpc import PeerUnavailable
+
+from .client import Client
+from .core.errors import CodecError
+from .core.log import (
+    GENESIS, NAMESPACE, Entry, LogError, LogState, Outcome, check_entry, decode_entry, delegate_device, next_hlc,
+    sign_entry,
+)
+from .core.messages import LOG_HEADS, LOG_PUSH, LOG_RANGE
+from .core.namespace import Namespace, Op, build
+from .core.wire import field
+from .staging import MountState
+from .volume import Volume
+
+log = logging.getLogger("walrusfs.volumelog")
+
+POLL_INTERVAL = 1.0
+BATCH = 500
+
+
+class PublishError(Exception):
+    """Too few peers accepted the device's entries."""
+
+
+class VolumeLog:
+    """The log as one mount sees it, and the mount's own namespace chain."""
+
+    def __init__(self, client: Client, volume: Volume, state: MountState,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.client = client
+        self.committee = client.committee
+        self.volume = volume
+        self.store = state
+        self.device = state.device
+        self.device_id = bytes(self.device.verify_key)
+        self.delegation = delegate_device(volume.key, self.device_id) if volume.key is not None else None
+        self.state = LogState(self.committee)
+        self.namespace = Namespace()
+        self.on_change = on_change
+        self.last_hlc = 0
+        self.max_seen = 0
+        self.published = 0  # highest own seq held by f + 1 shards' peers
+        self._published_changed = trio.Condition()
+        self._unpublished = trio.Event()
+        self._author_lock = trio.Lock()
+        self._next_peer = 0
+        self.synced_once = trio.Event()
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ own chain
+
+    async def load(self) -> None:
+        """Replay this device's stored chain, so it continues where it left off."""
+        entries = []
+        for encoded, published in await trio.to_thread.run_sync(self.store.own_entries):
+            entry = decode_entry(encoded)
+            self.state.apply(entry, checked=True)
+            entries.append(entry)
+            self.last_hlc = max(self.last_hlc, entry.hlc)
+            if published:
+                self.published = entry.seq
+        self._refresh_namespace(entries)
+        if self.published < self.state.head(self.device_id):
+            self._unpublished.set()
+
+    @property
+    def head(self) -> int:
+        """Highest seq this device signed."""
+        return self.state.head(self.device_id)
+
+    async def append(self, kind: str, args: dict[str, Any]) -> Op:
+        """Sign, record and apply one namespace operation; publishing follows in the background."""
+        if self.delegation is None:
+            raise PermissionError("this mount holds no volume key")
+        async with self._author_lock:
+            chain = self.state.chains.get(self.device_id, [])
+            prev = chain[-1].id if chain else GENESIS
+            self.last_hlc = next_hlc(self.last_hlc, int(time.time() * 1000), self.max_seen)
+            payload = {"volume": self.volume.public_key, "delegation": self.delegation,
+                       "op": {"kind": kind, "args": args}}
+            entry = sign_entry(self.device, len(chain) + 1, prev, self.last_hlc, NAMESPACE, payload)
+            await trio.to_thread.run_sync(self.store.add_own_entry, entry.seq, entry.encode())
+            outcome, _ = self.state.apply(entry, checked=True)
+            if outcome is not Outcome.ACCEPTED:  # pragma: no cover - our own chain
+                raise LogError(f"own entry not accepted locally: {outcome.value}")
+            self._refresh_namespace([entry])
+            self._unpublished.set()
+            return Op(entry.id, entry.hlc, entry.author, kind, args)
+
+    async def wait_published(self, seq: int | None = None) -> None:
+        """Return once entries up to ``seq`` (default: all signed so far) are held by f + 1 shards."""
+        target = self.head if seq is None else seq
+        async with self._published_changed:
+            while self.published < target:
+                await self._published_changed.wait()
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._unpublished.wait()
+            self._unpublished = trio.Event()
+            while self.published < self.head:
+                chain = self.state.chains[self.device_id]
+                batch = chain[self.published : self.published + BATCH]
+                try:
+                    await self._push(batch)
+                except PublishError as exc:
+                    self.last_error = str(exc)
+                    log.warning("%s; retrying", exc)
+                    await trio.sleep(1.0)
+                    continue
+                self.last_error = None
+                await trio.to_thread.run_sync(self.store.mark_published, batch[-1].seq)
+                async with self._published_changed:
+                    self.published = batch[-1].seq
+                    self._published_changed.notify_all()
+
+    async def _push(self, batch: Sequence[Entry]) -> None:
+        encoded = [e.encode() for e in batch]
+        holders: list[int] = []
+        problems: dict[int, str] = {}
+        enough = trio.Event()
+
+        async def push(peer: int) -> None:
+            try:
+                reply, _ = await self.client._call(peer, LOG_PUSH, entries=encoded)
+                outcomes = [r[0] for r in field(reply, "results", list)]
+                if all(o in (Outcome.ACCEPTED.value, Outcome.DUPLICATE.value, Outcome.PENDING.value)
+                       for o in outcomes):
+                    holders.append(peer)
+                    if self.committee.weight(holders) >= self.committee.validity_threshold:
+                        enough.set()
+                else:
+                    problems[peer] = f"rejected: {field(reply, 'results', list)[:1]}"
+            except (PeerUnavailable, CodecError) as exc:
+                problems[peer] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in range(len(self.committee.peers)):
+                nursery.start_soon(push, peer)
+        # Every peer was tried (the rest learn by relay and anti-entropy anyway).
+        if self.committee.weight(holders) < self.committee.validity_threshold:
+            raise PublishError(f"only {len(holders)} peers accepted namespace entries: {problems}")
+
+    # ------------------------------------------------------------------ following
+
+    async def sync_from(self, peer: int) -> int:
+        """Fetch every entry ``peer`` has that this view lacks; return how many were new."""
+        reply, _ = await self.client._call(peer, LOG_HEADS)
+        fresh: list[Entry] = []
+        for author_hex, (head, _head_id) in field(reply, "heads", dict).items():
+            author = bytes.fromhex(author_hex)
+            start = self.state.head(author) + 1
+            while start <= head:
+                got, _ = await self.client._call(peer, LOG_RANGE, author=author, start=start, count=BATCH)
+                batch = [decode_entry(e) for e in field(got, "entries", list)]
+                if not batch:
+                    break
+                fresh.extend(e for e in batch if e.id not in self.state.ids)
+                start += len(batch)
+        if not fresh:
+            return 0
+
+        def check(entries: list[Entry]) -> list[Entry]:
+            good = []
+            for entry in entries:
+                try:
+                    check_entry(entry, self.committee)
+                    good.append(entry)
+                except LogError as exc:
+                    log.warning("peer %d served an invalid entry: %s", peer, exc)
+            return good
+
+        accepted: list[Entry] = []
+        for entry in await trio.to_thread.run_sync(check, fresh):
+            _, newly = self.state.apply(entry, checked=True)
+            accepted.extend(newly)
+            self.max_seen = max(self.max_seen, entry.hlc)
+        self._refresh_namespace(accepted)
+        return len(accepted)
+
+    async def sync_any(self) -> None:
+        """Sync from the first peer that answers, trying each in turn."""
+        problems = []
+        for _ in range(len(self.committee.peers)):
+            peer = self._next_peer
+            self._next_peer = (self._next_peer + 1) % len(self.committee.peers)
+            try:
+                await self.sync_from(peer)
+                self.synced_once.set()
+                return
+            except (PeerUnavailable, CodecError) as exc:
+                problems.append(f"{peer}: {exc}")
+        raise PeerUnavailable("no peer answered: " + "; ".join(problems))
+
+    async def run(self) -> None:
+        """Follow the log and publish own entries until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publisher)
+            while True:
+                try:
+                    await self.sync_any()
+                except PeerUnavailable as exc:
+                    log.warning("log sync: %s", exc)
+                await trio.sleep(POLL_INTERVAL)
+
+    # ------------------------------------------------------------------ namespace
+
+    def _refresh_namespace(self, accepted: Sequence[Entry]) -> None:
+        ops = [Op(e.id, e.hlc, e.author, e.payload["op"]["kind"], e.payload["op"]["args"])
+               for e in accepted if e.kind == NAMESPACE and e.payload.get("volume") == self.volume.public_key]
+        if not ops:
+            return
+        ops.sort(key=lambda o: o.order)
+        if self.namespace.last is None or ops[0].order > self.namespace.last:
+            for op in ops:
+                self.namespace.apply(op)
+        else:
+            # An operation landed earlier in the total order: refold from scratch.
+            self.namespace = build(self.state.namespace_ops(self.volume.public_key))
+        if self.on_change is not None:
+            self.on_change()
+
+    def note_certified(self, entry: Entry) -> None:
+        """Apply a blob-certified entry a store just produced (already checked by the client)."""
+        self.state.apply(entry, checked=True)
+        self.max_seen = max(self.max_seen, entry.hlc)
