@@ -21,9 +21,9 @@ from typing import Any
 import pyfuse3
 
 from .client import ReadError
+from .contents import Contents
 from .core.metadata import BlobId
 from .core.namespace import DIRECTORY, FILE, ROOT, SYMLINK, Node
-from .contents import Contents
 from .volumelog import VolumeLog
 
 log = logging.getLogger("walrusfs.fs")
@@ -57,7 +57,7 @@ class WalrusFS(pyfuse3.Operations):
         self.vlog = vlog
         self.contents = contents
         self.read_only = read_only or not vlog.volume.writable
-        self.status_extra = status or (lambda: {})
+        self.status_extra = status or (dict)
         self._inode_of: dict[bytes, int] = {ROOT: pyfuse3.ROOT_INODE}
         self._node_of: dict[int, bytes] = {pyfuse3.ROOT_INODE: ROOT}
         self._next_inode = pyfuse3.ROOT_INODE + 1

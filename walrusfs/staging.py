@@ -22,9 +22,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nacl.signing import SigningKey
-
 import cbor2
+from nacl.signing import SigningKey
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS own_entries (seq INTEGER PRIMARY KEY, encoded BLOB NOT NULL, published INTEGER NOT NULL);
