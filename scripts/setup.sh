@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config build-essential libgmp-dev python3-venv python3-dev)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config build-essential libgmp-dev python3-venv python3-dev rsync)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -13,6 +13,7 @@ on sequential reads. Nothing unverified is ever returned: a failed read raises
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -61,6 +62,9 @@ class Contents:
         self.staged: dict[bytes, StagedFile] = {}
         self.opens: Counter[bytes] = Counter()
         self.writers: Counter[bytes] = Counter()
+        # One counter for every staging of every file: a node staged again after its last
+        # upload must never look already published.
+        self._generations = itertools.count(1)
         self.saved_generation: dict[bytes, int] = {}
         self.published_generation: dict[bytes, int] = {}
         self.progress: dict[bytes, UploadProgress] = {}
@@ -88,6 +92,7 @@ class Contents:
             self.staged[staged.node] = staged
             path = self.state.staging_path(staged)
             self._staging_length[staged.file] = path.stat().st_size if path.exists() else 0
+            staged.generation = next(self._generations)
             self.saved_generation[staged.node] = staged.generation
             self._enqueue(staged.node)
 
@@ -240,6 +245,7 @@ class Contents:
                 node.node_id, content.size, content.chunk_size if content.chunks else self.chunk_size,
                 list(content.chunks), set(), node.version, node.mtime_ns, node.parent, node.name or "",
             )
+            staged.generation = next(self._generations)
             self.staged[node.node_id] = staged
             self._staging_length[staged.file] = 0
             self.saved_generation[node.node_id] = -1
@@ -295,7 +301,7 @@ class Contents:
         await trio.to_thread.run_sync(self._pwrite, staged, data, offset)
         staged.size = max(staged.size, end)
         staged.mtime_ns = time.time_ns()
-        staged.generation += 1
+        staged.generation = next(self._generations)
         return len(data)
 
     async def truncate(self, node: Node, size: int) -> None:
@@ -317,7 +323,7 @@ class Contents:
             await self._grow(staged, size)
         staged.size = size
         staged.mtime_ns = time.time_ns()
-        staged.generation += 1
+        staged.generation = next(self._generations)
 
     async def commit(self, node: bytes, upload_now: bool = False) -> None:
         """Make a file's staged bytes durable (close); queue the upload once no writer has it open."""

@@ -153,6 +153,22 @@ class WalrusFS(pyfuse3.Operations):
             self.contents.writers[node] += 1
         return fh
 
+    def remote_change(self, rewritten: set[bytes]) -> None:
+        """Another device rewrote these files: show them under fresh inodes.
+
+        With the writeback cache the kernel never takes a regular file's size or mtime from
+        the filesystem again while it holds the inode, so a rewritten file gets a new inode
+        number (open handles keep the old one) and its directory entry is invalidated.
+        """
+        for node_id in rewritten:
+            node = self.ns.nodes.get(self.ns.resolve(node_id))
+            if node is None or node.kind != FILE or node_id not in self._inode_of or self.contents.opens[node_id]:
+                continue
+            del self._inode_of[node_id]  # the old number keeps resolving for the kernel's references
+            parent = self._inode_of.get(node.parent) if node.parent is not None else None
+            if parent is not None and node.name:
+                pyfuse3.invalidate_entry_async(parent, node.name.encode(), ignore_enoent=True)
+
     # ------------------------------------------------------------------ lookups
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:

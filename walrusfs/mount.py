@@ -89,6 +89,7 @@ async def serve_mount(
             fs = WalrusFS(vlog, contents, read_only,
                           status=lambda: {"pid": os.getpid(), "mountpoint": str(mountpoint), "since": started})
             fs.statfs_source = lambda: capacity.get("free", 0)
+            vlog.on_change = fs.remote_change
             options = set(pyfuse3.default_options) | {"fsname=walrusfs", "subtype=walrusfs"}
             if fs.read_only:
                 options.add("ro")

@@ -48,7 +48,7 @@ class VolumeLog:
     """The log as one mount sees it, and the mount's own namespace chain."""
 
     def __init__(self, client: Client, volume: Volume, state: MountState,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[set[bytes]], None] | None = None) -> None:
         self.client = client
         self.committee = client.committee
         self.volume = volume
@@ -232,6 +232,9 @@ class VolumeLog:
                for e in accepted if e.kind == NAMESPACE and e.payload.get("volume") == self.volume.public_key]
         if not ops:
             return
+        # Files another device rewrote: the mount gives them fresh inodes, since a kernel
+        # with the writeback cache keeps trusting its own size and pages for old ones.
+        rewritten = {o.args["node"] for o in ops if o.author != self.device_id and o.kind in ("write", "setattr")}
         ops.sort(key=lambda o: o.order)
         if self.namespace.last is None or ops[0].order > self.namespace.last:
             for op in ops:
@@ -240,7 +243,7 @@ class VolumeLog:
             # An operation landed earlier in the total order: refold from scratch.
             self.namespace = build(self.state.namespace_ops(self.volume.public_key))
         if self.on_change is not None:
-            self.on_change()
+            self.on_change(rewritten)
 
     def note_certified(self, entry: Entry) -> None:
         """Apply a blob-certified entry a store just produced (already checked by the client)."""

@@ -1,0 +1,116 @@
+"""Helpers for tests that mount volumes: a ``walrusfs mount`` process that always unmounts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.test_network import EXE, walrusfs
+
+
+def volume_env(config: Path, state: Path) -> dict[str, str]:
+    """Environment naming a config directory (volume keys) and a state directory."""
+    return {**os.environ, "WALRUSFS_CONFIG_DIR": str(config), "WALRUSFS_STATE_DIR": str(state)}
+
+
+def create_volume(config: Path, name: str) -> str:
+    """Make a volume whose key lives in ``config``; return its ID."""
+    result = subprocess.run([EXE, "volume", "create", name, "--json"], capture_output=True, text=True,
+                            env={**os.environ, "WALRUSFS_CONFIG_DIR": str(config)}, timeout=60, check=True)
+    return json.loads(result.stdout)["volumeId"]
+
+
+def fusermount_u(path: Path) -> None:
+    """Unmount, lazily if busy; never raises."""
+    if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode != 0:
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+
+
+class Mount:
+    """A mount served by its own process (file I/O from the serving process would deadlock)."""
+
+    def __init__(self, committee: Path, mountpoint: Path, volume: str, config: Path, state: Path,
+                 *extra: str) -> None:
+        self.committee = committee
+        self.path = mountpoint
+        self.volume = volume
+        self.config = config
+        self.state = state
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = state.parent / f"{state.name}.log"
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        state.parent.mkdir(parents=True, exist_ok=True)
+
+    def start(self, limit: float = 90.0) -> Mount:
+        """Start the mount process and wait until the kernel shows the mount."""
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [EXE, "mount", str(self.path), "--volume", self.volume, "--committee", str(self.committee),
+                 "--state", str(self.state), *self.extra],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=volume_env(self.config, self.state.parent),
+            )
+        deadline = time.monotonic() + limit
+        while not os.path.ismount(self.path):
+            if self.process.poll() is not None:
+                raise AssertionError(f"mount exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"mount did not appear in {limit} s:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def status(self) -> dict:
+        """The mount's status (what ``walrusfs status --json`` prints)."""
+        return json.loads(os.getxattr(self.path, "user.walrus.status"))
+
+    def sync(self) -> None:
+        """Wait until every upload and namespace entry of this mount is in the log."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def stop(self, limit: float = 60.0) -> None:
+        """Unmount and wait for the process to exit (killing it if it will not)."""
+        if os.path.ismount(self.path):
+            fusermount_u(self.path)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+            self.process = None
+        if os.path.ismount(self.path):
+            fusermount_u(self.path)
+
+    def kill(self) -> None:
+        """SIGKILL the mount process (a crash) and clear the dead mount."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+        fusermount_u(self.path)
+
+
+def wait_for(predicate, limit: float = 30.0, step: float = 0.2) -> bool:  # noqa: ANN001
+    """Poll ``predicate`` until true or ``limit`` seconds passed; return the last result."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            if predicate():
+                return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+
+
+__all__ = ["Mount", "create_volume", "fusermount_u", "volume_env", "wait_for", "walrusfs"]
