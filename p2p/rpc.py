@@ -148,12 +148,13 @@ class Session:
                     response = await self._reader.read_header(self._limits[0])
                     return response, await self._reader.read_body(self._limits[1])
                 except Exception as exc:
-                    await self._drop()
+                    await self.reset()
                     if attempt:
                         raise PeerUnavailable(str(self._peer.peer_id), f"{self._protocol} session failed: {exc}") from exc
             raise AssertionError("unreachable")
 
-    async def _drop(self) -> None:
+    async def reset(self) -> None:
+        """Abandon the stream (it may hold half an exchange); the next request opens another."""
         stream, self._stream, self._reader = self._stream, None, None
         if stream is not None:
             await _quietly(stream.reset)  # type: ignore[attr-defined]

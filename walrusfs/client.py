@@ -40,7 +40,7 @@ from .core.redstuff import (
 )
 from .core.wire import field as wire_field
 from .core.messages import LOG_CERTIFIED, LOG_EVIDENCE, LOG_HEADS, LOG_RANGE, LOG_SUBMIT, LOG_TIMES
-from .rpc import call_member
+from .rpc import SessionPool, call_member
 
 log = logging.getLogger("walrusfs.client")
 
@@ -86,14 +86,15 @@ def _describe(exc: BaseException) -> str:
 class Client:
     """Talks to the committee through a libp2p host."""
 
-    def __init__(self, host: IHost, committee: Committee) -> None:
+    def __init__(self, host: IHost, committee: Committee, reuse_streams: bool = False) -> None:
         self.host = host
         self.committee = committee
+        self.pool = SessionPool(host, committee) if reuse_streams else None
         self.n = committee.n_shards
         self.config = committee.config
 
     async def _call(self, peer: int, protocol: str, body: Body = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
-        return await call_member(self.host, self.committee, peer, protocol, body, **fields)
+        return await call_member(self.host, self.committee, peer, protocol, body, pool=self.pool, **fields)
 
     # ------------------------------------------------------------------ store
 
@@ -107,7 +108,7 @@ class Client:
 
     async def store_encoded(
         self, encoded: EncodedBlob, length: int, progress: Progress | None = None, grace: float = GRACE_PERIOD,
-        publish: bool = True, wait_logged: bool = True,
+        publish: bool = True, wait_logged: bool = True, background: trio.Nursery | None = None,
     ) -> StoreResult:
         """Store an encoded blob of ``length`` bytes; certify it and (``publish``) record it in the log."""
         blob_id = encoded.blob_id
@@ -145,15 +146,26 @@ class Client:
                     finished.set()
                     decided.set()
 
-        async with trio.open_nursery() as nursery:
+        if background is not None:
+            # Return at the quorum; the remaining peers keep receiving their pairs in the
+            # caller's nursery (bounded by the grace period), so fewer of them need to heal.
+            async def deliver(peer: int) -> None:
+                with trio.move_on_after(grace + 30.0):
+                    await store_on(peer)
+
             for peer in range(len(self.committee.peers)):
-                nursery.start_soon(store_on, peer)
+                background.start_soon(deliver, peer)
             await decided.wait()
-            if quorum_reached.is_set():
-                # Keep delivering to the rest for a while, so fewer peers need to heal.
-                with trio.move_on_after(grace):
-                    await finished.wait()
-            nursery.cancel_scope.cancel()
+        else:
+            async with trio.open_nursery() as nursery:
+                for peer in range(len(self.committee.peers)):
+                    nursery.start_soon(store_on, peer)
+                await decided.wait()
+                if quorum_reached.is_set():
+                    # Keep delivering to the rest for a while, so fewer peers need to heal.
+                    with trio.move_on_after(grace):
+                        await finished.wait()
+                nursery.cancel_scope.cancel()
 
         if not quorum_reached.is_set():
             weight = self.committee.weight(signatures)

@@ -35,9 +35,14 @@ log = logging.getLogger("walrusfs.contents")
 #: Reads at most this large, not continuing the previous read, fetch only their rows.
 SMALL_READ = 64 << 10
 MEMORY_CHUNKS = 16
-UPLOAD_WORKERS = 4
+UPLOAD_WORKERS = 24
 STORE_CONCURRENCY = 3
+SMALL_CHUNK = 256 << 10
+SMALL_STORE_CONCURRENCY = 16
 RETRY_DELAY = 2.0
+#: Uploads wait until file operations paused this long, or were queued this long ago.
+IDLE_BEFORE_UPLOAD = 0.3
+MAX_UPLOAD_DELAY = 5.0
 
 
 @dataclass
@@ -77,9 +82,13 @@ class Contents:
         self._staging_length: dict[bytes, int] = {}
         self._queue: list[bytes] = []
         self._queued: set[bytes] = set()
+        self._queued_at: dict[bytes, float] = {}
+        self._urgent: set[bytes] = set()
+        self._busy_until = 0.0
         self._work = trio.Condition()
         self._published = trio.Condition()
         self._store_limit = trio.CapacityLimiter(STORE_CONCURRENCY)
+        self._small_store_limit = trio.CapacityLimiter(SMALL_STORE_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
         self.uploaded_chunks = 0
         self.deduplicated_chunks = 0
@@ -337,7 +346,7 @@ class Contents:
         # Uploading while a writer still has the file open would publish versions nobody
         # asked for (every close of a dup'ed descriptor flushes); fsync asks explicitly.
         if (upload_now or not self.writers[node]) and self.published_generation.get(node, -1) < generation:
-            self._enqueue(node)
+            self._enqueue(node, urgent=upload_now)
 
     async def discard(self, node: bytes) -> None:
         """Forget a removed file's staged bytes (once nobody has it open)."""
@@ -369,11 +378,14 @@ class Contents:
 
     # ------------------------------------------------------------------ uploading
 
-    def _enqueue(self, node: bytes) -> None:
+    def _enqueue(self, node: bytes, urgent: bool = False) -> None:
+        if urgent:
+            self._urgent.add(node)
         if node not in self._queued:
             self._queued.add(node)
+            self._queued_at.setdefault(node, trio.current_time())
             self._queue.append(node)
-            self._wake()
+        self._wake()
 
     def _wake(self) -> None:
         async def notify() -> None:
@@ -382,12 +394,29 @@ class Contents:
         if self._nursery is not None:
             self._nursery.start_soon(notify)
 
+    def touch(self) -> None:
+        """A file operation happened: uploads hold back while a burst of them is running."""
+        self._busy_until = trio.current_time() + IDLE_BEFORE_UPLOAD
+
+    async def _quiet(self, node: bytes) -> None:
+        """Write-back delay: let a burst (an untar, a build) finish before uploads take the CPU."""
+        deadline = self._queued_at.get(node, trio.current_time()) + MAX_UPLOAD_DELAY
+        while node not in self._urgent and trio.current_time() < min(self._busy_until, deadline):
+            await trio.sleep(min(self._busy_until, deadline) - trio.current_time())
+
     async def _worker(self) -> None:
         while True:
             async with self._work:
                 while not self._queue:
                     await self._work.wait()
-                node = self._queue.pop(0)
+                node = next((n for n in self._queue if n in self._urgent), self._queue[0])
+            await self._quiet(node)
+            async with self._work:
+                if node not in self._queue:
+                    continue  # another worker took it
+                self._queue.remove(node)
+                self._queued_at.pop(node, None)
+                self._urgent.discard(node)
                 # A close during the upload queues the file again; the lock below makes
                 # that second upload wait for this one instead of racing it.
                 self._queued.discard(node)
@@ -433,7 +462,9 @@ class Contents:
             if data.count(0) == length:
                 chunks[index] = None  # all zeros: a hole, stored as nothing
             else:
-                async with self._store_limit:
+                # Small chunks are latency-bound, large ones CPU- and memory-bound.
+                limit = self._small_store_limit if length <= SMALL_CHUNK else self._store_limit
+                async with limit:
                     chunks[index] = await self._store_chunk(data)
             progress.done += length
 
@@ -467,7 +498,8 @@ class Contents:
         encoded = await trio.to_thread.run_sync(encode_blob, data, self.client.config)
         blob_id = encoded.blob_id
         if self.vlog.state.certified_entry(blob_id) is None:
-            result = await self.client.store_encoded(encoded, len(data), publish=True, wait_logged=False)
+            result = await self.client.store_encoded(encoded, len(data), publish=True, wait_logged=False,
+                                                     background=self._nursery)
             if result.entry is not None:
                 self.vlog.note_certified(result.entry)
             self.uploaded_chunks += 1

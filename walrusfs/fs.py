@@ -231,6 +231,7 @@ class WalrusFS(pyfuse3.Operations):
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         """Create and open a regular file."""
+        self.contents.touch()
         self._writable()
         parent = self._directory(parent_inode)
         args = self._new_node_args(parent, self._name(name), mode, ctx)
@@ -252,6 +253,7 @@ class WalrusFS(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         """Make a directory."""
+        self.contents.touch()
         self._writable()
         parent = self._directory(parent_inode)
         args = self._new_node_args(parent, self._name(name), mode, ctx)
@@ -260,6 +262,7 @@ class WalrusFS(pyfuse3.Operations):
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         """Make a symbolic link."""
+        self.contents.touch()
         self._writable()
         parent = self._directory(parent_inode)
         args = self._new_node_args(parent, self._name(name), 0o777, ctx)
@@ -277,6 +280,7 @@ class WalrusFS(pyfuse3.Operations):
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         """Remove a file or symbolic link; an open file stays readable until closed."""
+        self.contents.touch()
         self._writable()
         parent = self._directory(parent_inode)
         text = self._name(name)
@@ -290,6 +294,7 @@ class WalrusFS(pyfuse3.Operations):
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         """Remove an empty directory."""
+        self.contents.touch()
         self._writable()
         parent = self._directory(parent_inode)
         text = self._name(name)
@@ -305,6 +310,7 @@ class WalrusFS(pyfuse3.Operations):
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: Any) -> None:
         """Atomically move a name, replacing what the target held (POSIX rules)."""
+        self.contents.touch()
         self._writable()
         if flags & ~1:  # RENAME_EXCHANGE and RENAME_WHITEOUT are not supported
             raise _error(errno.EINVAL)
@@ -341,6 +347,7 @@ class WalrusFS(pyfuse3.Operations):
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
         """Truncate, chmod, chown, utimens."""
+        self.contents.touch()
         node = self._node(inode)
         log.debug("setattr %s size=%s %s", node.node_id.hex()[:8], fields.update_size, attr.st_size)
         changes: dict[str, int] = {}
@@ -399,6 +406,7 @@ class WalrusFS(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         """Stage a write."""
+        self.contents.touch()
         handle = self._handles[fh]
         log.debug("write fh=%d node=%s off=%d len=%d", fh, handle.node.hex()[:8], off, len(buf))
         if not handle.writable:
@@ -414,6 +422,7 @@ class WalrusFS(pyfuse3.Operations):
 
     async def flush(self, fh: int) -> None:
         """close(): the staged bytes are durable when this returns; the upload follows."""
+        self.contents.touch()
         handle = self._handles.get(fh)
         log.debug("flush fh=%d", fh)
         if handle is not None and handle.writable:

@@ -70,7 +70,7 @@ async def serve_mount(
     cache = await trio.to_thread.run_sync(ChunkCache, state_dir / "cache", cache_bytes)
     try:
         async with running_host(os.urandom(32)) as host:
-            client = Client(host, committee)
+            client = Client(host, committee, reuse_streams=True)
             vlog = VolumeLog(client, volume, state)
             await vlog.load()
             with trio.move_on_after(STARTUP_LIMIT):

@@ -4,23 +4,69 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from p2p.framing import Body
 from p2p.host import IHost, peer_info
-from p2p.rpc import request
+from p2p.rpc import Session, request
 
 from .core import messages as m
 from .core.committee import Committee
 
+#: Idle streams kept per (peer, protocol); more are opened while calls overlap.
+IDLE_SESSIONS = 8
+
+
+class SessionPool:
+    """Long-lived streams to committee members, reused across calls.
+
+    Opening a py-libp2p stream (Yamux open plus multistream negotiation) costs
+    milliseconds of CPU on both ends; a mount making thousands of small calls reuses
+    streams instead. A call that fails or is cancelled mid-exchange never returns its
+    stream to the pool, since the stream may hold half a frame.
+    """
+
+    def __init__(self, host: IHost, committee: Committee) -> None:
+        self.host = host
+        self.committee = committee
+        self._idle: dict[tuple[int, str, int], list[Session]] = {}
+
+    async def call(self, peer: int, protocol: str, header: bytes, body: Body, max_body: int) -> tuple[bytes, bytes]:
+        """One request on a pooled stream."""
+        key = (peer, protocol, max_body)
+        idle = self._idle.setdefault(key, [])
+        if idle:
+            session = idle.pop()
+        else:
+            info = self.committee.peers[peer]
+            session = Session(self.host, peer_info(info.peer_id, info.addrs), protocol,
+                              max_header=m.MAX_HEADER, max_body=max_body)
+        try:
+            result = await session.request(header, body)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await session.reset()
+            raise
+        if len(idle) < IDLE_SESSIONS:
+            idle.append(session)
+        else:
+            with trio.CancelScope(shield=True):
+                await session.aclose()
+        return result
+
 
 async def call_member(
     host: IHost, committee: Committee, peer: int, protocol: str, body: Body = b"", *,
-    max_body: int = m.MAX_BODY, **fields: Any,
+    max_body: int = m.MAX_BODY, pool: SessionPool | None = None, **fields: Any,
 ) -> tuple[dict[str, Any], bytes]:
     """Send ``fields`` (and ``body``) to committee member ``peer``; return its reply and body.
 
     Raises ``PeerUnavailable`` when the peer cannot be reached and ``RemoteError`` when it
     answers with an error.
     """
+    if pool is not None:
+        header, response_body = await pool.call(peer, protocol, m.request(**fields), body, max_body)
+        return m.parse_response(header), response_body
     info = committee.peers[peer]
     header, response_body = await request(
         host, peer_info(info.peer_id, info.addrs), protocol, m.request(**fields), body,

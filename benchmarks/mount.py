@@ -1,0 +1,168 @@
+"""Mount benchmark: a walrusfs mount vs the blob CLI and a local disk, on one local devnet.
+
+Run ``python benchmarks/mount.py [--size MiB] [--files N]``. It starts 7 ``walrusfs peer``
+processes on 127.0.0.1 and a mount (all in a temporary directory), then, in one run:
+
+* sequential write: write SIZE of random data into the mount in 1 MiB writes and fsync
+  (fsync returns once every chunk is certified and the namespace entry is in the log),
+  against ``walrusfs store`` of the same file (certified and logged);
+* sequential read: read it back through a fresh mount (empty cache) against
+  ``walrusfs read`` of the stored blob;
+* cached re-read: read it again through that mount against re-reading a local disk file
+  (both from the page cache);
+* untar: extract N small files (0.5-3 KB) into the mount; files/s when tar returns
+  (staged) and when everything is certified and in the log (fsync of the mount root).
+
+Targets: mount write and read >= 80% of the blob CLI, cached re-read >= 300 MB/s,
+untar >= 100 files/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.mounting import Mount, create_volume  # noqa: E402
+
+EXE = shutil.which("walrusfs", path=str(Path(sys.executable).parent)) or "walrusfs"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run walrusfs, failing loudly."""
+    result = subprocess.run([EXE, *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise SystemExit(f"walrusfs {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def drop_caches() -> None:
+    """Empty the page cache so reads go to the filesystem (needs root; skipped otherwise)."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
+
+
+def read_all(path: Path) -> int:
+    """Read a file in 1 MiB blocks; return its length."""
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(1 << 20):
+            total += len(block)
+    return total
+
+
+def timed(action) -> float:  # noqa: ANN001
+    """Seconds ``action`` took."""
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    """Run the benchmark and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256, help="MiB for the sequential runs (default 256)")
+    parser.add_argument("--files", type=int, default=1000, help="small files to untar (default 1000)")
+    args = parser.parse_args()
+    size = args.size << 20
+    work = Path(tempfile.mkdtemp(prefix="walrusfs-mount-bench-"))
+    net = work / "net"
+    run("devnet", "up", str(net))
+    committee = net / "committee.toml"
+    config = work / "config"
+    create_volume(config, "bench")
+    mounts: list[Mount] = []
+    try:
+        writer = Mount(committee, work / "mnt", "bench", config, work / "state" / "writer").start()
+        mounts.append(writer)
+        data = random.Random(1).randbytes(size)
+        local = work / "local.bin"
+        local.write_bytes(data)
+        del data
+        rows: list[tuple[str, float, float, str]] = []
+        mb = size / 1e6
+
+        # Sequential write + certification.
+        def write_mount() -> None:
+            with open(local, "rb") as source, open(writer.path / "big.bin", "wb") as target:
+                while block := source.read(1 << 20):
+                    target.write(block)
+                target.flush()
+                os.fsync(target.fileno())
+
+        t_mount_write = timed(write_mount)
+        stored: dict = {}
+
+        def store_cli() -> None:
+            stored.update(json.loads(run("store", str(local), "--json", "--committee", str(committee)).stdout))
+
+        t_cli_store = timed(store_cli)
+        rows.append(("sequential write", mb / t_mount_write, mb / t_cli_store, "walrusfs store"))
+
+        # Sequential read through a fresh mount (nothing cached) vs the blob CLI.
+        reader = Mount(committee, work / "mnt-read", "bench", config, work / "state" / "reader").start()
+        mounts.append(reader)
+        drop_caches()
+        t_mount_read = timed(lambda: read_all(reader.path / "big.bin"))
+        out = work / "out.bin"
+        blob_id = stored["blobId"]
+        t_cli_read = timed(lambda: run("read", blob_id, "-o", str(out), "--committee", str(committee)))
+        rows.append(("sequential read", mb / t_mount_read, mb / t_cli_read, "walrusfs read"))
+
+        # Cached re-read vs a local disk file (both already in the page cache).
+        read_all(local)
+        t_local = timed(lambda: read_all(local))
+        t_cached = timed(lambda: read_all(reader.path / "big.bin"))
+        rows.append(("cached re-read", mb / t_cached, mb / t_local, "local disk file"))
+        # And with the kernel's page cache dropped: the mount's own chunk cache.
+        drop_caches()
+        t_chunk_cache = timed(lambda: read_all(reader.path / "big.bin"))
+
+        # Untar of small files.
+        archive = io.BytesIO()
+        rng = random.Random(2)
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for i in range(args.files):
+                payload = rng.randbytes(rng.randrange(500, 3000))
+                info = tarfile.TarInfo(f"src/d{i % 20}/f{i}.txt")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+        (work / "small.tar").write_bytes(archive.getvalue())
+        t_untar = timed(lambda: subprocess.run(["tar", "-xf", str(work / "small.tar"), "-C", str(writer.path)], check=True))
+        t_certified = t_untar + timed(writer.sync)
+        local_dir = work / "local-untar"
+        local_dir.mkdir()
+        t_local_untar = timed(lambda: subprocess.run(["tar", "-xf", str(work / "small.tar"), "-C", str(local_dir)], check=True))
+
+        print(f"\nwalrusfs mount benchmark: 7 peers on 127.0.0.1, {args.size} MiB file, {args.files} small files")
+        print(f"{'':<20}{'mount MB/s':>12}{'baseline MB/s':>15}  {'ratio':>6}  baseline")
+        for name, mine, base, label in rows:
+            print(f"{name:<20}{mine:>12.1f}{base:>15.1f}  {mine / base:>6.2f}  {label}")
+        print(f"{'chunk-cache re-read':<20}{mb / t_chunk_cache:>12.1f}{'':>15}  {'':>6}  (page cache dropped)")
+        print(f"{'untar (staged)':<20}{args.files / t_untar:>12.1f} files/s; local disk {args.files / t_local_untar:.0f} files/s")
+        print(f"{'untar (certified)':<20}{args.files / t_certified:>12.1f} files/s (until every file is certified and logged)")
+        print("targets: write and read ratio >= 0.80, cached re-read >= 300 MB/s, untar >= 100 files/s")
+    finally:
+        for mount in mounts:
+            mount.stop()
+        subprocess.run([EXE, "devnet", "down", str(net)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
