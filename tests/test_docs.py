@@ -30,14 +30,25 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert tests in ci.splitlines()
 
 
-def test_main_job_script_exists_and_runs(tmp_path: Path) -> None:
+def test_main_job_runs_a_devnet_and_a_mount(tmp_path: Path) -> None:
     main_job, _ = readme_commands()
     script = main_job.split("&& ")[1].split()[1]
     assert (ROOT / script).is_file()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), "--check", "--dir", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sha256 matches" in result.stdout
+    assert "unmounted and stopped the peers" in result.stdout
+    assert not any(p.is_mount() for p in (tmp_path / "demo").iterdir())
+
+
+def test_codec_demo_runs(tmp_path: Path) -> None:
     sample = tmp_path / "sample"
     sample.write_bytes(bytes(range(256)) * 4000)
     result = subprocess.run(
-        [sys.executable, str(ROOT / script), str(sample), "--shards", "10"],
+        [sys.executable, str(ROOT / "examples" / "damage_and_rebuild.py"), str(sample), "--shards", "10"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
