@@ -90,10 +90,10 @@ def main() -> None:
     try:
         writer = Mount(committee, work / "mnt", "bench", config, work / "state" / "writer").start()
         mounts.append(writer)
-        data = random.Random(1).randbytes(size)
         local = work / "local.bin"
-        local.write_bytes(data)
-        del data
+        with open(local, "wb") as f:
+            for _ in range(size >> 20):
+                f.write(os.urandom(1 << 20))
         rows: list[tuple[str, float, float, str]] = []
         mb = size / 1e6
 

@@ -42,7 +42,7 @@ SMALL_STORE_CONCURRENCY = 16
 RETRY_DELAY = 2.0
 #: Uploads wait until file operations paused this long, or were queued this long ago.
 IDLE_BEFORE_UPLOAD = 0.3
-MAX_UPLOAD_DELAY = 5.0
+MAX_UPLOAD_DELAY = 30.0  # like the kernel's dirty_expire_centisecs
 
 
 @dataclass
