@@ -30,7 +30,11 @@ class Volume:
         self.config = root / "config"
         self.volume_id = create_volume(self.config, "vol")
         self.mounts: list[Mount] = []
-        self.writer = self.mount("writer")
+        try:
+            self.writer = self.mount("writer")
+        except BaseException:
+            self.net.down()  # never leave peer processes behind a failed setup
+            raise
 
     def mount(self, name: str, *extra: str, volume: str = "vol", config: Path | None = None) -> Mount:
         mount = Mount(self.net.committee, self.root / f"mnt-{name}", volume, config or self.config,
@@ -351,3 +355,24 @@ def test_status_and_umount_commands(vol: Volume) -> None:
     assert extra.process is not None and extra.process.wait(timeout=30) == 0
     extra.process = None
     assert wait_for(lambda: (vol.writer.path / "last.txt").read_bytes() == b"bye")
+
+
+def test_identical_chunks_are_stored_once_and_one_changed_byte_rewrites_one_chunk(vol: Volume) -> None:
+    data = os.urandom(10 << 20)  # chunks of 4 + 4 + 2 MiB
+    before = vol.writer.status()
+    (vol.writer.path / "dedupe-a").write_bytes(data)
+    (vol.writer.path / "dedupe-b").write_bytes(data)
+    vol.writer.sync()
+    after = vol.writer.status()
+    a = os.getxattr(vol.writer.path / "dedupe-a", "user.walrus.blob_ids")
+    assert a == os.getxattr(vol.writer.path / "dedupe-b", "user.walrus.blob_ids")
+    assert after["uploaded_chunks"] - before["uploaded_chunks"] == 3
+    assert after["deduplicated_chunks"] - before["deduplicated_chunks"] == 3
+    with open(vol.writer.path / "dedupe-b", "r+b") as f:
+        f.seek(5 << 20)
+        f.write(b"!")
+        f.flush()
+        os.fsync(f.fileno())
+    changed = os.getxattr(vol.writer.path / "dedupe-b", "user.walrus.blob_ids").split(b"\n")
+    assert [x == y for x, y in zip(a.split(b"\n"), changed)] == [True, False, True]
+    assert vol.writer.status()["uploaded_chunks"] - after["uploaded_chunks"] == 1

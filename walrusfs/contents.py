@@ -78,6 +78,8 @@ class Contents:
         self._fetching: dict[bytes, trio.Event] = {}
         self._locks: dict[bytes, trio.Lock] = {}
         self._upload_locks: dict[bytes, trio.Lock] = {}
+        self._storing: dict[bytes, trio.Event] = {}
+        self._certified_here: set[bytes] = set()
         self._fds: dict[bytes, int] = {}
         self._staging_length: dict[bytes, int] = {}
         self._queue: list[bytes] = []
@@ -497,11 +499,20 @@ class Contents:
     async def _store_chunk(self, data: bytes) -> bytes:
         encoded = await trio.to_thread.run_sync(encode_blob, data, self.client.config)
         blob_id = encoded.blob_id
-        if self.vlog.state.certified_entry(blob_id) is None:
-            result = await self.client.store_encoded(encoded, len(data), publish=True, wait_logged=False,
-                                                     background=self._nursery)
+        while blob_id.raw in self._storing:  # the same chunk is on its way already
+            await self._storing[blob_id.raw].wait()
+        # Certified by this mount (its certificate was checked) or in the log as followed.
+        if blob_id.raw not in self._certified_here and self.vlog.state.certified_entry(blob_id) is None:
+            done = self._storing[blob_id.raw] = trio.Event()
+            try:
+                result = await self.client.store_encoded(encoded, len(data), publish=True, wait_logged=False,
+                                                         background=self._nursery)
+            finally:
+                del self._storing[blob_id.raw]
+                done.set()
             if result.entry is not None:
                 self.vlog.note_certified(result.entry)
+            self._certified_here.add(blob_id.raw)
             self.uploaded_chunks += 1
         else:
             self.deduplicated_chunks += 1
