@@ -199,8 +199,13 @@ class ChunkCache:
         """Cache a verified chunk (written to a temporary name first, so a crash leaves no half chunk)."""
         if len(data) > self.limit:
             return
+        with self._lock:
+            if key in self._entries:  # keys are blob IDs: the cached bytes are these bytes
+                self._entries.move_to_end(key)
+                return
         path = self.directory / key
-        tmp = path.with_name(key + ".tmp")
+        # Two uploads of one deduplicated chunk may put it at once: each its own temporary.
+        tmp = path.with_name(f"{key}.{os.urandom(6).hex()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
         with self._lock:
