@@ -25,6 +25,8 @@ from pathlib import Path
 import cbor2
 from nacl.signing import SigningKey
 
+from .identity import SeedFileError, read_seed_file, write_seed_file
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS own_entries (seq INTEGER PRIMARY KEY, encoded BLOB NOT NULL, published INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS staged (node BLOB PRIMARY KEY, file TEXT NOT NULL, record BLOB NOT NULL);
@@ -97,19 +99,11 @@ class MountState:
     def _device_key(self) -> SigningKey:
         path = self.directory / "device.key"
         try:
-            seed = bytes.fromhex(path.read_text().strip())
+            return SigningKey(read_seed_file(path))
         except FileNotFoundError:
-            seed = os.urandom(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(seed.hex() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except ValueError:
-            seed = b""
-        if len(seed) != 32:
-            raise StateError(f"{path} must hold 64 hex digits")
-        return SigningKey(seed)
+            return SigningKey(write_seed_file(path))
+        except SeedFileError as exc:
+            raise StateError(str(exc)) from None
 
     def close(self) -> None:
         """Close the database and release the lock."""

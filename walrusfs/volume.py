@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from nacl.signing import SigningKey
+
+from .identity import SeedFileError, read_seed_file, write_seed_file
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -72,16 +73,10 @@ def _volumes_dir() -> Path:
 
 
 def _read_key(path: Path) -> SigningKey:
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise VolumeError(f"{path} is accessible by other users (mode {oct(mode & 0o777)}); chmod 600 it")
     try:
-        seed = bytes.fromhex(path.read_text().strip())
-    except ValueError:
-        seed = b""
-    if len(seed) != 32:
-        raise VolumeError(f"{path} must hold 64 hex digits (a 32-byte Ed25519 seed)")
-    return SigningKey(seed)
+        return SigningKey(read_seed_file(path))
+    except SeedFileError as exc:
+        raise VolumeError(str(exc)) from None
 
 
 def create_volume(name: str) -> Volume:
@@ -91,16 +86,10 @@ def create_volume(name: str) -> Volume:
     directory = _volumes_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{name}.key"
-    seed = os.urandom(32)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        key = SigningKey(write_seed_file(path))
     except FileExistsError:
         raise VolumeError(f"a volume named {name!r} already exists ({path})") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(seed.hex().encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    key = SigningKey(seed)
     return Volume(bytes(key.verify_key), name, key)
 
 
