@@ -24,6 +24,15 @@ def create_volume(config: Path, name: str) -> str:
     return json.loads(result.stdout)["volumeId"]
 
 
+def fsync(path: Path) -> None:
+    """fsync a file (certified and logged) or a mount's directory (everything it has pending)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fusermount_u(path: Path) -> None:
     """Unmount, lazily if busy; never raises."""
     if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode != 0:
@@ -70,11 +79,7 @@ class Mount:
 
     def sync(self) -> None:
         """Wait until every upload and namespace entry of this mount is in the log."""
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync(self.path)
 
     def stop(self, limit: float = 60.0) -> None:
         """Unmount and wait for the process to exit (killing it if it will not)."""
@@ -113,4 +118,4 @@ def wait_for(predicate, limit: float = 30.0, step: float = 0.2) -> bool:  # noqa
         time.sleep(step)
 
 
-__all__ = ["Mount", "create_volume", "fusermount_u", "volume_env", "wait_for", "walrusfs"]
+__all__ = ["Mount", "create_volume", "fsync", "fusermount_u", "volume_env", "wait_for", "walrusfs"]

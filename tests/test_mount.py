@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, create_volume, wait_for
+from tests.mounting import Mount, create_volume, fsync, wait_for
 from tests.posix_battery import run_battery
 from tests.test_network import EXE, Devnet, walrusfs
 
@@ -63,14 +63,6 @@ def sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def drop_caches() -> None:

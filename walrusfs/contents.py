@@ -17,7 +17,7 @@ import itertools
 import logging
 import os
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,8 +76,9 @@ class Contents:
         self._memory: OrderedDict[bytes, bytes] = OrderedDict()
         self._metadata: OrderedDict[bytes, BlobMetadata] = OrderedDict()
         self._fetching: dict[bytes, trio.Event] = {}
-        self._locks: dict[bytes, trio.Lock] = {}
-        self._upload_locks: dict[bytes, trio.Lock] = {}
+        # Per file: one lock orders staging changes, the other keeps one upload at a time.
+        self._locks: defaultdict[bytes, trio.Lock] = defaultdict(trio.Lock)
+        self._upload_locks: defaultdict[bytes, trio.Lock] = defaultdict(trio.Lock)
         self._storing: dict[bytes, trio.Event] = {}
         self._certified_here: set[bytes] = set()
         self._fds: dict[bytes, int] = {}
@@ -281,17 +282,11 @@ class Contents:
         if self._staging_length.get(staged.file, 0) > staged.size:
             await trio.to_thread.run_sync(self._truncate, staged, staged.size)
 
-    def _lock(self, node: bytes) -> trio.Lock:
-        lock = self._locks.get(node)
-        if lock is None:
-            lock = self._locks[node] = trio.Lock()
-        return lock
-
     async def write(self, node: Node, offset: int, data: bytes) -> int:
         """Stage a write; return the bytes written."""
         # The kernel sends writes to one file concurrently; growing the file and filling a
         # chunk must not interleave with another write's.
-        async with self._lock(node.node_id):
+        async with self._locks[node.node_id]:
             return await self._write(node, offset, data)
 
     async def _write(self, node: Node, offset: int, data: bytes) -> int:
@@ -317,7 +312,7 @@ class Contents:
 
     async def truncate(self, node: Node, size: int) -> None:
         """Change a file's length; new bytes read as zeros."""
-        async with self._lock(node.node_id):
+        async with self._locks[node.node_id]:
             await self._truncate_locked(node, size)
 
     async def _truncate_locked(self, node: Node, size: int) -> None:
@@ -423,7 +418,7 @@ class Contents:
                 # that second upload wait for this one instead of racing it.
                 self._queued.discard(node)
             try:
-                async with self._upload_lock(node):
+                async with self._upload_locks[node]:
                     await self._upload(node)
             except (StoreError, ReadError, OSError) as exc:
                 progress = self.progress.get(node)
@@ -433,12 +428,6 @@ class Contents:
                 await trio.sleep(RETRY_DELAY)
                 if node in self.staged:
                     self._enqueue(node)
-
-    def _upload_lock(self, node: bytes) -> trio.Lock:
-        lock = self._upload_locks.get(node)
-        if lock is None:
-            lock = self._upload_locks[node] = trio.Lock()
-        return lock
 
     async def _upload(self, node: bytes) -> None:
         staged = self.staged.get(node)
@@ -458,7 +447,7 @@ class Contents:
 
         async def upload_chunk(index: int) -> None:
             length = min(cs, size - index * cs)
-            async with self._lock(node):  # not torn by a concurrent write
+            async with self._locks[node]:  # not torn by a concurrent write
                 data = await trio.to_thread.run_sync(self._pread, staged, length, index * cs)
             data = data.ljust(length, b"\0")
             if data.count(0) == length:

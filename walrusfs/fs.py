@@ -44,7 +44,6 @@ class Handle:
     node: bytes
     writable: bool
     last_end: int = -1
-    wrote: bool = False
 
 
 class WalrusFS(pyfuse3.Operations):
@@ -417,7 +416,6 @@ class WalrusFS(pyfuse3.Operations):
         except ReadError as exc:
             log.error("write to %s needed a chunk that cannot be read: %s", handle.node.hex()[:16], exc)
             raise _error(errno.EIO) from None
-        handle.wrote = True
         return written
 
     async def flush(self, fh: int) -> None:
