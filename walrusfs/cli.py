@@ -188,8 +188,16 @@ def init(directory: Path) -> None:
 @committee_option
 @click.option("--fault", type=click.Choice(["corrupt-slivers", "wrong-metadata", "bad-confirmations"]),
               hidden=True, help="TEST ONLY: misbehave in this way.")
-def peer(directory: Path, committee_path: Path | None, fault: str | None) -> None:
-    """Run a storage peer from its data DIRECTORY until SIGTERM."""
+@click.option("--scrub-rate", type=click.FloatRange(0.01), default=8.0, show_default=True, envvar="WALRUSFS_SCRUB_RATE",
+              help="MB/s of stored slivers the scrubber re-verifies.")
+@click.option("--scrub-pause", type=click.FloatRange(0), default=300.0, show_default=True,
+              envvar="WALRUSFS_SCRUB_PAUSE", help="Seconds between two scrub passes.")
+def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_rate: float, scrub_pause: float) -> None:
+    """Run a storage peer from its data DIRECTORY until SIGTERM.
+
+    The peer heals missing or damaged sliver pairs of every certified blob in the
+    background, and its scrubber re-verifies everything it stores, pass after pass.
+    """
     import trio
 
     from p2p.host import configure_logging
@@ -205,7 +213,8 @@ def peer(directory: Path, committee_path: Path | None, fault: str | None) -> Non
         committee.index_of(identity.peer_id)
     except (IdentityError, CommitteeError) as exc:
         raise Failure(str(exc)) from exc
-    trio.run(run_peer, directory, identity, committee, Fault(fault) if fault else None)
+    trio.run(run_peer, directory, identity, committee, Fault(fault) if fault else None, int(scrub_rate * 1e6),
+             scrub_pause)
 
 
 @main.group()
@@ -421,10 +430,12 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
 
     committee = load_committee(committee_path)
 
-    async def job(client: Any) -> tuple[Any, Any]:
-        return await client.blob_status(blob), await client.certified_entry(blob)
+    async def job(client: Any) -> tuple[Any, Any, Any]:
+        return await client.blob_status(blob), await client.certified_entry(blob), await client.invalid_entry(blob)
 
-    status, entry = _with_client(committee, job)
+    status, entry, invalid = _with_client(committee, job)
+    valid_shards = sum(len(s["shards"]) for s in status if s.get("reachable")
+                       and sorted(s.get("valid_pairs") or []) == s["pairs_expected"])
     confirmed = [s for s in status if s.get("confirmed")]
     weight = sum(len(s["shards"]) for s in confirmed)
     poa = None
@@ -437,8 +448,13 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
         }
     if as_json:
         click.echo(json.dumps({"blobId": str(blob), "confirmedShards": weight, "quorum": committee.quorum,
-                               "certified": poa is not None, "pointOfAvailability": poa, "peers": status}, indent=2))
+                               "certified": poa is not None, "pointOfAvailability": poa,
+                               "validShards": valid_shards,
+                               "invalid": invalid.id.hex() if invalid else None, "peers": status}, indent=2))
         return
+    if invalid is not None:
+        click.echo(f"Blob {blob}: INVALID, its writer encoded it inconsistently (log entry {invalid.id.hex()[:16]}..., "
+                   f"{len(invalid.payload['signers'])} attestations); peers deleted its slivers")
     if poa:
         click.echo(f"Blob {blob}: certified in the log at {poa['time']} (entry {poa['entryId'][:16]}..., "
                    f"{len(poa['signers'])} signers)")
@@ -446,13 +462,17 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
         click.echo(f"Blob {blob}: no certificate in the log")
     click.echo(f"Blob {blob}: confirmed by peers holding {weight} of {committee.n_shards} shards "
                f"({'certifiable' if weight >= committee.quorum else 'below quorum ' + str(committee.quorum)})")
+    click.echo(f"Blob {blob}: valid slivers verified now on {valid_shards} of {committee.n_shards} shards")
     for s in status:
         if not s["reachable"]:
             click.echo(f"  {s['peer_id']}: unreachable ({s['error']})")
             continue
-        held = "all" if sorted(s["pairs"]) == s["pairs_expected"] else f"{s['pairs']} of {s['pairs_expected']}"
+        valid = s.get("valid_pairs") or []
+        held = ("all valid" if sorted(valid) == s["pairs_expected"]
+                else f"valid {valid}, stored {s['pairs']} of {s['pairs_expected']}")
+        extra = ", healing" if s.get("healing") else ""
         click.echo(f"  {s['peer_id']}: shards {s['shards']}, pairs {held}, metadata {'yes' if s['metadata'] else 'no'}, "
-                   f"{'confirmed' if s['confirmed'] else 'not confirmed'}")
+                   f"{'confirmed' if s['confirmed'] else 'not confirmed'}{extra}")
 
 
 def _iso(millis: int) -> str:
@@ -491,6 +511,9 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
         if entry.kind == "blob-certified" and "blob_id" in entry.payload:
             row["blobId"] = str(BlobId(entry.payload["blob_id"]))
             row["length"] = entry.payload.get("length")
+        if entry.kind == "blob-invalid" and "blob_id" in entry.payload:
+            row["blobId"] = str(BlobId(entry.payload["blob_id"]))
+            row["attestations"] = len(entry.payload.get("signers", []))
         return row
 
     async def job(client: Any) -> None:
@@ -520,7 +543,11 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
                 if as_json:
                     click.echo(json.dumps(row))
                 else:
-                    extra = f" blob {row['blobId']} ({row['length']} bytes)" if "blobId" in row else ""
+                    extra = ""
+                    if "length" in row:
+                        extra = f" blob {row['blobId']} ({row['length']} bytes)"
+                    elif "attestations" in row:
+                        extra = f" blob {row['blobId']} INVALID ({row['attestations']} attestations)"
                     click.echo(f"{row['time']}  {row['author'][:20]}... #{row['seq']}  {row['kind']}{extra}  "
                                f"[{row['validity']}]  {row['entryId'][:16]}")
             if not follow:
@@ -684,23 +711,48 @@ def status(mountpoint: Path, as_json: bool) -> None:
         click.echo(line + (f"  error: {item['error']}" if item.get("error") else ""))
 
 
+def _mb(count: int) -> str:
+    return f"{count / 1e6:.1f} MB"
+
+
 @main.command()
 @committee_option
 @json_option
-def health(committee_path: Path | None, as_json: bool) -> None:
-    """Show each peer: reachable, shards, stored bytes, version."""
+@click.option("--detail", is_flag=True, help="Also list each peer's recent heals and what each cost.")
+def health(committee_path: Path | None, as_json: bool, detail: bool) -> None:
+    """Show each peer: reachable, blobs held, missing, healing, healed, scrub progress.
+
+    Exits 1 if a peer is unreachable or misses slivers of certified blobs.
+    """
     committee = load_committee(committee_path)
-    status = _with_client(committee, lambda client: client.health())
+    status = _with_client(committee, lambda client: client.health(detail))
     if as_json:
         click.echo(json.dumps(status, indent=2))
     else:
-        for s in status:
-            if s["reachable"]:
-                click.echo(f"{s['peer_id']}  up    shards {s['shards']}  blobs {s['blobs']}  "
-                           f"stored {s['stored_bytes']} bytes  version {s['version']}")
-            else:
-                click.echo(f"{s['peer_id']}  DOWN  {s['error']}")
-    if not all(s["reachable"] for s in status):
+        for k, s in enumerate(status):
+            name = f"peer {k} {s['peer_id'][:12]}..."
+            if not s["reachable"]:
+                click.echo(f"{name}  DOWN  {s['error']}")
+                continue
+            h = s.get("healing") or {}
+            scrub = h.get("scrub", {})
+            click.echo(
+                f"{name}  up  shards {s['shards']}  stored {_mb(s['stored_bytes'])}  "
+                f"blobs held {h.get('held')}/{h.get('certified')}  missing {h.get('missing')}  "
+                f"healing {h.get('healing')} (+{h.get('queued')} queued)  "
+                f"healed {h.get('healed')} ({_mb(h.get('rebuilt_bytes', 0))} rebuilt from "
+                f"{_mb(h.get('downloaded_bytes', 0))})  invalid {h.get('invalid')}  "
+                f"scrub pass {scrub.get('passes', 0) + 1}: {scrub.get('checked')}/{scrub.get('total')} pairs, "
+                f"{scrub.get('damaged')} damaged so far"
+            )
+            if h.get("last_error"):
+                click.echo(f"    last healing problem: {h['last_error']}")
+            for record in s.get("recent_heals") or []:
+                click.echo(f"    healed {record['blob_id']} pairs {record['pairs']}: {record['pair_bytes']} bytes "
+                           f"from {record['downloaded']} downloaded (+{record['metadata_bytes']} metadata) "
+                           f"in {record['seconds']} s")
+    unhealthy = [s for s in status if not s["reachable"] or (s.get("healing") or {}).get("missing")]
+    if unhealthy:
         sys.exit(EXIT_FAILED)
 
 

@@ -24,8 +24,9 @@ from .core import messages as m
 from .core.certificates import Certificate, assemble_certificate, verify_confirmation
 from .core.committee import Committee
 from .core.errors import CodecError, InconsistentBlob
-from .core.log import Entry, LogError, certificate_payload, check_entry, decode_entry
+from .core.log import BLOB_INVALID, Entry, LogError, certificate_payload, check_entry, decode_entry
 from .core.metadata import BlobId, BlobMetadata
+from .core.recovery import find_inconsistency
 from .core.redstuff import (
     Axis,
     EncodedBlob,
@@ -61,7 +62,14 @@ class ReadError(Exception):
 
 
 class InvalidBlobError(ReadError):
-    """The blob's encoding is inconsistent: no honest reader returns bytes for it."""
+    """The blob's encoding is inconsistent: no honest reader returns bytes for it.
+
+    ``entry`` is the blob-invalid log entry that certifies it, once there is one.
+    """
+
+    def __init__(self, message: str, entry: Entry | None = None) -> None:
+        super().__init__(message)
+        self.entry = entry
 
 
 @dataclass
@@ -75,6 +83,13 @@ class StoreResult:
     failures: dict[str, str] = field(default_factory=dict)
     entry: Entry | None = None
     logged_by: list[str] = field(default_factory=list)
+
+
+def _certified_invalid(blob_id: BlobId, entry: Entry) -> InvalidBlobError:
+    return InvalidBlobError(
+        f"blob {blob_id} is invalid: its writer encoded it inconsistently, and log entry {entry.id.hex()} "
+        f"certifies this (attested by {len(entry.payload['signers'])} peers)", entry,
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -272,15 +287,20 @@ class Client:
                 reply, _ = await self._call(peer, m.GET_METADATA, blob_id=blob_id.raw)
                 metadata = m.metadata_from_wire(reply.get("metadata"), self.n)
                 await trio.to_thread.run_sync(metadata.verify, blob_id)
+                if reply.get("invalid") is not None:
+                    invalid.append(await self._check_invalid(blob_id, reply["invalid"]))
             except (PeerUnavailable, CodecError) as exc:
                 failures[peer_id] = _describe(exc)
                 return
             found.append(metadata)
             cancel.cancel()
 
+        invalid: list[Entry] = []
         async with trio.open_nursery() as nursery:
             for peer in order:
                 nursery.start_soon(ask, peer, nursery.cancel_scope)
+        if invalid:
+            raise _certified_invalid(blob_id, invalid[0])
         if found:
             return found[0]
         not_found = sum(
@@ -291,6 +311,56 @@ class Client:
             raise ReadError(f"blob {blob_id} does not exist: peers holding {not_found} shards do not know it")
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(failures.items()))
         raise ReadError(f"no peer returned metadata that matches blob {blob_id}. {detail}")
+
+    async def _check_invalid(self, blob_id: BlobId, encoded: Any) -> Entry:
+        """A blob-invalid entry a peer sent, checked (signatures of f + 1 shards) to be about ``blob_id``."""
+        if not isinstance(encoded, bytes):
+            raise LogError("invalid must be an encoded log entry")
+        entry = decode_entry(encoded)
+        await trio.to_thread.run_sync(check_entry, entry, self.committee)
+        if entry.kind != BLOB_INVALID or entry.payload.get("blob_id") != blob_id.raw:
+            raise LogError("peer sent a log entry that does not certify this blob invalid")
+        return entry
+
+    async def invalid_entry(self, blob_id: BlobId) -> Entry | None:
+        """The log entry certifying ``blob_id`` invalid, from the first peer that has a valid one."""
+        for _, reply, _ in await self._each_peer(LOG_CERTIFIED, blob_id=blob_id.raw):
+            if reply is not None and reply.get("invalid") is not None:
+                try:
+                    return await self._check_invalid(blob_id, reply["invalid"])
+                except CodecError:
+                    continue
+        return None
+
+    async def report_invalid(self, blob_id: BlobId, proof: Any) -> Entry:
+        """Hand an inconsistency proof to peers, in random order, until one records the blob invalid."""
+        fields, body = m.proof_to_wire(proof)
+        problems: dict[str, str] = {}
+        order = list(range(len(self.committee.peers)))
+        random.shuffle(order)
+        for peer in order:
+            try:
+                reply, _ = await self._call(peer, m.REPORT_INVALID, body, blob_id=blob_id.raw, **fields)
+                return await self._check_invalid(blob_id, reply.get("entry"))
+            except (PeerUnavailable, CodecError) as exc:
+                problems[self.committee.peers[peer].peer_id] = _describe(exc)
+        detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
+        raise ReadError(f"no peer certified blob {blob_id} invalid: {detail}")
+
+    async def _inconsistent(self, blob_id: BlobId, metadata: BlobMetadata, slivers: list[Sliver], why: str) -> InvalidBlobError:
+        """Build the proof from the slivers that decoded inconsistently and report it; the error to raise."""
+        try:
+            proof = await trio.to_thread.run_sync(find_inconsistency, metadata, slivers)
+        except CodecError:
+            proof = None  # too few slivers to build one; the failure still stands
+        if proof is None:  # only strict mode sees this: a tampered row that only pads
+            return InvalidBlobError(f"blob {blob_id} is invalid: {why}")
+        try:
+            entry = await self.report_invalid(blob_id, proof)
+        except ReadError as exc:
+            log.warning("could not report invalid blob %s: %s", blob_id, exc)
+            return InvalidBlobError(f"blob {blob_id} is invalid: {why} (reporting it failed: {exc})")
+        return _certified_invalid(blob_id, entry)
 
     def _others(self, exclude: Sequence[int]) -> list[int]:
         rest = [i for i in range(self.n) if i not in exclude]
@@ -389,14 +459,26 @@ class Client:
             check_consistency(metadata, data, (), strict)
             return data[offset : offset + size]
 
+        used: list[Sliver] = []
         try:
             if all(r in primary for r in rows) or len(primary) >= p:
+                used = list(primary.values())
                 return await trio.to_thread.run_sync(decode_rows)
             secondary = await self._collect(blob_id, metadata, Axis.SECONDARY, self._others([]), s, progress, failures)
             if len(secondary) >= s:
+                used = list(secondary.values())
                 return await trio.to_thread.run_sync(decode_columns)
         except InconsistentBlob as exc:
-            raise InvalidBlobError(f"blob {blob_id} is invalid: {exc}") from exc
+            if len(used) < (p if used[0].axis is Axis.PRIMARY else s):
+                # Decoded from the range's own systematic rows only: fetch the rest to build a proof.
+                more = await self._collect(blob_id, metadata, Axis.PRIMARY, self._others(list(primary)),
+                                           p - len(primary), None, failures)
+                used += list(more.values())
+            raise await self._inconsistent(blob_id, metadata, used, str(exc)) from exc
+        if any(why.startswith(m.BLOB_INVALID) for why in failures.values()):
+            entry = await self.invalid_entry(blob_id)
+            if entry is not None:
+                raise _certified_invalid(blob_id, entry)
         detail = "; ".join(f"{who}: {why}" for who, why in sorted(failures.items()))
         raise ReadError(
             f"blob {blob_id}: got {len(primary)} valid primary slivers (need {p}) and {len(secondary)} "
@@ -420,17 +502,20 @@ class Client:
                 nursery.start_soon(ask, peer)
         return sorted(results, key=lambda r: r[0])
 
-    async def health(self) -> list[dict[str, Any]]:
-        """Each peer's status, or why it could not be reached."""
+    async def health(self, detail: bool = False) -> list[dict[str, Any]]:
+        """Each peer's status (with ``detail``, its recent heals), or why it could not be reached."""
         out = []
-        for peer, reply, problem in await self._each_peer(m.GET_STATUS):
+        for peer, reply, problem in await self._each_peer(m.GET_STATUS, detail=detail):
             info = self.committee.peers[peer]
             entry: dict[str, Any] = {"peer_id": info.peer_id, "addrs": list(info.addrs), "reachable": reply is not None}
             if reply is not None:
                 entry.update(
                     shards=reply.get("shards"), blobs=reply.get("blobs"),
                     stored_bytes=reply.get("stored_bytes"), version=reply.get("version"),
+                    healing=reply.get("healing"),
                 )
+                if reply.get("recent_heals") is not None:
+                    entry["recent_heals"] = reply["recent_heals"]
             else:
                 entry["error"] = problem
             out.append(entry)
@@ -444,8 +529,10 @@ class Client:
             expected = sorted(blob_id.pair_for_shard(sh, self.n) for sh in info.shards)
             entry: dict[str, Any] = {"peer_id": info.peer_id, "shards": list(info.shards), "pairs_expected": expected}
             if reply is not None:
+                invalid = reply.get("invalid")
                 entry.update(reachable=True, metadata=reply.get("metadata"), pairs=reply.get("pairs"),
-                             confirmed=reply.get("confirmed"))
+                             valid_pairs=reply.get("valid_pairs"), confirmed=reply.get("confirmed"),
+                             healing=reply.get("healing"), invalid=invalid.hex() if isinstance(invalid, bytes) else None)
             else:
                 entry.update(reachable=False, error=problem)
             out.append(entry)

@@ -33,7 +33,9 @@ from .core.metadata import BlobId, BlobMetadata
 from .core.recovery import recovery_symbol
 from .core.redstuff import Axis, Sliver, pair_index, verify_sliver
 from .core.wire import WIRE_VERSION, MessageError, encode, field, uint
+from .healing import SCRUB_PAUSE, SCRUB_RATE, Healer, pair_problem
 from .identity import Identity
+from .invalidity import InvalidBlobs
 from .replication import LogService
 from .storage import PeerStore
 
@@ -69,7 +71,10 @@ def _flip(data: bytes) -> bytes:
 class PeerService:
     """Protocol handlers of one peer over its store."""
 
-    def __init__(self, identity: Identity, committee: Committee, store: PeerStore, fault: Fault | None = None) -> None:
+    def __init__(
+        self, identity: Identity, committee: Committee, store: PeerStore, fault: Fault | None = None,
+        scrub_rate: int = SCRUB_RATE, scrub_pause: float = SCRUB_PAUSE,
+    ) -> None:
         self.identity = identity
         self.committee = committee
         self.store = store
@@ -78,6 +83,24 @@ class PeerService:
         self.log = LogService(identity, committee, store, self.index)
         self.shards = frozenset(committee.peers[self.index].shards)
         self.n = committee.n_shards
+        self.healer = Healer(committee, store, self.index, self.log.state, self._inconsistent, scrub_rate, scrub_pause)
+        self.invalid = InvalidBlobs(identity, committee, store, self.index, self.log, self.healer.metadata)
+        self.log.listeners += [self.healer.on_entry, self.invalid.on_entry]
+
+    async def _inconsistent(self, blob_id: BlobId, metadata: BlobMetadata, proof: Any) -> None:
+        await self.invalid.report(blob_id, metadata, proof)
+
+    def _check_valid(self, blob_id: BlobId) -> None:
+        entry = self.log.state.invalid_entry(blob_id)
+        if entry is not None:
+            raise _Reject(m.BLOB_INVALID, f"blob {blob_id} is certified invalid (log entry {entry.id.hex()})")
+
+    async def run(self, host: Any) -> None:
+        """Replication, healing, scrubbing and deleting invalid blobs; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.log.run, host)
+            nursery.start_soon(self.healer.run, host)
+            nursery.start_soon(self.invalid.run, host)
 
     def register(self, host: Any) -> None:
         """Serve every storage protocol on ``host``."""
@@ -91,6 +114,7 @@ class PeerService:
             m.GET_STATUS: self._status,
             m.GET_BLOB_STATUS: self._blob_status,
             **self.log.handlers(),
+            **self.invalid.handlers(),
         }
         for protocol, handler in handlers.items():
             serve(host, protocol, self._guarded(handler), lambda exc: m.error(m.MALFORMED, str(exc)))
@@ -141,6 +165,7 @@ class PeerService:
         blob_id = m.blob_id_field(request)
         pair = uint(request, "pair", self.n)
         self._check_pair_is_mine(blob_id, pair)
+        self._check_valid(blob_id)
         metadata = await self._metadata(blob_id)
         config = metadata.config
         size = metadata.symbol_size
@@ -204,6 +229,7 @@ class PeerService:
     async def _get_confirmation(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
+        self._check_valid(blob_id)
         epoch = self.committee.epoch
         signature = await trio.to_thread.run_sync(self.store.get_confirmation, blob_id, epoch)
         if signature is None:
@@ -220,10 +246,13 @@ class PeerService:
 
     async def _get_metadata(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
-        metadata = m.metadata_to_wire(await self._metadata(m.blob_id_field(request)))
+        blob_id = m.blob_id_field(request)
+        metadata = m.metadata_to_wire(await self._metadata(blob_id))
         if self.fault is Fault.WRONG_METADATA:
             metadata["hashes"][0][0] = _flip(metadata["hashes"][0][0])
-        return m.ok(metadata=metadata), b""
+        # Readers learn at once, with proof they can check, that no bytes will come.
+        invalid = self.log.state.invalid_entry(blob_id)
+        return m.ok(metadata=metadata, invalid=invalid.encode() if invalid else None), b""
 
     async def _get_sliver(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
@@ -232,6 +261,7 @@ class PeerService:
         index = uint(request, "index", self.n)
         pair = pair_index(axis, index, self.n)
         self._check_pair_is_mine(blob_id, pair)
+        self._check_valid(blob_id)
         data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, axis)
         if data is None:
             raise _Reject(m.NOT_FOUND, f"{axis.value} sliver {index} of blob {blob_id} is not stored here")
@@ -246,6 +276,7 @@ class PeerService:
         target_index = uint(request, "target_index", self.n)
         pair = uint(request, "pair", self.n)
         self._check_pair_is_mine(blob_id, pair)
+        self._check_valid(blob_id)
         metadata = await self._metadata(blob_id)
         source_axis = Axis.SECONDARY if target is Axis.PRIMARY else Axis.PRIMARY
         data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, source_axis)
@@ -260,31 +291,47 @@ class PeerService:
         await self._no_body(reader)
         blobs, stored = await trio.to_thread.run_sync(self.store.stats)
         free = (await trio.to_thread.run_sync(shutil.disk_usage, self.store.directory)).free
+        pairs = await trio.to_thread.run_sync(self.store.all_pairs)
+        detail = request.get("detail") is True
         return m.ok(
             peer_id=self.identity.peer_id, version=__version__, epoch=self.committee.epoch,
             shards=sorted(self.shards), n_shards=self.n, blobs=blobs, stored_bytes=stored, free_bytes=free,
+            healing=self.healer.counts(pairs), recent_heals=self.healer.recent() if detail else None,
         ), b""
 
     async def _blob_status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
-        has_metadata = await trio.to_thread.run_sync(self.store.get_metadata, blob_id) is not None
+        held = await trio.to_thread.run_sync(self.store.get_metadata, blob_id)
         pairs = await trio.to_thread.run_sync(self.store.stored_pairs, blob_id)
         confirmed = await trio.to_thread.run_sync(self.store.get_confirmation, blob_id, self.committee.epoch)
-        return m.ok(metadata=has_metadata, pairs=pairs, confirmed=confirmed is not None), b""
+        # Re-verify what is on disk now: "stored" is not "valid" once bits rot.
+        valid = []
+        if held is not None:
+            metadata = m.metadata_from_wire(m.decode(held, m.MAX_HEADER)["metadata"], self.n)
+            for pair in pairs:
+                stored = await trio.to_thread.run_sync(self.store.read_pair, blob_id, pair)
+                if stored is not None and await trio.to_thread.run_sync(pair_problem, metadata, pair, *stored) is None:
+                    valid.append(pair)
+        invalid = self.log.state.invalid_entry(blob_id)
+        return m.ok(metadata=held is not None, pairs=pairs, valid_pairs=valid, confirmed=confirmed is not None,
+                    healing=self.healer.is_healing(blob_id), invalid=invalid.id if invalid else None), b""
 
 
-async def run_peer(directory: Path, identity: Identity, committee: Committee, fault: Fault | None = None) -> None:
+async def run_peer(
+    directory: Path, identity: Identity, committee: Committee, fault: Fault | None = None,
+    scrub_rate: int = SCRUB_RATE, scrub_pause: float = SCRUB_PAUSE,
+) -> None:
     """Serve as a committee peer until SIGTERM or SIGINT, then close cleanly."""
     store = await trio.to_thread.run_sync(PeerStore, directory)
-    service = PeerService(identity, committee, store, fault)
+    service = PeerService(identity, committee, store, fault, scrub_rate, scrub_pause)
     await service.log.load()
     me = committee.peers[service.index]
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with running_host(identity.seed, me.addrs) as host, trio.open_nursery() as nursery:
                 service.register(host)
-                nursery.start_soon(service.log.run, host)
+                nursery.start_soon(service.run, host)
                 addrs = ", ".join(str(a) for a in host.get_addrs())
                 print(f"walrusfs peer {identity.peer_id} serving shards {sorted(service.shards)} on {addrs}"
                       + (f" [TEST FAULT: {fault.value}]" if fault else ""), flush=True)

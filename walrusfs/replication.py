@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -26,11 +26,12 @@ from p2p.rpc import PeerUnavailable, Session
 from .core import merkle
 from .core import messages as m
 from .core.messages import LOG_CERTIFIED, LOG_EVIDENCE, LOG_HEADS, LOG_PUSH, LOG_RANGE, LOG_SUBMIT, LOG_TIMES
-from .core.certificates import verify_certificate
+from .core.certificates import Certificate, verify_certificate
 from .core.committee import Committee
 from .core.errors import CodecError, VerificationError
 from .core.log import (
     BLOB_CERTIFIED,
+    BLOB_INVALID,
     GENESIS,
     Entry,
     LogError,
@@ -39,6 +40,7 @@ from .core.log import (
     certificate_from_payload,
     check_entry,
     decode_entry,
+    invalid_payload,
     next_hlc,
     sign_entry,
 )
@@ -77,6 +79,8 @@ class LogService:
         self._outbox_ready: dict[int, trio.Event] = {i: trio.Event() for i in self._outboxes}
         self._pull_now = trio.Event()
         self.host: IHost | None = None
+        #: Called (on the trio loop, must not block) with every entry that becomes accepted.
+        self.listeners: list[Callable[[Entry], None]] = []
 
     async def load(self) -> None:
         """Rebuild the state from the entries stored here (they were validated before storing)."""
@@ -135,6 +139,8 @@ class LogService:
                     to_store[entry.id] = entry
                     to_relay.append(entry)
                 for accepted_entry in accepted:
+                    for listener in self.listeners:
+                        listener(accepted_entry)
                     self.max_seen = max(self.max_seen, accepted_entry.hlc)
                     to_store[accepted_entry.id] = accepted_entry
                     # Members push their own entries; a writer outside the committee (a
@@ -162,16 +168,25 @@ class LogService:
         """Author a blob-certified entry for a certificate a writer handed us."""
         certificate, _ = certificate_from_payload(payload)
         await trio.to_thread.run_sync(verify_certificate, self.committee, certificate)
+        return await self._author(BLOB_CERTIFIED, payload, lambda: self.state.certified_entry(certificate.blob_id))
+
+    async def submit_invalid(self, certificate: Certificate) -> Entry:
+        """Author a blob-invalid entry for an invalid-blob certificate (unless the log has one)."""
+        await trio.to_thread.run_sync(verify_certificate, self.committee, certificate)
+        return await self._author(BLOB_INVALID, invalid_payload(certificate),
+                                  lambda: self.state.invalid_entry(certificate.blob_id))
+
+    async def _author(self, kind: str, payload: dict[str, Any], existing: Callable[[], Entry | None]) -> Entry:
         async with self._author_lock:
-            existing = self.state.certified_entry(certificate.blob_id)
-            if existing is not None:
-                return existing
+            found = existing()
+            if found is not None:
+                return found
             me = self.identity.public_key
             chain = self.state.chains.get(me, [])
             self.last_hlc = next_hlc(self.last_hlc, _now_ms(), self.max_seen)
             entry = sign_entry(
                 self.identity.signing_key, len(chain) + 1, chain[-1].id if chain else GENESIS,
-                self.last_hlc, BLOB_CERTIFIED, payload,
+                self.last_hlc, kind, payload,
             )
             [(outcome, reason)] = await self.receive([entry], relay=True)
             if outcome != Outcome.ACCEPTED.value:
@@ -281,9 +296,10 @@ class LogService:
         await reader.body_length(0)
         blob_id = m.blob_id_field(request)
         entry = self.state.certified_entry(blob_id)
-        if entry is None:
+        invalid = self.state.invalid_entry(blob_id)
+        if entry is None and invalid is None:
             return m.error(m.NOT_FOUND, f"blob {blob_id} is not certified in this peer's log"), b""
-        return m.ok(entry=entry.encode()), b""
+        return m.ok(entry=entry.encode() if entry else None, invalid=invalid.encode() if invalid else None), b""
 
     async def _h_submit(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)

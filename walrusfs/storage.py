@@ -95,6 +95,65 @@ class PeerStore:
                 (blob_id.raw, pair, size, primary_length),
             )
 
+    def write_pair(self, blob_id: BlobId, pair: int, data: bytes, primary_length: int) -> None:
+        """Durably store a verified pair held in memory (a healed one)."""
+        path = self.spool_path()
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+            self.commit_pair(blob_id, pair, path, primary_length)
+        finally:
+            if path.exists():
+                path.unlink()
+
+    def drop_pair(self, blob_id: BlobId, pair: int) -> None:
+        """Forget a pair that failed verification, so it is neither served nor counted until healed."""
+        with self._lock:
+            self._db.execute("DELETE FROM pairs WHERE blob_id = ? AND pair = ?", (blob_id.raw, pair))
+        self._pair_path(blob_id, pair).unlink(missing_ok=True)
+
+    def delete_blob(self, blob_id: BlobId) -> int:
+        """Delete every stored pair of a blob (certified invalid); return how many there were."""
+        pairs = self.stored_pairs(blob_id)
+        with self._lock:
+            self._db.execute("DELETE FROM pairs WHERE blob_id = ?", (blob_id.raw,))
+            self._db.execute("DELETE FROM confirmations WHERE blob_id = ?", (blob_id.raw,))
+        for pair in pairs:
+            self._pair_path(blob_id, pair).unlink(missing_ok=True)
+        return len(pairs)
+
+    def all_pairs(self) -> set[tuple[bytes, int]]:
+        """Every stored (blob ID bytes, pair) there is a record for."""
+        with self._lock:
+            return {(bytes(b), p) for b, p in self._db.execute("SELECT blob_id, pair FROM pairs")}
+
+    def pairs_after(self, cursor: tuple[bytes, int], limit: int) -> list[tuple[bytes, int]]:
+        """Up to ``limit`` stored (blob ID bytes, pair) in key order after ``cursor``; for the scrubber."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT blob_id, pair FROM pairs WHERE (blob_id, pair) > (?, ?) ORDER BY blob_id, pair LIMIT ?",
+                (cursor[0], cursor[1], limit),
+            )
+            return [(bytes(b), p) for b, p in rows]
+
+    def count_pairs(self) -> int:
+        """Number of stored pairs."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM pairs").fetchone()[0])
+
+    def read_pair(self, blob_id: BlobId, pair: int) -> tuple[bytes, int] | None:
+        """A stored pair's bytes and primary length, or None if there is no record or no file."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT primary_length FROM pairs WHERE blob_id = ? AND pair = ?", (blob_id.raw, pair)
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            return self._pair_path(blob_id, pair).read_bytes(), int(row[0])
+        except FileNotFoundError:
+            return b"", int(row[0])
+
     def read_sliver(self, blob_id: BlobId, pair: int, axis: Axis) -> bytes | None:
         """A stored sliver's bytes, or None."""
         with self._lock:

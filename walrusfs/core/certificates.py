@@ -1,18 +1,22 @@
-"""Signed storage confirmations and availability certificates (the Point of Availability).
+"""Signed storage confirmations, invalid-blob attestations and the certificates they form.
 
 A peer signs a confirmation only after it durably stored verified slivers. The signed
 bytes are Walrus's: an intent prefix (type 1 = storage confirmation, version 0, app 3),
-the epoch as u32 little-endian, the blob ID, and the blob type (0 = permanent). The intent
-prefix keeps these bytes from ever meaning anything else walrusfs signs.
+the epoch as u32 little-endian, the blob ID, and the blob type (0 = permanent). A peer
+signs an invalid-blob attestation only after it verified an inconsistency proof; its bytes
+are Walrus's too: intent type 2, the epoch and the blob ID. The intent prefix keeps each
+kind of signed bytes from ever meaning anything else walrusfs signs.
 
-A certificate is the confirmations of peers holding at least 2f + 1 shards; anyone with the
-committee file can check it. Checks here are pure; PyNaCl does the Ed25519 arithmetic.
+An availability certificate is the confirmations of peers holding at least 2f + 1 shards;
+an invalid-blob certificate is the attestations of peers holding at least f + 1 (so at
+least one honest peer checked the proof). Anyone with the committee file can check either.
+Checks here are pure; PyNaCl does the Ed25519 arithmetic.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from nacl.exceptions import BadSignatureError
@@ -23,6 +27,7 @@ from .errors import VerificationError
 from .metadata import BlobId
 
 INTENT_STORAGE_CONFIRMATION = 1
+INTENT_INVALID_BLOB = 2
 INTENT_VERSION = 0
 APP_ID_STORAGE = 3
 BLOB_TYPE_PERMANENT = 0
@@ -39,6 +44,30 @@ def confirmation_bytes(epoch: int, blob_id: BlobId) -> bytes:
     )
 
 
+def invalid_blob_bytes(epoch: int, blob_id: BlobId) -> bytes:
+    """The exact bytes a peer signs to attest that ``blob_id`` was encoded inconsistently."""
+    return bytes([INTENT_INVALID_BLOB, INTENT_VERSION, APP_ID_STORAGE]) + struct.pack("<I", epoch) + blob_id.raw
+
+
+def sign_invalid_blob(key: SigningKey, epoch: int, blob_id: BlobId) -> bytes:
+    """A 64-byte Ed25519 attestation that ``blob_id`` is invalid."""
+    return key.sign(invalid_blob_bytes(epoch, blob_id)).signature
+
+
+def _check_signature(public_key: bytes, message: bytes, signature: bytes, what: str) -> None:
+    if len(signature) != SIGNATURE_SIZE:
+        raise VerificationError(f"a signature is {SIGNATURE_SIZE} bytes, got {len(signature)}")
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except BadSignatureError as exc:
+        raise VerificationError(f"{what} signature is invalid") from exc
+
+
+def verify_invalid_blob(public_key: bytes, epoch: int, blob_id: BlobId, signature: bytes) -> None:
+    """Raise ``VerificationError`` unless ``signature`` attests ``blob_id`` invalid for ``epoch``."""
+    _check_signature(public_key, invalid_blob_bytes(epoch, blob_id), signature, "invalid-blob attestation")
+
+
 def sign_confirmation(key: SigningKey, epoch: int, blob_id: BlobId) -> bytes:
     """A 64-byte Ed25519 signature over the confirmation bytes."""
     return key.sign(confirmation_bytes(epoch, blob_id)).signature
@@ -46,22 +75,18 @@ def sign_confirmation(key: SigningKey, epoch: int, blob_id: BlobId) -> bytes:
 
 def verify_confirmation(public_key: bytes, epoch: int, blob_id: BlobId, signature: bytes) -> None:
     """Raise ``VerificationError`` unless ``signature`` confirms ``blob_id`` for ``epoch``."""
-    if len(signature) != SIGNATURE_SIZE:
-        raise VerificationError(f"a signature is {SIGNATURE_SIZE} bytes, got {len(signature)}")
-    try:
-        VerifyKey(public_key).verify(confirmation_bytes(epoch, blob_id), signature)
-    except BadSignatureError as exc:
-        raise VerificationError("storage confirmation signature is invalid") from exc
+    _check_signature(public_key, confirmation_bytes(epoch, blob_id), signature, "storage confirmation")
 
 
 @dataclass(frozen=True)
 class Certificate:
-    """Availability certificate: confirmations of ``blob_id`` by the listed committee members."""
+    """Confirmations (or, with ``invalid``, invalid-blob attestations) of ``blob_id`` by the listed members."""
 
     blob_id: BlobId
     epoch: int
     signers: tuple[int, ...]  # indices into the committee's peer list, ascending
     signatures: tuple[bytes, ...]
+    invalid: bool = False
 
     def to_wire(self) -> dict[str, object]:
         """The certificate as a wire/JSON-friendly map."""
@@ -73,31 +98,40 @@ class Certificate:
         }
 
 
+def _verifier(invalid: bool) -> Callable[[bytes, int, BlobId, bytes], None]:
+    return verify_invalid_blob if invalid else verify_confirmation
+
+
 def assemble_certificate(
-    committee: Committee, blob_id: BlobId, confirmations: Iterable[tuple[int, bytes]]
+    committee: Committee, blob_id: BlobId, confirmations: Iterable[tuple[int, bytes]], invalid: bool = False
 ) -> Certificate:
     """Certificate from (peer index, signature) pairs; invalid or duplicate ones are dropped.
 
-    Raises ``VerificationError`` when the valid ones hold fewer than 2f + 1 shards.
+    Raises ``VerificationError`` when the valid ones hold fewer shards than the certificate
+    needs (2f + 1 for availability, f + 1 with ``invalid``).
     """
+    verify = _verifier(invalid)
     valid: dict[int, bytes] = {}
     for index, signature in confirmations:
         if index in valid or not 0 <= index < len(committee.peers):
             continue
         try:
-            verify_confirmation(committee.peers[index].public_key, committee.epoch, blob_id, signature)
+            verify(committee.peers[index].public_key, committee.epoch, blob_id, signature)
         except VerificationError:
             continue
         valid[index] = signature
     certificate = Certificate(
-        blob_id, committee.epoch, tuple(sorted(valid)), tuple(valid[i] for i in sorted(valid))
+        blob_id, committee.epoch, tuple(sorted(valid)), tuple(valid[i] for i in sorted(valid)), invalid
     )
     verify_certificate(committee, certificate)
     return certificate
 
 
 def verify_certificate(committee: Committee, certificate: Certificate) -> None:
-    """Raise ``VerificationError`` unless 2f + 1 shards' worth of distinct members signed."""
+    """Raise ``VerificationError`` unless enough shards' worth of distinct members signed.
+
+    An availability certificate needs 2f + 1 shards, an invalid-blob certificate f + 1.
+    """
     if certificate.epoch != committee.epoch:
         raise VerificationError(
             f"certificate is for epoch {certificate.epoch}, the committee is at epoch {committee.epoch}"
@@ -109,10 +143,12 @@ def verify_certificate(committee: Committee, certificate: Certificate) -> None:
     for index, signature in zip(certificate.signers, certificate.signatures):
         if not 0 <= index < len(committee.peers):
             raise VerificationError(f"certificate signer {index} is not a committee member")
-        verify_confirmation(committee.peers[index].public_key, certificate.epoch, certificate.blob_id, signature)
+        _verifier(certificate.invalid)(committee.peers[index].public_key, certificate.epoch, certificate.blob_id,
+                                       signature)
     weight = committee.weight(certificate.signers)
-    if weight < committee.quorum:
+    needed, rule = ((committee.validity_threshold, "f + 1") if certificate.invalid else (committee.quorum, "2f + 1"))
+    if weight < needed:
         raise VerificationError(
-            f"certificate signers hold {weight} shards, a certificate needs {committee.quorum} "
-            f"(2f + 1 of {committee.n_shards})"
+            f"certificate signers hold {weight} shards, {'an invalid-blob' if certificate.invalid else 'a'} "
+            f"certificate needs {needed} ({rule} of {committee.n_shards})"
         )

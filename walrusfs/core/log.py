@@ -32,12 +32,14 @@ from .namespace import Op
 ENTRY_DOMAIN = b"walrusfs/log-entry/v1\x00"
 DEVICE_DOMAIN = b"walrusfs/volume-device/v1\x00"
 GENESIS = bytes(32)
-#: Entry kinds: blob-certified (authored by committee members) and namespace (authored by a
-#: mount's device key that the volume key delegated to). The others are reserved so later
-#: versions can add them without a format change.
+#: Entry kinds: blob-certified and blob-invalid (authored by committee members) and
+#: namespace (authored by a mount's device key that the volume key delegated to). The others
+#: are reserved so later versions can add them without a format change.
 BLOB_CERTIFIED = "blob-certified"
+BLOB_INVALID = "blob-invalid"
 NAMESPACE = "namespace"
-RESERVED_KINDS = frozenset({"blob-invalid", "challenge-result", "committee-change"})
+RESERVED_KINDS = frozenset({"challenge-result", "committee-change"})
+_BLOB_KINDS = (BLOB_CERTIFIED, BLOB_INVALID)
 MAX_PAYLOAD = 64 << 10
 
 
@@ -135,8 +137,31 @@ def certificate_payload(certificate: Certificate, length: int) -> dict[str, Any]
     return {**certificate.to_wire(), "length": length, "encoding": 1}
 
 
+def invalid_payload(certificate: Certificate) -> dict[str, Any]:
+    """The payload of a blob-invalid entry: an invalid-blob certificate."""
+    return certificate.to_wire()
+
+
+def invalid_from_payload(payload: Mapping[str, Any]) -> Certificate:
+    """The invalid-blob certificate a blob-invalid payload carries."""
+    if set(payload) != {"blob_id", "epoch", "signers", "signatures"}:
+        raise LogError("malformed blob-invalid payload: unexpected fields")
+    certificate, _ = _certificate_fields(payload, invalid=True)
+    return certificate
+
+
 def certificate_from_payload(payload: Mapping[str, Any]) -> tuple[Certificate, int]:
     """The certificate and blob length a blob-certified payload carries."""
+    certificate, length = _certificate_fields(payload, invalid=False)
+    try:
+        if wire.field(payload, "encoding", int) != 1:
+            raise LogError("unsupported blob encoding")
+    except wire.MessageError as exc:
+        raise LogError(f"malformed blob-certified payload: {exc}") from exc
+    return certificate, length
+
+
+def _certificate_fields(payload: Mapping[str, Any], invalid: bool) -> tuple[Certificate, int]:
     try:
         signers = wire.field(payload, "signers", list)
         signatures = wire.field(payload, "signatures", list)
@@ -149,12 +174,11 @@ def certificate_from_payload(payload: Mapping[str, Any]) -> tuple[Certificate, i
             wire.uint(payload, "epoch", 2**32),
             tuple(signers),
             tuple(signatures),
+            invalid,
         )
-        length = wire.uint(payload, "length", 2**63)
-        if wire.field(payload, "encoding", int) != 1:
-            raise LogError("unsupported blob encoding")
+        length = 0 if invalid else wire.uint(payload, "length", 2**63)
     except wire.MessageError as exc:
-        raise LogError(f"malformed blob-certified payload: {exc}") from exc
+        raise LogError(f"malformed {BLOB_INVALID if invalid else BLOB_CERTIFIED} payload: {exc}") from exc
     return certificate, length
 
 
@@ -245,12 +269,16 @@ def check_entry(entry: Entry, committee: Committee) -> None:
         raise LogError("entry signature is invalid") from None
     if entry.kind == NAMESPACE:
         return
-    if entry.kind == BLOB_CERTIFIED:
-        certificate, _ = certificate_from_payload(entry.payload)
+    if entry.kind in _BLOB_KINDS:
+        if entry.kind == BLOB_CERTIFIED:
+            certificate, _ = certificate_from_payload(entry.payload)
+        else:
+            certificate = invalid_from_payload(entry.payload)
         try:
             verify_certificate(committee, certificate)
         except VerificationError as exc:
-            raise LogError(f"invalid availability certificate: {exc}") from exc
+            what = "availability" if entry.kind == BLOB_CERTIFIED else "invalid-blob"
+            raise LogError(f"invalid {what} certificate: {exc}") from exc
     elif entry.kind in RESERVED_KINDS:
         raise LogError(f"entry kind {entry.kind!r} is reserved and not accepted yet")
     else:
@@ -283,7 +311,8 @@ class LogState:
     ids: set[bytes] = field(default_factory=set)
     # Kept up to date as entries arrive, so heads and digests cost nothing on a large log.
     _certified: dict[BlobId, Entry] = field(default_factory=dict)
-    _by_blob: dict[BlobId, list[Entry]] = field(default_factory=dict)
+    _invalid: dict[BlobId, Entry] = field(default_factory=dict)
+    _by_blob: dict[tuple[str, BlobId], list[Entry]] = field(default_factory=dict)
     _digest_sum: int = 0
     _count: int = 0
 
@@ -338,21 +367,22 @@ class LogState:
         chain.append(entry)
         self.ids.add(entry.id)
         self._count += 1
-        if entry.kind == BLOB_CERTIFIED and entry.seq < self._cutoff(entry.author):
+        if entry.kind in _BLOB_KINDS and entry.seq < self._cutoff(entry.author):
             blob_id = BlobId(entry.payload["blob_id"])
-            self._by_blob.setdefault(blob_id, []).append(entry)
-            self._recertify(blob_id)
+            self._by_blob.setdefault((entry.kind, blob_id), []).append(entry)
+            self._recertify(entry.kind, blob_id)
         return entry
 
-    def _recertify(self, blob_id: BlobId) -> None:
-        """Re-pick the first counted entry certifying ``blob_id`` and update the digest."""
-        old = self._certified.pop(blob_id, None)
+    def _recertify(self, kind: str, blob_id: BlobId) -> None:
+        """Re-pick the first counted entry of ``kind`` about ``blob_id`` and update the digest."""
+        firsts = self._certified if kind == BLOB_CERTIFIED else self._invalid
+        old = firsts.pop(blob_id, None)
         if old is not None:
             self._digest_sum -= _item_hash(blob_id, old)
-        candidates = [e for e in self._by_blob.get(blob_id, ()) if e.seq < self._cutoff(e.author)]
+        candidates = [e for e in self._by_blob.get((kind, blob_id), ()) if e.seq < self._cutoff(e.author)]
         if candidates:
             new = min(candidates, key=lambda e: (e.hlc, e.author, e.id))
-            self._certified[blob_id] = new
+            firsts[blob_id] = new
             self._digest_sum += _item_hash(blob_id, new)
 
     def _equivocation(self, ours: Entry, theirs: Entry) -> Outcome:
@@ -365,8 +395,8 @@ class LogState:
         if self._cutoff(theirs.author) != before:
             # Rare: the author's later entries stop counting; re-pick what they certified.
             for entry in self.chains.get(theirs.author, [])[self._cutoff(theirs.author) - 1 :]:
-                if entry.kind == BLOB_CERTIFIED:
-                    self._recertify(BlobId(entry.payload["blob_id"]))
+                if entry.kind in _BLOB_KINDS:
+                    self._recertify(entry.kind, BlobId(entry.payload["blob_id"]))
         return Outcome.EQUIVOCATION
 
     def _cutoff(self, author: bytes) -> int:
@@ -394,6 +424,14 @@ class LogState:
         """The entry that certified ``blob_id`` first, if any."""
         return self._certified.get(blob_id)
 
+    def invalid(self) -> dict[BlobId, Entry]:
+        """Each blob certified invalid, with the entry that did so first."""
+        return dict(self._invalid)
+
+    def invalid_entry(self, blob_id: BlobId) -> Entry | None:
+        """The entry that certified ``blob_id`` invalid first, if any."""
+        return self._invalid.get(blob_id)
+
     def namespace_ops(self, volume: bytes) -> list[Op]:
         """The counted namespace operations of one volume, ready for ``namespace.build``."""
         ops = []
@@ -406,7 +444,7 @@ class LogState:
     def digest(self) -> bytes:
         """Hash of the derived state: equal on every peer holding the same valid entries.
 
-        The certified set enters as a sum of per-item hashes mod 2^256 (a multiset hash),
+        The certified and invalid sets enter as a sum of per-item hashes mod 2^256 (a multiset hash),
         kept up to date incrementally, so the digest is order-independent and cheap.
         """
         cutoffs = sorted([author, seq] for author, seq in self.cutoffs().items())

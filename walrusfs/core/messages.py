@@ -14,6 +14,7 @@ from . import merkle
 from .config import RS2, EncodingConfig
 from .errors import CodecError
 from .metadata import BLOB_ID_LENGTH, BlobId, BlobMetadata, SliverPairHashes
+from .recovery import InconsistencyProof, RecoverySymbol
 from .redstuff import Axis
 from .wire import WIRE_VERSION, MessageError, decode, encode, field, uint
 
@@ -25,9 +26,13 @@ GET_SLIVER = "/walrusfs/get-sliver/1.0.0"
 GET_RECOVERY_SYMBOL = "/walrusfs/get-recovery-symbol/1.0.0"
 GET_STATUS = "/walrusfs/status/1.0.0"
 GET_BLOB_STATUS = "/walrusfs/blob-status/1.0.0"
+#: Inconsistent blobs: a reporter hands a peer an inconsistency proof, and that peer
+#: gathers the other peers' attestations (``ATTEST_INVALID``) into a log entry.
+REPORT_INVALID = "/walrusfs/report-invalid/1.0.0"
+ATTEST_INVALID = "/walrusfs/attest-invalid/1.0.0"
 PROTOCOLS = (
     PUT_METADATA, PUT_PAIR, GET_CONFIRMATION, GET_METADATA, GET_SLIVER,
-    GET_RECOVERY_SYMBOL, GET_STATUS, GET_BLOB_STATUS,
+    GET_RECOVERY_SYMBOL, GET_STATUS, GET_BLOB_STATUS, REPORT_INVALID, ATTEST_INVALID,
 )
 # The replicated log (walrusfs/replication.py).
 LOG_SUBMIT = "/walrusfs/log-submit/1.0.0"
@@ -49,6 +54,8 @@ NOT_FOUND = "not-found"
 INVALID = "invalid"
 NOT_ASSIGNED = "not-assigned"
 INTERNAL = "internal"
+#: The log holds an invalid-blob certificate for this blob: no peer serves its data.
+BLOB_INVALID = "blob-invalid"
 
 
 class RemoteError(CodecError):
@@ -133,3 +140,32 @@ def metadata_from_wire(value: Any, n_shards: int) -> BlobMetadata:
             raise MessageError("each metadata hash pair must be two 32-byte strings")
         pairs.append(SliverPairHashes(pair[0], pair[1]))
     return BlobMetadata(encoding, length, tuple(pairs))
+
+
+def proof_to_wire(proof: InconsistencyProof) -> tuple[dict[str, Any], bytes]:
+    """An inconsistency proof as header fields plus a body holding the symbols back to back."""
+    fields = {
+        "target": proof.target.value,
+        "target_index": proof.target_index,
+        "symbols": [[sym.source_index, list(sym.proof)] for sym in proof.symbols],
+    }
+    return fields, b"".join(sym.data for sym in proof.symbols)
+
+
+def proof_from_wire(message: dict[str, Any], body: bytes, metadata: BlobMetadata) -> InconsistencyProof:
+    """Parse a proof sent with ``proof_to_wire`` for a blob with ``metadata``; checks shapes, not validity."""
+    n = metadata.config.n_shards
+    target = axis_field(message, "target")
+    target_index = uint(message, "target_index", n)
+    entries = field(message, "symbols", list)
+    size = metadata.symbol_size
+    if len(entries) > n or len(body) != len(entries) * size:
+        raise MessageError(f"a proof of {len(entries)} symbols of {size} bytes cannot have a {len(body)}-byte body")
+    symbols = []
+    for k, item in enumerate(entries):
+        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int) or isinstance(item[0], bool)
+                or not 0 <= item[0] < n or not isinstance(item[1], list) or len(item[1]) > 64
+                or not all(isinstance(h, bytes) and len(h) == merkle.DIGEST_SIZE for h in item[1])):
+            raise MessageError("each proof symbol must be [source index, [32-byte hashes]]")
+        symbols.append(RecoverySymbol(target, target_index, item[0], body[k * size : (k + 1) * size], tuple(item[1])))
+    return InconsistencyProof(target, target_index, tuple(symbols))

@@ -182,3 +182,34 @@ def verify_inconsistency_proof(metadata: BlobMetadata, proof: InconsistencyProof
             f"the symbols rebuild {proof.target.value} sliver {proof.target_index} exactly as "
             "committed: the blob is not shown to be inconsistent"
         )
+
+
+def find_inconsistency(metadata: BlobMetadata, slivers: Iterable[Sliver]) -> InconsistencyProof | None:
+    """An inconsistency proof built from verified slivers of one axis, or None if they are consistent.
+
+    A reader whose decoded blob fails its consistency check holds enough verified slivers
+    (p primary or s secondary) to prove it: rebuild every sliver of the other axis from
+    their recovery symbols; one that contradicts its commitment is the proof. If all of
+    those match, rebuild every sliver of the first axis from them the same way.
+    """
+    config = metadata.config
+    given = {s.index: s for s in slivers}
+    if not given:
+        raise InvalidParameter("find_inconsistency needs verified slivers")
+    axis = next(iter(given.values())).axis
+    if any(s.axis is not axis for s in given.values()):
+        raise InvalidParameter("find_inconsistency takes slivers of one axis")
+    sources = [given[k] for k in sorted(given)][: needed_symbols(config, _OTHER[axis])]
+    if len(sources) < needed_symbols(config, _OTHER[axis]):
+        raise NotEnoughSymbols(f"find_inconsistency needs {needed_symbols(config, _OTHER[axis])} {axis.value} slivers")
+    for _ in range(2):
+        per_source = [recovery_symbols(config, sliver, range(config.n_shards)) for sliver in sources]
+        rebuilt = []
+        for target in range(config.n_shards):
+            try:
+                rebuilt.append(rebuild_sliver(metadata, _OTHER[axis], target, [syms[target] for syms in per_source]))
+            except InconsistentBlob as exc:
+                return exc.proof  # type: ignore[attr-defined, no-any-return]
+        axis = _OTHER[axis]
+        sources = rebuilt[: needed_symbols(config, _OTHER[axis])]
+    return None
