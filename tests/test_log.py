@@ -10,10 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from walrusfs.core.certificates import Certificate, sign_confirmation
+from walrusfs.core.certificates import Certificate, sign_confirmation, sign_invalid_blob
 from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key
 from walrusfs.core.log import (
     BLOB_CERTIFIED,
+    BLOB_INVALID,
     GENESIS,
     Entry,
     LogError,
@@ -22,6 +23,7 @@ from walrusfs.core.log import (
     certificate_payload,
     check_entry,
     decode_entry,
+    invalid_payload,
     next_hlc,
     sign_entry,
 )
@@ -217,3 +219,41 @@ def test_namespace_entries_from_delegated_devices_build_the_tree() -> None:
 def test_bad_namespace_entries_are_rejected(make, reason: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(LogError, match=reason):
         check_entry(make(), COMMITTEE)
+
+
+def invalid_certificate(blob: bytes, signers: tuple[int, ...] = (0, 1)) -> Certificate:
+    blob_id = BlobId(blob)
+    return Certificate(blob_id, 0, signers, tuple(sign_invalid_blob(KEYS[i], 0, blob_id) for i in signers), True)
+
+
+def test_blob_invalid_entries_need_f_plus_1_attestations_with_their_own_intent() -> None:
+    (certified,) = chain(KEYS[0], [b"\x05" * 32])
+    good = sign_entry(KEYS[1], 1, GENESIS, 7, BLOB_INVALID, invalid_payload(invalid_certificate(b"\x05" * 32)))
+    check_entry(good, COMMITTEE)
+    state = LogState(COMMITTEE)
+    before = state.digest()
+    state.apply(certified)
+    with_certified = state.digest()
+    assert state.apply(good)[0] is Outcome.ACCEPTED
+    assert state.invalid_entry(BlobId(b"\x05" * 32)) == good and set(state.invalid()) == {BlobId(b"\x05" * 32)}
+    assert len({before, with_certified, state.digest()}) == 3
+    blob_id = BlobId(b"\x06" * 32)
+    confirmations = Certificate(blob_id, 0, (0, 1), tuple(sign_confirmation(KEYS[i], 0, blob_id) for i in (0, 1)))
+    bad = {
+        # Storage confirmations are not attestations: the intent byte differs.
+        "signature is invalid": {**confirmations.to_wire()},
+        "needs 2": invalid_payload(invalid_certificate(b"\x06" * 32, (2,))),
+        "signer twice": invalid_payload(invalid_certificate(b"\x06" * 32, (2, 2))),
+        "not a committee member": {**invalid_payload(invalid_certificate(b"\x06" * 32, (0, 1))), "signers": [0, 9]},
+        "unexpected fields": {**invalid_payload(invalid_certificate(b"\x06" * 32)), "length": 3},
+    }
+    for reason, payload in bad.items():
+        entry = sign_entry(KEYS[2], 1, GENESIS, 9, BLOB_INVALID, payload)
+        with pytest.raises(LogError, match=reason):
+            check_entry(entry, COMMITTEE)
+        assert LogState(COMMITTEE).apply(entry)[0] is Outcome.REJECTED
+    # An attestation never passes as a storage confirmation either.
+    forged = sign_entry(KEYS[2], 1, GENESIS, 9, BLOB_CERTIFIED,
+                        {**invalid_payload(invalid_certificate(b"\x06" * 32, (0, 1, 2))), "length": 1, "encoding": 1})
+    with pytest.raises(LogError, match="signature is invalid"):
+        check_entry(forged, COMMITTEE)

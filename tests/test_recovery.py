@@ -18,8 +18,11 @@ from walrusfs.core.errors import (
     NotEnoughSymbols,
     VerificationError,
 )
+from walrusfs.core import wire
+from walrusfs.core.messages import proof_from_wire, proof_to_wire
 from walrusfs.core.recovery import (
     InconsistencyProof,
+    find_inconsistency,
     RecoverySymbol,
     needed_symbols,
     rebuild_sliver,
@@ -216,3 +219,48 @@ def test_consistency_check_modes_on_decoded_bytes() -> None:
         check_consistency(honest.metadata, bytes(wrong), strict=True)
     with pytest.raises(InconsistentBlob, match="bytes"):
         check_consistency(honest.metadata, blob[:-1])
+
+
+@pytest.mark.parametrize("n", (4, 7, 10, 13))
+@codec_settings
+@given(data=st.data())
+def test_a_reader_holding_any_decodable_slivers_can_prove_inconsistency(n: int, data: st.DataObject) -> None:
+    config = EncodingConfig(n)
+    p, s = config.primary_source_symbols, config.secondary_source_symbols
+    blob = blob_bytes(data.draw(st.integers(0, 2**32)), data.draw(st.integers(0, 200_000)))
+    k = data.draw(st.integers(0, n - 1))
+    bad = encode_inconsistent(blob, config, k)
+    honest = encode_blob(blob, config)
+    if data.draw(st.booleans()):
+        rows = data.draw(st.permutations(range(n)))[:p]
+        given_bad, given_honest = [bad.pairs[r].primary for r in rows], [honest.pairs[r].primary for r in rows]
+    else:
+        columns = data.draw(st.permutations(range(n)))[:s]
+        given_bad = [sliver(bad, Axis.SECONDARY, c) for c in columns]
+        given_honest = [sliver(honest, Axis.SECONDARY, c) for c in columns]
+    proof = find_inconsistency(bad.metadata, given_bad)
+    assert proof is not None
+    verify_inconsistency_proof(bad.metadata, proof)
+    # The proof crosses the wire intact and only means something for this metadata.
+    fields, body = proof_to_wire(proof)
+    assert proof_from_wire(wire.decode(wire.encode({"v": wire.WIRE_VERSION, **fields}), 1 << 20), body, bad.metadata) == proof
+    assert find_inconsistency(honest.metadata, given_honest) is None
+
+
+def test_malformed_proofs_on_the_wire_are_refused() -> None:
+    config = EncodingConfig(7)
+    bad = encode_inconsistent(blob_bytes(8, 30_000), config, 5)
+    proof = find_inconsistency(bad.metadata, [bad.pairs[r].primary for r in (0, 1, 2)])
+    assert proof is not None
+    fields, body = proof_to_wire(proof)
+    cases = {
+        "body": (fields, body[:-2]),
+        "target": ({**fields, "target": "sideways"}, body),
+        "index": ({**fields, "target_index": 7}, body),
+        "source": ({**fields, "symbols": [[9, []]] + fields["symbols"][1:]}, body),
+        "hashes": ({**fields, "symbols": [[0, [b"short"]]] + fields["symbols"][1:]}, body),
+    }
+    for name, (f, b) in cases.items():
+        with pytest.raises(wire.MessageError):
+            proof_from_wire(f, b, bad.metadata)
+        assert name
