@@ -368,3 +368,31 @@ def test_identical_chunks_are_stored_once_and_one_changed_byte_rewrites_one_chun
     changed = os.getxattr(vol.writer.path / "dedupe-b", "user.walrus.blob_ids").split(b"\n")
     assert [x == y for x, y in zip(a.split(b"\n"), changed)] == [True, False, True]
     assert vol.writer.status()["uploaded_chunks"] - after["uploaded_chunks"] == 1
+
+
+def test_a_file_written_by_an_inconsistent_writer_gets_eio_everywhere_with_the_reason(vol: Volume, tmp_path: Path) -> None:
+    liar = vol.mount("liar", "--fault", "inconsistent-writer")
+    try:
+        data = random.Random(5).randbytes(300_000)
+        (liar.path / "poisoned.bin").write_bytes(data)
+        fsync(liar.path / "poisoned.bin")
+        assert wait_for(lambda: (vol.writer.path / "poisoned.bin").exists(), limit=30)
+        [blob_id] = os.getxattr(vol.writer.path / "poisoned.bin", "user.walrus.blob_ids").decode().split()
+        # A strict reader catches the writer and reports it; the log certifies the blob invalid.
+        strict = walrusfs("read", blob_id, "--strict", "-o", str(tmp_path / "out"), committee=vol.net.committee)
+        assert strict.returncode == 3, strict.stderr
+        for mount in (vol.writer, liar):
+            target = mount.path / "poisoned.bin"
+            assert wait_for(lambda t=target: b"user.walrus.invalid" in b"\0".join(
+                n.encode() for n in os.listxattr(t)), limit=30)
+            assert blob_id in os.getxattr(target, "user.walrus.invalid").decode()
+            # Even the writer, which has the bytes cached, refuses them: one outcome for all.
+            with pytest.raises(OSError) as caught:
+                target.read_bytes()
+            assert caught.value.errno == errno.EIO
+        # Other files are unaffected.
+        (vol.writer.path / "healthy.txt").write_bytes(b"fine")
+        fsync(vol.writer.path / "healthy.txt")
+        assert (vol.writer.path / "healthy.txt").read_bytes() == b"fine"
+    finally:
+        liar.stop()

@@ -18,15 +18,17 @@ import logging
 import os
 import time
 from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from .client import Client, ReadError, StoreError
+from .client import Client, InvalidBlobError, ReadError, StoreError
+from .core.config import EncodingConfig
 from .core.metadata import BlobId, BlobMetadata
 from .core.namespace import Node
-from .core.redstuff import encode_blob
+from .core.redstuff import EncodedBlob, encode_blob
 from .staging import ChunkCache, MountState, StagedFile
 from .volumelog import VolumeLog
 
@@ -64,6 +66,8 @@ class Contents:
         self.state = state
         self.cache = cache
         self.chunk_size = chunk_size
+        #: How chunks are encoded; the tests swap in an inconsistent writer here.
+        self.encode: Callable[[bytes, EncodingConfig], EncodedBlob] = encode_blob
         self.staged: dict[bytes, StagedFile] = {}
         self.opens: Counter[bytes] = Counter()
         self.writers: Counter[bytes] = Counter()
@@ -74,6 +78,8 @@ class Contents:
         self.published_generation: dict[bytes, int] = {}
         self.progress: dict[bytes, UploadProgress] = {}
         self._memory: OrderedDict[bytes, bytes] = OrderedDict()
+        #: Chunk blobs a read here found invalid (the log certifies it soon after), with why.
+        self._invalid: dict[bytes, str] = {}
         self._metadata: OrderedDict[bytes, BlobMetadata] = OrderedDict()
         self._fetching: dict[bytes, trio.Event] = {}
         # Per file: one lock orders staging changes, the other keeps one upload at a time.
@@ -133,6 +139,23 @@ class Contents:
         staged = self.staged.get(node.node_id)
         return staged.mtime_ns if staged is not None else node.mtime_ns
 
+    def invalid_reason(self, blob: bytes) -> str | None:
+        """Why chunk blob ``blob`` can never be read (certified or found invalid), or None."""
+        entry = self.vlog.state.invalid_entry(BlobId(blob))
+        if entry is not None:
+            return (f"blob {BlobId(blob)} is invalid: its writer encoded it inconsistently "
+                    f"(log entry {entry.id.hex()})")
+        return self._invalid.get(blob)
+
+    def invalid_chunks(self, node: Node) -> dict[int, str]:
+        """Chunk index -> reason, for the chunks of a file that can never be read."""
+        out = {}
+        for index, blob in enumerate(node.content.chunks):
+            reason = self.invalid_reason(blob) if blob else None
+            if reason is not None:
+                out[index] = reason
+        return out
+
     async def read(self, node: Node, offset: int, size: int, sequential: bool) -> bytes:
         """Bytes [offset, offset + size) of a file, verified or staged; short at end of file."""
         staged = self.staged.get(node.node_id)
@@ -150,6 +173,10 @@ class Contents:
             start = index * chunk_size
             low, high = max(offset, start) - start, min(end, start + chunk_size) - start
             blob = chunks[index] if index < len(chunks) else None
+            reason = self.invalid_reason(blob) if blob is not None and index not in dirty else None
+            if reason is not None:
+                # Even a cached copy is withheld: every reader gets the same outcome.
+                raise InvalidBlobError(reason)
             if index in dirty:
                 data = await trio.to_thread.run_sync(self._pread, staged, high - low, start + low)
             elif blob is None:
@@ -185,8 +212,12 @@ class Contents:
         return metadata
 
     async def _read_range(self, blob: bytes, offset: int, size: int) -> bytes:
-        metadata = await self._metadata_of(blob)
-        return await self.client.read(BlobId(blob), offset, size, metadata=metadata)
+        try:
+            metadata = await self._metadata_of(blob)
+            return await self.client.read(BlobId(blob), offset, size, metadata=metadata)
+        except InvalidBlobError as exc:
+            self._invalid[blob] = str(exc)
+            raise
 
     async def chunk(self, blob: bytes) -> bytes:
         """A whole chunk, verified, from memory, the disk cache or the peers (one fetch at a time per chunk)."""
@@ -205,7 +236,11 @@ class Contents:
             await waiting.wait()
         done = self._fetching[blob] = trio.Event()
         try:
-            data = await self.client.read(BlobId(blob), metadata=await self._metadata_of(blob))
+            try:
+                data = await self.client.read(BlobId(blob), metadata=await self._metadata_of(blob))
+            except InvalidBlobError as exc:
+                self._invalid[blob] = str(exc)
+                raise
             await trio.to_thread.run_sync(self.cache.put, str(BlobId(blob)), data)
             self._remember(blob, data)
             return data
@@ -486,7 +521,7 @@ class Contents:
             self._published.notify_all()
 
     async def _store_chunk(self, data: bytes) -> bytes:
-        encoded = await trio.to_thread.run_sync(encode_blob, data, self.client.config)
+        encoded = await trio.to_thread.run_sync(self.encode, data, self.client.config)
         blob_id = encoded.blob_id
         while blob_id.raw in self._storing:  # the same chunk is on its way already
             await self._storing[blob_id.raw].wait()

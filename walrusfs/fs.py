@@ -388,6 +388,8 @@ class WalrusFS(pyfuse3.Operations):
             self.contents.stage(node)
         version = (node.version, node.node_id in self.contents.staged)
         keep = self._seen_version.get(node.node_id) in (version, (node.version, False), (None, True))
+        if node.kind == FILE and self.contents.invalid_chunks(node):
+            keep = False  # drop pages read before the blob was certified invalid
         self._seen_version[node.node_id] = version
         return pyfuse3.FileInfo(fh=self._open_handle(node.node_id, writable), keep_cache=keep)
 
@@ -488,6 +490,9 @@ class WalrusFS(pyfuse3.Operations):
             out["version"] = (node.version or b"").hex().encode()
             out["chunk_size"] = str(node.content.chunk_size).encode()
             out["pending"] = b"yes" if staged is not None else b"no"
+            invalid = self.contents.invalid_chunks(node)
+            if invalid:
+                out["invalid"] = "\n".join(f"chunk {i}: {why}" for i, why in sorted(invalid.items())).encode()
         return out
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:

@@ -64,8 +64,13 @@ async def _capacity(client: Client, committee: Committee, chunk_size: int, holde
 async def serve_mount(
     mountpoint: Path, volume: Volume, committee: Committee, state_dir: Path, *, read_only: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE, cache_bytes: int = DEFAULT_CACHE, announce: Callable[[str], None] = print,
+    inconsistent_writer: bool = False,
 ) -> None:
-    """Mount ``volume`` at ``mountpoint`` until it is unmounted or the process is signalled."""
+    """Mount ``volume`` at ``mountpoint`` until it is unmounted or the process is signalled.
+
+    ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
+    would (one parity row tampered yet committed to).
+    """
     state = await trio.to_thread.run_sync(MountState, state_dir)
     cache = await trio.to_thread.run_sync(ChunkCache, state_dir / "cache", cache_bytes)
     try:
@@ -83,6 +88,10 @@ async def serve_mount(
             if not vlog.synced_once.is_set():
                 raise MountError(f"no committee peer answered within {STARTUP_LIMIT:.0f} s; is the network up?")
             contents = Contents(client, vlog, state, cache, chunk_size)
+            if inconsistent_writer:
+                from .testing import encode_inconsistent
+
+                contents.encode = lambda data, config: encode_inconsistent(data, config, config.primary_source_symbols + 1)
             await contents.load()
             started = time.time()
             capacity: dict[str, int] = {}
