@@ -47,7 +47,7 @@ from .core.errors import (
     NotEnoughSymbols,
     VerificationError,
 )
-from .core.log import BLOB_CERTIFIED, BLOB_INVALID, Entry
+from .core.log import BLOB_CERTIFIED, BLOB_INVALID, Entry, hlc_millis
 from .core.metadata import BlobId, BlobMetadata
 from .core.recovery import (
     InconsistencyProof,
@@ -165,7 +165,6 @@ class Healer:
         self._cpu = trio.CapacityLimiter(1)
         self.host: IHost | None = None
         self.pool: SessionPool | None = None
-        self._started = False
 
     # ------------------------------------------------------------------ what to heal
 
@@ -176,7 +175,9 @@ class Healer:
     def on_entry(self, entry: Entry) -> None:
         """Log listener: look at newly certified blobs after they settle; drop invalid ones."""
         if entry.kind == BLOB_CERTIFIED:
-            self._schedule(BlobId(entry.payload["blob_id"]), SETTLE_DELAY if self._started else 0.0)
+            # Only a blob certified moments ago waits; one learned while catching up is due now.
+            age = time.time() - hlc_millis(entry.hlc) / 1000
+            self._schedule(BlobId(entry.payload["blob_id"]), max(0.0, SETTLE_DELAY - age))
         elif entry.kind == BLOB_INVALID:
             blob_id = BlobId(entry.payload["blob_id"])
             self._due.pop(blob_id, None)
@@ -223,7 +224,6 @@ class Healer:
         for blob_id in self.state.certified():
             if self.state.invalid_entry(blob_id) is None and any((blob_id.raw, p) not in stored for p in self.my_pairs(blob_id)):
                 self._schedule(blob_id)
-        self._started = True
         async with trio.open_nursery() as nursery:
             for _ in range(HEAL_BLOBS):
                 nursery.start_soon(self._worker)
