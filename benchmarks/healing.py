@@ -88,8 +88,9 @@ async def run(directory: Path, gib: float, blob_mib: int) -> None:
 
         cli("devnet", "stop", str(directory), "--peer", str(victim))
         cli("devnet", "wipe", str(directory), "--peer", str(victim))
+        # Timed from the restart command, so the peer's own start-up and log catch-up count.
+        started = time.monotonic()
         cli("devnet", "start", str(directory), "--peer", str(victim))
-        started = time.monotonic()  # from the moment it answers: it heals while it serves
         state = None
         with trio.move_on_after(3600):
             while True:

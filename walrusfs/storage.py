@@ -141,32 +141,33 @@ class PeerStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM pairs").fetchone()[0])
 
-    def read_pair(self, blob_id: BlobId, pair: int) -> tuple[bytes, int] | None:
-        """A stored pair's bytes and primary length, or None if there is no record or no file."""
+    def _primary_length(self, blob_id: BlobId, pair: int) -> int | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT primary_length FROM pairs WHERE blob_id = ? AND pair = ?", (blob_id.raw, pair)
             ).fetchone()
-        if row is None:
+        return None if row is None else int(row[0])
+
+    def read_pair(self, blob_id: BlobId, pair: int) -> tuple[bytes, int] | None:
+        """A stored pair's bytes and primary length (bytes empty if its file is gone), or None if not recorded."""
+        primary_length = self._primary_length(blob_id, pair)
+        if primary_length is None:
             return None
         try:
-            return self._pair_path(blob_id, pair).read_bytes(), int(row[0])
+            return self._pair_path(blob_id, pair).read_bytes(), primary_length
         except FileNotFoundError:
-            return b"", int(row[0])
+            return b"", primary_length
 
     def read_sliver(self, blob_id: BlobId, pair: int, axis: Axis) -> bytes | None:
         """A stored sliver's bytes, or None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT primary_length FROM pairs WHERE blob_id = ? AND pair = ?", (blob_id.raw, pair)
-            ).fetchone()
-        if row is None:
+        primary_length = self._primary_length(blob_id, pair)
+        if primary_length is None:
             return None
         try:
             with open(self._pair_path(blob_id, pair), "rb") as f:
                 if axis is Axis.PRIMARY:
-                    return f.read(row[0])
-                f.seek(row[0])
+                    return f.read(primary_length)
+                f.seek(primary_length)
                 return f.read()
         except FileNotFoundError:
             return None
