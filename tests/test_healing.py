@@ -66,7 +66,7 @@ def owner_of(committee: Committee, blob_id: BlobId, pair: int) -> int:
 async def store_all(client: Client, blobs: list[bytes]) -> list[BlobId]:
     ids = []
     for data in blobs:
-        result = await client.store(data, grace=5.0)
+        result = await client.store(data, grace=1.0)
         ids.append(result.blob_id)
     return ids
 
