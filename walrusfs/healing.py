@@ -187,7 +187,9 @@ class Healer:
         due = trio.current_time() + delay
         if blob_id not in self._due or self._due[blob_id] > due:
             self._due[blob_id] = due
+            # Wake every idle worker (each holds this event), then arm a fresh one.
             self._wake.set()
+            self._wake = trio.Event()
 
     def mark_damaged(self, blob_id: BlobId, pair: int) -> None:
         """The scrubber found ``pair`` missing or failing verification: heal it now."""
@@ -238,9 +240,9 @@ class Healer:
                 del self._due[blob_id]
                 return blob_id
             later = [due for b, due in self._due.items() if b not in self._healing]
-            self._wake = trio.Event()
+            wake = self._wake
             with trio.move_on_at(min(later) if later else now + 3600):
-                await self._wake.wait()
+                await wake.wait()
 
     async def _worker(self) -> None:
         while True:
