@@ -58,7 +58,7 @@ from .core.recovery import (
     verify_recovery_symbol,
 )
 from .core.redstuff import Axis, Sliver, pair_index, verify_sliver
-from .core.wire import WIRE_VERSION, encode
+from .core.wire import encode
 from .rpc import SessionPool, call_member
 from .storage import PeerStore
 
@@ -124,6 +124,22 @@ def pair_problem(metadata: BlobMetadata, pair: int, data: bytes, primary_length:
     except (VerificationError, InvalidParameter) as exc:
         return str(exc)
     return None
+
+
+def stored_recovery_symbol(
+    store: PeerStore, metadata: BlobMetadata, blob_id: BlobId, pair: int, target: Axis, target_index: int
+) -> RecoverySymbol | None:
+    """The recovery symbol stored pair ``pair`` gives towards sliver ``target_index`` on ``target``, or None.
+
+    Blocking (disk, Reed-Solomon, hashing): call it from a worker thread.
+    """
+    n = metadata.config.n_shards
+    source_axis = Axis.SECONDARY if target is Axis.PRIMARY else Axis.PRIMARY
+    data = store.read_sliver(blob_id, pair, source_axis)
+    if data is None:
+        return None
+    sliver = Sliver(source_axis, pair_index(source_axis, pair, n), metadata.symbol_size, data)
+    return recovery_symbol(metadata.config, sliver, target_index)
 
 
 class _Counter:
@@ -283,8 +299,6 @@ class Healer:
         started = time.monotonic()
         meta_counter, counter = _Counter(), _Counter()
         metadata = await self._metadata(blob_id, meta_counter)
-        config = metadata.config
-        size = metadata.symbol_size
         rebuilt_bytes = 0
         for pair in wanted:
             targets = [(Axis.PRIMARY, pair), (Axis.SECONDARY, pair_index(Axis.SECONDARY, pair, self.n))]
@@ -302,8 +316,7 @@ class Healer:
                 self.store.write_pair, blob_id, pair, primary.data + secondary.data, len(primary.data)
             )
             rebuilt_bytes += len(primary.data) + len(secondary.data)
-            damaged.discard(pair)
-            assert len(primary.data) == config.secondary_source_symbols * size
+            damaged.discard(pair)  # kept if a later pair of this blob fails
         self._damaged.pop(blob_id, None)
         record = HealRecord(str(blob_id), wanted, rebuilt_bytes, counter.total, meta_counter.total,
                             round(time.monotonic() - started, 3))
@@ -327,9 +340,9 @@ class Healer:
 
     async def _metadata(self, blob_id: BlobId, counter: _Counter) -> BlobMetadata:
         """The blob's metadata: ours, or the first peer's copy that matches the blob ID (then kept)."""
-        held = await trio.to_thread.run_sync(self.store.get_metadata, blob_id)
+        held = await trio.to_thread.run_sync(self.store.get_metadata, blob_id, self.n)
         if held is not None:
-            return m.metadata_from_wire(m.decode(held, m.MAX_HEADER)["metadata"], self.n)
+            return held
         problems = []
         others = [k for k in range(len(self.committee.peers)) if k != self.index]
         random.shuffle(others)
@@ -341,8 +354,7 @@ class Healer:
             except (PeerUnavailable, CodecError) as exc:
                 problems.append(f"peer {peer}: {exc}")
                 continue
-            encoded = encode({"v": WIRE_VERSION, "metadata": m.metadata_to_wire(metadata)})
-            await trio.to_thread.run_sync(self.store.put_metadata, blob_id, encoded, metadata.unencoded_length)
+            await trio.to_thread.run_sync(self.store.put_metadata, blob_id, metadata)
             return metadata
         raise NotEnoughSymbols(f"no peer gave metadata matching blob {blob_id}: {'; '.join(problems)}")
 
@@ -396,11 +408,12 @@ class Healer:
         owner = self.committee.shard_owner(blob_id.shard_for_pair(pair, self.n))
         source_index = pair_index(source_axis, pair, self.n)
         if owner == self.index:
-            data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, source_axis)
-            if data is None:
+            local = await trio.to_thread.run_sync(
+                stored_recovery_symbol, self.store, metadata, blob_id, pair, target, target_index
+            )
+            if local is None:
                 raise VerificationError(f"pair {pair} is not held here")
-            sliver = Sliver(source_axis, source_index, metadata.symbol_size, data)
-            return await trio.to_thread.run_sync(recovery_symbol, metadata.config, sliver, target_index)
+            return local
         reply, body = await self._call(
             owner, m.GET_RECOVERY_SYMBOL, counter, blob_id=blob_id.raw, target=target.value,
             target_index=target_index, pair=pair,
@@ -439,11 +452,10 @@ class Healer:
         """Verify one stored pair; drop and heal it if it is damaged. Returns the bytes read."""
         if blob_id in self._healing or self.state.invalid_entry(blob_id) is not None:
             return 0
-        held = await trio.to_thread.run_sync(self.store.get_metadata, blob_id)
+        metadata = await trio.to_thread.run_sync(self.store.get_metadata, blob_id, self.n)
         stored = await trio.to_thread.run_sync(self.store.read_pair, blob_id, pair)
-        if stored is None or held is None:
+        if stored is None or metadata is None:
             return 0
-        metadata = m.metadata_from_wire(m.decode(held, m.MAX_HEADER)["metadata"], self.n)
         data, primary_length = stored
         problem = await trio.to_thread.run_sync(pair_problem, metadata, pair, data, primary_length, limiter=self._cpu)
         self.stats.scrub_bytes += len(data)

@@ -30,10 +30,9 @@ from .core.certificates import sign_confirmation
 from .core.committee import Committee
 from .core.errors import CodecError, VerificationError
 from .core.metadata import BlobId, BlobMetadata
-from .core.recovery import recovery_symbol
 from .core.redstuff import Axis, Sliver, pair_index, verify_sliver
-from .core.wire import WIRE_VERSION, MessageError, encode, field, uint
-from .healing import SCRUB_PAUSE, SCRUB_RATE, Healer, pair_problem
+from .core.wire import MessageError, field, uint
+from .healing import SCRUB_PAUSE, SCRUB_RATE, Healer, pair_problem, stored_recovery_symbol
 from .identity import Identity
 from .invalidity import InvalidBlobs
 from .replication import LogService
@@ -141,10 +140,10 @@ class PeerService:
         await reader.body_length(0)
 
     async def _metadata(self, blob_id: BlobId) -> BlobMetadata:
-        encoded = await trio.to_thread.run_sync(self.store.get_metadata, blob_id)
-        if encoded is None:
+        metadata = await trio.to_thread.run_sync(self.store.get_metadata, blob_id, self.n)
+        if metadata is None:
             raise _Reject(m.NOT_FOUND, f"no metadata for blob {blob_id}")
-        return m.metadata_from_wire(m.decode(encoded, m.MAX_HEADER)["metadata"], self.n)
+        return metadata
 
     def _check_pair_is_mine(self, blob_id: BlobId, pair: int) -> None:
         shard = blob_id.shard_for_pair(pair, self.n)
@@ -157,8 +156,7 @@ class PeerService:
         wire = field(request, "metadata", dict)
         metadata = m.metadata_from_wire(wire, self.n)
         await trio.to_thread.run_sync(metadata.verify, blob_id)
-        encoded = encode({"v": WIRE_VERSION, "metadata": m.metadata_to_wire(metadata)})
-        await trio.to_thread.run_sync(self.store.put_metadata, blob_id, encoded, metadata.unencoded_length)
+        await trio.to_thread.run_sync(self.store.put_metadata, blob_id, metadata)
         return m.ok(), b""
 
     async def _put_pair(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
@@ -278,13 +276,11 @@ class PeerService:
         self._check_pair_is_mine(blob_id, pair)
         self._check_valid(blob_id)
         metadata = await self._metadata(blob_id)
-        source_axis = Axis.SECONDARY if target is Axis.PRIMARY else Axis.PRIMARY
-        data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, source_axis)
-        if data is None:
+        symbol = await trio.to_thread.run_sync(
+            stored_recovery_symbol, self.store, metadata, blob_id, pair, target, target_index
+        )
+        if symbol is None:
             raise _Reject(m.NOT_FOUND, f"pair {pair} of blob {blob_id} is not stored here")
-        source_index = pair_index(source_axis, pair, self.n)
-        sliver = Sliver(source_axis, source_index, metadata.symbol_size, data)
-        symbol = await trio.to_thread.run_sync(recovery_symbol, metadata.config, sliver, target_index)
         return m.ok(source_index=symbol.source_index, proof=list(symbol.proof)), symbol.data
 
     async def _status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
@@ -302,19 +298,18 @@ class PeerService:
     async def _blob_status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
-        held = await trio.to_thread.run_sync(self.store.get_metadata, blob_id)
+        metadata = await trio.to_thread.run_sync(self.store.get_metadata, blob_id, self.n)
         pairs = await trio.to_thread.run_sync(self.store.stored_pairs, blob_id)
         confirmed = await trio.to_thread.run_sync(self.store.get_confirmation, blob_id, self.committee.epoch)
         # Re-verify what is on disk now: "stored" is not "valid" once bits rot.
         valid = []
-        if held is not None:
-            metadata = m.metadata_from_wire(m.decode(held, m.MAX_HEADER)["metadata"], self.n)
+        if metadata is not None:
             for pair in pairs:
                 stored = await trio.to_thread.run_sync(self.store.read_pair, blob_id, pair)
                 if stored is not None and await trio.to_thread.run_sync(pair_problem, metadata, pair, *stored) is None:
                     valid.append(pair)
         invalid = self.log.state.invalid_entry(blob_id)
-        return m.ok(metadata=held is not None, pairs=pairs, valid_pairs=valid, confirmed=confirmed is not None,
+        return m.ok(metadata=metadata is not None, pairs=pairs, valid_pairs=valid, confirmed=confirmed is not None,
                     healing=self.healer.is_healing(blob_id), invalid=invalid.id if invalid else None), b""
 
 

@@ -14,8 +14,10 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from .core.metadata import BlobId
+from .core.messages import MAX_HEADER, metadata_from_wire, metadata_to_wire
+from .core.metadata import BlobId, BlobMetadata
 from .core.redstuff import Axis
+from .core.wire import WIRE_VERSION, decode, encode
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metadata (blob_id BLOB PRIMARY KEY, encoded BLOB NOT NULL, length INTEGER NOT NULL);
@@ -62,19 +64,20 @@ class PeerStore:
         text = str(blob_id)
         return self.slivers / text[:2] / f"{text}.{pair}"
 
-    def put_metadata(self, blob_id: BlobId, encoded: bytes, length: int) -> None:
+    def put_metadata(self, blob_id: BlobId, metadata: BlobMetadata) -> None:
         """Record a blob's (already verified) metadata; idempotent."""
+        encoded = encode({"v": WIRE_VERSION, "metadata": metadata_to_wire(metadata)})
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO metadata (blob_id, encoded, length) VALUES (?, ?, ?)",
-                (blob_id.raw, encoded, length),
+                (blob_id.raw, encoded, metadata.unencoded_length),
             )
 
-    def get_metadata(self, blob_id: BlobId) -> bytes | None:
-        """A blob's encoded metadata, if stored."""
+    def get_metadata(self, blob_id: BlobId, n_shards: int) -> BlobMetadata | None:
+        """A blob's metadata, if stored."""
         with self._lock:
             row = self._db.execute("SELECT encoded FROM metadata WHERE blob_id = ?", (blob_id.raw,)).fetchone()
-        return row[0] if row else None
+        return metadata_from_wire(decode(row[0], MAX_HEADER)["metadata"], n_shards) if row else None
 
     def spool_path(self) -> Path:
         """A fresh temporary file name to receive a sliver pair into as it streams in."""
