@@ -113,6 +113,12 @@ class WalrusFS(pyfuse3.Operations):
         child = self.ns.children.get(directory.node_id, {}).get(name)
         return self.ns.nodes[child] if child is not None else None
 
+    def _existing_child(self, directory: Node, name: str) -> Node:
+        child = self._child(directory, name)
+        if child is None:
+            raise _error(errno.ENOENT)
+        return child
+
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = self._inode(node.node_id)
@@ -181,10 +187,7 @@ class WalrusFS(pyfuse3.Operations):
             text = self._name(name)
         except pyfuse3.FUSEError:
             raise _error(errno.ENOENT) from None
-        child = self._child(directory, text)
-        if child is None:
-            raise _error(errno.ENOENT)
-        return self._attr(child)
+        return self._attr(self._existing_child(directory, text))
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         """Attributes of a node."""
@@ -283,9 +286,7 @@ class WalrusFS(pyfuse3.Operations):
         self._writable()
         parent = self._directory(parent_inode)
         text = self._name(name)
-        child = self._child(parent, text)
-        if child is None:
-            raise _error(errno.ENOENT)
+        child = self._existing_child(parent, text)
         if child.kind == DIRECTORY:
             raise _error(errno.EISDIR)
         await self.vlog.append("unlink", {"parent": parent.node_id, "name": text, "node": child.node_id})
@@ -297,9 +298,7 @@ class WalrusFS(pyfuse3.Operations):
         self._writable()
         parent = self._directory(parent_inode)
         text = self._name(name)
-        child = self._child(parent, text)
-        if child is None:
-            raise _error(errno.ENOENT)
+        child = self._existing_child(parent, text)
         if child.kind != DIRECTORY:
             raise _error(errno.ENOTDIR)
         if self.ns.children.get(child.node_id):
@@ -316,9 +315,7 @@ class WalrusFS(pyfuse3.Operations):
         source_dir = self._directory(parent_inode_old)
         target_dir = self._directory(parent_inode_new)
         old, new = self._name(name_old), self._name(name_new)
-        node = self._child(source_dir, old)
-        if node is None:
-            raise _error(errno.ENOENT)
+        node = self._existing_child(source_dir, old)
         existing = self._child(target_dir, new)
         if existing is not None and existing.node_id == node.node_id:
             return
