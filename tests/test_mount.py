@@ -376,7 +376,9 @@ def test_a_file_written_by_an_inconsistent_writer_gets_eio_everywhere_with_the_r
         data = random.Random(5).randbytes(300_000)
         (liar.path / "poisoned.bin").write_bytes(data)
         fsync(liar.path / "poisoned.bin")
-        assert wait_for(lambda: (vol.writer.path / "poisoned.bin").exists(), limit=30)
+        # The create can arrive before the write that names the chunk: wait for the blob ID.
+        assert wait_for(lambda: (vol.writer.path / "poisoned.bin").exists()
+                        and os.getxattr(vol.writer.path / "poisoned.bin", "user.walrus.blob_ids"), limit=30)
         [blob_id] = os.getxattr(vol.writer.path / "poisoned.bin", "user.walrus.blob_ids").decode().split()
         # A strict reader catches the writer and reports it; the log certifies the blob invalid.
         strict = walrusfs("read", blob_id, "--strict", "-o", str(tmp_path / "out"), committee=vol.net.committee)
