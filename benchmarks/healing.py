@@ -58,10 +58,8 @@ async def run(directory: Path, gib: float, blob_mib: int) -> None:
     configure_logging(logging.CRITICAL)  # a stopped peer is expected here, not news
     committee = parse_committee((directory / "committee.toml").read_text())
     config = committee.config
-    p, s = config.primary_source_symbols, config.secondary_source_symbols
     blob_size = blob_mib << 20
-    symbol_size = (-(-blob_size // (p * s)) + 1) // 2 * 2
-    per_blob_pair = (p + s) * symbol_size
+    per_blob_pair = config.primary_sliver_size(blob_size) + config.secondary_sliver_size(blob_size)
     count = max(1, round(gib * (1 << 30) / per_blob_pair))
     victim = 3
     async with running_host(os.urandom(32)) as host:
