@@ -431,7 +431,7 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
     committee = load_committee(committee_path)
 
     async def job(client: Any) -> tuple[Any, Any, Any]:
-        return await client.blob_status(blob), await client.certified_entry(blob), await client.invalid_entry(blob)
+        return (await client.blob_status(blob), *await client.blob_entries(blob))
 
     status, entry, invalid = _with_client(committee, job)
     valid_shards = sum(len(s["shards"]) for s in status if s.get("reachable")

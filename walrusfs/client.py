@@ -24,7 +24,7 @@ from .core import messages as m
 from .core.certificates import Certificate, assemble_certificate, verify_confirmation
 from .core.committee import Committee
 from .core.errors import CodecError, InconsistentBlob
-from .core.log import BLOB_INVALID, Entry, LogError, certificate_payload, check_entry, decode_entry
+from .core.log import BLOB_CERTIFIED, BLOB_INVALID, Entry, LogError, certificate_payload, check_entry, decode_entry
 from .core.metadata import BlobId, BlobMetadata
 from .core.recovery import find_inconsistency
 from .core.redstuff import (
@@ -257,17 +257,20 @@ class Client:
 
     async def certified_entry(self, blob_id: BlobId) -> Entry | None:
         """The log entry certifying ``blob_id``, from the first peer that has a valid one."""
+        return (await self.blob_entries(blob_id))[0]
+
+    async def blob_entries(self, blob_id: BlobId) -> tuple[Entry | None, Entry | None]:
+        """The entries certifying ``blob_id`` available and invalid, each from the first peer with a valid one."""
+        found: dict[str, Entry] = {}
         for _, reply, _ in await self._each_peer(LOG_CERTIFIED, blob_id=blob_id.raw):
-            if reply is None:
-                continue
-            try:
-                entry = decode_entry(wire_field(reply, "entry", bytes))
-                check_entry(entry, self.committee)
-            except CodecError:
-                continue
-            if entry.payload.get("blob_id") == blob_id.raw:
-                return entry
-        return None
+            for name, kind in (("entry", BLOB_CERTIFIED), ("invalid", BLOB_INVALID)):
+                if reply is None or reply.get(name) is None or name in found:
+                    continue
+                try:
+                    found[name] = await self._check_blob_entry(blob_id, reply[name], kind)
+                except CodecError:
+                    continue
+        return found.get("entry"), found.get("invalid")
 
     # ------------------------------------------------------------------ read
 
@@ -288,7 +291,7 @@ class Client:
                 metadata = m.metadata_from_wire(reply.get("metadata"), self.n)
                 await trio.to_thread.run_sync(metadata.verify, blob_id)
                 if reply.get("invalid") is not None:
-                    invalid.append(await self._check_invalid(blob_id, reply["invalid"]))
+                    invalid.append(await self._check_blob_entry(blob_id, reply["invalid"]))
             except (PeerUnavailable, CodecError) as exc:
                 failures[peer_id] = _describe(exc)
                 return
@@ -312,25 +315,19 @@ class Client:
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(failures.items()))
         raise ReadError(f"no peer returned metadata that matches blob {blob_id}. {detail}")
 
-    async def _check_invalid(self, blob_id: BlobId, encoded: Any) -> Entry:
-        """A blob-invalid entry a peer sent, checked (signatures of f + 1 shards) to be about ``blob_id``."""
+    async def _check_blob_entry(self, blob_id: BlobId, encoded: Any, kind: str = BLOB_INVALID) -> Entry:
+        """A ``kind`` entry about ``blob_id`` a peer sent, checked (signatures and certificate) here."""
         if not isinstance(encoded, bytes):
-            raise LogError("invalid must be an encoded log entry")
+            raise LogError("a log entry must be sent encoded")
         entry = decode_entry(encoded)
         await trio.to_thread.run_sync(check_entry, entry, self.committee)
-        if entry.kind != BLOB_INVALID or entry.payload.get("blob_id") != blob_id.raw:
-            raise LogError("peer sent a log entry that does not certify this blob invalid")
+        if entry.kind != kind or entry.payload.get("blob_id") != blob_id.raw:
+            raise LogError(f"peer sent a log entry that is not a {kind} entry for this blob")
         return entry
 
     async def invalid_entry(self, blob_id: BlobId) -> Entry | None:
         """The log entry certifying ``blob_id`` invalid, from the first peer that has a valid one."""
-        for _, reply, _ in await self._each_peer(LOG_CERTIFIED, blob_id=blob_id.raw):
-            if reply is not None and reply.get("invalid") is not None:
-                try:
-                    return await self._check_invalid(blob_id, reply["invalid"])
-                except CodecError:
-                    continue
-        return None
+        return (await self.blob_entries(blob_id))[1]
 
     async def report_invalid(self, blob_id: BlobId, proof: Any) -> Entry:
         """Hand an inconsistency proof to peers, in random order, until one records the blob invalid."""
@@ -341,7 +338,7 @@ class Client:
         for peer in order:
             try:
                 reply, _ = await self._call(peer, m.REPORT_INVALID, body, blob_id=blob_id.raw, **fields)
-                return await self._check_invalid(blob_id, reply.get("entry"))
+                return await self._check_blob_entry(blob_id, reply.get("entry"))
             except (PeerUnavailable, CodecError) as exc:
                 problems[self.committee.peers[peer].peer_id] = _describe(exc)
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
