@@ -26,6 +26,7 @@ from .core.committee import Committee
 from .core.errors import CodecError, InconsistentBlob
 from .core.log import BLOB_CERTIFIED, BLOB_INVALID, Entry, LogError, certificate_payload, check_entry, decode_entry
 from .core.metadata import BlobId, BlobMetadata
+from .core.rounds import Rounds
 from .core.recovery import find_inconsistency
 from .core.redstuff import (
     Axis,
@@ -59,6 +60,18 @@ class StoreError(Exception):
 
 class ReadError(Exception):
     """The blob could not be read back verified."""
+
+
+class AuditError(Exception):
+    """A challenge round could not be started; the message says why."""
+
+
+class ChallengedError(ReadError):
+    """Too many peers refused the blob's slivers because a storage challenge round covers it."""
+
+
+#: How long a read waits for a challenge round covering its blob to close before failing.
+CHALLENGE_WAIT = 300.0
 
 
 class InvalidBlobError(ReadError):
@@ -414,8 +427,30 @@ class Client:
     async def read(
         self, blob_id: BlobId, offset: int = 0, size: int | None = None, *, strict: bool = False,
         progress: Progress | None = None, metadata: BlobMetadata | None = None,
+        challenge_wait: float = CHALLENGE_WAIT,
     ) -> bytes:
         """Bytes [offset, offset + size) of a blob, verified; raise ``ReadError`` otherwise.
+
+        While a storage challenge round covers the blob, peers refuse its slivers; the read
+        waits (up to ``challenge_wait`` seconds) for the round to close and tries again.
+        """
+        deadline = trio.current_time() + challenge_wait
+        delay = 0.25
+        while True:
+            try:
+                return await self._read_once(blob_id, offset, size, strict=strict, progress=progress, metadata=metadata)
+            except ChallengedError:
+                if trio.current_time() + delay > deadline:
+                    raise
+                log.info("blob %s is challenged; waiting %.2f s for the round to close", blob_id, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _read_once(
+        self, blob_id: BlobId, offset: int = 0, size: int | None = None, *, strict: bool = False,
+        progress: Progress | None = None, metadata: BlobMetadata | None = None,
+    ) -> bytes:
+        """One attempt at ``read``.
 
         Prefers the systematic primary slivers the range covers (no decoding, and a small
         range fetches only its rows), then any p primary slivers, then s secondary slivers.
@@ -477,7 +512,8 @@ class Client:
             if entry is not None:
                 raise _certified_invalid(blob_id, entry)
         detail = "; ".join(f"{who}: {why}" for who, why in sorted(failures.items()))
-        raise ReadError(
+        error = ChallengedError if any(why.startswith(m.CHALLENGED) for why in failures.values()) else ReadError
+        raise error(
             f"blob {blob_id}: got {len(primary)} valid primary slivers (need {p}) and {len(secondary)} "
             f"valid secondary slivers (need {s}). {detail}"
         )
@@ -509,7 +545,7 @@ class Client:
                 entry.update(
                     shards=reply.get("shards"), blobs=reply.get("blobs"),
                     stored_bytes=reply.get("stored_bytes"), version=reply.get("version"),
-                    healing=reply.get("healing"),
+                    healing=reply.get("healing"), challenge=reply.get("challenge"),
                 )
                 if reply.get("recent_heals") is not None:
                     entry["recent_heals"] = reply["recent_heals"]
@@ -517,6 +553,56 @@ class Client:
                 entry["error"] = problem
             out.append(entry)
         return out
+
+    async def start_audit(self, sample: int) -> Entry:
+        """Ask peers, in random order, to start a challenge round of ``sample`` blobs; the checked start entry."""
+        problems: dict[str, str] = {}
+        order = list(range(len(self.committee.peers)))
+        random.shuffle(order)
+        for peer in order:
+            try:
+                reply, _ = await self._call(peer, m.AUDIT_START, sample=sample)
+                entry = decode_entry(wire_field(reply, "entry", bytes))
+                await trio.to_thread.run_sync(check_entry, entry, self.committee)
+                return entry
+            except m.RemoteError as exc:
+                if exc.code == m.INVALID:
+                    raise AuditError(exc.message) from exc  # e.g. a round is still open: asking others won't help
+                problems[self.committee.peers[peer].peer_id] = _describe(exc)
+            except (PeerUnavailable, CodecError) as exc:
+                problems[self.committee.peers[peer].peer_id] = _describe(exc)
+        detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
+        raise AuditError(f"no peer started a challenge round: {detail}")
+
+    async def audit_rounds(self) -> Rounds:
+        """Every challenge round, folded here from the challenge entries of all reachable peers' logs.
+
+        Each entry is checked (signatures, certificates) before it counts, so the result does
+        not depend on trusting any one peer.
+        """
+        entries: dict[bytes, Entry] = {}
+        for _peer, reply, _problem in await self._each_peer(m.AUDIT_LOG):
+            if reply is None:
+                continue
+            for raw in reply.get("entries") or []:
+                if isinstance(raw, bytes):
+                    try:
+                        entry = decode_entry(raw)
+                    except CodecError:
+                        continue
+                    entries.setdefault(entry.id, entry)
+
+        def valid() -> list[Entry]:
+            out = []
+            for entry in entries.values():
+                try:
+                    check_entry(entry, self.committee)
+                except LogError:
+                    continue
+                out.append(entry)
+            return out
+
+        return Rounds(self.committee).extend(await trio.to_thread.run_sync(valid))
 
     async def blob_status(self, blob_id: BlobId) -> list[dict[str, Any]]:
         """Which peers hold which pairs of a blob and whether they confirmed it."""

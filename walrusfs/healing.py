@@ -233,10 +233,12 @@ class Healer:
 
     # ------------------------------------------------------------------ tasks
 
-    async def run(self, host: IHost) -> None:
-        """Heal and scrub until cancelled."""
+    async def run(self, host: IHost, background: bool = True) -> None:
+        """Heal and scrub until cancelled (without ``background``, only ``heal`` calls run)."""
         self.host = host
         self.pool = SessionPool(host, self.committee)
+        if not background:
+            return
         # Resume: every certified blob whose pairs are not all here is due now.
         stored = await trio.to_thread.run_sync(self.store.all_pairs)
         for blob_id in self.state.certified():

@@ -25,14 +25,22 @@ from p2p.host import running_host
 from p2p.rpc import serve
 
 from . import __version__
+from .challenges import REMOTE_PEER, Challenges
 from .core import messages as m
 from .core.certificates import sign_confirmation
 from .core.committee import Committee
 from .core.errors import CodecError, VerificationError
+from .core.log import CHALLENGE_KINDS
 from .core.metadata import BlobId, BlobMetadata
 from .core.redstuff import Axis, Sliver, pair_index, verify_sliver
 from .core.wire import MessageError, field, uint
-from .healing import SCRUB_PAUSE, SCRUB_RATE, Healer, pair_problem, stored_recovery_symbol
+from .healing import (
+    SCRUB_PAUSE,
+    SCRUB_RATE,
+    Healer,
+    pair_problem,
+    stored_recovery_symbol,
+)
 from .identity import Identity
 from .invalidity import InvalidBlobs
 from .replication import LogService
@@ -51,6 +59,15 @@ class Fault(enum.Enum):
     CORRUPT_SLIVERS = "corrupt-slivers"
     WRONG_METADATA = "wrong-metadata"
     BAD_CONFIRMATIONS = "bad-confirmations"
+    #: Storage challenges: drop 10% of the stored pairs when a round starts and never heal
+    #: (a peer saving space); the same, also trying to fetch the data back mid-round; and
+    #: an honest peer whose proofs and attestations each take SLOW_SECONDS longer.
+    DISCARD = "discard-tenth"
+    DISCARD_FETCH = "discard-tenth-fetch"
+    SLOW = "slow-challenge"
+
+
+SLOW_SECONDS = 3.0
 
 
 class _Reject(Exception):
@@ -84,7 +101,14 @@ class PeerService:
         self.n = committee.n_shards
         self.healer = Healer(committee, store, self.index, self.log.state, self._inconsistent, scrub_rate, scrub_pause)
         self.invalid = InvalidBlobs(identity, committee, store, self.index, self.log, self.healer.metadata)
-        self.log.listeners += [self.healer.on_entry, self.invalid.on_entry]
+        discarding = fault in (Fault.DISCARD, Fault.DISCARD_FETCH)
+        self.challenges = Challenges(
+            identity, committee, store, self.index, self.log, self.healer,
+            slow=SLOW_SECONDS if fault is Fault.SLOW else 0.0, fetch_missing=fault is Fault.DISCARD_FETCH,
+            discard=0.1 if discarding else 0.0,
+        )
+        self.heal_in_background = not discarding
+        self.log.listeners += [self.healer.on_entry, self.invalid.on_entry, self.challenges.on_entry]
 
     async def _inconsistent(self, blob_id: BlobId, metadata: BlobMetadata, proof: Any) -> None:
         await self.invalid.report(blob_id, metadata, proof)
@@ -94,12 +118,18 @@ class PeerService:
         if entry is not None:
             raise _Reject(m.BLOB_INVALID, f"blob {blob_id} is certified invalid (log entry {entry.id.hex()})")
 
+    def _check_unchallenged(self, blob_id: BlobId) -> None:
+        why = self.challenges.check_serving(blob_id)
+        if why is not None:
+            raise _Reject(m.CHALLENGED, why)
+
     async def run(self, host: Any) -> None:
         """Replication, healing, scrubbing and deleting invalid blobs; runs until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.log.run, host)
-            nursery.start_soon(self.healer.run, host)
+            nursery.start_soon(self.healer.run, host, self.heal_in_background)
             nursery.start_soon(self.invalid.run, host)
+            nursery.start_soon(self.challenges.run, host)
 
     def register(self, host: Any) -> None:
         """Serve every storage protocol on ``host``."""
@@ -114,6 +144,8 @@ class PeerService:
             m.GET_BLOB_STATUS: self._blob_status,
             **self.log.handlers(),
             **self.invalid.handlers(),
+            **self.challenges.handlers(),
+            m.AUDIT_LOG: self._audit_log,
         }
         for protocol, handler in handlers.items():
             serve(host, protocol, self._guarded(handler), lambda exc: m.error(m.MALFORMED, str(exc)))
@@ -124,6 +156,7 @@ class PeerService:
         async def run(reader: FrameReader, remote: str) -> tuple[bytes, bytes]:
             try:
                 request = m.parse_request(await reader.read_header(m.MAX_HEADER))
+                request[REMOTE_PEER] = remote  # authenticated by the connection, overriding any sent field
                 return await handler(request, reader)
             except _Reject as exc:
                 return m.error(exc.code, str(exc)), b""
@@ -260,6 +293,7 @@ class PeerService:
         pair = pair_index(axis, index, self.n)
         self._check_pair_is_mine(blob_id, pair)
         self._check_valid(blob_id)
+        self._check_unchallenged(blob_id)
         data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, axis)
         if data is None:
             raise _Reject(m.NOT_FOUND, f"{axis.value} sliver {index} of blob {blob_id} is not stored here")
@@ -275,6 +309,7 @@ class PeerService:
         pair = uint(request, "pair", self.n)
         self._check_pair_is_mine(blob_id, pair)
         self._check_valid(blob_id)
+        self._check_unchallenged(blob_id)
         metadata = await self._metadata(blob_id)
         symbol = await trio.to_thread.run_sync(
             stored_recovery_symbol, self.store, metadata, blob_id, pair, target, target_index
@@ -293,7 +328,13 @@ class PeerService:
             peer_id=self.identity.peer_id, version=__version__, epoch=self.committee.epoch,
             shards=sorted(self.shards), n_shards=self.n, blobs=blobs, stored_bytes=stored, free_bytes=free,
             healing=self.healer.counts(pairs), recent_heals=self.healer.recent() if detail else None,
+            challenge=self.challenges.status(),
         ), b""
+
+    async def _audit_log(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await self._no_body(reader)
+        entries = [e.encode() for e in self.log.state.counted() if e.kind in CHALLENGE_KINDS]
+        return m.ok(entries=entries), b""
 
     async def _blob_status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
@@ -321,6 +362,7 @@ async def run_peer(
     store = await trio.to_thread.run_sync(PeerStore, directory)
     service = PeerService(identity, committee, store, fault, scrub_rate, scrub_pause)
     await service.log.load()
+    service.challenges.load()
     me = committee.peers[service.index]
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -164,6 +164,10 @@ class LogService:
             outbox.extend(entries)
             self._outbox_ready[peer].set()
 
+    def pull_soon(self) -> None:
+        """Run an anti-entropy exchange now rather than at the next interval."""
+        self._pull_now.set()
+
     async def submit(self, payload: dict[str, Any]) -> Entry:
         """Author a blob-certified entry for a certificate a writer handed us."""
         certificate, _ = certificate_from_payload(payload)
@@ -175,6 +179,10 @@ class LogService:
         await trio.to_thread.run_sync(verify_certificate, self.committee, certificate)
         return await self._author(BLOB_INVALID, invalid_payload(certificate),
                                   lambda: self.state.invalid_entry(certificate.blob_id))
+
+    async def author(self, kind: str, payload: dict[str, Any]) -> Entry:
+        """Author an entry of ``kind`` (challenge rounds); the caller has checked it is not already there."""
+        return await self._author(kind, payload, lambda: None)
 
     async def _author(self, kind: str, payload: dict[str, Any], existing: Callable[[], Entry | None]) -> Entry:
         async with self._author_lock:

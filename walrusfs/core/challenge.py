@@ -26,6 +26,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -36,7 +37,7 @@ from .config import EncodingConfig
 from .errors import VerificationError
 from .metadata import BlobId
 from .recovery import RecoverySymbol, recovery_symbol
-from .redstuff import Axis, Sliver
+from .redstuff import Axis, Sliver, expanded_sliver
 
 SEED_DOMAIN = b"walrusfs/challenge-seed/v1\x00"
 COMMIT_DOMAIN = b"walrusfs/challenge-commit/v1\x00"
@@ -134,3 +135,161 @@ def verify_pass_certificate(committee: Committee, certificate: PassCertificate) 
     if weight < committee.quorum:
         raise VerificationError(f"pass attestations from peers holding {weight} shards; a certificate needs "
                                 f"{committee.quorum}")
+
+
+# ---------------------------------------------------------------------- possession digests
+
+CELL_DOMAIN = b"walrusfs/challenge-cells/v1\x00"
+COMMIT_SIGN_DOMAIN = b"walrusfs/challenge-commitment/v1\x00"
+SECRET_DOMAIN = b"walrusfs/challenge-secret/v1\x00"
+NONCE_SIZE = 16
+#: A round never challenges more blobs than this; a round is meant to be a small sample.
+MAX_SAMPLE = 4096
+MAX_VERDICT = 200
+
+#: (challenged pair i, checker pair j, cell on j's secondary sliver, cell on j's primary sliver)
+Cell = tuple[int, int, bytes, bytes]
+
+
+def prover_cells(config: EncodingConfig, pairs: Mapping[int, tuple[Sliver, Sliver]], checker_pairs: Iterable[int]) -> list[Cell]:
+    """The cells the holder of ``pairs`` (pair index -> (primary, secondary)) owes the holder of ``checker_pairs``.
+
+    Blocking (Reed-Solomon): each sliver is expanded once, whatever the number of checkers.
+    """
+    cells = []
+    checkers = sorted(checker_pairs)
+    for i in sorted(pairs):
+        primary, secondary = pairs[i]
+        row, column = expanded_sliver(config, primary), expanded_sliver(config, secondary)
+        cells += [(i, j, row[config.n_shards - 1 - j], column[j]) for j in checkers]
+    return cells
+
+
+def checker_cells(config: EncodingConfig, own: Mapping[int, tuple[Sliver, Sliver]], challenged_pairs: Iterable[int]) -> list[Cell]:
+    """The same cells, computed by the checker from its own slivers (pair index -> (primary, secondary))."""
+    n = config.n_shards
+    expanded = {j: (expanded_sliver(config, p), expanded_sliver(config, s)) for j, (p, s) in own.items()}
+    return [(i, j, expanded[j][1][i], expanded[j][0][n - 1 - i]) for i in sorted(challenged_pairs) for j in sorted(own)]
+
+
+def possession_digest(seed: bytes, blob_id: BlobId, cells: Iterable[Cell]) -> bytes:
+    """A round-bound digest of the cells: only a holder of the cells can compute it once the seed is out.
+
+    The checker holds the same cells in its own slivers, so 32 bytes per blob prove
+    possession that would otherwise take the symbols themselves.
+    """
+    parts = [CELL_DOMAIN, seed, blob_id.raw]
+    for i, j, on_secondary, on_primary in sorted(cells, key=lambda c: (c[0], c[1])):
+        parts += [struct.pack("<III", i, j, len(on_secondary)), on_secondary, on_primary]
+    return merkle.blake2b256(b"".join(parts))
+
+
+def round_secret(key_seed: bytes, round_number: int, nonce: bytes) -> bytes:
+    """A peer's secret for one round start, derived from its private key seed (so a restart reveals the same)."""
+    return merkle.blake2b256(SECRET_DOMAIN + key_seed + struct.pack("<Q", round_number) + nonce)
+
+
+def commitment_bytes(round_number: int, nonce: bytes, peer: int, commitment: bytes) -> bytes:
+    """What a peer signs when it hands out its commitment for a round start."""
+    return COMMIT_SIGN_DOMAIN + struct.pack("<QI", round_number, peer) + nonce + commitment
+
+
+def sign_commitment(key: SigningKey, round_number: int, nonce: bytes, peer: int, commitment: bytes) -> bytes:
+    """The signature that lets a round start list this peer's commitment."""
+    return key.sign(commitment_bytes(round_number, nonce, peer, commitment)).signature
+
+
+# ---------------------------------------------------------------------- log payloads
+
+
+def _bytes(payload: Mapping[str, Any], name: str, size: int) -> bytes:
+    value = payload.get(name)
+    if not isinstance(value, bytes) or len(value) != size:
+        raise VerificationError(f"{name} must be {size} bytes")
+    return value
+
+
+def _count(value: Any, name: str, upper: int, lower: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lower <= value < upper:
+        raise VerificationError(f"{name} must be an integer in {lower}..{upper - 1}")
+    return value
+
+
+def _members(committee: Committee, raw: Any, name: str, width: int) -> list[list[Any]]:
+    if not isinstance(raw, list) or not all(isinstance(row, list) and len(row) == width for row in raw):
+        raise VerificationError(f"{name} must be a list of {width}-item rows")
+    peers = [_count(row[0], f"{name} peer", len(committee.peers)) for row in raw]
+    if len(set(peers)) != len(peers) or peers != sorted(peers):
+        raise VerificationError(f"{name} must list each member once, in order")
+    return raw
+
+
+def check_start(committee: Committee, payload: Mapping[str, Any]) -> None:
+    """Raise ``VerificationError`` unless a challenge-start payload is well-formed and its commitments signed."""
+    if set(payload) != {"round", "nonce", "sample", "heads", "commits"}:
+        raise VerificationError("challenge-start has fields round, nonce, sample, heads, commits")
+    number = _count(payload["round"], "round", 1 << 62, 1)
+    nonce = _bytes(payload, "nonce", NONCE_SIZE)
+    _count(payload["sample"], "sample", MAX_SAMPLE + 1, 1)
+    for _, seq in _members(committee, payload["heads"], "heads", 2):
+        _count(seq, "head", 1 << 62)
+    commits = _members(committee, payload["commits"], "commits", 3)
+    for peer, commitment, signature in commits:
+        if not (isinstance(commitment, bytes) and len(commitment) == 32 and isinstance(signature, bytes)):
+            raise VerificationError("a commitment is 32 bytes with a signature")
+        try:
+            VerifyKey(committee.peers[peer].public_key).verify(commitment_bytes(number, nonce, peer, commitment),
+                                                               signature)
+        except (BadSignatureError, ValueError) as exc:
+            raise VerificationError(f"peer {peer}'s commitment signature is invalid") from exc
+    weight = committee.weight(row[0] for row in commits)
+    if weight < committee.quorum:
+        raise VerificationError(f"commitments from peers holding {weight} shards; a round needs {committee.quorum}")
+
+
+def check_reveal(payload: Mapping[str, Any]) -> None:
+    """Raise ``VerificationError`` unless a challenge-reveal payload is well-formed."""
+    if set(payload) != {"start", "secret"}:
+        raise VerificationError("challenge-reveal has fields start, secret")
+    _bytes(payload, "start", 32)
+    _bytes(payload, "secret", SECRET_SIZE)
+
+
+def pass_from_payload(payload: Mapping[str, Any]) -> PassCertificate:
+    """The pass certificate a challenge-pass payload carries (not yet verified)."""
+    if set(payload) != {"start", "round", "seed", "peer", "signers", "signatures"}:
+        raise VerificationError("challenge-pass has fields start, round, seed, peer, signers, signatures")
+    _bytes(payload, "start", 32)
+    signers, signatures = payload["signers"], payload["signatures"]
+    if not (isinstance(signers, list) and isinstance(signatures, list)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in signers)
+            and all(isinstance(s, bytes) for s in signatures)):
+        raise VerificationError("signers must be integers and signatures byte strings")
+    return PassCertificate(_count(payload["round"], "round", 1 << 62, 1), _bytes(payload, "seed", 32),
+                           _count(payload["peer"], "peer", 1 << 32), tuple(signers), tuple(signatures))
+
+
+def pass_payload(start: bytes, certificate: PassCertificate) -> dict[str, Any]:
+    """The challenge-pass payload recording ``certificate`` for the round started by entry ``start``."""
+    return {"start": start, "round": certificate.round_number, "seed": certificate.seed, "peer": certificate.peer,
+            "signers": list(certificate.signers), "signatures": list(certificate.signatures)}
+
+
+def check_pass(committee: Committee, payload: Mapping[str, Any]) -> None:
+    """Raise ``VerificationError`` unless a challenge-pass payload holds a valid pass certificate."""
+    certificate = pass_from_payload(payload)
+    if certificate.peer >= len(committee.peers):
+        raise VerificationError("the challenged peer is not a committee member")
+    if certificate.peer in certificate.signers:
+        raise VerificationError("a peer cannot attest its own pass")
+    verify_pass_certificate(committee, certificate)
+
+
+def check_close(committee: Committee, payload: Mapping[str, Any]) -> None:
+    """Raise ``VerificationError`` unless a challenge-close payload is well-formed."""
+    if set(payload) != {"start", "verdicts"}:
+        raise VerificationError("challenge-close has fields start, verdicts")
+    _bytes(payload, "start", 32)
+    for _, verdict in _members(committee, payload["verdicts"], "verdicts", 2):
+        if not isinstance(verdict, str) or len(verdict) > MAX_VERDICT:
+            raise VerificationError(f"a verdict is a string of at most {MAX_VERDICT} characters")

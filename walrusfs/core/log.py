@@ -22,7 +22,7 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from . import merkle, wire
+from . import challenge, merkle, wire
 from .certificates import Certificate, verify_certificate
 from .committee import Committee
 from .errors import CodecError, VerificationError
@@ -38,7 +38,13 @@ GENESIS = bytes(32)
 BLOB_CERTIFIED = "blob-certified"
 BLOB_INVALID = "blob-invalid"
 NAMESPACE = "namespace"
-RESERVED_KINDS = frozenset({"challenge-result", "committee-change"})
+#: Storage challenge rounds (see ``challenge`` and ``rounds``), authored by committee members.
+CHALLENGE_START = "challenge-start"
+CHALLENGE_REVEAL = "challenge-reveal"
+CHALLENGE_PASS = "challenge-pass"
+CHALLENGE_CLOSE = "challenge-close"
+CHALLENGE_KINDS = frozenset({CHALLENGE_START, CHALLENGE_REVEAL, CHALLENGE_PASS, CHALLENGE_CLOSE})
+RESERVED_KINDS = frozenset({"committee-change"})
 _BLOB_KINDS = (BLOB_CERTIFIED, BLOB_INVALID)
 MAX_PAYLOAD = 64 << 10
 
@@ -279,6 +285,18 @@ def check_entry(entry: Entry, committee: Committee) -> None:
         except VerificationError as exc:
             what = "availability" if entry.kind == BLOB_CERTIFIED else "invalid-blob"
             raise LogError(f"invalid {what} certificate: {exc}") from exc
+    elif entry.kind in CHALLENGE_KINDS:
+        try:
+            if entry.kind == CHALLENGE_START:
+                challenge.check_start(committee, entry.payload)
+            elif entry.kind == CHALLENGE_REVEAL:
+                challenge.check_reveal(entry.payload)
+            elif entry.kind == CHALLENGE_PASS:
+                challenge.check_pass(committee, entry.payload)
+            else:
+                challenge.check_close(committee, entry.payload)
+        except VerificationError as exc:
+            raise LogError(f"invalid {entry.kind} entry: {exc}") from exc
     elif entry.kind in RESERVED_KINDS:
         raise LogError(f"entry kind {entry.kind!r} is reserved and not accepted yet")
     else:
@@ -431,6 +449,24 @@ class LogState:
     def invalid_entry(self, blob_id: BlobId) -> Entry | None:
         """The entry that certified ``blob_id`` invalid first, if any."""
         return self._invalid.get(blob_id)
+
+    def reached(self, heads: Mapping[bytes, int]) -> bool:
+        """Whether this state holds every author's chain up to ``heads``."""
+        return all(self.head(author) >= seq for author, seq in heads.items())
+
+    def certified_as_of(self, heads: Mapping[bytes, int]) -> list[BlobId]:
+        """Blobs certified, and not certified invalid, by counted entries within ``heads``; sorted.
+
+        The same on every replica that ``reached`` those heads, whatever arrived since.
+        """
+
+        def within(kind: str, blob_id: BlobId) -> bool:
+            return any(e.seq <= heads.get(e.author, 0) and e.seq < self._cutoff(e.author)
+                       for e in self._by_blob.get((kind, blob_id), ()))
+
+        blobs = {blob for kind, blob in self._by_blob if kind == BLOB_CERTIFIED}
+        return sorted((b for b in blobs if within(BLOB_CERTIFIED, b) and not within(BLOB_INVALID, b)),
+                      key=lambda b: b.raw)
 
     def namespace_ops(self, volume: bytes) -> list[Op]:
         """The counted namespace operations of one volume, ready for ``namespace.build``."""

@@ -30,9 +30,17 @@ GET_BLOB_STATUS = "/walrusfs/blob-status/1.0.0"
 #: gathers the other peers' attestations (``ATTEST_INVALID``) into a log entry.
 REPORT_INVALID = "/walrusfs/report-invalid/1.0.0"
 ATTEST_INVALID = "/walrusfs/attest-invalid/1.0.0"
+#: Storage challenges: an initiator gathers commitments (``CHALLENGE_COMMIT``), provers send
+#: checkers their possession digests (``CHALLENGE_PROVE``), and anyone may ask a peer to
+#: start a round (``AUDIT_START``) or read the challenge entries of its log (``AUDIT_LOG``).
+CHALLENGE_COMMIT = "/walrusfs/challenge-commit/1.0.0"
+CHALLENGE_PROVE = "/walrusfs/challenge-prove/1.0.0"
+AUDIT_START = "/walrusfs/audit-start/1.0.0"
+AUDIT_LOG = "/walrusfs/audit-log/1.0.0"
 PROTOCOLS = (
     PUT_METADATA, PUT_PAIR, GET_CONFIRMATION, GET_METADATA, GET_SLIVER,
     GET_RECOVERY_SYMBOL, GET_STATUS, GET_BLOB_STATUS, REPORT_INVALID, ATTEST_INVALID,
+    CHALLENGE_COMMIT, CHALLENGE_PROVE, AUDIT_START, AUDIT_LOG,
 )
 # The replicated log (walrusfs/replication.py).
 LOG_SUBMIT = "/walrusfs/log-submit/1.0.0"
@@ -56,6 +64,9 @@ NOT_ASSIGNED = "not-assigned"
 INTERNAL = "internal"
 #: The log holds an invalid-blob certificate for this blob: no peer serves its data.
 BLOB_INVALID = "blob-invalid"
+#: A challenge round that is open on this peer covers this blob: its data is served again
+#: once the round closes. Readers wait and retry.
+CHALLENGED = "challenged"
 
 
 class RemoteError(CodecError):

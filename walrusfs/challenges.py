@@ -1,0 +1,695 @@
+"""Storage challenges on a peer: starting rounds, revealing, proving, attesting, closing.
+
+The round itself is recorded in the log (see ``core.rounds``); this module is one peer's
+part in it. Nothing waits on a clock for correctness: each step fires when the log shows
+the previous one (a reveal when the start arrives, proofs when the seed is known, a close
+when 2f + 1 shards passed), and retries of unreachable peers stop when the round closes.
+
+Proofs are cheap: for each challenged blob a prover sends each checker a 32-byte digest of
+the cells it owes that checker, bound to the round's seed (``challenge.possession_digest``).
+The checker holds the same cells in its own slivers and recomputes the digest. A checker
+that lacks its own slivers of a blob asks for the cells themselves as recovery symbols with
+Merkle proofs against the writer's commitments, and checks those instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from dataclasses import field as default
+from typing import Any
+
+import trio
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from p2p.framing import FrameReader
+from p2p.host import IHost
+from p2p.rpc import PeerUnavailable
+
+from .core import merkle
+from .core import messages as m
+from .core.challenge import (
+    NONCE_SIZE,
+    PassCertificate,
+    checker_cells,
+    commitment_bytes,
+    pass_bytes,
+    pass_payload,
+    possession_digest,
+    prover_cells,
+    round_secret,
+    seed_commitment,
+    sign_commitment,
+    sign_pass,
+)
+from .core.committee import Committee, CommitteeError
+from .core.errors import CodecError, InvalidParameter, VerificationError
+from .core.log import (
+    CHALLENGE_CLOSE,
+    CHALLENGE_KINDS,
+    CHALLENGE_PASS,
+    CHALLENGE_REVEAL,
+    CHALLENGE_START,
+    Entry,
+    LogError,
+)
+from .core.metadata import BlobId, BlobMetadata
+from .core.recovery import RecoverySymbol, recovery_symbols, verify_recovery_symbol
+from .core.redstuff import Axis, Sliver, pair_index
+from .core.rounds import CLOSED, CLOSING, OPEN, REVEALING, Round, Rounds
+from .core.wire import field, uint
+from .healing import Healer, pair_problem
+from .identity import Identity
+from .replication import LogService
+from .rpc import SessionPool, call_member
+from .storage import PeerStore
+
+log = logging.getLogger("walrusfs.challenges")
+
+#: Blobs challenged per round unless ``audit start --sample`` says otherwise. A peer
+#: missing 10% of its blobs passes 64 challenged blobs with probability 0.9^64 ~ 0.1%.
+DEFAULT_SAMPLE = 64
+RETRY_MIN, RETRY_MAX = 0.25, 5.0
+#: Once peers holding 2f + 1 shards passed, a checker goes on attesting this long for the
+#: others before it closes (unless everyone passed). Liveness only: safety never depends on
+#: it, since reads resume only after 2f + 1 shards' worth of checkers closed.
+CLOSE_GRACE = 5.0
+NOT_READY = "not-ready"
+#: Request key under which the peer passes the authenticated remote peer ID to handlers.
+REMOTE_PEER = "\x00remote-peer-id"
+#: A blob's metadata and this peer's slivers of it: pair -> (primary, secondary).
+Held = tuple[BlobMetadata, dict[int, tuple[Sliver, Sliver]]]
+
+
+class ChallengeError(Exception):
+    """A round could not be started; the message says why."""
+
+
+@dataclass
+class Proving:
+    """What this peer's proof collected in one round."""
+
+    attestations: dict[int, bytes] = default(default_factory=dict)
+    refusals: dict[int, str] = default(default_factory=dict)
+    missing: list[str] = default(default_factory=list)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+@dataclass
+class Checking:
+    """This peer's side as a checker in one round."""
+
+    verdicts: dict[int, str] = default(default_factory=dict)
+    closed: bool = False
+    lock: trio.Lock = default(default_factory=trio.Lock)
+    own: dict[BlobId, tuple[BlobMetadata, dict[int, tuple[Sliver, Sliver]]] | None] = default(default_factory=dict)
+    bytes_received: int = 0
+    bytes_sent: int = 0
+
+
+class Challenges:
+    """One peer's part in storage challenge rounds."""
+
+    def __init__(
+        self, identity: Identity, committee: Committee, store: PeerStore, index: int, log_service: LogService,
+        healer: Healer, *, slow: float = 0.0, fetch_missing: bool = False, discard: float = 0.0,
+    ) -> None:
+        self.identity = identity
+        self.committee = committee
+        self.store = store
+        self.index = index
+        self.log = log_service
+        self.healer = healer
+        self.n = committee.n_shards
+        self.rounds = Rounds(committee)
+        self.slow = slow
+        self.fetch_missing = fetch_missing
+        self.discard = discard
+        self._discarded = False
+        #: Start ID -> challenged blobs, for rounds not closed yet; reads of these are refused.
+        self._samples: dict[bytes, frozenset[BlobId]] = {}
+        self._blocked: frozenset[BlobId] = frozenset()
+        self._unsampled = False  # a round's seed is out but its sample is not computed yet
+        self._proving: dict[bytes, Proving] = {}
+        self._checking: dict[bytes, Checking] = {}
+        self._busy: set[tuple[str, bytes]] = set()
+        self._close_at: dict[bytes, float] = {}  # start ID -> when this peer closes it
+        self._wake = trio.Event()
+        self._cpu = trio.CapacityLimiter(1)
+        self.refused_reads = 0
+        self.host: IHost | None = None
+        self.pool: SessionPool | None = None
+
+    # ------------------------------------------------------------------ following the log
+
+    def load(self) -> None:
+        """Fold the challenge entries already in the log (after ``LogService.load``)."""
+        self.rounds.extend(e for e in self.log.state.counted() if e.kind in CHALLENGE_KINDS)
+        self._refresh()
+
+    def on_entry(self, entry: Entry) -> None:
+        """Log listener: fold challenge entries; any entry may complete the heads a round waits for."""
+        if entry.kind in CHALLENGE_KINDS:
+            self.rounds.apply(entry)
+        if entry.kind in CHALLENGE_KINDS or self._unsampled:
+            self._refresh()
+            self._wake.set()
+
+    def _refresh(self) -> None:
+        """Recompute which blobs are refused: the samples of rounds not closed in this peer's view."""
+        unsampled = False
+        for start_id, found in self.rounds.rounds.items():
+            phase = found.phase(self.committee) if found.start else REVEALING
+            if phase == CLOSED:
+                self._samples.pop(start_id, None)
+                self._checking.pop(start_id, None)
+            elif phase != REVEALING and start_id not in self._samples:
+                sample = found.sample(self.committee, self.log.state)
+                if sample is None:
+                    unsampled = True
+                    self.log.pull_soon()  # the start names entries we lack: fetch them now
+                else:
+                    self._samples[start_id] = frozenset(sample)
+        self._unsampled = unsampled
+        self._blocked = frozenset().union(*self._samples.values()) if self._samples else frozenset()
+
+    def check_serving(self, blob_id: BlobId) -> str | None:
+        """Why this peer must not serve data of ``blob_id`` now (a round challenges it), or None."""
+        if blob_id in self._blocked or self._unsampled:
+            self.refused_reads += 1
+            rounds = [self.rounds.rounds[s].number for s, sample in self._samples.items() if blob_id in sample]
+            what = f"round {rounds[0]}" if rounds else "a round whose sample is still being computed"
+            return f"blob {blob_id} is challenged in {what}; its data is served again once the round closes"
+        return None
+
+    def sample_of(self, start_id: bytes) -> list[BlobId] | None:
+        """The blobs this peer challenges in round ``start_id`` (None until known)."""
+        found = self.rounds.rounds.get(start_id)
+        return None if found is None else found.sample(self.committee, self.log.state)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self, host: IHost) -> None:
+        """Take each round through reveal, proof and close as the log moves; runs until cancelled."""
+        self.host = host
+        self.pool = SessionPool(host, self.committee)
+        async with trio.open_nursery() as nursery:
+            while True:
+                self._step(nursery)
+                due = min(self._close_at.values(), default=math.inf)
+                with trio.move_on_at(due):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    def _spawn(self, nursery: trio.Nursery, what: str, start_id: bytes, fn: Callable[[Round], Awaitable[None]],
+               found: Round) -> None:
+        key = (what, start_id)
+        if key in self._busy:
+            return
+        self._busy.add(key)
+
+        async def task() -> None:
+            try:
+                await fn(found)
+            except (LogError, CodecError, OSError) as exc:
+                log.warning("challenge round %d: %s failed: %s", found.number, what, exc)
+                self._busy.discard(key)  # try again on the next log change
+            except trio.Cancelled:
+                raise
+
+        nursery.start_soon(task)
+
+    def _step(self, nursery: trio.Nursery) -> None:
+        me = self.identity.public_key
+        for start_id, found in list(self.rounds.rounds.items()):
+            if found.start is None:
+                continue
+            phase = found.phase(self.committee)
+            if self.discard and not self._discarded:
+                self._discarded = True
+                nursery.start_soon(self._discard_some)
+            if phase == REVEALING:
+                if self.index in found.commitments() and not any(e.author == me for e in found.reveals.values()):
+                    self._spawn(nursery, "reveal", start_id, self._reveal, found)
+                continue
+            if phase == OPEN and start_id in self._samples and self.index not in found.passed(self.committee):
+                self._spawn(nursery, "prove", start_id, self._prove, found)
+            if phase in (CLOSING, CLOSED) and not any(e.author == me for e in found.closes.values()):
+                everyone = len(found.passed(self.committee)) == len(self.committee.peers)
+                due = self._close_at.setdefault(start_id, trio.current_time() + CLOSE_GRACE)
+                if phase == CLOSED or everyone or trio.current_time() >= due:
+                    self._close_at.pop(start_id, None)
+                    self._spawn(nursery, "close", start_id, self._close, found)
+
+    async def _reveal(self, found: Round) -> None:
+        assert found.start is not None
+        secret = round_secret(self.identity.seed, found.number, found.start.payload["nonce"])
+        await self.log.author(CHALLENGE_REVEAL, {"start": found.start_id, "secret": secret})
+
+    async def _close(self, found: Round) -> None:
+        checking = self._checking.setdefault(found.start_id, Checking())
+        async with checking.lock:
+            # From here on this peer attests nothing more in this round (see core.rounds).
+            checking.closed = True
+            passed = found.passed(self.committee)
+            verdicts = []
+            for peer in range(len(self.committee.peers)):
+                if peer == self.index:
+                    continue
+                verdict = "passed" if peer in passed else checking.verdicts.get(peer, "sent no proof")
+                verdicts.append([peer, verdict[:200]])
+        await self.log.author(CHALLENGE_CLOSE, {"start": found.start_id, "verdicts": verdicts})
+
+    async def _discard_some(self) -> None:
+        """TEST FAULT: drop a fraction of the stored pairs, as a peer saving space would."""
+        pairs = sorted(await trio.to_thread.run_sync(self.store.all_pairs),
+                       key=lambda bp: merkle.blake2b256(bp[0] + bytes([bp[1] % 256])))
+        victims = pairs[: math.ceil(len(pairs) * self.discard)]
+        for blob, pair in victims:
+            await trio.to_thread.run_sync(self.store.drop_pair, BlobId(blob), pair)
+        log.warning("TEST FAULT: discarded %d of %d sliver pairs", len(victims), len(pairs))
+
+    # ------------------------------------------------------------------ starting a round
+
+    async def start_round(self, sample: int) -> Entry:
+        """Gather signed commitments from peers holding 2f + 1 shards and record a challenge-start."""
+        for found in self.rounds.ordered():
+            phase = found.phase(self.committee)
+            if phase != CLOSED:
+                raise ChallengeError(f"round {found.number} is still {phase}; start the next one after it closes")
+        number = self.rounds.last_number() + 1
+        nonce = os.urandom(NONCE_SIZE)
+        commits: dict[int, tuple[bytes, bytes]] = {self.index: self._commitment(number, nonce)}
+        problems: dict[int, str] = {}
+
+        async def ask(peer: int) -> None:
+            try:
+                reply, _ = await self._call(peer, m.CHALLENGE_COMMIT, round=number, nonce=nonce)
+                commitment, signature = field(reply, "commitment", bytes, size=32), field(reply, "signature", bytes)
+                await trio.to_thread.run_sync(
+                    _verify_member, self.committee, peer, commitment_bytes(number, nonce, peer, commitment),
+                    signature)
+                commits[peer] = (commitment, signature)
+            except (PeerUnavailable, CodecError, VerificationError) as exc:
+                problems[peer] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in range(len(self.committee.peers)):
+                if peer != self.index:
+                    nursery.start_soon(ask, peer)
+        if self.committee.weight(commits) < self.committee.quorum:
+            detail = "; ".join(f"peer {k}: {why}" for k, why in sorted(problems.items()))
+            raise ChallengeError(f"only peers holding {self.committee.weight(commits)} shards committed to round "
+                                 f"{number}; a round needs {self.committee.quorum}. {detail}")
+        state = self.log.state
+        heads = [[k, state.head(p.public_key)] for k, p in enumerate(self.committee.peers)]
+        payload = {"round": number, "nonce": nonce, "sample": sample, "heads": heads,
+                   "commits": [[k, c, s] for k, (c, s) in sorted(commits.items())]}
+        return await self.log.author(CHALLENGE_START, payload)
+
+    def _commitment(self, number: int, nonce: bytes) -> tuple[bytes, bytes]:
+        commitment = seed_commitment(number, self.index, round_secret(self.identity.seed, number, nonce))
+        return commitment, sign_commitment(self.identity.signing_key, number, nonce, self.index, commitment)
+
+    async def _call(self, peer: int, protocol: str, body: bytes = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
+        assert self.host is not None
+        return await call_member(self.host, self.committee, peer, protocol, body, pool=self.pool, **fields)
+
+    # ------------------------------------------------------------------ proving
+
+    def _pairs_of(self, peer: int, blob_id: BlobId) -> list[int]:
+        return sorted(blob_id.pair_for_shard(shard, self.n) for shard in self.committee.peers[peer].shards)
+
+    def _held(self, blob_id: BlobId) -> Held | None:
+        """The metadata and this peer's verified slivers of ``blob_id`` (pair -> (primary, secondary)), or None.
+
+        None if the metadata or any of this peer's pairs is missing or fails verification.
+        Blocking (disk and hashing).
+        """
+        metadata = self.store.get_metadata(blob_id, self.n)
+        if metadata is None:
+            return None
+        out = {}
+        size = metadata.symbol_size
+        for pair in self._pairs_of(self.index, blob_id):
+            stored = self.store.read_pair(blob_id, pair)
+            if stored is None or pair_problem(metadata, pair, *stored) is not None:
+                return None
+            data, primary_length = stored
+            out[pair] = (Sliver(Axis.PRIMARY, pair, size, data[:primary_length]),
+                         Sliver(Axis.SECONDARY, pair_index(Axis.SECONDARY, pair, self.n), size, data[primary_length:]))
+        return metadata, out
+
+    async def _prove(self, found: Round) -> None:
+        """Send every checker our digests; record a pass entry once 2f + 1 shards attested."""
+        sample = sorted(self._samples.get(found.start_id, ()), key=lambda b: b.raw)
+        seed = found.seed(self.committee)
+        assert seed is not None
+        proving = self._proving.setdefault(found.start_id, Proving())
+        if self.fetch_missing:
+            await self._try_to_fetch(sample)
+
+        def gather() -> dict[BlobId, Held | None]:
+            return {blob_id: self._held(blob_id) for blob_id in sample}
+
+        async with self._cpu:
+            held = await trio.to_thread.run_sync(gather)
+        proving.missing = [str(b) for b, v in held.items() if v is None]
+        if proving.missing:
+            log.warning("challenge round %d: %d challenged blobs are not held here", found.number, len(proving.missing))
+        others = [k for k in range(len(self.committee.peers)) if k != self.index]
+        random.shuffle(others)
+        enough = trio.Event()
+
+        async def prove_to(peer: int) -> None:
+            delay = RETRY_MIN
+            while not self._over(found):
+                try:
+                    signature = await self._prove_to(found, seed, peer, held, proving)
+                except PeerUnavailable as exc:
+                    proving.refusals[peer] = f"unreachable: {exc}"
+                except m.RemoteError as exc:
+                    if exc.code != NOT_READY:
+                        proving.refusals[peer] = str(exc)
+                        return
+                else:
+                    proving.refusals.pop(peer, None)
+                    proving.attestations[peer] = signature
+                    if self.committee.weight(proving.attestations) >= self.committee.quorum:
+                        enough.set()
+                    return
+                # The checker has not seen the seed yet, or is unreachable: no deadline, only the round's end.
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+        async with trio.open_nursery() as nursery:
+            for peer in others:
+                nursery.start_soon(prove_to, peer)
+
+            async def stop_when_enough() -> None:
+                await enough.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_when_enough)
+        if self.committee.weight(proving.attestations) < self.committee.quorum:
+            log.warning("challenge round %d: no pass certificate; refused by %s", found.number, proving.refusals)
+            return
+        signers = tuple(sorted(proving.attestations))
+        certificate = PassCertificate(found.number, seed, self.index, signers,
+                                      tuple(proving.attestations[k] for k in signers))
+        await self.log.author(CHALLENGE_PASS, pass_payload(found.start_id, certificate))
+
+    def _over(self, found: Round) -> bool:
+        return found.phase(self.committee) == CLOSED or self.index in found.passed(self.committee)
+
+    async def _prove_to(
+        self, found: Round, seed: bytes, peer: int,
+        held: dict[BlobId, Held | None], proving: Proving,
+    ) -> bytes:
+        """One checker: digests first, the cells themselves for blobs it cannot check from its own slivers."""
+        if self.slow:
+            await trio.sleep(self.slow)
+
+        def digests() -> list[list[Any]]:
+            rows: list[list[Any]] = []
+            for blob_id, value in held.items():
+                if value is None:
+                    rows.append([blob_id.raw, None])
+                    continue
+                metadata, own = value
+                cells = prover_cells(metadata.config, own, self._pairs_of(peer, blob_id))
+                rows.append([blob_id.raw, possession_digest(seed, blob_id, cells)])
+            return rows
+
+        async with self._cpu:
+            rows = await trio.to_thread.run_sync(digests)
+        header = m.request(start=found.start_id, digests=rows)
+        reply, _ = await self._call(peer, m.CHALLENGE_PROVE, start=found.start_id, digests=rows)
+        proving.bytes_sent += len(header)
+        proving.bytes_received += len(m.ok(**reply))
+        need = reply.get("need")
+        if isinstance(need, list) and need:
+            wanted = [BlobId(raw) for raw in need if isinstance(raw, bytes) and len(raw) == 32]
+
+            def symbols() -> tuple[list[list[Any]], bytes]:
+                listing: list[list[Any]] = []
+                body: list[bytes] = []
+                for blob_id in wanted:
+                    value = held.get(blob_id)
+                    if value is None:
+                        continue
+                    metadata, own = value
+                    for sym in self._symbols_for(metadata, own, self._pairs_of(peer, blob_id)):
+                        listing.append([blob_id.raw, sym.target.value, sym.target_index, sym.source_index,
+                                        list(sym.proof)])
+                        body.append(sym.data)
+                return listing, b"".join(body)
+
+            async with self._cpu:
+                listing, body = await trio.to_thread.run_sync(symbols)
+            reply, _ = await self._call(peer, m.CHALLENGE_PROVE, body, start=found.start_id, digests=rows,
+                                        symbols=listing)
+            proving.bytes_sent += len(header) + len(body) + len(m.encode({"symbols": listing}))
+            proving.bytes_received += len(m.ok(**reply))
+        signature = field(reply, "signature", bytes)
+        await trio.to_thread.run_sync(_verify_member, self.committee, peer,
+                                      pass_bytes(found.number, seed, self.index), signature)
+        return signature
+
+    def _symbols_for(self, metadata: BlobMetadata, own: dict[int, tuple[Sliver, Sliver]],
+                     checker_pairs: list[int]) -> list[RecoverySymbol]:
+        config = metadata.config
+        out = []
+        for primary, secondary in (own[i] for i in sorted(own)):
+            out += recovery_symbols(config, primary, [self.n - 1 - j for j in checker_pairs])
+            out += recovery_symbols(config, secondary, checker_pairs)
+        return out
+
+    async def _try_to_fetch(self, sample: list[BlobId]) -> None:
+        """TEST FAULT: a peer missing challenged data tries to rebuild it from the others mid-round."""
+        for blob_id in sample:
+            stored = await trio.to_thread.run_sync(self.store.stored_pairs, blob_id)
+            if all(p in stored for p in self._pairs_of(self.index, blob_id)):
+                continue
+            try:
+                record = await self.healer.heal(blob_id)
+                log.warning("TEST FAULT: fetching challenged blob %s mid-round: %s", blob_id,
+                            "rebuilt" if record else "not rebuilt")
+            except Exception as exc:  # noqa: BLE001 - the fault mode reports whatever stopped it
+                log.warning("TEST FAULT: fetching challenged blob %s mid-round was refused: %s", blob_id, exc)
+
+    # ------------------------------------------------------------------ checking
+
+    async def check(self, start_id: bytes, prover: int, rows: list[Any], symbols: list[Any] | None,
+                    body: bytes) -> dict[str, Any]:
+        """Check a proof from ``prover``: the attestation, a list of blobs we need as symbols, or an error."""
+        found = self.rounds.rounds.get(start_id)
+        seed = found.seed(self.committee) if found is not None and found.start is not None else None
+        sample = self._samples.get(start_id)
+        if found is None or seed is None or sample is None:
+            if found is not None and found.start is not None and found.phase(self.committee) == CLOSED:
+                raise _Refusal(m.INVALID, "this round is closed")
+            raise _Refusal(NOT_READY, "this peer has not seen the round's seed and sample yet")
+        checking = self._checking.setdefault(start_id, Checking())
+        checking.bytes_received += len(body)
+        digests = {}
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 2 and isinstance(row[0], bytes) and len(row[0]) == 32
+                    and (row[1] is None or (isinstance(row[1], bytes) and len(row[1]) == 32))):
+                raise _Refusal(m.MALFORMED, "each digest row is [32-byte blob ID, 32-byte digest or nil]")
+            digests[BlobId(row[0])] = row[1]
+        missing = [b for b in sample if digests.get(b) is None]
+        extra = set(digests) - sample
+        async with checking.lock:
+            if checking.closed:
+                raise _Refusal(m.INVALID, f"this peer closed round {found.number} and attests no more")
+            if extra:
+                why = f"digests for {len(extra)} blobs outside the sample"
+            elif missing:
+                why = f"no proof for {len(missing)} of {len(sample)} challenged blobs (first: {missing[0]})"
+            else:
+                why = None
+            if why is None:
+                why, need = await self._verify(found, seed, prover, sample, digests, symbols, body, checking)
+                if need:
+                    return {"need": [b.raw for b in need]}
+            if why is not None:
+                checking.verdicts[prover] = f"refused: {why}"
+                raise _Refusal(m.INVALID, f"proof refused: {why}")
+            checking.verdicts[prover] = "attested"
+        if self.slow:
+            await trio.sleep(self.slow)
+        return {"signature": sign_pass(self.identity.signing_key, found.number, seed, prover)}
+
+    async def _verify(
+        self, found: Round, seed: bytes, prover: int, sample: frozenset[BlobId], digests: dict[BlobId, bytes],
+        symbols: list[Any] | None, body: bytes, checking: Checking,
+    ) -> tuple[str | None, list[BlobId]]:
+        """Why the digests fail (or None), and the blobs we need as symbols to check them."""
+        prover_pairs = {b: self._pairs_of(prover, b) for b in sample}
+        unknown = [b for b in sample if b not in checking.own]
+        if unknown:
+            async with self._cpu:
+                loaded = await trio.to_thread.run_sync(lambda: {b: self._held(b) for b in unknown})
+            checking.own.update(loaded)
+        need = [b for b in sorted(sample, key=lambda b: b.raw) if checking.own[b] is None]
+        given: dict[BlobId, list[RecoverySymbol]] = {}
+        if need and symbols is None:
+            return None, need
+        if need:
+            metadata = {b: await self.healer.metadata(b) for b in need}
+            given = _parse_symbols(symbols, body, metadata, self.n)
+
+        def verify() -> str | None:
+            for blob_id in sorted(sample, key=lambda b: b.raw):
+                held = checking.own[blob_id]
+                if held is not None:
+                    cells = checker_cells(held[0].config, held[1], prover_pairs[blob_id])
+                else:
+                    try:
+                        cells = _cells_from_symbols(metadata[blob_id], given.get(blob_id, []), prover_pairs[blob_id],
+                                                    self._pairs_of(self.index, blob_id))
+                    except (VerificationError, InvalidParameter) as exc:
+                        return f"blob {blob_id}: {exc}"
+                if possession_digest(seed, blob_id, cells) != digests[blob_id]:
+                    return f"blob {blob_id}: the digest does not match the cells this peer holds"
+            return None
+
+        async with self._cpu:
+            return await trio.to_thread.run_sync(verify), []
+
+    # ------------------------------------------------------------------ handlers
+
+    def handlers(self) -> dict[str, Any]:
+        """Protocol ID -> handler(request, reader) for the peer to serve."""
+        return {m.CHALLENGE_COMMIT: self._h_commit, m.CHALLENGE_PROVE: self._h_prove, m.AUDIT_START: self._h_start}
+
+    async def _h_commit(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await reader.body_length(0)
+        number = field(request, "round", int)
+        nonce = field(request, "nonce", bytes, size=NONCE_SIZE)
+        if number <= self.rounds.last_number():
+            return m.error(m.INVALID, f"round {number} already started here (last is {self.rounds.last_number()})"), b""
+        commitment, signature = self._commitment(number, nonce)
+        return m.ok(commitment=commitment, signature=signature), b""
+
+    async def _h_prove(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        start_id = field(request, "start", bytes, size=32)
+        rows = field(request, "digests", list)
+        symbols = request.get("symbols")
+        if symbols is not None and not isinstance(symbols, list):
+            return m.error(m.MALFORMED, "symbols must be a list"), b""
+        length = await reader.body_length(m.MAX_BODY)
+        body = b"".join([chunk async for chunk in reader.body_chunks(length)])
+        try:
+            prover = self._remote_member(request)
+            reply = await self.check(start_id, prover, rows, symbols, body)
+        except _Refusal as exc:
+            return m.error(exc.code, str(exc)), b""
+        return m.ok(**reply), b""
+
+    def _remote_member(self, request: dict[str, Any]) -> int:
+        # Set by the peer from the authenticated connection, never from the sender's fields.
+        try:
+            return self.committee.index_of(str(request.get(REMOTE_PEER)))
+        except CommitteeError:
+            raise _Refusal(m.INVALID, "only committee members prove possession") from None
+
+    async def _h_start(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
+        await reader.body_length(0)
+        sample = uint(request, "sample", 1 << 13)
+        if sample < 1:
+            return m.error(m.MALFORMED, "a round challenges at least one blob"), b""
+        try:
+            entry = await self.start_round(sample)
+        except ChallengeError as exc:
+            return m.error(m.INVALID, str(exc)), b""
+        return m.ok(entry=entry.encode(), round=entry.payload["round"]), b""
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """This peer's view of the last round: its number, phase and this peer's result."""
+        ordered = self.rounds.ordered()
+        if not ordered:
+            return {"round": 0, "refused_reads": self.refused_reads}
+        last = ordered[-1]
+        proving = self._proving.get(last.start_id)
+        closed = [r for r in ordered if r.phase(self.committee) == CLOSED]
+        out: dict[str, Any] = {
+            "round": last.number, "start": last.start_id.hex(), "phase": last.phase(self.committee),
+            "result": last.results(self.committee)[self.index] if last.start else "pending",
+            "refused_reads": self.refused_reads,
+            "sample": len(self._samples.get(last.start_id, ())) or None,
+        }
+        if closed:
+            out["last_closed"] = {"round": closed[-1].number, "result": closed[-1].results(self.committee)[self.index]}
+        if proving is not None:
+            out["proof"] = {"attested_by": sorted(proving.attestations), "refused_by": proving.refusals,
+                            "missing_blobs": len(proving.missing), "bytes_sent": proving.bytes_sent,
+                            "bytes_received": proving.bytes_received}
+        return out
+
+
+class _Refusal(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _verify_member(committee: Committee, peer: int, message: bytes, signature: bytes) -> None:
+    """Raise ``VerificationError`` unless member ``peer`` signed ``message``."""
+    try:
+        VerifyKey(committee.peers[peer].public_key).verify(message, signature)
+    except (BadSignatureError, ValueError) as exc:
+        raise VerificationError(f"peer {peer}'s signature is invalid") from exc
+
+
+def _parse_symbols(listing: Any, body: bytes, metadata: dict[BlobId, BlobMetadata], n: int) -> dict[BlobId, list[RecoverySymbol]]:
+    """Recovery symbols sent as [blob, target axis, target index, source index, proof] rows plus a body."""
+    out: dict[BlobId, list[RecoverySymbol]] = {}
+    offset = 0
+    for row in listing:
+        if not (isinstance(row, list) and len(row) == 5 and isinstance(row[0], bytes) and len(row[0]) == 32
+                and row[1] in ("primary", "secondary") and isinstance(row[2], int) and isinstance(row[3], int)
+                and isinstance(row[4], list) and len(row[4]) <= 64
+                and all(isinstance(h, bytes) and len(h) == merkle.DIGEST_SIZE for h in row[4])):
+            raise _Refusal(m.MALFORMED, "each symbol row is [blob ID, target axis, target index, source index, proof]")
+        blob_id = BlobId(row[0])
+        if blob_id not in metadata:
+            raise _Refusal(m.MALFORMED, f"symbols for blob {blob_id}, which this peer did not ask for")
+        size = metadata[blob_id].symbol_size
+        if offset + size > len(body):
+            raise _Refusal(m.MALFORMED, "the body is shorter than the symbols listed")
+        out.setdefault(blob_id, []).append(
+            RecoverySymbol(Axis(row[1]), row[2], row[3], body[offset : offset + size], tuple(row[4])))
+        offset += size
+    if offset != len(body):
+        raise _Refusal(m.MALFORMED, "the body is longer than the symbols listed")
+    return out
+
+
+def _cells_from_symbols(metadata: BlobMetadata, symbols: list[RecoverySymbol], prover_pairs: list[int],
+                        checker_pairs: list[int]) -> list[tuple[int, int, bytes, bytes]]:
+    """The cells, from recovery symbols each checked against the writer's commitments."""
+    n = metadata.config.n_shards
+    by_key = {(s.target, s.target_index, s.source_index): s for s in symbols}
+    cells = []
+    for i in prover_pairs:
+        for j in checker_pairs:
+            # The cell on the checker's secondary sliver comes from the prover's primary sliver i,
+            # the cell on its primary sliver from the prover's secondary sliver n-1-i.
+            a = by_key.get((Axis.SECONDARY, n - 1 - j, i))
+            b = by_key.get((Axis.PRIMARY, j, n - 1 - i))
+            if a is None or b is None:
+                raise VerificationError(f"cells for pairs ({i}, {j}) are missing")
+            verify_recovery_symbol(metadata, a)
+            verify_recovery_symbol(metadata, b)
+            cells.append((i, j, a.data, b.data))
+    return cells
