@@ -139,7 +139,8 @@ class Challenges:
         self._proving: dict[bytes, Proving] = {}
         self._checking: dict[bytes, Checking] = {}
         self._busy: set[tuple[str, bytes]] = set()
-        self._close_at: dict[bytes, float] = {}  # start ID -> when this peer closes it
+        self._close_at: dict[bytes, float] = {}
+        self._start_lock = trio.Lock()  # start ID -> when this peer closes it
         self._wake = trio.Event()
         self._cpu = trio.CapacityLimiter(1)
         self.refused_reads = 0
@@ -231,9 +232,6 @@ class Challenges:
             if found.start is None:
                 continue
             phase = found.phase(self.committee)
-            if self.discard and not self._discarded:
-                self._discarded = True
-                nursery.start_soon(self._discard_some)
             if phase == REVEALING:
                 if self.index in found.commitments() and not any(e.author == me for e in found.reveals.values()):
                     self._spawn(nursery, "reveal", start_id, self._reveal, found)
@@ -279,6 +277,10 @@ class Challenges:
 
     async def start_round(self, sample: int) -> Entry:
         """Gather signed commitments from peers holding 2f + 1 shards and record a challenge-start."""
+        async with self._start_lock:
+            return await self._start_round(sample)
+
+    async def _start_round(self, sample: int) -> Entry:
         for found in self.rounds.ordered():
             phase = found.phase(self.committee)
             if phase != CLOSED:
@@ -352,6 +354,9 @@ class Challenges:
         seed = found.seed(self.committee)
         assert seed is not None
         proving = self._proving.setdefault(found.start_id, Proving())
+        if self.discard and not self._discarded:
+            self._discarded = True
+            await self._discard_some()
         if self.fetch_missing:
             await self._try_to_fetch(sample)
 
@@ -614,8 +619,8 @@ class Challenges:
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> dict[str, Any]:
-        """This peer's view of the last round: its number, phase and this peer's result."""
+    def status(self, detail: bool = False) -> dict[str, Any]:
+        """This peer's view of the last round: its number, phase and this peer's result (and sample)."""
         ordered = self.rounds.ordered()
         if not ordered:
             return {"round": 0, "refused_reads": self.refused_reads}
@@ -628,6 +633,9 @@ class Challenges:
             "refused_reads": self.refused_reads,
             "sample": len(self._samples.get(last.start_id, ())) or None,
         }
+        if detail:
+            sample = last.sample(self.committee, self.log.state)
+            out["sample_ids"] = None if sample is None else [str(b) for b in sample]
         if closed:
             out["last_closed"] = {"round": closed[-1].number, "result": closed[-1].results(self.committee)[self.index]}
         if proving is not None:

@@ -317,13 +317,14 @@ def devnet_wipe(directory: Path, index: int) -> None:
 @devnet.command("start")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--peer", "index", type=int, required=True, help="Index of the peer to start.")
-def devnet_start(directory: Path, index: int) -> None:
+@click.option("--fault", hidden=True, help="TEST ONLY: start the peer in this fault mode.")
+def devnet_start(directory: Path, index: int, fault: str | None) -> None:
     """Start one stopped peer of the devnet again."""
     from . import devnet as dn
 
     committee = load_committee(directory / dn.COMMITTEE_FILE)
     try:
-        dn.start_peer(directory, index)
+        dn.start_peer(directory, index, fault)
     except dn.DevnetError as exc:
         raise Failure(str(exc)) from exc
     _wait_ready(directory, committee, [index])

@@ -328,7 +328,7 @@ class PeerService:
             peer_id=self.identity.peer_id, version=__version__, epoch=self.committee.epoch,
             shards=sorted(self.shards), n_shards=self.n, blobs=blobs, stored_bytes=stored, free_bytes=free,
             healing=self.healer.counts(pairs), recent_heals=self.healer.recent() if detail else None,
-            challenge=self.challenges.status(),
+            challenge=self.challenges.status(detail),
         ), b""
 
     async def _audit_log(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
