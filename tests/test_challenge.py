@@ -1,9 +1,10 @@
-"""Storage-challenge groundwork (pure): seeds, the challenged sample, proof cells, pass certificates."""
+"""Storage challenges, the pure part: seeds, the sample, proof cells and digests, pass certificates, the round fold."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -11,17 +12,25 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from tests.conftest import blob_bytes
-from walrusfs.core.certificates import sign_confirmation
+from walrusfs.core.certificates import assemble_certificate, sign_confirmation
 from walrusfs.core.challenge import (
     PassCertificate,
     challenged_blobs,
+    checker_cells,
     pass_bytes,
+    pass_payload,
+    possession_digest,
     proof_cells,
+    prover_cells,
+    round_secret,
     round_seed,
     seed_commitment,
+    sign_commitment,
     sign_pass,
     verify_pass_certificate,
 )
+from walrusfs.core.log import CHALLENGE_KINDS, Entry, LogError, LogState, certificate_payload, check_entry, sign_entry
+from walrusfs.core.rounds import CLOSED, CLOSING, FAILED, OPEN, PASSED, REVEALING, Rounds, summary
 from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key
 from walrusfs.core.config import EncodingConfig
 from walrusfs.core.errors import VerificationError
@@ -110,3 +119,130 @@ def test_pass_certificates_reject_forgeries_outsiders_and_replays() -> None:
         with pytest.raises(VerificationError, match="invalid for this round"):
             verify_pass_certificate(COMMITTEE, replay)
     assert pass_bytes(3, b"s" * 32, 2).startswith(b"walrusfs/challenge-pass/v1\x00")
+
+
+# ---------------------------------------------------------------------- cells and the round fold
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.sampled_from([4, 7, 10]), size=st.integers(2_000, 30_000), seed=st.integers(0, 1 << 16))
+def test_prover_and_checker_compute_the_same_digest_and_any_other_data_differs(n: int, size: int, seed: int) -> None:
+    config = EncodingConfig(n)
+    encoded = encode_blob(blob_bytes(seed, size), config)
+    blob_id = encoded.blob_id
+    pairs = {k: (p.primary, p.secondary) for k, p in enumerate(encoded.pairs)}
+    prover, checker = seed % n, (seed + 1) % n
+    round_seed_ = bytes([seed % 256]) * 32
+    sent = possession_digest(round_seed_, blob_id, prover_cells(config, {prover: pairs[prover]}, [checker]))
+    expected = possession_digest(round_seed_, blob_id, checker_cells(config, {checker: pairs[checker]}, [prover]))
+    assert sent == expected
+    # Another round's seed, or another pair's slivers, give another digest.
+    assert possession_digest(b"\x01" * 32, blob_id, prover_cells(config, {prover: pairs[prover]}, [checker])) != sent \
+        or round_seed_ == b"\x01" * 32
+    other = (prover + 2) % n
+    if other != checker:
+        assert possession_digest(round_seed_, blob_id,
+                                 prover_cells(config, {prover: pairs[other]}, [checker])) != sent
+
+
+def _round_entries(sample: int = 2) -> tuple[list[Entry], LogState, bytes]:
+    """A complete round by the 7 test keys over a log certifying 3 blobs: start, reveals, passes, closes."""
+    state = LogState(COMMITTEE)
+    entries: list[Entry] = []
+    seqs = {k: 0 for k in range(7)}
+    prevs = {k: bytes(32) for k in range(7)}
+
+    def author(k: int, kind: str, payload: dict) -> Entry:
+        seqs[k] += 1
+        entry = sign_entry(KEYS[k], seqs[k], prevs[k], seqs[k], kind, payload)
+        prevs[k] = entry.id
+        entries.append(entry)
+        assert state.apply(entry)[0].value == "accepted", check_entry(entry, COMMITTEE)
+        return entry
+
+    for b in range(3):
+        blob = BlobId(bytes([b + 1]) * 32)
+        signatures = [(k, sign_confirmation(KEYS[k], 0, blob)) for k in range(5)]
+        certificate = assemble_certificate(COMMITTEE, blob, signatures)
+        author(b, "blob-certified", certificate_payload(certificate, 100))
+    nonce = b"n" * 16
+    secrets = {k: round_secret(bytes([k]) * 32, 1, nonce) for k in range(5)}
+    commits = [[k, seed_commitment(1, k, s), sign_commitment(KEYS[k], 1, nonce, k, seed_commitment(1, k, s))]
+               for k, s in secrets.items()]
+    heads = [[k, seqs[k]] for k in range(7)]
+    start = author(6, "challenge-start", {"round": 1, "nonce": nonce, "sample": sample, "heads": heads,
+                                          "commits": commits})
+    for k, secret in secrets.items():
+        author(k, "challenge-reveal", {"start": start.id, "secret": secret})
+    seed = round_seed(COMMITTEE, 1, {k: c for k, c, _ in commits}, secrets)
+    for peer in range(6):
+        signers = tuple(k for k in range(7) if k != peer)[:5]
+        cert = PassCertificate(1, seed, peer, signers, tuple(sign_pass(KEYS[k], 1, seed, peer) for k in signers))
+        author(peer, "challenge-pass", pass_payload(start.id, cert))
+    for k in range(5):
+        author(k, "challenge-close", {"start": start.id, "verdicts": [[j, "attested"] for j in range(7) if j != k]})
+    # A blob certified after the start is not eligible.
+    late = BlobId(b"\x09" * 32)
+    author(3, "blob-certified", certificate_payload(
+        assemble_certificate(COMMITTEE, late, [(k, sign_confirmation(KEYS[k], 0, late)) for k in range(5)]), 1))
+    return entries, state, start.id
+
+
+def test_a_round_folds_to_the_same_result_in_any_order() -> None:
+    entries, state, start_id = _round_entries()
+    reference = Rounds(COMMITTEE).extend(e for e in entries if e.kind in CHALLENGE_KINDS).rounds[start_id]
+    assert reference.phase(COMMITTEE) == CLOSED
+    assert reference.results(COMMITTEE) == {**{k: PASSED for k in range(6)}, 6: FAILED}
+    assert reference.verdicts(COMMITTEE, 6) == {k: "attested" for k in range(5)}
+    sample = reference.sample(COMMITTEE, state)
+    assert sample is not None and len(sample) == 2 and BlobId(b"\x09" * 32) not in sample
+    for seed in range(5):
+        shuffled = list(entries)
+        random.Random(seed).shuffle(shuffled)
+        replay = LogState(COMMITTEE)
+        for _ in range(len(shuffled)):  # entries wait for their chain; bounded passes
+            for entry in shuffled:
+                replay.apply(entry)
+        fold = Rounds(COMMITTEE).extend(e for e in replay.counted() if e.kind in CHALLENGE_KINDS)
+        again = fold.rounds[start_id]
+        assert again.phase(COMMITTEE) == CLOSED and again.results(COMMITTEE) == reference.results(COMMITTEE)
+        assert again.sample(COMMITTEE, replay) == sample
+        assert summary(again, COMMITTEE) == summary(reference, COMMITTEE)
+
+
+def test_round_phases_follow_reveals_passes_and_closes() -> None:
+    entries, state, start_id = _round_entries()
+    fold = Rounds(COMMITTEE)
+    phases = []
+    for entry in entries:
+        if entry.kind in CHALLENGE_KINDS:
+            fold.apply(entry)
+            phases.append(fold.rounds[start_id].phase(COMMITTEE))
+    # Revealing until the 5th reveal, open until the 5th of 6 passes, closing until the 5th close.
+    assert phases == [REVEALING] * 5 + [OPEN] * 5 + [CLOSING] * 6 + [CLOSED]
+
+
+def test_malformed_challenge_entries_are_rejected() -> None:
+    entries, _, start_id = _round_entries()
+    start = next(e for e in entries if e.kind == "challenge-start")
+    bad = {
+        "too few commitments": {**start.payload, "commits": start.payload["commits"][:4]},
+        "unsigned commitment": {**start.payload, "commits": [[0, b"c" * 32, b"s" * 64], *start.payload["commits"][1:]]},
+        "zero sample": {**start.payload, "sample": 0},
+        "extra field": {**start.payload, "x": 1},
+        "unordered heads": {**start.payload, "heads": list(reversed(start.payload["heads"]))},
+    }
+    for name, payload in bad.items():
+        with pytest.raises(LogError, match="challenge-start"):
+            check_entry(sign_entry(KEYS[0], 1, bytes(32), 1, "challenge-start", payload), COMMITTEE)
+    with pytest.raises(LogError, match="challenge-reveal"):
+        check_entry(sign_entry(KEYS[0], 1, bytes(32), 1, "challenge-reveal", {"start": start_id, "secret": b"x"}),
+                    COMMITTEE)
+    with pytest.raises(LogError, match="challenge-close"):
+        check_entry(sign_entry(KEYS[0], 1, bytes(32), 1, "challenge-close",
+                               {"start": start_id, "verdicts": [[9, "attested"]]}), COMMITTEE)
+    # A reveal that does not match its commitment stalls the round instead of changing the seed.
+    fold = Rounds(COMMITTEE).extend(e for e in entries if e.kind in CHALLENGE_KINDS and e.kind != "challenge-reveal")
+    for k in range(5):
+        fold.apply(sign_entry(KEYS[k], 50, bytes(32), 1, "challenge-reveal", {"start": start_id, "secret": bytes([k]) * 32}))
+    assert fold.rounds[start_id].seed(COMMITTEE) is None and fold.rounds[start_id].bad_reveals(COMMITTEE) == list(range(5))

@@ -75,7 +75,7 @@ def test_round_trip_and_validation() -> None:
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certificate_payload(certificate(b"\x02" * 32, (0, 1)), 1)), "needs 3"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certificate_payload(certificate(b"\x02" * 32, (0, 1, 1)), 1)), "signer twice"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, {**e.payload, "signatures": [bytes(64)] * 3}), "signature is invalid"),
-        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "challenge-result", {}), "reserved"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "committee-change", {}), "reserved"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "namespace", {}), "delegation"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "gossip", {}), "unknown entry kind"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, {"blob_id": b"x"}), "malformed"),
