@@ -26,7 +26,14 @@ from walrusfs.client import Client
 from walrusfs.core import messages as m
 from walrusfs.core.challenge import pass_from_payload, pass_payload, sign_pass
 from walrusfs.core.committee import Committee
-from walrusfs.core.log import CHALLENGE_KINDS, CHALLENGE_PASS, LogError, LogState, check_entry, sign_entry
+from walrusfs.core.log import (
+    CHALLENGE_KINDS,
+    CHALLENGE_PASS,
+    LogError,
+    LogState,
+    check_entry,
+    sign_entry,
+)
 from walrusfs.core.metadata import BlobId
 from walrusfs.core.redstuff import blob_id_of
 from walrusfs.core.rounds import CLOSED, Rounds

@@ -29,14 +29,31 @@ from walrusfs.core.challenge import (
     sign_pass,
     verify_pass_certificate,
 )
-from walrusfs.core.log import CHALLENGE_KINDS, Entry, LogError, LogState, certificate_payload, check_entry, sign_entry
-from walrusfs.core.rounds import CLOSED, CLOSING, FAILED, OPEN, PASSED, REVEALING, Rounds, summary
 from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key
 from walrusfs.core.config import EncodingConfig
 from walrusfs.core.errors import VerificationError
+from walrusfs.core.log import (
+    CHALLENGE_KINDS,
+    Entry,
+    LogError,
+    LogState,
+    certificate_payload,
+    check_entry,
+    sign_entry,
+)
 from walrusfs.core.metadata import BlobId
 from walrusfs.core.recovery import verify_recovery_symbol
 from walrusfs.core.redstuff import encode_blob, expanded_sliver
+from walrusfs.core.rounds import (
+    CLOSED,
+    CLOSING,
+    FAILED,
+    OPEN,
+    PASSED,
+    REVEALING,
+    Rounds,
+    summary,
+)
 
 KEYS = [SigningKey(bytes([k + 1]) * 32) for k in range(7)]
 COMMITTEE = Committee(0, tuple(
@@ -211,7 +228,7 @@ def test_a_round_folds_to_the_same_result_in_any_order() -> None:
 
 
 def test_round_phases_follow_reveals_passes_and_closes() -> None:
-    entries, state, start_id = _round_entries()
+    entries, _, start_id = _round_entries()
     fold = Rounds(COMMITTEE)
     phases = []
     for entry in entries:

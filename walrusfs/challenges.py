@@ -138,6 +138,7 @@ class Challenges:
         self._unsampled = False  # a round's seed is out but its sample is not computed yet
         self._proving: dict[bytes, Proving] = {}
         self._checking: dict[bytes, Checking] = {}
+        self._checked: dict[bytes, Checking] = {}  # the last closed round's, for status
         self._busy: set[tuple[str, bytes]] = set()
         self._close_at: dict[bytes, float] = {}
         self._start_lock = trio.Lock()  # start ID -> when this peer closes it
@@ -169,7 +170,10 @@ class Challenges:
             phase = found.phase(self.committee) if found.start else REVEALING
             if phase == CLOSED:
                 self._samples.pop(start_id, None)
-                self._checking.pop(start_id, None)
+                done = self._checking.pop(start_id, None)
+                if done is not None:
+                    done.own.clear()  # the cached slivers; the counters stay for status
+                    self._checked = {start_id: done}
             elif phase != REVEALING and start_id not in self._samples:
                 sample = found.sample(self.committee, self.log.state)
                 if sample is None:
@@ -421,15 +425,16 @@ class Challenges:
         if self.slow:
             await trio.sleep(self.slow)
 
-        def digests() -> list[list[Any]]:
-            rows: list[list[Any]] = []
-            for blob_id, value in held.items():
+        def digests() -> list[bytes | None]:
+            # In sample order (by blob ID), which the checker knows: no IDs on the wire.
+            rows: list[bytes | None] = []
+            for blob_id, value in sorted(held.items(), key=lambda item: item[0].raw):
                 if value is None:
-                    rows.append([blob_id.raw, None])
+                    rows.append(None)
                     continue
                 metadata, own = value
                 cells = prover_cells(metadata.config, own, self._pairs_of(peer, blob_id))
-                rows.append([blob_id.raw, possession_digest(seed, blob_id, cells)])
+                rows.append(possession_digest(seed, blob_id, cells))
             return rows
 
         async with self._cpu:
@@ -437,7 +442,7 @@ class Challenges:
         header = m.request(start=found.start_id, digests=rows)
         reply, _ = await self._call(peer, m.CHALLENGE_PROVE, start=found.start_id, digests=rows)
         proving.bytes_sent += len(header)
-        proving.bytes_received += len(m.ok(**reply))
+        proving.bytes_received += len(m.encode(reply))
         need = reply.get("need")
         if isinstance(need, list) and need:
             wanted = [BlobId(raw) for raw in need if isinstance(raw, bytes) and len(raw) == 32]
@@ -460,8 +465,8 @@ class Challenges:
                 listing, body = await trio.to_thread.run_sync(symbols)
             reply, _ = await self._call(peer, m.CHALLENGE_PROVE, body, start=found.start_id, digests=rows,
                                         symbols=listing)
-            proving.bytes_sent += len(header) + len(body) + len(m.encode({"symbols": listing}))
-            proving.bytes_received += len(m.ok(**reply))
+            proving.bytes_sent += len(m.request(start=found.start_id, digests=rows, symbols=listing)) + len(body)
+            proving.bytes_received += len(m.encode(reply))
         signature = field(reply, "signature", bytes)
         await trio.to_thread.run_sync(_verify_member, self.committee, peer,
                                       pass_bytes(found.number, seed, self.index), signature)
@@ -502,21 +507,15 @@ class Challenges:
                 raise _Refusal(m.INVALID, "this round is closed")
             raise _Refusal(NOT_READY, "this peer has not seen the round's seed and sample yet")
         checking = self._checking.setdefault(start_id, Checking())
-        checking.bytes_received += len(body)
-        digests = {}
-        for row in rows:
-            if not (isinstance(row, list) and len(row) == 2 and isinstance(row[0], bytes) and len(row[0]) == 32
-                    and (row[1] is None or (isinstance(row[1], bytes) and len(row[1]) == 32))):
-                raise _Refusal(m.MALFORMED, "each digest row is [32-byte blob ID, 32-byte digest or nil]")
-            digests[BlobId(row[0])] = row[1]
-        missing = [b for b in sample if digests.get(b) is None]
-        extra = set(digests) - sample
+        ordered = sorted(sample, key=lambda b: b.raw)
+        if len(rows) != len(ordered) or not all(r is None or (isinstance(r, bytes) and len(r) == 32) for r in rows):
+            raise _Refusal(m.MALFORMED, f"expected {len(ordered)} digests (32 bytes or nil), in blob ID order")
+        digests: dict[BlobId, bytes | None] = dict(zip(ordered, rows))
+        missing = [b for b in ordered if digests[b] is None]
         async with checking.lock:
             if checking.closed:
                 raise _Refusal(m.INVALID, f"this peer closed round {found.number} and attests no more")
-            if extra:
-                why = f"digests for {len(extra)} blobs outside the sample"
-            elif missing:
+            if missing:
                 why = f"no proof for {len(missing)} of {len(sample)} challenged blobs (first: {missing[0]})"
             else:
                 why = None
@@ -533,7 +532,7 @@ class Challenges:
         return {"signature": sign_pass(self.identity.signing_key, found.number, seed, prover)}
 
     async def _verify(
-        self, found: Round, seed: bytes, prover: int, sample: frozenset[BlobId], digests: dict[BlobId, bytes],
+        self, found: Round, seed: bytes, prover: int, sample: frozenset[BlobId], digests: dict[BlobId, bytes | None],
         symbols: list[Any] | None, body: bytes, checking: Checking,
     ) -> tuple[str | None, list[BlobId]]:
         """Why the digests fail (or None), and the blobs we need as symbols to check them."""
@@ -597,7 +596,13 @@ class Challenges:
             reply = await self.check(start_id, prover, rows, symbols, body)
         except _Refusal as exc:
             return m.error(exc.code, str(exc)), b""
-        return m.ok(**reply), b""
+        header = m.ok(**reply)
+        checking = self._checking.get(start_id)
+        if checking is not None:
+            sent = {k: v for k, v in request.items() if k != REMOTE_PEER}
+            checking.bytes_received += len(m.encode(sent)) + len(body)
+            checking.bytes_sent += len(header)
+        return header, b""
 
     def _remote_member(self, request: dict[str, Any]) -> int:
         # Set by the peer from the authenticated connection, never from the sender's fields.
@@ -638,6 +643,16 @@ class Challenges:
             out["sample_ids"] = None if sample is None else [str(b) for b in sample]
         if closed:
             out["last_closed"] = {"round": closed[-1].number, "result": closed[-1].results(self.committee)[self.index]}
+        checking = self._checking.get(last.start_id) or self._checked.get(last.start_id)
+        mine = [e for e in (last.start, *last.reveals.values(), *last.passes.values(), *last.closes.values())
+                if e is not None and e.author == self.identity.public_key]
+        # Entries this peer wrote for the round go to the n - 1 others once each (its own pushes).
+        log_bytes = sum(len(e.encode()) for e in mine) * (len(self.committee.peers) - 1)
+        out["traffic"] = {
+            "proof_sent": proving.bytes_sent if proving else 0, "proof_received": proving.bytes_received if proving else 0,
+            "check_received": checking.bytes_received if checking else 0,
+            "check_sent": checking.bytes_sent if checking else 0, "log_sent": log_bytes,
+        }
         if proving is not None:
             out["proof"] = {"attested_by": sorted(proving.attestations), "refused_by": proving.refusals,
                             "missing_blobs": len(proving.missing), "bytes_sent": proving.bytes_sent,
