@@ -79,13 +79,20 @@ def round_once(directory: Path, sample: int, env: dict[str, str]) -> None:
     started = time.monotonic()
     info = json.loads(cli("audit", "start", "--sample", str(sample), "--json", env=env, ok=(0, 1)))
     seconds = time.monotonic() - started
-    peers = trio.run(statuses, directory)
+    for _ in range(10):  # a peer busy right after the round may miss one status call
+        peers = trio.run(statuses, directory)
+        if all(p["reachable"] for p in peers):
+            break
+        time.sleep(1)
     passed = sum(1 for row in info["peers"] if row["result"] == "passed")
     print(f"\nround {info['round']}: sample {info['sample']} blobs, {info['phase']} in {seconds:.2f} s "
           f"(audit start to close, as the CLI saw it), {passed}/{len(peers)} passed")
     print("peer  stored MB   proofs out/in   checks in/out   log out    total     share of stored")
     worst = 0.0
     for k, status in enumerate(peers):
+        if not status["reachable"]:
+            print(f"{k:>4}  unreachable: {status.get('error')}")
+            continue
         traffic = (status.get("challenge") or {}).get("traffic") or {}
         total = sum(traffic.values())
         stored = status["stored_bytes"]
