@@ -1,6 +1,6 @@
 """Storage challenges on 7 real peer processes: rounds in the log, failures, slow peers, refusals.
 
-Two devnets: one of honest peers (every peer passes; the challenged set recomputed from the
+Two devnets (the second also serves a FUSE mount): one of honest peers (every peer passes; the challenged set recomputed from the
 log alone; forged, outsider and replayed pass certificates rejected), and one where peer 6
 discarded 10% of its pairs, later with f = 2 slowed peers and a second discarder that tries
 to fetch its missing data mid-round.
@@ -20,6 +20,7 @@ from nacl.signing import SigningKey
 
 from p2p.host import running_host
 from tests.conftest import blob_bytes
+from tests.mounting import Mount, create_volume, wait_for
 from tests.test_healing import committee_of, store_all
 from tests.test_network import Devnet, walrusfs
 from walrusfs.client import Client
@@ -299,3 +300,40 @@ async def test_a_peer_fetching_its_missing_data_mid_round_is_refused_and_fails(f
     assert after > before
     log = (peer_dir(faulty.directory, 5) / "peer.log").read_text()
     assert "mid-round was refused" in log and "challenged" in log
+
+
+async def test_filesystem_reads_of_unchallenged_files_go_on_during_a_round(faulty: Devnet, tmp_path: Path) -> None:
+    committee = committee_of(faulty)
+    await stored(faulty)
+    restart(faulty, 3, "slow-challenge")  # keeps the round open for seconds
+    restart(faulty, 4, "slow-challenge")
+    config = tmp_path / "config"
+    create_volume(config, "vol")
+    files = {f"f{k}.bin": blob_bytes(900 + k, 40_000 + k) for k in range(12)}
+    writer = Mount(faulty.committee, tmp_path / "w", "vol", config, tmp_path / "state" / "w").start()
+    try:
+        for name, data in files.items():
+            (writer.path / name).write_bytes(data)
+        writer.sync()
+    finally:
+        writer.stop()
+    # A fresh mount has nothing cached: every read below goes to the peers.
+    reader = Mount(faulty.committee, tmp_path / "r", "vol", config, tmp_path / "state" / "r").start()
+    try:
+        assert wait_for(lambda: sorted(os.listdir(reader.path)) == sorted(files), limit=60)
+        blob_of = {name: os.getxattr(reader.path / name, "user.walrus.blob_ids").decode().strip() for name in files}
+        code, info = audit(faulty, "start", "--sample", "3", "--no-wait")
+        assert code == 0, info
+        async with running_host(os.urandom(32)) as host:
+            client = Client(host, committee)
+            with trio.move_on_after(WAIT):
+                while (sample := (await peer_status(client, 0))["challenge"].get("sample_ids")) is None:
+                    await trio.sleep(0.1)
+            unchallenged = [name for name in files if blob_of[name] not in sample]
+            assert unchallenged
+            for name in unchallenged:
+                assert (reader.path / name).read_bytes() == files[name]
+            rounds = await client.audit_rounds()
+            assert rounds.rounds[bytes.fromhex(info["start"])].phase(committee) != CLOSED
+    finally:
+        reader.stop()
