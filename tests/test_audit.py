@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from walrusfs.core.redstuff import blob_id_of
 from walrusfs.core.rounds import CLOSED, Rounds
 from walrusfs.devnet import peer_dir
 from walrusfs.identity import load_identity
+from walrusfs.peer import HOLD_FILE
 from walrusfs.rpc import call_member
 
 N = 7
@@ -229,6 +231,30 @@ def restart(net: Devnet, peer: int, fault: str) -> None:
     _modes[(net.directory, peer)] = fault
 
 
+async def wait_for_sample(client: Client) -> set[BlobId]:
+    """The blobs challenged in the open round, once peer 0 has computed them."""
+    with trio.move_on_after(WAIT):
+        while (sample := (await peer_status(client, 0))["challenge"].get("sample_ids")) is None:
+            await trio.sleep(0.1)
+        return {BlobId.parse(s) for s in sample}
+    pytest.fail(f"peer 0 computed no sample within {WAIT} s")
+
+
+@contextmanager
+def holding(net: Devnet, peers: tuple[int, ...] = (3, 4)) -> Iterator[None]:
+    """Slowed ``peers`` send no proofs inside the block, so a round started in it stays open."""
+    flags = [peer_dir(net.directory, peer) / HOLD_FILE for peer in peers]
+    for peer in peers:
+        restart(net, peer, "slow-challenge")
+    for flag in flags:
+        flag.touch()
+    try:
+        yield
+    finally:
+        for flag in flags:
+            flag.unlink(missing_ok=True)
+
+
 async def test_a_peer_that_discarded_a_tenth_fails_and_all_others_pass(faulty: Devnet) -> None:
     await stored(faulty)
     code, info = audit(faulty, "start", "--sample", "30")
@@ -253,35 +279,33 @@ async def test_f_slowed_peers_still_pass(faulty: Devnet) -> None:
 async def test_reads_of_unchallenged_blobs_go_on_during_a_round_and_challenged_ones_wait(faulty: Devnet) -> None:
     committee = committee_of(faulty)
     ids, contents = await stored(faulty), FAULTY_BLOBS
-    restart(faulty, 3, "slow-challenge")  # slow peers and a failing one keep the round open for seconds
-    restart(faulty, 4, "slow-challenge")
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee)
-        code, info = audit(faulty, "start", "--sample", "3", "--no-wait")
-        assert code == 0, info
-        start = info["start"]
-        with trio.move_on_after(WAIT):
-            while (sample := (await peer_status(client, 0))["challenge"].get("sample_ids")) is None:
-                await trio.sleep(0.1)
-        challenged = {BlobId.parse(s) for s in sample}
-        assert challenged <= set(ids)
-        # Every unchallenged blob reads back while the round is still open (slow peers and a
-        # failing peer keep it open for seconds).
-        for blob_id, data in zip(ids, contents):
-            if blob_id not in challenged:
-                assert await client.read(blob_id, challenge_wait=0) == data
-        rounds = await client.audit_rounds()
-        assert rounds.rounds[bytes.fromhex(start)].phase(committee) != CLOSED
-        # Challenged blobs are refused to anyone, with the reason; a read waits for the close.
-        victim = next(iter(challenged))
-        refusals = 0
-        for peer in range(N):
-            pair = victim.pair_for_shard(committee.peers[peer].shards[0], committee.n_shards)
-            try:
-                await call_member(host, committee, peer, m.GET_SLIVER, blob_id=victim.raw, axis="primary", index=pair)
-            except m.RemoteError as exc:
-                refusals += exc.code == m.CHALLENGED
-        assert refusals >= committee.quorum
+        with holding(faulty):
+            code, info = audit(faulty, "start", "--sample", "3", "--no-wait")
+            assert code == 0, info
+            start = info["start"]
+            challenged = await wait_for_sample(client)
+            assert challenged <= set(ids)
+            # Every unchallenged blob reads back while the round is open: peers 3 and 4 hold
+            # their proofs, so no more than 4 peers can pass.
+            for blob_id, data in zip(ids, contents):
+                if blob_id not in challenged:
+                    assert await client.read(blob_id, challenge_wait=0) == data
+            rounds = await client.audit_rounds()
+            assert rounds.rounds[bytes.fromhex(start)].phase(committee) != CLOSED
+            # Challenged blobs are refused to anyone, with the reason.
+            victim = next(iter(challenged))
+            refusals = 0
+            for peer in range(N):
+                pair = victim.pair_for_shard(committee.peers[peer].shards[0], committee.n_shards)
+                try:
+                    await call_member(host, committee, peer, m.GET_SLIVER, blob_id=victim.raw, axis="primary",
+                                      index=pair)
+                except m.RemoteError as exc:
+                    refusals += exc.code == m.CHALLENGED
+            assert refusals >= committee.quorum
+        # Once the held peers prove, the round closes and the waiting read returns the blob.
         assert await client.read(victim) == contents[ids.index(victim)]
         assert (await client.audit_rounds()).rounds[bytes.fromhex(start)].phase(committee) == CLOSED
 
@@ -305,8 +329,6 @@ async def test_a_peer_fetching_its_missing_data_mid_round_is_refused_and_fails(f
 async def test_filesystem_reads_of_unchallenged_files_go_on_during_a_round(faulty: Devnet, tmp_path: Path) -> None:
     committee = committee_of(faulty)
     await stored(faulty)
-    restart(faulty, 3, "slow-challenge")  # keeps the round open for seconds
-    restart(faulty, 4, "slow-challenge")
     config = tmp_path / "config"
     create_volume(config, "vol")
     files = {f"f{k}.bin": blob_bytes(900 + k, 40_000 + k) for k in range(12)}
@@ -322,18 +344,23 @@ async def test_filesystem_reads_of_unchallenged_files_go_on_during_a_round(fault
     try:
         assert wait_for(lambda: sorted(os.listdir(reader.path)) == sorted(files), limit=60)
         blob_of = {name: os.getxattr(reader.path / name, "user.walrus.blob_ids").decode().strip() for name in files}
-        code, info = audit(faulty, "start", "--sample", "3", "--no-wait")
-        assert code == 0, info
         async with running_host(os.urandom(32)) as host:
             client = Client(host, committee)
+            with holding(faulty):
+                code, info = audit(faulty, "start", "--sample", "3", "--no-wait")
+                assert code == 0, info
+                sample = {str(b) for b in await wait_for_sample(client)}
+                unchallenged = [name for name in files if blob_of[name] not in sample]
+                assert unchallenged
+                for name in unchallenged:
+                    assert (reader.path / name).read_bytes() == files[name]
+                rounds = await client.audit_rounds()
+                assert rounds.rounds[bytes.fromhex(info["start"])].phase(committee) != CLOSED
+            # Released, the round closes; every file reads back, challenged ones included.
             with trio.move_on_after(WAIT):
-                while (sample := (await peer_status(client, 0))["challenge"].get("sample_ids")) is None:
-                    await trio.sleep(0.1)
-            unchallenged = [name for name in files if blob_of[name] not in sample]
-            assert unchallenged
-            for name in unchallenged:
-                assert (reader.path / name).read_bytes() == files[name]
-            rounds = await client.audit_rounds()
-            assert rounds.rounds[bytes.fromhex(info["start"])].phase(committee) != CLOSED
+                while (await client.audit_rounds()).rounds[bytes.fromhex(info["start"])].phase(committee) != CLOSED:
+                    await trio.sleep(0.5)
+        for name, data in files.items():
+            assert (reader.path / name).read_bytes() == data
     finally:
         reader.stop()

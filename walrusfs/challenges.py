@@ -21,6 +21,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from dataclasses import field as default
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -118,7 +119,7 @@ class Challenges:
 
     def __init__(
         self, identity: Identity, committee: Committee, store: PeerStore, index: int, log_service: LogService,
-        healer: Healer, *, slow: float = 0.0, fetch_missing: bool = False, discard: float = 0.0,
+        healer: Healer, *, slow: float = 0.0, hold: Path | None = None, fetch_missing: bool = False, discard: float = 0.0,
     ) -> None:
         self.identity = identity
         self.committee = committee
@@ -129,6 +130,7 @@ class Challenges:
         self.n = committee.n_shards
         self.rounds = Rounds(committee)
         self.slow = slow
+        self.hold = hold
         self.fetch_missing = fetch_missing
         self.discard = discard
         self._discarded = False
@@ -424,6 +426,8 @@ class Challenges:
         """One checker: digests first, the cells themselves for blobs it cannot check from its own slivers."""
         if self.slow:
             await trio.sleep(self.slow)
+        while self.hold is not None and await trio.Path(self.hold).exists() and not self._over(found):
+            await trio.sleep(0.2)
 
         def digests() -> list[bytes | None]:
             # In sample order (by blob ID), which the checker knows: no IDs on the wire.

@@ -61,13 +61,16 @@ class Fault(enum.Enum):
     BAD_CONFIRMATIONS = "bad-confirmations"
     #: Storage challenges: drop 10% of the stored pairs when a round starts and never heal
     #: (a peer saving space); the same, also trying to fetch the data back mid-round; and
-    #: an honest peer whose proofs and attestations each take SLOW_SECONDS longer.
+    #: an honest peer whose proofs and attestations each take SLOW_SECONDS longer, and
+    #: which sends no proof at all while the file HOLD_FILE exists in its directory (so a
+    #: test can keep a round open for exactly as long as it needs, with no race).
     DISCARD = "discard-tenth"
     DISCARD_FETCH = "discard-tenth-fetch"
     SLOW = "slow-challenge"
 
 
 SLOW_SECONDS = 3.0
+HOLD_FILE = "hold-challenge"
 
 
 class _Reject(Exception):
@@ -104,7 +107,8 @@ class PeerService:
         discarding = fault in (Fault.DISCARD, Fault.DISCARD_FETCH)
         self.challenges = Challenges(
             identity, committee, store, self.index, self.log, self.healer,
-            slow=SLOW_SECONDS if fault is Fault.SLOW else 0.0, fetch_missing=fault is Fault.DISCARD_FETCH,
+            slow=SLOW_SECONDS if fault is Fault.SLOW else 0.0,
+            hold=store.directory / HOLD_FILE if fault is Fault.SLOW else None, fetch_missing=fault is Fault.DISCARD_FETCH,
             discard=0.1 if discarding else 0.0,
         )
         self.heal_in_background = not discarding
