@@ -193,6 +193,44 @@ async def test_forged_outsider_and_replayed_pass_certificates_are_rejected(hones
             await call_member(host, committee, 1, m.CHALLENGE_PROVE, start=new.start_id, digests=[])
 
 
+# ---------------------------------------------------------------------- the cadence
+
+
+async def test_peers_start_rounds_by_the_cadence_in_turn(tmp_path: Path) -> None:
+    """With --challenge-every 3, rounds start by themselves as blobs are certified, each by the member whose turn it is."""
+    net = Devnet(tmp_path / "cadence", 4, None, "--challenge-every", "3", "--challenge-sample", "2")
+    try:
+        committee = committee_of(net)
+        async with running_host(os.urandom(32)) as host:
+            client = Client(host, committee)
+            for batch in range(2):
+                # Nobody asks for a round: three more certified blobs make one.
+                await store_all(client, blobs(3, 700 + 10 * batch))
+                with trio.move_on_after(WAIT):
+                    while True:
+                        ordered = (await client.audit_rounds()).ordered()
+                        if len(ordered) > batch and ordered[batch].phase(committee) == CLOSED:
+                            break
+                        await trio.sleep(0.5)
+                assert len(ordered) == batch + 1 and ordered[batch].phase(committee) == CLOSED, ordered
+        code, history = audit(net, "history")
+        assert code == 0 and [info["round"] for info in history] == [1, 2]
+        for info in history:
+            assert set(results(info).values()) == {"passed"} and info["sample"] == 2
+            # Round r is started by member r mod n: peers take turns.
+            assert info["started_by"] == info["round"] % 4, info
+        # The option is kept for restarts.
+        net.stop(2)
+        net.start(2)
+        assert b"--challenge-every\x003\x00" in Path(f"/proc/{_pid(net, 2)}/cmdline").read_bytes()
+    finally:
+        net.down()
+
+
+def _pid(net: Devnet, peer: int) -> int:
+    return int(json.loads((net.directory / "devnet.json").read_text())[str(peer)]["pid"])
+
+
 # ---------------------------------------------------------------------- faulty devnet
 
 

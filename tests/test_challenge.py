@@ -52,6 +52,7 @@ from walrusfs.core.rounds import (
     PASSED,
     REVEALING,
     Rounds,
+    may_start,
     summary,
 )
 
@@ -263,3 +264,20 @@ def test_malformed_challenge_entries_are_rejected() -> None:
     for k in range(5):
         fold.apply(sign_entry(KEYS[k], 50, bytes(32), 1, "challenge-reveal", {"start": start_id, "secret": bytes([k]) * 32}))
     assert fold.rounds[start_id].seed(COMMITTEE) is None and fold.rounds[start_id].bad_reveals(COMMITTEE) == list(range(5))
+
+
+@settings(max_examples=200, deadline=None)
+@given(every=st.integers(1, 50), progress=st.integers(0, 500), since_due=st.integers(0, 500),
+       number=st.integers(1, 1_000), members=st.integers(4, 40))
+def test_the_cadence_lets_one_member_start_first_and_the_others_only_after_more_writes(
+        every: int, progress: int, since_due: int, number: int, members: int) -> None:
+    allowed = [k for k in range(members) if may_start(progress, since_due, every, number, k, members)]
+    if progress < every:
+        assert allowed == []
+        return
+    # The member whose turn it is, then one more per further ``every`` blobs certified since.
+    assert number % members in allowed
+    assert len(allowed) == min(members, 1 + since_due // every)
+    assert all((k - number) % members * every <= since_due for k in allowed)
+    # Off means off.
+    assert not any(may_start(progress, since_due, 0, number, k, members) for k in range(members))

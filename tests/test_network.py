@@ -37,11 +37,11 @@ def walrusfs(*args: str, committee: Path | None = None, check: bool = False, tim
 class Devnet:
     """A running devnet in ``directory``."""
 
-    def __init__(self, directory: Path, peers: int, faults: dict[int, str] | None = None) -> None:
+    def __init__(self, directory: Path, peers: int, faults: dict[int, str] | None = None, *options: str) -> None:
         self.directory = directory
         self.peers = peers
         self.committee = directory / "committee.toml"
-        args = ["devnet", "up", "--peers", str(peers), str(directory)]
+        args = ["devnet", "up", "--peers", str(peers), *options, str(directory)]
         for index, mode in (faults or {}).items():
             args += ["--fault", f"{index}={mode}"]
         walrusfs(*args, check=True)

@@ -55,6 +55,7 @@ from .core.log import (
     CHALLENGE_KINDS,
     CHALLENGE_PASS,
     CHALLENGE_REVEAL,
+    BLOB_CERTIFIED,
     CHALLENGE_START,
     Entry,
     LogError,
@@ -62,7 +63,7 @@ from .core.log import (
 from .core.metadata import BlobId, BlobMetadata
 from .core.recovery import RecoverySymbol, recovery_symbols, verify_recovery_symbol
 from .core.redstuff import Axis, Sliver, pair_index
-from .core.rounds import CLOSED, CLOSING, OPEN, REVEALING, Round, Rounds
+from .core.rounds import CLOSED, CLOSING, OPEN, REVEALING, Round, Rounds, may_start
 from .core.wire import field, uint
 from .healing import Healer, pair_problem
 from .identity import Identity
@@ -85,6 +86,12 @@ NOT_READY = "not-ready"
 REMOTE_PEER = "\x00remote-peer-id"
 #: A blob's metadata and this peer's slivers of it: pair -> (primary, secondary).
 Held = tuple[BlobMetadata, dict[int, tuple[Sliver, Sliver]]]
+
+
+#: The sample size of rounds the cadence starts (``walrusfs audit start`` has the same default).
+DEFAULT_SAMPLE = 64
+#: After a failed start by the cadence, this peer waits this long before trying again.
+CADENCE_RETRY = 10.0
 
 
 class ChallengeError(Exception):
@@ -119,7 +126,8 @@ class Challenges:
 
     def __init__(
         self, identity: Identity, committee: Committee, store: PeerStore, index: int, log_service: LogService,
-        healer: Healer, *, slow: float = 0.0, hold: Path | None = None, fetch_missing: bool = False, discard: float = 0.0,
+        healer: Healer, *, every: int = 0, sample: int = DEFAULT_SAMPLE, slow: float = 0.0, hold: Path | None = None,
+        fetch_missing: bool = False, discard: float = 0.0,
     ) -> None:
         self.identity = identity
         self.committee = committee
@@ -129,6 +137,14 @@ class Challenges:
         self.healer = healer
         self.n = committee.n_shards
         self.rounds = Rounds(committee)
+        #: The cadence: start a round of ``sample`` blobs once ``every`` blobs were certified
+        #: since the last round's start, when it is this peer's turn (0: only on request).
+        self.every = every
+        self.sample = sample
+        self._base: dict[bytes, int] = {}  # start ID -> blobs certified as of that round's heads
+        self._closed: set[bytes] = set()  # start IDs of closed rounds
+        self._due_at = (0, 0)  # (round, blobs certified when this peer first saw the cadence due it)
+        self._cadence_retry = 0.0
         self.slow = slow
         self.hold = hold
         self.fetch_missing = fetch_missing
@@ -142,8 +158,8 @@ class Challenges:
         self._checking: dict[bytes, Checking] = {}
         self._checked: dict[bytes, Checking] = {}  # the last closed round's, for status
         self._busy: set[tuple[str, bytes]] = set()
-        self._close_at: dict[bytes, float] = {}
-        self._start_lock = trio.Lock()  # start ID -> when this peer closes it
+        self._close_at: dict[bytes, float] = {}  # start ID -> when this peer closes it
+        self._start_lock = trio.Lock()
         self._wake = trio.Event()
         self._cpu = trio.CapacityLimiter(1)
         self.refused_reads = 0
@@ -164,12 +180,14 @@ class Challenges:
         if entry.kind in CHALLENGE_KINDS or self._unsampled:
             self._refresh()
             self._wake.set()
+        elif self.every and entry.kind == BLOB_CERTIFIED:
+            self._wake.set()
 
     def _refresh(self) -> None:
         """Recompute which blobs are refused: the samples of rounds not closed in this peer's view."""
         unsampled = False
         for start_id, found in self.rounds.rounds.items():
-            phase = found.phase(self.committee) if found.start else REVEALING
+            phase = self._phase(found)
             if phase == CLOSED:
                 self._samples.pop(start_id, None)
                 done = self._checking.pop(start_id, None)
@@ -185,6 +203,15 @@ class Challenges:
                     self._samples[start_id] = frozenset(sample)
         self._unsampled = unsampled
         self._blocked = frozenset().union(*self._samples.values()) if self._samples else frozenset()
+
+    def _phase(self, found: Round) -> str:
+        """``found``'s phase; a closed round stays closed, so it is remembered and not folded again."""
+        if found.start_id in self._closed:
+            return CLOSED
+        phase = found.phase(self.committee) if found.start else REVEALING
+        if phase == CLOSED:
+            self._closed.add(found.start_id)
+        return phase
 
     def check_serving(self, blob_id: BlobId) -> str | None:
         """Why this peer must not serve data of ``blob_id`` now (a round challenges it), or None."""
@@ -210,6 +237,8 @@ class Challenges:
             while True:
                 self._step(nursery)
                 due = min(self._close_at.values(), default=math.inf)
+                if self._cadence_retry > trio.current_time():
+                    due = min(due, self._cadence_retry)
                 with trio.move_on_at(due):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -234,10 +263,13 @@ class Challenges:
 
     def _step(self, nursery: trio.Nursery) -> None:
         me = self.identity.public_key
+        if self.every and ("start", b"") not in self._busy and self._cadence_due():
+            self._busy.add(("start", b""))
+            nursery.start_soon(self._start_by_cadence)
         for start_id, found in list(self.rounds.rounds.items()):
             if found.start is None:
                 continue
-            phase = found.phase(self.committee)
+            phase = self._phase(found)
             if phase == REVEALING:
                 if self.index in found.commitments() and not any(e.author == me for e in found.reveals.values()):
                     self._spawn(nursery, "reveal", start_id, self._reveal, found)
@@ -281,6 +313,41 @@ class Challenges:
 
     # ------------------------------------------------------------------ starting a round
 
+    def _cadence_due(self) -> bool:
+        """Whether the cadence has this peer start the next round now."""
+        if trio.current_time() < self._cadence_retry:
+            return False
+        ordered = self.rounds.ordered()
+        if any(self._phase(found) != CLOSED for found in ordered):
+            return False
+        base = 0
+        if ordered:
+            last = ordered[-1]
+            if last.start_id not in self._base:
+                self._base[last.start_id] = len(self.log.state.certified_as_of(last.heads(self.committee)))
+            base = self._base[last.start_id]
+        certified, number = self.log.state.certified_count(), self.rounds.last_number() + 1
+        if certified - base < self.every:
+            return False
+        if self._due_at[0] != number:
+            self._due_at = (number, certified)
+        return may_start(certified - base, certified - self._due_at[1], self.every, number, self.index,
+                         len(self.committee.peers))
+
+    async def _start_by_cadence(self) -> None:
+        try:
+            entry = await self.start_round(self.sample)
+            log.info("challenge round %d started by the cadence (every %d certified blobs)",
+                     entry.payload["round"], self.every)
+        except (ChallengeError, LogError, CodecError, OSError) as exc:
+            # Peers may be down or a round may have just started elsewhere; try again on a
+            # later log change, but not in a tight loop.
+            log.warning("challenge round by the cadence not started: %s", exc)
+            self._cadence_retry = trio.current_time() + CADENCE_RETRY
+        finally:
+            self._busy.discard(("start", b""))
+            self._wake.set()
+
     async def start_round(self, sample: int) -> Entry:
         """Gather signed commitments from peers holding 2f + 1 shards and record a challenge-start."""
         async with self._start_lock:
@@ -288,7 +355,7 @@ class Challenges:
 
     async def _start_round(self, sample: int) -> Entry:
         for found in self.rounds.ordered():
-            phase = found.phase(self.committee)
+            phase = self._phase(found)
             if phase != CLOSED:
                 raise ChallengeError(f"round {found.number} is still {phase}; start the next one after it closes")
         number = self.rounds.last_number() + 1
@@ -417,7 +484,7 @@ class Challenges:
         await self.log.author(CHALLENGE_PASS, pass_payload(found.start_id, certificate))
 
     def _over(self, found: Round) -> bool:
-        return found.phase(self.committee) == CLOSED or self.index in found.passed(self.committee)
+        return self._phase(found) == CLOSED or self.index in found.passed(self.committee)
 
     async def _prove_to(
         self, found: Round, seed: bytes, peer: int,
@@ -507,7 +574,7 @@ class Challenges:
         seed = found.seed(self.committee) if found is not None and found.start is not None else None
         sample = self._samples.get(start_id)
         if found is None or seed is None or sample is None:
-            if found is not None and found.start is not None and found.phase(self.committee) == CLOSED:
+            if found is not None and found.start is not None and self._phase(found) == CLOSED:
                 raise _Refusal(m.INVALID, "this round is closed")
             raise _Refusal(NOT_READY, "this peer has not seen the round's seed and sample yet")
         checking = self._checking.setdefault(start_id, Checking())
@@ -635,9 +702,9 @@ class Challenges:
             return {"round": 0, "refused_reads": self.refused_reads}
         last = ordered[-1]
         proving = self._proving.get(last.start_id)
-        closed = [r for r in ordered if r.phase(self.committee) == CLOSED]
+        closed = [r for r in ordered if self._phase(r) == CLOSED]
         out: dict[str, Any] = {
-            "round": last.number, "start": last.start_id.hex(), "phase": last.phase(self.committee),
+            "round": last.number, "start": last.start_id.hex(), "phase": self._phase(last),
             "result": last.results(self.committee)[self.index] if last.start else "pending",
             "refused_reads": self.refused_reads,
             "sample": len(self._samples.get(last.start_id, ())) or None,

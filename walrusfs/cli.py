@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -193,11 +194,19 @@ def init(directory: Path) -> None:
               help="MB/s of stored slivers the scrubber re-verifies.")
 @click.option("--scrub-pause", type=click.FloatRange(0), default=300.0, show_default=True,
               envvar="WALRUSFS_SCRUB_PAUSE", help="Seconds between two scrub passes.")
-def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_rate: float, scrub_pause: float) -> None:
+@click.option("--challenge-every", type=click.IntRange(0), default=0, show_default=True,
+              envvar="WALRUSFS_CHALLENGE_EVERY",
+              help="Start a storage challenge round, in turn with the other peers, each time this many blobs "
+                   "were certified since the last round's start (0: only on `walrusfs audit start`).")
+@click.option("--challenge-sample", type=click.IntRange(1, 4096), default=64, show_default=True,
+              envvar="WALRUSFS_CHALLENGE_SAMPLE", help="Certified blobs challenged in a round the cadence starts.")
+def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_rate: float, scrub_pause: float,
+         challenge_every: int, challenge_sample: int) -> None:
     """Run a storage peer from its data DIRECTORY until SIGTERM.
 
     The peer heals missing or damaged sliver pairs of every certified blob in the
-    background, and its scrubber re-verifies everything it stores, pass after pass.
+    background, its scrubber re-verifies everything it stores, pass after pass, and it
+    takes part in storage challenge rounds (and starts them, with --challenge-every).
     """
     import trio
 
@@ -214,8 +223,8 @@ def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_
         committee.index_of(identity.peer_id)
     except (IdentityError, CommitteeError) as exc:
         raise Failure(str(exc)) from exc
-    trio.run(run_peer, directory, identity, committee, Fault(fault) if fault else None, int(scrub_rate * 1e6),
-             scrub_pause)
+    trio.run(partial(run_peer, directory, identity, committee, Fault(fault) if fault else None, int(scrub_rate * 1e6),
+                     scrub_pause, challenge_every=challenge_every, challenge_sample=challenge_sample))
 
 
 @main.group()
@@ -248,8 +257,13 @@ def _wait_ready(directory: Path, committee: Committee, indices: list[int], limit
 @click.option("--peers", "count", type=click.IntRange(4, 200), default=7, show_default=True, help="Number of peers.")
 @click.option("--fault", "faults", multiple=True, hidden=True, metavar="K=MODE",
               help="TEST ONLY: start peer K in fault mode MODE.")
+@click.option("--challenge-every", type=click.IntRange(0), default=None,
+              help="Peers start a storage challenge round every this many certified blobs (kept for restarts).")
+@click.option("--challenge-sample", type=click.IntRange(1, 4096), default=None,
+              help="Certified blobs challenged in a round the cadence starts (kept for restarts).")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def devnet_up(count: int, faults: tuple[str, ...], directory: Path) -> None:
+def devnet_up(count: int, faults: tuple[str, ...], challenge_every: int | None, challenge_sample: int | None,
+              directory: Path) -> None:
     """Start COUNT peers with data in DIRECTORY and write DIRECTORY/committee.toml."""
     from . import devnet as dn
 
@@ -261,6 +275,12 @@ def devnet_up(count: int, faults: tuple[str, ...], directory: Path) -> None:
         modes[int(index)] = mode
     try:
         committee = dn.create(directory, count)
+        options = dn.peer_options(directory)
+        if challenge_every is not None:
+            options["challenge-every"] = str(challenge_every)
+        if challenge_sample is not None:
+            options["challenge-sample"] = str(challenge_sample)
+        dn.set_peer_options(directory, options)
         started = [k for k in range(count) if k not in dn.running(directory)]
         for k in started:
             dn.start_peer(directory, k, modes.get(k))

@@ -1,8 +1,9 @@
 """A local network of peers: N ``walrusfs peer`` processes on 127.0.0.1 and their committee.
 
 ``DIR/committee.toml`` is written once and reused, so identities and ports survive
-``down``/``up``; ``DIR/devnet.json`` records the running processes. Peers run in their own
-sessions with logs in ``DIR/peer-K/peer.log``.
+``down``/``up``; ``DIR/devnet.json`` records the running processes and ``DIR/options.json``
+the options every peer is started with. Peers run in their own sessions with logs in
+``DIR/peer-K/peer.log``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .core.committee import Committee, PeerInfo, parse_committee, render_committ
 from .identity import IdentityError, create_identity, load_identity
 
 STATE_FILE = "devnet.json"
+OPTIONS_FILE = "options.json"
 COMMITTEE_FILE = "committee.toml"
 
 
@@ -90,6 +92,21 @@ def create(directory: Path, peers: int) -> Committee:
     return committee
 
 
+def set_peer_options(directory: Path, options: dict[str, str]) -> None:
+    """Record ``walrusfs peer`` options (name -> value) that every peer starts with from now on."""
+    tmp = directory / (OPTIONS_FILE + ".tmp")
+    tmp.write_text(json.dumps(options, indent=2))
+    tmp.replace(directory / OPTIONS_FILE)
+
+
+def peer_options(directory: Path) -> dict[str, str]:
+    """The options recorded by ``set_peer_options`` (none by default)."""
+    try:
+        return dict(json.loads((directory / OPTIONS_FILE).read_text()))
+    except FileNotFoundError:
+        return {}
+
+
 def start_peer(directory: Path, index: int, fault: str | None = None) -> int:
     """Start peer ``index`` in the background; return its PID."""
     state = _read_state(directory)
@@ -98,6 +115,8 @@ def start_peer(directory: Path, index: int, fault: str | None = None) -> int:
         raise DevnetError(f"peer {index} is already running (pid {entry['pid']})")
     data = peer_dir(directory, index)
     args = [sys.executable, "-m", "walrusfs", "peer", str(data), "--committee", str(directory / COMMITTEE_FILE)]
+    for name, value in sorted(peer_options(directory).items()):
+        args += [f"--{name}", value]
     if fault:
         args += ["--fault", fault]
     with open(data / "peer.log", "ab") as logfile:

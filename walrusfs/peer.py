@@ -25,7 +25,7 @@ from p2p.host import running_host
 from p2p.rpc import serve
 
 from . import __version__
-from .challenges import REMOTE_PEER, Challenges
+from .challenges import DEFAULT_SAMPLE, REMOTE_PEER, Challenges
 from .core import messages as m
 from .core.certificates import sign_confirmation
 from .core.committee import Committee
@@ -92,7 +92,8 @@ class PeerService:
 
     def __init__(
         self, identity: Identity, committee: Committee, store: PeerStore, fault: Fault | None = None,
-        scrub_rate: int = SCRUB_RATE, scrub_pause: float = SCRUB_PAUSE,
+        scrub_rate: int = SCRUB_RATE, scrub_pause: float = SCRUB_PAUSE, *, challenge_every: int = 0,
+        challenge_sample: int = DEFAULT_SAMPLE,
     ) -> None:
         self.identity = identity
         self.committee = committee
@@ -107,7 +108,7 @@ class PeerService:
         discarding = fault in (Fault.DISCARD, Fault.DISCARD_FETCH)
         self.challenges = Challenges(
             identity, committee, store, self.index, self.log, self.healer,
-            slow=SLOW_SECONDS if fault is Fault.SLOW else 0.0,
+            every=challenge_every, sample=challenge_sample, slow=SLOW_SECONDS if fault is Fault.SLOW else 0.0,
             hold=store.directory / HOLD_FILE if fault is Fault.SLOW else None, fetch_missing=fault is Fault.DISCARD_FETCH,
             discard=0.1 if discarding else 0.0,
         )
@@ -360,11 +361,13 @@ class PeerService:
 
 async def run_peer(
     directory: Path, identity: Identity, committee: Committee, fault: Fault | None = None,
-    scrub_rate: int = SCRUB_RATE, scrub_pause: float = SCRUB_PAUSE,
+    scrub_rate: int = SCRUB_RATE, scrub_pause: float = SCRUB_PAUSE, *, challenge_every: int = 0,
+    challenge_sample: int = DEFAULT_SAMPLE,
 ) -> None:
     """Serve as a committee peer until SIGTERM or SIGINT, then close cleanly."""
     store = await trio.to_thread.run_sync(PeerStore, directory)
-    service = PeerService(identity, committee, store, fault, scrub_rate, scrub_pause)
+    service = PeerService(identity, committee, store, fault, scrub_rate, scrub_pause,
+                          challenge_every=challenge_every, challenge_sample=challenge_sample)
     await service.log.load()
     service.challenges.load()
     me = committee.peers[service.index]

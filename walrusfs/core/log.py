@@ -438,6 +438,10 @@ class LogState:
         """Each certified blob with the entry that certified it first (by stamp, author, ID)."""
         return dict(self._certified)
 
+    def certified_count(self) -> int:
+        """How many blobs are certified (a measure of log progress)."""
+        return len(self._certified)
+
     def certified_entry(self, blob_id: BlobId) -> Entry | None:
         """The entry that certified ``blob_id`` first, if any."""
         return self._certified.get(blob_id)

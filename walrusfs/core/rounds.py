@@ -225,3 +225,22 @@ class Rounds:
     def last_number(self) -> int:
         """The highest round number started so far (0 if none)."""
         return max((r.number for r in self.rounds.values()), default=0)
+
+
+
+
+def may_start(progress: int, since_due: int, every: int, number: int, index: int, members: int) -> bool:
+    """Whether member ``index`` may start round ``number`` by a cadence of ``every`` certified blobs.
+
+    The cadence is counted in log progress, never in time. ``progress`` is the number of
+    blobs certified since the previous round's start (the same on every replica);
+    ``since_due`` those certified since this member first saw ``progress`` reach ``every``.
+    Member ``number mod members`` starts the round as soon as it is due; the member d
+    places after it only once ``since_due`` reaches d * ``every``. So a crashed starter
+    delays a round by some writes and never stops it, and a backlog of writes does not
+    have every member start at once.
+    """
+    if every <= 0 or progress < every:
+        return False
+    place = (index - number) % members
+    return place * every <= since_due
