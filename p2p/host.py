@@ -29,7 +29,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-__all__ = ["IHost", "ID", "PeerInfo", "configure_logging", "key_pair", "make_host", "peer_info", "running_host"]
+__all__ = ["ID", "IHost", "PeerInfo", "configure_logging", "key_pair", "make_host", "peer_info", "running_host"]
 
 
 def configure_logging(level: int = logging.WARNING) -> None:

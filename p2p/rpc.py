@@ -16,9 +16,8 @@ from collections.abc import Awaitable, Callable
 import trio
 from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
-from libp2p.peer.peerinfo import PeerInfo
-
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 
 from .framing import Body, EndOfStream, FrameError, FrameReader, write_frame

@@ -51,11 +51,11 @@ from .core.challenge import (
 from .core.committee import Committee, CommitteeError
 from .core.errors import CodecError, InvalidParameter, VerificationError
 from .core.log import (
+    BLOB_CERTIFIED,
     CHALLENGE_CLOSE,
     CHALLENGE_KINDS,
     CHALLENGE_PASS,
     CHALLENGE_REVEAL,
-    BLOB_CERTIFIED,
     CHALLENGE_START,
     Entry,
     LogError,
@@ -194,6 +194,8 @@ class Challenges:
                 if done is not None:
                     done.own.clear()  # the cached slivers; the counters stay for status
                     self._checked = {start_id: done}
+                if found.number < self.rounds.last_number():
+                    self._proving.pop(start_id, None)  # status shows the newest round only
             elif phase != REVEALING and start_id not in self._samples:
                 sample = found.sample(self.committee, self.log.state)
                 if sample is None:
@@ -324,7 +326,9 @@ class Challenges:
         if ordered:
             last = ordered[-1]
             if last.start_id not in self._base:
-                self._base[last.start_id] = len(self.log.state.certified_as_of(last.heads(self.committee)))
+                if not self.log.state.reached(last.heads(self.committee)):
+                    return False  # this peer lags behind that round's start; count once caught up
+                self._base = {last.start_id: len(self.log.state.certified_as_of(last.heads(self.committee)))}
             base = self._base[last.start_id]
         certified, number = self.log.state.certified_count(), self.rounds.last_number() + 1
         if certified - base < self.every:

@@ -24,9 +24,24 @@ from .core import messages as m
 from .core.certificates import Certificate, assemble_certificate, verify_confirmation
 from .core.committee import Committee
 from .core.errors import CodecError, InconsistentBlob
-from .core.log import BLOB_CERTIFIED, BLOB_INVALID, Entry, LogError, certificate_payload, check_entry, decode_entry
+from .core.log import (
+    BLOB_CERTIFIED,
+    BLOB_INVALID,
+    Entry,
+    LogError,
+    certificate_payload,
+    check_entry,
+    decode_entry,
+)
+from .core.messages import (
+    LOG_CERTIFIED,
+    LOG_EVIDENCE,
+    LOG_HEADS,
+    LOG_RANGE,
+    LOG_SUBMIT,
+    LOG_TIMES,
+)
 from .core.metadata import BlobId, BlobMetadata
-from .core.rounds import Rounds
 from .core.recovery import find_inconsistency
 from .core.redstuff import (
     Axis,
@@ -40,8 +55,8 @@ from .core.redstuff import (
     rows_for_range,
     verify_sliver,
 )
+from .core.rounds import Rounds
 from .core.wire import field as wire_field
-from .core.messages import LOG_CERTIFIED, LOG_EVIDENCE, LOG_HEADS, LOG_RANGE, LOG_SUBMIT, LOG_TIMES
 from .rpc import SessionPool, call_member
 
 log = logging.getLogger("walrusfs.client")

@@ -25,7 +25,6 @@ from p2p.rpc import PeerUnavailable, Session
 
 from .core import merkle
 from .core import messages as m
-from .core.messages import LOG_CERTIFIED, LOG_EVIDENCE, LOG_HEADS, LOG_PUSH, LOG_RANGE, LOG_SUBMIT, LOG_TIMES
 from .core.certificates import Certificate, verify_certificate
 from .core.committee import Committee
 from .core.errors import CodecError, VerificationError
@@ -43,6 +42,15 @@ from .core.log import (
     invalid_payload,
     next_hlc,
     sign_entry,
+)
+from .core.messages import (
+    LOG_CERTIFIED,
+    LOG_EVIDENCE,
+    LOG_HEADS,
+    LOG_PUSH,
+    LOG_RANGE,
+    LOG_SUBMIT,
+    LOG_TIMES,
 )
 from .core.wire import field, uint
 from .identity import Identity

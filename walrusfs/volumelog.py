@@ -25,7 +25,16 @@ from p2p.rpc import PeerUnavailable
 from .client import Client
 from .core.errors import CodecError
 from .core.log import (
-    GENESIS, NAMESPACE, Entry, LogError, LogState, Outcome, check_entry, decode_entry, delegate_device, next_hlc,
+    GENESIS,
+    NAMESPACE,
+    Entry,
+    LogError,
+    LogState,
+    Outcome,
+    check_entry,
+    decode_entry,
+    delegate_device,
+    next_hlc,
     sign_entry,
 )
 from .core.messages import LOG_HEADS, LOG_PUSH, LOG_RANGE

@@ -18,9 +18,22 @@ from dataclasses import dataclass
 
 from . import merkle
 from .config import EncodingConfig
-from .errors import InconsistentBlob, InvalidParameter, InvalidProof, NotEnoughSymbols, VerificationError
+from .errors import (
+    InconsistentBlob,
+    InvalidParameter,
+    InvalidProof,
+    NotEnoughSymbols,
+    VerificationError,
+)
 from .metadata import BlobMetadata
-from .redstuff import Axis, Sliver, _decode_symbols, commitment, expanded_sliver, sliver_root
+from .redstuff import (
+    Axis,
+    Sliver,
+    _decode_symbols,
+    commitment,
+    expanded_sliver,
+    sliver_root,
+)
 
 _OTHER = {Axis.PRIMARY: Axis.SECONDARY, Axis.SECONDARY: Axis.PRIMARY}
 

@@ -28,7 +28,12 @@ import reed_solomon_leopard as _rs
 
 from . import merkle
 from .config import RS2, EncodingConfig
-from .errors import InconsistentBlob, InvalidParameter, NotEnoughSymbols, VerificationError
+from .errors import (
+    InconsistentBlob,
+    InvalidParameter,
+    NotEnoughSymbols,
+    VerificationError,
+)
 from .metadata import BlobId, BlobMetadata, SliverPairHashes
 
 _T = TypeVar("_T")
