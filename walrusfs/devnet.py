@@ -130,24 +130,30 @@ def start_peer(directory: Path, index: int, fault: str | None = None) -> int:
 
 def stop_peer(directory: Path, index: int, kill: bool = False, wait: float = 10.0) -> bool:
     """Stop peer ``index`` (SIGTERM, or SIGKILL with ``kill``); False if it was not running."""
+    return bool(stop_peers(directory, [index], kill, wait))
+
+
+def stop_peers(directory: Path, indices: list[int], kill: bool = False, wait: float = 10.0) -> list[int]:
+    """Stop several peers at once (all signalled, then all waited for); return those that were running."""
     state = _read_state(directory)
-    entry = state.pop(str(index), None)
+    entries = {index: state.pop(str(index), None) for index in indices}
     _write_state(directory, state)
-    if not entry or not _alive(int(entry["pid"])):
-        return False
-    pid = int(entry["pid"])
-    os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    pids = {index: int(e["pid"]) for index, e in entries.items() if e and _alive(int(e["pid"]))}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while _alive(pid) and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.05)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while _alive(pid) and time.monotonic() < deadline + 5:
+    for pid in pids.values():
+        while _alive(pid) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.05)
-    _reap(pid)
-    return True
+    for pid in pids.values():
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)  # it did not shut down in time: a crash is all that is left
+            while _alive(pid) and time.monotonic() < deadline + 5:
+                _reap(pid)
+                time.sleep(0.05)
+        _reap(pid)
+    return sorted(pids)
 
 
 def _reap(pid: int) -> None:
@@ -184,6 +190,6 @@ def down(directory: Path) -> list[int]:
     """Stop every peer of the devnet; return the indices that were running."""
     if not (directory / COMMITTEE_FILE).exists():
         raise DevnetError(f"no devnet in {directory} (no {COMMITTEE_FILE})")
-    stopped = [index for index in sorted(running(directory)) if stop_peer(directory, index)]
+    stopped = stop_peers(directory, sorted(running(directory)))
     (directory / STATE_FILE).unlink(missing_ok=True)
     return stopped
