@@ -61,7 +61,8 @@ def main() -> None:
     if os.path.ismount(mnt):
         raise SystemExit(f"{mnt} is still mounted from an earlier run; run: walrusfs umount {mnt}")
     if not committee.exists():
-        walrusfs("devnet", "up", str(net), env=env)
+        # Peers challenge each other by themselves: a round of 16 blobs per 50 certified.
+        walrusfs("devnet", "up", "--challenge-every", "50", "--challenge-sample", "16", str(net), env=env)
     else:
         walrusfs("devnet", "down", str(net), env=env, check=False)
         for index in range(len(list(net.glob("peer-*")))):
@@ -102,6 +103,8 @@ Try, in another terminal:
   getfattr -d -m user.walrus {mnt}/services        # blob IDs and certificate entries
   {EXE} status {mnt}                # pending uploads
   {EXE} health --committee {committee}
+  {EXE} audit start --committee {committee}   # a storage challenge round now (peers also
+  {EXE} audit history --committee {committee} # start one per 50 certified blobs)
   {EXE} devnet stop {net} --peer 3      # the volume keeps working with f = 2 peers down
 Press Ctrl-C here to wait for uploads, unmount and stop the peers.""", flush=True)
         stop = []
