@@ -7,6 +7,7 @@ import os
 import random
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
@@ -55,6 +56,7 @@ from walrusfs.core.rounds import (
     may_start,
     summary,
 )
+from walrusfs.rpc import ask_others
 
 KEYS = [SigningKey(bytes([k + 1]) * 32) for k in range(7)]
 COMMITTEE = Committee(0, tuple(
@@ -281,3 +283,31 @@ def test_the_cadence_lets_one_member_start_first_and_the_others_only_after_more_
     assert all((k - number) % members * every <= since_due for k in allowed)
     # Off means off.
     assert not any(may_start(progress, since_due, 0, number, k, members) for k in range(members))
+
+
+async def test_asking_the_other_members_ends_when_enough_agreed_or_when_every_ask_returned() -> None:
+    # Too few agree: every ask returns and so does the fan-out (it used to wait for good).
+    asked: list[int] = []
+
+    async def refuse(peer: int) -> None:
+        asked.append(peer)
+
+    with trio.fail_after(5):
+        await ask_others(COMMITTEE, 2, refuse, trio.Event())
+    assert sorted(asked) == [0, 1, 3, 4, 5, 6]
+    # Enough agree: the asks still running are cancelled.
+    enough, finished = trio.Event(), []
+
+    async def agree_or_hang(peer: int) -> None:
+        if peer in (0, 1, 3):
+            if len(asked) == 2:
+                enough.set()
+            asked.append(peer)
+            return
+        await trio.sleep_forever()
+        finished.append(peer)
+
+    asked.clear()
+    with trio.fail_after(5):
+        await ask_others(COMMITTEE, 2, agree_or_hang, enough)
+    assert len(asked) == 3 and finished == []

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from dataclasses import field as default
@@ -25,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
 
 from p2p.framing import FrameReader
 from p2p.host import IHost
@@ -47,6 +44,7 @@ from .core.challenge import (
     seed_commitment,
     sign_commitment,
     sign_pass,
+    verify_member,
 )
 from .core.committee import Committee, CommitteeError
 from .core.errors import CodecError, InvalidParameter, VerificationError
@@ -68,12 +66,13 @@ from .core.wire import field, uint
 from .healing import Healer, pair_problem
 from .identity import Identity
 from .replication import LogService
-from .rpc import SessionPool, call_member
+from .rpc import SessionPool, ask_others, call_member
 from .storage import PeerStore
 
 log = logging.getLogger("walrusfs.challenges")
 
-#: Blobs challenged per round unless ``audit start --sample`` says otherwise. A peer
+#: Blobs challenged per round unless ``audit start --sample`` or ``peer --challenge-sample``
+#: say otherwise. A peer
 #: missing 10% of its blobs passes 64 challenged blobs with probability 0.9^64 ~ 0.1%.
 DEFAULT_SAMPLE = 64
 RETRY_MIN, RETRY_MAX = 0.25, 5.0
@@ -87,9 +86,6 @@ REMOTE_PEER = "\x00remote-peer-id"
 #: A blob's metadata and this peer's slivers of it: pair -> (primary, secondary).
 Held = tuple[BlobMetadata, dict[int, tuple[Sliver, Sliver]]]
 
-
-#: The sample size of rounds the cadence starts (``walrusfs audit start`` has the same default).
-DEFAULT_SAMPLE = 64
 #: After a failed start by the cadence, this peer waits this long before trying again.
 CADENCE_RETRY = 10.0
 
@@ -116,7 +112,7 @@ class Checking:
     verdicts: dict[int, str] = default(default_factory=dict)
     closed: bool = False
     lock: trio.Lock = default(default_factory=trio.Lock)
-    own: dict[BlobId, tuple[BlobMetadata, dict[int, tuple[Sliver, Sliver]]] | None] = default(default_factory=dict)
+    own: dict[BlobId, Held | None] = default(default_factory=dict)
     bytes_received: int = 0
     bytes_sent: int = 0
 
@@ -141,7 +137,7 @@ class Challenges:
         #: since the last round's start, when it is this peer's turn (0: only on request).
         self.every = every
         self.sample = sample
-        self._base: dict[bytes, int] = {}  # start ID -> blobs certified as of that round's heads
+        self._base = (b"", 0)  # (start ID of the last round, blobs certified as of its heads)
         self._closed: set[bytes] = set()  # start IDs of closed rounds
         self._due_at = (0, 0)  # (round, blobs certified when this peer first saw the cadence due it)
         self._cadence_retry = 0.0
@@ -258,8 +254,6 @@ class Challenges:
             except (LogError, CodecError, OSError) as exc:
                 log.warning("challenge round %d: %s failed: %s", found.number, what, exc)
                 self._busy.discard(key)  # try again on the next log change
-            except trio.Cancelled:
-                raise
 
         nursery.start_soon(task)
 
@@ -325,11 +319,12 @@ class Challenges:
         base = 0
         if ordered:
             last = ordered[-1]
-            if last.start_id not in self._base:
-                if not self.log.state.reached(last.heads(self.committee)):
+            if self._base[0] != last.start_id:
+                heads = last.heads(self.committee)
+                if not self.log.state.reached(heads):
                     return False  # this peer lags behind that round's start; count once caught up
-                self._base = {last.start_id: len(self.log.state.certified_as_of(last.heads(self.committee)))}
-            base = self._base[last.start_id]
+                self._base = (last.start_id, len(self.log.state.certified_as_of(heads)))
+            base = self._base[1]
         certified, number = self.log.state.certified_count(), self.rounds.last_number() + 1
         if certified - base < self.every:
             return False
@@ -372,16 +367,13 @@ class Challenges:
                 reply, _ = await self._call(peer, m.CHALLENGE_COMMIT, round=number, nonce=nonce)
                 commitment, signature = field(reply, "commitment", bytes, size=32), field(reply, "signature", bytes)
                 await trio.to_thread.run_sync(
-                    _verify_member, self.committee, peer, commitment_bytes(number, nonce, peer, commitment),
-                    signature)
+                    verify_member, self.committee, peer, commitment_bytes(number, nonce, peer, commitment),
+                    signature, f"peer {peer}'s commitment signature is invalid")
                 commits[peer] = (commitment, signature)
             except (PeerUnavailable, CodecError, VerificationError) as exc:
                 problems[peer] = str(exc)
 
-        async with trio.open_nursery() as nursery:
-            for peer in range(len(self.committee.peers)):
-                if peer != self.index:
-                    nursery.start_soon(ask, peer)
+        await ask_others(self.committee, self.index, ask)
         if self.committee.weight(commits) < self.committee.quorum:
             detail = "; ".join(f"peer {k}: {why}" for k, why in sorted(problems.items()))
             raise ChallengeError(f"only peers holding {self.committee.weight(commits)} shards committed to round "
@@ -445,8 +437,6 @@ class Challenges:
         proving.missing = [str(b) for b, v in held.items() if v is None]
         if proving.missing:
             log.warning("challenge round %d: %d challenged blobs are not held here", found.number, len(proving.missing))
-        others = [k for k in range(len(self.committee.peers)) if k != self.index]
-        random.shuffle(others)
         enough = trio.Event()
 
         async def prove_to(peer: int) -> None:
@@ -470,15 +460,7 @@ class Challenges:
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
 
-        async with trio.open_nursery() as nursery:
-            for peer in others:
-                nursery.start_soon(prove_to, peer)
-
-            async def stop_when_enough() -> None:
-                await enough.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(stop_when_enough)
+        await ask_others(self.committee, self.index, prove_to, enough)
         if self.committee.weight(proving.attestations) < self.committee.quorum:
             log.warning("challenge round %d: no pass certificate; refused by %s", found.number, proving.refusals)
             return
@@ -543,8 +525,8 @@ class Challenges:
             proving.bytes_sent += len(m.request(start=found.start_id, digests=rows, symbols=listing)) + len(body)
             proving.bytes_received += len(m.encode(reply))
         signature = field(reply, "signature", bytes)
-        await trio.to_thread.run_sync(_verify_member, self.committee, peer,
-                                      pass_bytes(found.number, seed, self.index), signature)
+        await trio.to_thread.run_sync(verify_member, self.committee, peer, pass_bytes(found.number, seed, self.index),
+                                      signature, f"peer {peer}'s pass attestation is invalid")
         return signature
 
     def _symbols_for(self, metadata: BlobMetadata, own: dict[int, tuple[Sliver, Sliver]],
@@ -739,14 +721,6 @@ class _Refusal(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _verify_member(committee: Committee, peer: int, message: bytes, signature: bytes) -> None:
-    """Raise ``VerificationError`` unless member ``peer`` signed ``message``."""
-    try:
-        VerifyKey(committee.peers[peer].public_key).verify(message, signature)
-    except (BadSignatureError, ValueError) as exc:
-        raise VerificationError(f"peer {peer}'s signature is invalid") from exc
 
 
 def _parse_symbols(listing: Any, body: bytes, metadata: dict[BlobId, BlobMetadata], n: int) -> dict[BlobId, list[RecoverySymbol]]:

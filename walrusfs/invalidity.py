@@ -13,7 +13,6 @@ refused with the reason and changes nothing.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,7 +36,7 @@ from .core.recovery import InconsistencyProof, verify_inconsistency_proof
 from .core.wire import field
 from .identity import Identity
 from .replication import LogService
-from .rpc import call_member
+from .rpc import ask_others, call_member
 from .storage import PeerStore
 
 log = logging.getLogger("walrusfs.invalidity")
@@ -122,17 +121,7 @@ class InvalidBlobs:
                     enough.set()
 
             if self.committee.weight(signatures) < self.committee.validity_threshold:
-                async with trio.open_nursery() as nursery:
-                    others = [k for k in range(len(self.committee.peers)) if k != self.index]
-                    random.shuffle(others)
-                    for peer in others:
-                        nursery.start_soon(ask, peer)
-
-                    async def stop_when_enough() -> None:
-                        await enough.wait()
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(stop_when_enough)
+                await ask_others(self.committee, self.index, ask, enough)
             try:
                 certificate = assemble_certificate(self.committee, blob_id, signatures.items(), invalid=True)
             except VerificationError as exc:

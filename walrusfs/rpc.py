@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -73,3 +75,27 @@ async def call_member(
         max_header=m.MAX_HEADER, max_body=max_body,
     )
     return m.parse_response(header), response_body
+
+
+async def ask_others(
+    committee: Committee, me: int, ask: Callable[[int], Awaitable[None]], enough: trio.Event | None = None,
+) -> None:
+    """Run ``ask(peer)`` for every member but ``me`` at once (in random order); return when all returned or ``enough`` is set.
+
+    Returning once every ask is done matters as much as stopping early: a caller that only
+    waits for ``enough`` hangs for good when too few members agree.
+    """
+    others = [k for k in range(len(committee.peers)) if k != me]
+    random.shuffle(others)
+    async with trio.open_nursery() as nursery:
+
+        async def stop_when_enough(enough: trio.Event) -> None:
+            await enough.wait()
+            nursery.cancel_scope.cancel()
+
+        if enough is not None:
+            nursery.start_soon(stop_when_enough, enough)
+        async with trio.open_nursery() as asks:
+            for peer in others:
+                asks.start_soon(ask, peer)
+        nursery.cancel_scope.cancel()

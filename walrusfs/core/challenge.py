@@ -117,6 +117,14 @@ class PassCertificate:
     signatures: tuple[bytes, ...]
 
 
+def verify_member(committee: Committee, peer: int, message: bytes, signature: bytes, error: str) -> None:
+    """Raise ``VerificationError(error)`` unless committee member ``peer`` signed ``message``."""
+    try:
+        VerifyKey(committee.peers[peer].public_key).verify(message, signature)
+    except (BadSignatureError, ValueError) as exc:
+        raise VerificationError(error) from exc
+
+
 def verify_pass_certificate(committee: Committee, certificate: PassCertificate) -> None:
     """Raise ``VerificationError`` unless distinct members holding 2f + 1 shards attested the pass."""
     if len(certificate.signers) != len(certificate.signatures):
@@ -127,10 +135,7 @@ def verify_pass_certificate(committee: Committee, certificate: PassCertificate) 
     for index, signature in zip(certificate.signers, certificate.signatures):
         if not 0 <= index < len(committee.peers):
             raise VerificationError(f"pass attestation signer {index} is not a committee member")
-        try:
-            VerifyKey(committee.peers[index].public_key).verify(message, signature)
-        except (BadSignatureError, ValueError) as exc:
-            raise VerificationError(f"pass attestation by peer {index} is invalid for this round") from exc
+        verify_member(committee, index, message, signature, f"pass attestation by peer {index} is invalid for this round")
     weight = committee.weight(certificate.signers)
     if weight < committee.quorum:
         raise VerificationError(f"pass attestations from peers holding {weight} shards; a certificate needs "
@@ -237,11 +242,8 @@ def check_start(committee: Committee, payload: Mapping[str, Any]) -> None:
     for peer, commitment, signature in commits:
         if not (isinstance(commitment, bytes) and len(commitment) == 32 and isinstance(signature, bytes)):
             raise VerificationError("a commitment is 32 bytes with a signature")
-        try:
-            VerifyKey(committee.peers[peer].public_key).verify(commitment_bytes(number, nonce, peer, commitment),
-                                                               signature)
-        except (BadSignatureError, ValueError) as exc:
-            raise VerificationError(f"peer {peer}'s commitment signature is invalid") from exc
+        verify_member(committee, peer, commitment_bytes(number, nonce, peer, commitment), signature,
+                      f"peer {peer}'s commitment signature is invalid")
     weight = committee.weight(row[0] for row in commits)
     if weight < committee.quorum:
         raise VerificationError(f"commitments from peers holding {weight} shards; a round needs {committee.quorum}")
