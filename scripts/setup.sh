@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up walrusfs on Debian/Ubuntu: system packages, then a virtual environment in .venv
 # holding walrusfs (editable) with its test extras. Safe to run again: it only installs
-# what is missing and reinstalls Python packages only when pyproject.toml changed.
+# what is missing and reinstalls Python packages only when pyproject.toml or constraints.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,11 +42,13 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' 2>/dev/null; 
 fi
 
 stamp=.venv/.walrusfs-installed
-wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     echo "setup: installing walrusfs and its dependencies into .venv (a few minutes the first time)"
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+    # constraints.txt pins every dependency to what CI tested (py-libp2p changes behaviour
+    # between minor versions); regenerate it with `pip freeze --exclude-editable`.
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
     echo "$wanted" > "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/walrusfs --version))"
