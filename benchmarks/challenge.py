@@ -40,7 +40,7 @@ def cli(*args: str, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,
 
 async def store(directory: Path, count: int, size: int) -> None:
     from p2p.host import configure_logging, running_host
-    from walrusfs.client import Client
+    from walrusfs.client.blob import Client
     from walrusfs.core.committee import parse_committee
 
     configure_logging(logging.CRITICAL)
@@ -66,7 +66,7 @@ async def store(directory: Path, count: int, size: int) -> None:
 
 async def statuses(directory: Path) -> list[dict[str, Any]]:
     from p2p.host import configure_logging, running_host
-    from walrusfs.client import Client
+    from walrusfs.client.blob import Client
     from walrusfs.core.committee import parse_committee
 
     configure_logging(logging.CRITICAL)

@@ -67,7 +67,12 @@ def run_case(name: str, repeat: int, tune: bool, walrus_limits: bool = False) ->
     import reed_solomon_leopard as rs
 
     from walrusfs.core.config import WALRUS_MAX_SYMBOL_SIZE, EncodingConfig
-    from walrusfs.core.redstuff import compute_metadata, decode_primary, encode_blob, read_blob
+    from walrusfs.core.redstuff import (
+        compute_metadata,
+        decode_primary,
+        encode_blob,
+        read_blob,
+    )
 
     n, total = CASES[name]
     config = EncodingConfig(n, WALRUS_MAX_SYMBOL_SIZE) if walrus_limits else EncodingConfig(n)

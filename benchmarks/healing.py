@@ -51,7 +51,7 @@ async def healing_status(client: Any, victim: int) -> dict[str, Any] | None:
 
 async def run(directory: Path, gib: float, blob_mib: int) -> None:
     from p2p.host import configure_logging, running_host
-    from walrusfs.client import Client
+    from walrusfs.client.blob import Client
     from walrusfs.core.committee import parse_committee
     from walrusfs.core.redstuff import encode_blob
 

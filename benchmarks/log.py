@@ -45,11 +45,11 @@ def certificate(keys: list, blob_id: object) -> object:
 async def measure_latency(directory: Path, keys: list, rate: float, seconds: float) -> list[float]:
     """Latencies (ms) of entries appended at ``rate`` per second."""
     from p2p.host import running_host
-    from walrusfs.client import Client
+    from walrusfs.client.blob import Client
     from walrusfs.core.committee import parse_committee
     from walrusfs.core.log import certificate_payload
-    from walrusfs.core.metadata import BlobId
     from walrusfs.core.messages import LOG_SUBMIT, LOG_TIMES
+    from walrusfs.core.metadata import BlobId
 
     committee = parse_committee((directory / "committee.toml").read_text())
     sent: dict[bytes, float] = {}
@@ -78,10 +78,16 @@ async def measure_latency(directory: Path, keys: list, rate: float, seconds: flo
 
 def populate(directory: Path, keys: list, count: int) -> None:
     """Write a valid log of ``count`` entries into the stores of (stopped) peers 0-5."""
-    from walrusfs.core.log import BLOB_CERTIFIED, GENESIS, certificate_payload, next_hlc, sign_entry
+    from walrusfs.core.log import (
+        BLOB_CERTIFIED,
+        GENESIS,
+        certificate_payload,
+        next_hlc,
+        sign_entry,
+    )
     from walrusfs.core.metadata import BlobId
     from walrusfs.devnet import peer_dir
-    from walrusfs.storage import PeerStore
+    from walrusfs.peer.store import PeerStore
 
     rows = []
     prev = {k: GENESIS for k in range(7)}
@@ -105,7 +111,7 @@ def populate(directory: Path, keys: list, count: int) -> None:
 
 async def wait_synced(directory: Path, peer: int, count: int, limit: float) -> bool:
     from p2p.host import running_host
-    from walrusfs.client import Client
+    from walrusfs.client.blob import Client
     from walrusfs.core.committee import parse_committee
 
     committee = parse_committee((directory / "committee.toml").read_text())

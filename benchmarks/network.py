@@ -93,7 +93,7 @@ async def raw_stream(peer_id: str, addr: str, size: int) -> tuple[float, float]:
 async def blob_round_trip(committee_path: Path, size: int) -> tuple[float, float]:
     """Seconds to store and to read back a ``size``-byte blob."""
     from p2p.host import running_host
-    from walrusfs.client import Client
+    from walrusfs.client.blob import Client
     from walrusfs.core.committee import parse_committee
 
     committee = parse_committee(committee_path.read_text())

@@ -26,7 +26,14 @@ from walrusfs.core.config import EncodingConfig
 from walrusfs.core.errors import CodecError
 from walrusfs.core.metadata import BlobMetadata
 from walrusfs.core.recovery import needed_symbols, rebuild_sliver, recovery_symbol
-from walrusfs.core.redstuff import Axis, Sliver, encode_blob, pair_index, read_blob, verify_sliver
+from walrusfs.core.redstuff import (
+    Axis,
+    Sliver,
+    encode_blob,
+    pair_index,
+    read_blob,
+    verify_sliver,
+)
 
 
 def sliver_path(root: Path, shard: int, blob: str, axis: Axis) -> Path:

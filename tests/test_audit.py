@@ -24,7 +24,8 @@ from tests.conftest import blob_bytes
 from tests.mounting import Mount, create_volume, wait_for
 from tests.test_healing import committee_of, store_all
 from tests.test_network import Devnet, walrusfs
-from walrusfs.client import Client
+from walrusfs.client.blob import Client
+from walrusfs.client.members import call_member
 from walrusfs.core import messages as m
 from walrusfs.core.challenge import pass_from_payload, pass_payload, sign_pass
 from walrusfs.core.committee import Committee
@@ -41,8 +42,7 @@ from walrusfs.core.redstuff import blob_id_of
 from walrusfs.core.rounds import CLOSED, Rounds
 from walrusfs.devnet import peer_dir
 from walrusfs.identity import load_identity
-from walrusfs.peer import HOLD_FILE
-from walrusfs.rpc import call_member
+from walrusfs.peer.service import HOLD_FILE
 
 N = 7
 WAIT = 60.0

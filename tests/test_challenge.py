@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from tests.conftest import blob_bytes
+from walrusfs.client.members import ask_others
 from walrusfs.core.certificates import assemble_certificate, sign_confirmation
 from walrusfs.core.challenge import (
     PassCertificate,
@@ -56,7 +57,6 @@ from walrusfs.core.rounds import (
     may_start,
     summary,
 )
-from walrusfs.rpc import ask_others
 
 KEYS = [SigningKey(bytes([k + 1]) * 32) for k in range(7)]
 COMMITTEE = Committee(0, tuple(

@@ -21,7 +21,7 @@ import trio
 from p2p.host import running_host
 from tests.conftest import blob_bytes
 from tests.test_network import Devnet, walrusfs
-from walrusfs.client import Client, InvalidBlobError
+from walrusfs.client.blob import Client, InvalidBlobError
 from walrusfs.core import messages as m
 from walrusfs.core.committee import Committee, parse_committee
 from walrusfs.core.log import BLOB_INVALID

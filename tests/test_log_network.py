@@ -12,14 +12,20 @@ import trio
 
 from p2p.host import running_host
 from tests.test_network import Devnet, walrusfs
-from walrusfs.client import Client
+from walrusfs.client.blob import Client
 from walrusfs.core.certificates import Certificate, sign_confirmation
 from walrusfs.core.committee import Committee, parse_committee
-from walrusfs.core.log import BLOB_CERTIFIED, GENESIS, certificate_payload, decode_entry, sign_entry
+from walrusfs.core.log import (
+    BLOB_CERTIFIED,
+    GENESIS,
+    certificate_payload,
+    decode_entry,
+    sign_entry,
+)
+from walrusfs.core.messages import LOG_HEADS, LOG_PUSH, LOG_SUBMIT
 from walrusfs.core.metadata import BlobId
 from walrusfs.devnet import peer_dir
 from walrusfs.identity import load_identity
-from walrusfs.core.messages import LOG_HEADS, LOG_PUSH, LOG_SUBMIT
 
 WAIT = 120.0
 

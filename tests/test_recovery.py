@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SHARD_COUNTS, blob_bytes, blobs
+from walrusfs.core import wire
 from walrusfs.core.config import EncodingConfig
 from walrusfs.core.errors import (
     CodecError,
@@ -18,12 +19,11 @@ from walrusfs.core.errors import (
     NotEnoughSymbols,
     VerificationError,
 )
-from walrusfs.core import wire
 from walrusfs.core.messages import proof_from_wire, proof_to_wire
 from walrusfs.core.recovery import (
     InconsistencyProof,
-    find_inconsistency,
     RecoverySymbol,
+    find_inconsistency,
     needed_symbols,
     rebuild_sliver,
     recovery_symbol,

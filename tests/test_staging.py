@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from walrusfs.staging import ChunkCache, MountState, StagedFile, StateError
+from walrusfs.mount.staging import ChunkCache, MountState, StagedFile, StateError
 
 
 def test_concurrent_puts_of_one_chunk_never_collide(tmp_path: Path) -> None:

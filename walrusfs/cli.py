@@ -90,7 +90,7 @@ def _with_client(committee: Committee, job: Callable[[Any], Awaitable[_T]]) -> _
 
     from p2p.host import configure_logging, running_host
 
-    from .client import Client
+    from .client.blob import Client
 
     # Clients report unreachable peers themselves; libp2p logs every refused dial as ERROR.
     configure_logging(logging.CRITICAL)
@@ -213,7 +213,7 @@ def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_
     from p2p.host import configure_logging
 
     from .identity import IdentityError, load_identity
-    from .peer import Fault, run_peer
+    from .peer.service import Fault, run_peer
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     configure_logging(logging.WARNING)
@@ -361,7 +361,7 @@ def _progress(label: str, total: int) -> Any:
 @json_option
 def store(file: str, committee_path: Path | None, as_json: bool) -> None:
     """Store FILE as a blob; print its blob ID and availability certificate."""
-    from .client import StoreError
+    from .client.blob import StoreError
 
     committee = load_committee(committee_path)
     config = committee.config
@@ -414,7 +414,7 @@ def store(file: str, committee_path: Path | None, as_json: bool) -> None:
 @committee_option
 def read(blob: BlobId, output: Path | None, offset: int, length: int | None, strict: bool, committee_path: Path | None) -> None:
     """Read blob BLOB_ID back, verified against its commitments."""
-    from .client import InvalidBlobError, ReadError
+    from .client.blob import InvalidBlobError, ReadError
 
     committee = load_committee(committee_path)
 
@@ -589,7 +589,7 @@ def volume() -> None:
 @json_option
 def volume_create(name: str, as_json: bool) -> None:
     """Make a new volume NAME and print its ID (share the ID for read-only mounts)."""
-    from .volume import VolumeError, config_dir, create_volume
+    from .mount.volumes import VolumeError, config_dir, create_volume
 
     try:
         made = create_volume(name)
@@ -607,7 +607,7 @@ def volume_create(name: str, as_json: bool) -> None:
 @json_option
 def volume_list(as_json: bool) -> None:
     """List the volumes whose keys you hold."""
-    from .volume import VolumeError, list_volumes
+    from .mount.volumes import VolumeError, list_volumes
 
     try:
         volumes = list_volumes()
@@ -650,9 +650,9 @@ def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_o
 
     from p2p.host import configure_logging
 
-    from .mount import MountError, default_state_dir, serve_mount
-    from .staging import StateError
-    from .volume import VolumeError, resolve_volume
+    from .mount.serve import MountError, default_state_dir, serve_mount
+    from .mount.staging import StateError
+    from .mount.volumes import VolumeError, resolve_volume
 
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -690,7 +690,7 @@ def umount(mountpoint: Path, no_wait: bool) -> None:
     """Wait for pending uploads, then unmount MOUNTPOINT."""
     import time
 
-    from .mount import fuse_unmount
+    from .mount.serve import fuse_unmount
 
     status = _mount_status(mountpoint)
     if not no_wait and not status.get("read_only"):
@@ -808,7 +808,7 @@ def audit_start(committee_path: Path | None, as_json: bool, sample: int, wait: b
 
     Exits 1 if a peer failed the round, 2 if the round did not close within --timeout.
     """
-    from .client import AuditError
+    from .client.blob import AuditError
     from .core.rounds import CLOSED, summary
 
     committee = load_committee(committee_path)

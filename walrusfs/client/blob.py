@@ -20,11 +20,11 @@ from p2p.framing import Body
 from p2p.host import IHost
 from p2p.rpc import PeerUnavailable
 
-from .core import messages as m
-from .core.certificates import Certificate, assemble_certificate, verify_confirmation
-from .core.committee import Committee
-from .core.errors import CodecError, InconsistentBlob
-from .core.log import (
+from ..core import messages as m
+from ..core.certificates import Certificate, assemble_certificate, verify_confirmation
+from ..core.committee import Committee
+from ..core.errors import CodecError, InconsistentBlob
+from ..core.log import (
     BLOB_CERTIFIED,
     BLOB_INVALID,
     Entry,
@@ -33,7 +33,7 @@ from .core.log import (
     check_entry,
     decode_entry,
 )
-from .core.messages import (
+from ..core.messages import (
     LOG_CERTIFIED,
     LOG_EVIDENCE,
     LOG_HEADS,
@@ -41,9 +41,9 @@ from .core.messages import (
     LOG_SUBMIT,
     LOG_TIMES,
 )
-from .core.metadata import BlobId, BlobMetadata
-from .core.recovery import find_inconsistency
-from .core.redstuff import (
+from ..core.metadata import BlobId, BlobMetadata
+from ..core.recovery import find_inconsistency
+from ..core.redstuff import (
     Axis,
     EncodedBlob,
     Sliver,
@@ -55,9 +55,9 @@ from .core.redstuff import (
     rows_for_range,
     verify_sliver,
 )
-from .core.rounds import Rounds
-from .core.wire import field as wire_field
-from .rpc import SessionPool, call_member
+from ..core.rounds import Rounds
+from ..core.wire import field as wire_field
+from .members import SessionPool, call_member
 
 log = logging.getLogger("walrusfs.client")
 

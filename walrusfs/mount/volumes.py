@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from .identity import SeedFileError, read_seed_file, write_seed_file
+from ..identity import SeedFileError, read_seed_file, write_seed_file
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import pyfuse3
 
-from .client import ReadError
+from ..client.blob import ReadError
+from ..core.metadata import BlobId
+from ..core.namespace import DIRECTORY, FILE, ROOT, SYMLINK, Node
 from .contents import Contents
-from .core.metadata import BlobId
-from .core.namespace import DIRECTORY, FILE, ROOT, SYMLINK, Node
 from .volumelog import VolumeLog
 
 log = logging.getLogger("walrusfs.fs")

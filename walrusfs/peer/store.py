@@ -14,10 +14,10 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from .core.messages import MAX_HEADER, metadata_from_wire, metadata_to_wire
-from .core.metadata import BlobId, BlobMetadata
-from .core.redstuff import Axis
-from .core.wire import WIRE_VERSION, decode, encode
+from ..core.messages import MAX_HEADER, metadata_from_wire, metadata_to_wire
+from ..core.metadata import BlobId, BlobMetadata
+from ..core.redstuff import Axis
+from ..core.wire import WIRE_VERSION, decode, encode
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metadata (blob_id BLOB PRIMARY KEY, encoded BLOB NOT NULL, length INTEGER NOT NULL);

@@ -23,12 +23,13 @@ from p2p.framing import FrameReader
 from p2p.host import IHost, peer_info
 from p2p.rpc import PeerUnavailable, Session
 
-from .core import merkle
-from .core import messages as m
-from .core.certificates import Certificate, verify_certificate
-from .core.committee import Committee
-from .core.errors import CodecError, VerificationError
-from .core.log import (
+from ..client.members import call_member
+from ..core import merkle
+from ..core import messages as m
+from ..core.certificates import Certificate, verify_certificate
+from ..core.committee import Committee
+from ..core.errors import CodecError, VerificationError
+from ..core.log import (
     BLOB_CERTIFIED,
     BLOB_INVALID,
     GENESIS,
@@ -43,7 +44,7 @@ from .core.log import (
     next_hlc,
     sign_entry,
 )
-from .core.messages import (
+from ..core.messages import (
     LOG_CERTIFIED,
     LOG_EVIDENCE,
     LOG_HEADS,
@@ -52,10 +53,9 @@ from .core.messages import (
     LOG_SUBMIT,
     LOG_TIMES,
 )
-from .core.wire import field, uint
-from .identity import Identity
-from .rpc import call_member
-from .storage import PeerStore
+from ..core.wire import field, uint
+from ..identity import Identity
+from .store import PeerStore
 
 log = logging.getLogger("walrusfs.replication")
 

@@ -22,9 +22,9 @@ import trio
 
 from p2p.rpc import PeerUnavailable
 
-from .client import Client
-from .core.errors import CodecError
-from .core.log import (
+from ..client.blob import Client
+from ..core.errors import CodecError
+from ..core.log import (
     GENESIS,
     NAMESPACE,
     Entry,
@@ -37,11 +37,11 @@ from .core.log import (
     next_hlc,
     sign_entry,
 )
-from .core.messages import LOG_HEADS, LOG_PUSH, LOG_RANGE
-from .core.namespace import Namespace, Op, build
-from .core.wire import field
+from ..core.messages import LOG_HEADS, LOG_PUSH, LOG_RANGE
+from ..core.namespace import Namespace, Op, build
+from ..core.wire import field
 from .staging import MountState
-from .volume import Volume
+from .volumes import Volume
 
 log = logging.getLogger("walrusfs.volumelog")
 

@@ -16,14 +16,14 @@ import trio
 from p2p.host import running_host
 from p2p.rpc import PeerUnavailable
 
-from .client import Client
+from ..client.blob import Client
+from ..core import messages as m
+from ..core.committee import Committee
 from .contents import Contents
-from .core import messages as m
-from .core.committee import Committee
-from .fs import WalrusFS
+from .operations import WalrusFS
 from .staging import ChunkCache, MountState
-from .volume import Volume
 from .volumelog import VolumeLog
+from .volumes import Volume
 
 log = logging.getLogger("walrusfs.mount")
 
@@ -89,7 +89,7 @@ async def serve_mount(
                 raise MountError(f"no committee peer answered within {STARTUP_LIMIT:.0f} s; is the network up?")
             contents = Contents(client, vlog, state, cache, chunk_size)
             if inconsistent_writer:
-                from .testing import encode_inconsistent
+                from ..testing import encode_inconsistent
 
                 contents.encode = lambda data, config: encode_inconsistent(data, config, config.primary_source_symbols + 1)
             await contents.load()

@@ -29,9 +29,10 @@ from p2p.framing import FrameReader
 from p2p.host import IHost
 from p2p.rpc import PeerUnavailable
 
-from .core import merkle
-from .core import messages as m
-from .core.challenge import (
+from ..client.members import SessionPool, ask_others, call_member
+from ..core import merkle
+from ..core import messages as m
+from ..core.challenge import (
     NONCE_SIZE,
     PassCertificate,
     checker_cells,
@@ -46,9 +47,9 @@ from .core.challenge import (
     sign_pass,
     verify_member,
 )
-from .core.committee import Committee, CommitteeError
-from .core.errors import CodecError, InvalidParameter, VerificationError
-from .core.log import (
+from ..core.committee import Committee, CommitteeError
+from ..core.errors import CodecError, InvalidParameter, VerificationError
+from ..core.log import (
     BLOB_CERTIFIED,
     CHALLENGE_CLOSE,
     CHALLENGE_KINDS,
@@ -58,16 +59,15 @@ from .core.log import (
     Entry,
     LogError,
 )
-from .core.metadata import BlobId, BlobMetadata
-from .core.recovery import RecoverySymbol, recovery_symbols, verify_recovery_symbol
-from .core.redstuff import Axis, Sliver, pair_index
-from .core.rounds import CLOSED, CLOSING, OPEN, REVEALING, Round, Rounds, may_start
-from .core.wire import field, uint
+from ..core.metadata import BlobId, BlobMetadata
+from ..core.recovery import RecoverySymbol, recovery_symbols, verify_recovery_symbol
+from ..core.redstuff import Axis, Sliver, pair_index
+from ..core.rounds import CLOSED, CLOSING, OPEN, REVEALING, Round, Rounds, may_start
+from ..core.wire import field, uint
+from ..identity import Identity
 from .healing import Healer, pair_problem
-from .identity import Identity
 from .replication import LogService
-from .rpc import SessionPool, ask_others, call_member
-from .storage import PeerStore
+from .store import PeerStore
 
 log = logging.getLogger("walrusfs.challenges")
 

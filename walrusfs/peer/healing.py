@@ -38,18 +38,19 @@ import trio
 from p2p.host import IHost
 from p2p.rpc import PeerUnavailable
 
-from .core import messages as m
-from .core.committee import Committee
-from .core.errors import (
+from ..client.members import SessionPool, call_member
+from ..core import messages as m
+from ..core.committee import Committee
+from ..core.errors import (
     CodecError,
     InconsistentBlob,
     InvalidParameter,
     NotEnoughSymbols,
     VerificationError,
 )
-from .core.log import BLOB_CERTIFIED, BLOB_INVALID, Entry, hlc_millis
-from .core.metadata import BlobId, BlobMetadata
-from .core.recovery import (
+from ..core.log import BLOB_CERTIFIED, BLOB_INVALID, Entry, hlc_millis
+from ..core.metadata import BlobId, BlobMetadata
+from ..core.recovery import (
     InconsistencyProof,
     RecoverySymbol,
     needed_symbols,
@@ -57,10 +58,9 @@ from .core.recovery import (
     recovery_symbol,
     verify_recovery_symbol,
 )
-from .core.redstuff import Axis, Sliver, pair_index, verify_sliver
-from .core.wire import encode
-from .rpc import SessionPool, call_member
-from .storage import PeerStore
+from ..core.redstuff import Axis, Sliver, pair_index, verify_sliver
+from ..core.wire import encode
+from .store import PeerStore
 
 log = logging.getLogger("walrusfs.healing")
 

@@ -12,8 +12,8 @@ from p2p.framing import Body
 from p2p.host import IHost, peer_info
 from p2p.rpc import Session, request
 
-from .core import messages as m
-from .core.committee import Committee
+from ..core import messages as m
+from ..core.committee import Committee
 
 #: Idle streams kept per (peer, protocol); more are opened while calls overlap.
 IDLE_SESSIONS = 8

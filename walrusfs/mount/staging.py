@@ -25,7 +25,7 @@ from pathlib import Path
 import cbor2
 from nacl.signing import SigningKey
 
-from .identity import SeedFileError, read_seed_file, write_seed_file
+from ..identity import SeedFileError, read_seed_file, write_seed_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS own_entries (seq INTEGER PRIMARY KEY, encoded BLOB NOT NULL, published INTEGER NOT NULL);

@@ -24,16 +24,17 @@ from p2p.framing import FrameReader
 from p2p.host import running_host
 from p2p.rpc import serve
 
-from . import __version__
+from .. import __version__
+from ..core import messages as m
+from ..core.certificates import sign_confirmation
+from ..core.committee import Committee
+from ..core.errors import CodecError, VerificationError
+from ..core.log import CHALLENGE_KINDS
+from ..core.metadata import BlobId, BlobMetadata
+from ..core.redstuff import Axis, Sliver, pair_index, verify_sliver
+from ..core.wire import MessageError, field, uint
+from ..identity import Identity
 from .challenges import DEFAULT_SAMPLE, REMOTE_PEER, Challenges
-from .core import messages as m
-from .core.certificates import sign_confirmation
-from .core.committee import Committee
-from .core.errors import CodecError, VerificationError
-from .core.log import CHALLENGE_KINDS
-from .core.metadata import BlobId, BlobMetadata
-from .core.redstuff import Axis, Sliver, pair_index, verify_sliver
-from .core.wire import MessageError, field, uint
 from .healing import (
     SCRUB_PAUSE,
     SCRUB_RATE,
@@ -41,10 +42,9 @@ from .healing import (
     pair_problem,
     stored_recovery_symbol,
 )
-from .identity import Identity
 from .invalidity import InvalidBlobs
 from .replication import LogService
-from .storage import PeerStore
+from .store import PeerStore
 
 log = logging.getLogger("walrusfs.peer")
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import trio
 
-from .client import Client, InvalidBlobError, ReadError, StoreError
-from .core.config import EncodingConfig
-from .core.metadata import BlobId, BlobMetadata
-from .core.namespace import Node
-from .core.redstuff import EncodedBlob, encode_blob
+from ..client.blob import Client, InvalidBlobError, ReadError, StoreError
+from ..core.config import EncodingConfig
+from ..core.metadata import BlobId, BlobMetadata
+from ..core.namespace import Node
+from ..core.redstuff import EncodedBlob, encode_blob
 from .staging import ChunkCache, MountState, StagedFile
 from .volumelog import VolumeLog
 

@@ -22,22 +22,22 @@ from p2p.framing import FrameReader
 from p2p.host import IHost
 from p2p.rpc import PeerUnavailable
 
-from .core import messages as m
-from .core.certificates import (
+from ..client.members import ask_others, call_member
+from ..core import messages as m
+from ..core.certificates import (
     assemble_certificate,
     sign_invalid_blob,
     verify_invalid_blob,
 )
-from .core.committee import Committee
-from .core.errors import CodecError, InvalidProof, VerificationError
-from .core.log import BLOB_INVALID, Entry
-from .core.metadata import BlobId, BlobMetadata
-from .core.recovery import InconsistencyProof, verify_inconsistency_proof
-from .core.wire import field
-from .identity import Identity
+from ..core.committee import Committee
+from ..core.errors import CodecError, InvalidProof, VerificationError
+from ..core.log import BLOB_INVALID, Entry
+from ..core.metadata import BlobId, BlobMetadata
+from ..core.recovery import InconsistencyProof, verify_inconsistency_proof
+from ..core.wire import field
+from ..identity import Identity
 from .replication import LogService
-from .rpc import ask_others, call_member
-from .storage import PeerStore
+from .store import PeerStore
 
 log = logging.getLogger("walrusfs.invalidity")
 

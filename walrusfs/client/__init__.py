@@ -1,0 +1,1 @@
+"""Talking to the committee: calling members and the blob client built on it."""

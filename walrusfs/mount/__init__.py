@@ -1,0 +1,1 @@
+"""A mounted volume: FUSE operations, file contents, staging, the volume log and volume keys."""
