@@ -1,0 +1,138 @@
+"""devnet: a local network of peer processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..core.committee import Committee
+from .common import (
+    Failure,
+    load_committee,
+    with_client,
+)
+
+
+@click.group()
+def devnet() -> None:
+    """A local network of peer processes on 127.0.0.1."""
+
+
+def _wait_ready(directory: Path, committee: Committee, indices: list[int], limit: float = 60.0) -> None:
+    import time
+
+    from .. import devnet as dn
+
+    deadline = time.monotonic() + limit
+    while True:
+        status = with_client(committee, lambda client: client.health())
+        waiting = [k for k in indices if not status[k]["reachable"]]
+        if not waiting:
+            return
+        dead = [k for k in waiting if k not in dn.running(directory)]
+        if dead or time.monotonic() > deadline:
+            logs = "\n".join(
+                f"--- {dn.peer_dir(directory, k) / 'peer.log'}:\n"
+                + (dn.peer_dir(directory, k) / "peer.log").read_text()[-2000:] for k in waiting
+            )
+            raise Failure(f"peers {waiting} did not come up:\n{logs}")
+        time.sleep(0.2)
+
+
+@devnet.command("up")
+@click.option("--peers", "count", type=click.IntRange(4, 200), default=7, show_default=True, help="Number of peers.")
+@click.option("--fault", "faults", multiple=True, hidden=True, metavar="K=MODE",
+              help="TEST ONLY: start peer K in fault mode MODE.")
+@click.option("--challenge-every", type=click.IntRange(0), default=None,
+              help="Peers start a storage challenge round every this many certified blobs (kept for restarts).")
+@click.option("--challenge-sample", type=click.IntRange(1, 4096), default=None,
+              help="Certified blobs challenged in a round the cadence starts (kept for restarts).")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def devnet_up(count: int, faults: tuple[str, ...], challenge_every: int | None, challenge_sample: int | None,
+              directory: Path) -> None:
+    """Start COUNT peers with data in DIRECTORY and write DIRECTORY/committee.toml."""
+    from .. import devnet as dn
+
+    modes: dict[int, str] = {}
+    for item in faults:
+        index, _, mode = item.partition("=")
+        if not index.isdigit() or not mode:
+            raise click.BadParameter(f"expected K=MODE, got {item!r}", param_hint="--fault")
+        modes[int(index)] = mode
+    try:
+        committee = dn.create(directory, count)
+        options = dn.peer_options(directory)
+        if challenge_every is not None:
+            options["challenge-every"] = str(challenge_every)
+        if challenge_sample is not None:
+            options["challenge-sample"] = str(challenge_sample)
+        dn.set_peer_options(directory, options)
+        started = [k for k in range(count) if k not in dn.running(directory)]
+        for k in started:
+            dn.start_peer(directory, k, modes.get(k))
+    except dn.DevnetError as exc:
+        raise Failure(str(exc)) from exc
+    _wait_ready(directory, committee, list(range(count)))
+    path = (directory / dn.COMMITTEE_FILE).resolve()
+    click.echo(f"{count} peers running (n = {committee.n_shards}, f = {committee.f}); committee: {path}")
+    click.echo(f"  export WALRUSFS_COMMITTEE={path}")
+    click.echo("  walrusfs store FILE; walrusfs read BLOB_ID -o OUT; walrusfs health")
+    click.echo(f"  walrusfs devnet down {directory}")
+
+
+@devnet.command("down")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def devnet_down(directory: Path) -> None:
+    """Stop every peer of the devnet in DIRECTORY."""
+    from .. import devnet as dn
+
+    try:
+        stopped = dn.down(directory)
+    except dn.DevnetError as exc:
+        raise Failure(str(exc)) from exc
+    click.echo(f"stopped {len(stopped)} peers")
+
+
+@devnet.command("stop")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--peer", "index", type=int, required=True, help="Index of the peer to stop.")
+@click.option("--kill", is_flag=True, help="SIGKILL instead of SIGTERM (a crash).")
+def devnet_stop(directory: Path, index: int, kill: bool) -> None:
+    """Stop one peer of the devnet (a fault drill)."""
+    from .. import devnet as dn
+
+    if not dn.stop_peer(directory, index, kill=kill):
+        raise Failure(f"peer {index} is not running")
+    click.echo(f"peer {index} stopped")
+
+
+@devnet.command("wipe")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--peer", "index", type=int, required=True, help="Index of the (stopped) peer to wipe.")
+def devnet_wipe(directory: Path, index: int) -> None:
+    """Delete a stopped peer's stored data, keeping its identity (a fault drill)."""
+    from .. import devnet as dn
+
+    try:
+        dn.wipe_peer(directory, index)
+    except dn.DevnetError as exc:
+        raise Failure(str(exc)) from exc
+    click.echo(f"peer {index} wiped")
+
+
+@devnet.command("start")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--peer", "index", type=int, required=True, help="Index of the peer to start.")
+@click.option("--fault", hidden=True, help="TEST ONLY: start the peer in this fault mode.")
+def devnet_start(directory: Path, index: int, fault: str | None) -> None:
+    """Start one stopped peer of the devnet again."""
+    from .. import devnet as dn
+
+    committee = load_committee(directory / dn.COMMITTEE_FILE)
+    try:
+        dn.start_peer(directory, index, fault)
+    except dn.DevnetError as exc:
+        raise Failure(str(exc)) from exc
+    _wait_ready(directory, committee, [index])
+    click.echo(f"peer {index} running")

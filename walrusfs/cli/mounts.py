@@ -1,0 +1,124 @@
+"""Mount commands: mount, umount, status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import (
+    Failure,
+    committee_option,
+    json_option,
+    load_committee,
+    parse_size,
+)
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--volume", "volume_ref", required=True, help="Volume name (key held here) or volume ID (read-only).")
+@committee_option
+@click.option("--read-only", is_flag=True, help="Refuse every change (EROFS), even with the volume key.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Staging, cache and device key (default: the user state directory, per volume).")
+@click.option("--chunk-size", default="4MiB", callback=parse_size, show_default=True, help="Size of the chunks new content is cut into.")
+@click.option("--cache-size", default="1GiB", callback=parse_size, show_default=True, help="Local cache of verified chunks.")
+@click.option("--debug", is_flag=True, help="Log every warning and info message.")
+@click.option("--fault", type=click.Choice(["inconsistent-writer"]), hidden=True,
+              help="TEST ONLY: encode chunks the way a malicious writer would.")
+def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_only: bool, state_dir: Path | None,
+          chunk_size: int, cache_size: int, debug: bool, fault: str | None) -> None:
+    """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u)."""
+    import trio
+
+    from p2p.host import configure_logging
+
+    from ..mount.serve import MountError, default_state_dir, serve_mount
+    from ..mount.staging import StateError
+    from ..mount.volumes import VolumeError, resolve_volume
+
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    configure_logging(logging.INFO if debug else logging.CRITICAL)
+    committee = load_committee(committee_path)
+    try:
+        vol = resolve_volume(volume_ref)
+    except VolumeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--volume") from None
+    if os.path.ismount(mountpoint):
+        raise click.UsageError(f"{mountpoint} is already a mount point")
+    if any(mountpoint.iterdir()):
+        raise click.UsageError(f"{mountpoint} is not empty; mount on an empty directory")
+    try:
+        trio.run(lambda: serve_mount(
+            mountpoint, vol, committee, state_dir or default_state_dir(vol), read_only=read_only,
+            chunk_size=chunk_size, cache_bytes=cache_size, announce=lambda text: click.echo(text, err=True),
+            inconsistent_writer=fault == "inconsistent-writer",
+        ))
+    except (MountError, StateError) as exc:
+        raise Failure(str(exc)) from None
+
+
+def _mount_status(mountpoint: Path) -> dict[str, Any]:
+    try:
+        return json.loads(os.getxattr(mountpoint, "user.walrus.status"))
+    except OSError as exc:
+        raise Failure(f"{mountpoint} is not a walrusfs mount ({exc.strerror})") from None
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--no-wait", is_flag=True, help="Unmount at once; staged files upload at the next mount.")
+def umount(mountpoint: Path, no_wait: bool) -> None:
+    """Wait for pending uploads, then unmount MOUNTPOINT."""
+    import time
+
+    from ..mount.serve import fuse_unmount
+
+    status = _mount_status(mountpoint)
+    if not no_wait and not status.get("read_only"):
+        pending = len(status.get("pending", []))
+        if pending:
+            click.echo(f"waiting for {pending} pending uploads (Ctrl-C to stop waiting; they resume at next mount)", err=True)
+        fd = os.open(mountpoint, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the mount answers once every upload and namespace entry is in the log
+        finally:
+            os.close(fd)
+    done = fuse_unmount(mountpoint)
+    if done.returncode != 0:
+        raise Failure(f"fusermount3 -u {mountpoint}: {done.stderr.strip()}")
+    pid = status.get("pid")
+    for _ in range(100):  # the mount process exits once the kernel let go
+        if not isinstance(pid, int) or not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.1)
+    click.echo(f"unmounted {mountpoint}")
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@json_option
+def status(mountpoint: Path, as_json: bool) -> None:
+    """Show a mount's pending uploads and their progress."""
+    info = _mount_status(mountpoint)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    mode = "read-only" if info["read_only"] else "read-write"
+    click.echo(f"volume {info['volume']} at {info['mountpoint']} ({mode}), pid {info['pid']}")
+    click.echo(f"namespace entries: {info['entries_signed']} signed, {info['entries_published']} in the log"
+               + (f" (publishing fails: {info['publish_error']})" if info.get("publish_error") else ""))
+    click.echo(f"chunks uploaded {info['uploaded_chunks']}, deduplicated {info['deduplicated_chunks']}, "
+               f"cache {info['cache_bytes']} bytes")
+    if not info["pending"]:
+        click.echo("no pending uploads")
+    for item in info["pending"]:
+        line = (f"  {item['node'][:16]}  {item['state']:<9} {item['uploaded_bytes']}/{item['staged_bytes']} "
+                f"staged bytes of {item['size']}")
+        click.echo(line + (f"  error: {item['error']}" if item.get("error") else ""))
