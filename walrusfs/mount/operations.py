@@ -383,6 +383,12 @@ class WalrusFS(pyfuse3.Operations):
         if writable:
             self._writable()
             self.contents.stage(node)
+        if flags & os.O_TRUNC and node.kind == FILE:
+            # With atomic O_TRUNC (which the writeback cache implies) the kernel sends no
+            # setattr for `>`, `cp` over a file or open(path, "w"): the truncation arrives
+            # here or nowhere, and a shorter rewrite would publish the old file's tail.
+            self._writable()
+            await self.contents.truncate(node, 0)
         version = (node.version, node.node_id in self.contents.staged)
         keep = self._seen_version.get(node.node_id) in (version, (node.version, False), (None, True))
         if node.kind == FILE and self.contents.invalid_chunks(node):
