@@ -18,6 +18,7 @@ from .common import (
     json_option,
     load_committee,
     megabytes,
+    parse_size,
     with_client,
 )
 
@@ -52,8 +53,11 @@ def init(directory: Path) -> None:
                    "were certified since the last round's start (0: only on `walrusfs audit start`).")
 @click.option("--challenge-sample", type=click.IntRange(1, 4096), default=64, show_default=True,
               envvar="WALRUSFS_CHALLENGE_SAMPLE", help="Certified blobs challenged in a round the cadence starts.")
+@click.option("--min-free", default="64MiB", callback=parse_size, show_default=True, envvar="WALRUSFS_MIN_FREE",
+              help="Free disk space kept for the database and log: uploads that would leave less are refused "
+                   "(disk-full) until space returns.")
 def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_rate: float, scrub_pause: float,
-         challenge_every: int, challenge_sample: int) -> None:
+         challenge_every: int, challenge_sample: int, min_free: int) -> None:
     """Run a storage peer from its data DIRECTORY until SIGTERM.
 
     The peer heals missing or damaged sliver pairs of every certified blob in the
@@ -76,7 +80,8 @@ def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_
     except (IdentityError, CommitteeError) as exc:
         raise Failure(str(exc)) from exc
     trio.run(partial(run_peer, directory, identity, committee, Fault(fault) if fault else None, int(scrub_rate * 1e6),
-                     scrub_pause, challenge_every=challenge_every, challenge_sample=challenge_sample))
+                     scrub_pause, challenge_every=challenge_every, challenge_sample=challenge_sample,
+                     min_free=min_free))
 
 
 @click.command()
@@ -106,6 +111,9 @@ def health(committee_path: Path | None, as_json: bool, detail: bool) -> None:
                 continue
             h = s.get("healing") or {}
             scrub = h.get("scrub", {})
+            if s.get("disk_full"):
+                click.echo(f"{name}  DISK FULL  {megabytes(s.get('free_bytes') or 0)} free: refusing uploads "
+                           "(disk-full), serving what it holds")
             click.echo(
                 f"{name}  up  shards {s['shards']}  stored {megabytes(s['stored_bytes'])}  "
                 f"blobs held {h.get('held')}/{h.get('certified')}  missing {h.get('missing')}  "

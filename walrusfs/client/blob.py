@@ -193,8 +193,10 @@ class Client:
             # Return at the quorum; the remaining peers keep receiving their pairs in the
             # caller's nursery (bounded by the grace period), so fewer of them need to heal.
             async def deliver(peer: int) -> None:
-                with trio.move_on_after(grace + 30.0):
+                with trio.move_on_after(grace + 30.0) as scope:
                     await store_on(peer)
+                if scope.cancelled_caught:
+                    failures[self.committee.peers[peer].peer_id] = f"no answer within {grace + 30.0:.0f} s"
 
             for peer in range(len(self.committee.peers)):
                 background.start_soon(deliver, peer)
@@ -561,6 +563,7 @@ class Client:
                     shards=reply.get("shards"), blobs=reply.get("blobs"),
                     stored_bytes=reply.get("stored_bytes"), version=reply.get("version"),
                     healing=reply.get("healing"), challenge=reply.get("challenge"),
+                    free_bytes=reply.get("free_bytes"), disk_full=reply.get("disk_full") is True,
                 )
                 if reply.get("recent_heals") is not None:
                     entry["recent_heals"] = reply["recent_heals"]

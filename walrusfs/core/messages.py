@@ -67,6 +67,9 @@ BLOB_INVALID = "blob-invalid"
 #: A challenge round that is open on this peer covers this blob: its data is served again
 #: once the round closes. Readers wait and retry.
 CHALLENGED = "challenged"
+#: The peer's disk has too little free space for this upload: it keeps serving what it
+#: holds and accepts again once space returns. Writers store through the other peers.
+DISK_FULL = "disk-full"
 
 
 class RemoteError(CodecError):

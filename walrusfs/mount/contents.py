@@ -19,7 +19,7 @@ import os
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -41,7 +41,10 @@ UPLOAD_WORKERS = 24
 STORE_CONCURRENCY = 3
 SMALL_CHUNK = 256 << 10
 SMALL_STORE_CONCURRENCY = 16
-RETRY_DELAY = 2.0
+#: A failed upload is retried after RETRY_DELAY, doubling per failure up to MAX_RETRY_DELAY:
+#: peers that are down cost little, and the upload resumes soon after they return.
+RETRY_DELAY = 1.0
+MAX_RETRY_DELAY = 20.0
 #: Uploads wait until file operations paused this long, or were queued this long ago.
 IDLE_BEFORE_UPLOAD = 0.3
 MAX_UPLOAD_DELAY = 30.0  # like the kernel's dirty_expire_centisecs
@@ -55,6 +58,8 @@ class UploadProgress:
     total: int
     done: int = 0
     error: str | None = None
+    #: chunk index -> why its store failed in the last attempt
+    failed_chunks: dict[int, str] = field(default_factory=dict)
 
 
 class Contents:
@@ -77,6 +82,9 @@ class Contents:
         self.saved_generation: dict[bytes, int] = {}
         self.published_generation: dict[bytes, int] = {}
         self.progress: dict[bytes, UploadProgress] = {}
+        self._attempts: Counter[bytes] = Counter()
+        self._retry_at: dict[bytes, float] = {}
+        self._last_error: dict[bytes, str] = {}
         self._memory: OrderedDict[bytes, bytes] = OrderedDict()
         #: Chunk blobs a read here found invalid (the log certifies it soon after), with why.
         self._invalid: dict[bytes, str] = {}
@@ -281,6 +289,8 @@ class Contents:
         if fd is not None:
             os.close(fd)
         self._staging_length.pop(staged.file, None)
+        for retries in (self._attempts, self._retry_at, self._last_error):
+            retries.pop(staged.node, None)
         await trio.to_thread.run_sync(self.state.drop_staged, staged)
 
     def stage(self, node: Node) -> StagedFile:
@@ -456,18 +466,42 @@ class Contents:
                 async with self._upload_locks[node]:
                     await self._upload(node)
             except (StoreError, ReadError, OSError) as exc:
-                progress = self.progress.get(node)
-                if progress is not None:
-                    progress.error = str(exc)
-                log.warning("upload of %s failed (will retry): %s", node.hex()[:16], exc)
-                await trio.sleep(RETRY_DELAY)
-                if node in self.staged:
-                    self._enqueue(node)
+                self._failed(node, exc)
+            except Exception as exc:  # noqa: BLE001 - a mount never exits because an upload failed
+                log.exception("upload of %s failed unexpectedly (will retry)", node.hex()[:16])
+                self._failed(node, exc)
+            else:
+                self._attempts.pop(node, None)
+                self._retry_at.pop(node, None)
+                self._last_error.pop(node, None)
+
+    def _failed(self, node: bytes, exc: Exception) -> None:
+        """Record why an upload failed and queue it again after a backoff (never give up: the data is staged)."""
+        self._attempts[node] += 1
+        delay = min(MAX_RETRY_DELAY, RETRY_DELAY * 2 ** (self._attempts[node] - 1))
+        progress = self.progress.get(node)
+        if progress is not None:
+            progress.error = str(exc)
+        self._last_error[node] = str(exc)
+        log.warning("upload of %s failed (attempt %d, retry in %.0f s): %s",
+                    node.hex()[:16], self._attempts[node], delay, exc)
+        self._retry_at[node] = trio.current_time() + delay
+        if self._nursery is not None:
+            self._nursery.start_soon(self._retry_later, node, delay)
+
+    async def _retry_later(self, node: bytes, delay: float) -> None:
+        await trio.sleep(delay)
+        if node in self.staged:
+            self._enqueue(node)
 
     async def _upload(self, node: bytes) -> None:
         staged = self.staged.get(node)
         if staged is None:
             return
+        if not self.vlog.synced_once.is_set():
+            # Without the log this mount cannot tell a file another device created from
+            # one that was removed: wait rather than discard staged bytes.
+            raise StoreError(f"waiting for the log: {self.vlog.sync_error or 'no peer has served it yet'}")
         current = self.vlog.namespace.nodes.get(self.vlog.namespace.resolve(node))
         if current is None or (current.parent is None and not self.opens[node]):
             await self.discard(node)  # removed before it was uploaded
@@ -481,22 +515,32 @@ class Contents:
         chunks: list[bytes | None] = [staged.chunks[i] if i < len(staged.chunks) else None for i in range(count)]
 
         async def upload_chunk(index: int) -> None:
+            # Errors are collected, not raised: a nursery would wrap them in an exception
+            # group that no caller expects, and one failed chunk must not cancel the others.
             length = min(cs, size - index * cs)
-            async with self._locks[node]:  # not torn by a concurrent write
-                data = await trio.to_thread.run_sync(self._pread, staged, length, index * cs)
-            data = data.ljust(length, b"\0")
-            if data.count(0) == length:
-                chunks[index] = None  # all zeros: a hole, stored as nothing
-            else:
-                # Small chunks are latency-bound, large ones CPU- and memory-bound.
-                limit = self._small_store_limit if length <= SMALL_CHUNK else self._store_limit
-                async with limit:
-                    chunks[index] = await self._store_chunk(data)
+            try:
+                async with self._locks[node]:  # not torn by a concurrent write
+                    data = await trio.to_thread.run_sync(self._pread, staged, length, index * cs)
+                data = data.ljust(length, b"\0")
+                if data.count(0) == length:
+                    chunks[index] = None  # all zeros: a hole, stored as nothing
+                else:
+                    # Small chunks are latency-bound, large ones CPU- and memory-bound.
+                    limit = self._small_store_limit if length <= SMALL_CHUNK else self._store_limit
+                    async with limit:
+                        chunks[index] = await self._store_chunk(data)
+            except (StoreError, ReadError, OSError) as exc:
+                progress.failed_chunks[index] = str(exc)
+                return
             progress.done += length
 
         async with trio.open_nursery() as nursery:
             for index in dirty:
                 nursery.start_soon(upload_chunk, index)
+        if progress.failed_chunks:
+            first = min(progress.failed_chunks)
+            raise StoreError(f"{len(progress.failed_chunks)} of {len(dirty)} chunks not certified "
+                             f"(chunk {first}: {progress.failed_chunks[first]})")
         if self.staged.get(node) is not staged:
             return  # discarded while uploading
         args: dict[str, Any] = {
@@ -554,11 +598,16 @@ class Contents:
             cs = staged.chunk_size
             dirty_bytes = sum(min(cs, staged.size - i * cs) for i in staged.dirty if i * cs < staged.size)
             progress = self.progress.get(node)
+            retry_at = self._retry_at.get(node)
             pending.append({
-                "node": node.hex(), "size": staged.size, "staged_bytes": dirty_bytes,
+                "node": node.hex(), "name": staged.last_name, "size": staged.size, "staged_bytes": dirty_bytes,
                 "uploaded_bytes": progress.done if progress else 0,
-                "state": "uploading" if progress and not progress.error else ("retrying" if progress else "queued"),
-                "error": progress.error if progress else None,
+                "state": ("uploading" if progress and not progress.error
+                          else "retrying" if node in self._retry_at else "queued"),
+                "error": (progress.error if progress else None) or self._last_error.get(node),
+                "attempts": self._attempts.get(node, 0),
+                "retry_in": round(max(0.0, retry_at - trio.current_time()), 1) if retry_at is not None else None,
+                "failed_chunks": {str(i): why for i, why in sorted(progress.failed_chunks.items())} if progress else {},
             })
         return {"pending": pending, "uploaded_chunks": self.uploaded_chunks,
                 "deduplicated_chunks": self.deduplicated_chunks, "cache_bytes": self.cache.total}

@@ -15,10 +15,12 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pyfuse3
+import trio
 
 from ..client.blob import ReadError
 from ..core.metadata import BlobId
@@ -37,6 +39,25 @@ def _error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
+#: How often a waiting fsync looks for a signal sent to its caller.
+SIGNAL_POLL = 0.2
+
+
+def signal_pending(pid: int) -> bool:
+    """Whether thread ``pid`` has a signal waiting that it neither blocks nor ignores (or is gone)."""
+    masks = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn"):
+                    masks[key] = int(value.strip(), 16)
+    except (OSError, ValueError):
+        return True  # the caller is gone: nobody waits for the answer
+    pending = masks.get("SigPnd", 0) | masks.get("ShdPnd", 0)
+    return bool(pending & ~masks.get("SigBlk", 0) & ~masks.get("SigIgn", 0))
+
+
 @dataclass
 class Handle:
     """An open file."""
@@ -44,6 +65,7 @@ class Handle:
     node: bytes
     writable: bool
     last_end: int = -1
+    pid: int = 0  # who opened it: a waiting fsync watches this thread for signals
 
 
 class WalrusFS(pyfuse3.Operations):
@@ -62,6 +84,7 @@ class WalrusFS(pyfuse3.Operations):
         self._next_inode = pyfuse3.ROOT_INODE + 1
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, list[tuple[str, bytes]]] = {}
+        self._dir_pids: dict[int, int] = {}
         self._next_fh = 1
         self._seen_version: dict[bytes, Any] = {}
         self.statfs_source: Any = None
@@ -149,10 +172,10 @@ class WalrusFS(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
         return attr
 
-    def _open_handle(self, node: bytes, writable: bool) -> int:
+    def _open_handle(self, node: bytes, writable: bool, ctx: Any = None) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = Handle(node, writable)
+        self._handles[fh] = Handle(node, writable, pid=getattr(ctx, "pid", 0))
         self.contents.opens[node] += 1
         if writable:
             self.contents.writers[node] += 1
@@ -206,6 +229,7 @@ class WalrusFS(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = sorted(self.ns.children.get(directory.node_id, {}).items())
+        self._dir_pids[fh] = getattr(ctx, "pid", 0)
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
@@ -222,6 +246,7 @@ class WalrusFS(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         """Drop a directory snapshot."""
         self._dirs.pop(fh, None)
+        self._dir_pids.pop(fh, None)
 
     # ------------------------------------------------------------------ namespace changes
 
@@ -240,7 +265,7 @@ class WalrusFS(pyfuse3.Operations):
         await self.vlog.append("create", args)
         node = self.ns.nodes[args["node"]]
         self.contents.stage(node)
-        fh = self._open_handle(node.node_id, True)
+        fh = self._open_handle(node.node_id, True, ctx)
         return pyfuse3.FileInfo(fh=fh), self._attr(node)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -394,7 +419,7 @@ class WalrusFS(pyfuse3.Operations):
         if node.kind == FILE and self.contents.invalid_chunks(node):
             keep = False  # drop pages read before the blob was certified invalid
         self._seen_version[node.node_id] = version
-        return pyfuse3.FileInfo(fh=self._open_handle(node.node_id, writable), keep_cache=keep)
+        return pyfuse3.FileInfo(fh=self._open_handle(node.node_id, writable, ctx), keep_cache=keep)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         """Read verified bytes; EIO if they cannot be verified."""
@@ -453,11 +478,41 @@ class WalrusFS(pyfuse3.Operations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         """Return once the file's chunks are certified and its namespace entry is in the log."""
-        await self.contents.sync(self._handles[fh].node)
+        handle = self._handles[fh]
+        await self._until_signalled(handle.pid, lambda: self.contents.sync(handle.node))
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         """Return once every pending upload and namespace entry of this mount is in the log."""
-        await self.contents.sync_all()
+        await self._until_signalled(self._dir_pids.get(fh, 0), self.contents.sync_all)
+
+    async def _until_signalled(self, pid: int, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job``; if the caller gets a signal first, fail with EINTR (it must never see success).
+
+        fsync waits as long as the peers are away; the kernel waits for our answer even for
+        a signal, and pyfuse3 does not pass FUSE interrupts on, so the caller's pending
+        signals are watched here instead.
+        """
+        interrupted = False
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal interrupted
+                while not (pid and signal_pending(pid)):
+                    await trio.sleep(SIGNAL_POLL)
+                interrupted = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            try:
+                await job()
+            except Exception as exc:  # re-raised below as itself, not in an exception group
+                error = exc
+            nursery.cancel_scope.cancel()
+        if interrupted:
+            raise _error(errno.EINTR)
+        if error is not None:
+            raise error
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         """Capacity as the peers report it: what the fullest peer's free space allows."""
@@ -478,6 +533,7 @@ class WalrusFS(pyfuse3.Operations):
             status = {"volume": self.vlog.volume.volume_id, "device": self.vlog.device_id.hex(),
                       "read_only": self.read_only, "entries_signed": self.vlog.head,
                       "entries_published": self.vlog.published, "publish_error": self.vlog.last_error,
+                      "log_synced": self.vlog.synced_once.is_set(), "log_error": self.vlog.sync_error,
                       **self.contents.status(), **self.status_extra()}
             out["status"] = json.dumps(status).encode()
             out["volume"] = self.vlog.volume.volume_id.encode()

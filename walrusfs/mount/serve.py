@@ -14,7 +14,6 @@ import pyfuse3
 import trio
 
 from p2p.host import running_host
-from p2p.rpc import PeerUnavailable
 
 from ..client.blob import Client
 from ..core import messages as m
@@ -22,14 +21,17 @@ from ..core.committee import Committee
 from .contents import Contents
 from .operations import WalrusFS
 from .staging import ChunkCache, MountState
-from .volumelog import VolumeLog
+from .volumelog import LogUnavailable, VolumeLog
 from .volumes import Volume
 
 log = logging.getLogger("walrusfs.mount")
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 DEFAULT_CACHE = 1 << 30
+#: How long a first mount waits for a peer to serve the log, and a mount with local state
+#: before it comes up without one.
 STARTUP_LIMIT = 60.0
+STARTUP_WAIT = 5.0
 CAPACITY_INTERVAL = 30.0
 
 
@@ -64,7 +66,7 @@ async def _capacity(client: Client, committee: Committee, chunk_size: int, holde
 async def serve_mount(
     mountpoint: Path, volume: Volume, committee: Committee, state_dir: Path, *, read_only: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE, cache_bytes: int = DEFAULT_CACHE, announce: Callable[[str], None] = print,
-    inconsistent_writer: bool = False,
+    inconsistent_writer: bool = False, startup_limit: float = STARTUP_LIMIT,
 ) -> None:
     """Mount ``volume`` at ``mountpoint`` until it is unmounted or the process is signalled.
 
@@ -73,52 +75,80 @@ async def serve_mount(
     """
     state = await trio.to_thread.run_sync(MountState, state_dir)
     cache = await trio.to_thread.run_sync(ChunkCache, state_dir / "cache", cache_bytes)
+    failure: MountError | None = None
     try:
         async with running_host(os.urandom(32)) as host:
-            client = Client(host, committee, reuse_streams=True)
-            vlog = VolumeLog(client, volume, state)
-            await vlog.load()
-            with trio.move_on_after(STARTUP_LIMIT):
-                while not vlog.synced_once.is_set():
-                    try:
-                        await vlog.sync_any()
-                    except PeerUnavailable as exc:
-                        log.warning("waiting for peers: %s", exc)
-                        await trio.sleep(1.0)
-            if not vlog.synced_once.is_set():
-                raise MountError(f"no committee peer answered within {STARTUP_LIMIT:.0f} s; is the network up?")
-            contents = Contents(client, vlog, state, cache, chunk_size)
-            if inconsistent_writer:
-                from ..testing import encode_inconsistent
-
-                contents.encode = lambda data, config: encode_inconsistent(data, config, config.primary_source_symbols + 1)
-            await contents.load()
-            started = time.time()
-            capacity: dict[str, int] = {}
-            fs = WalrusFS(vlog, contents, read_only,
-                          status=lambda: {"pid": os.getpid(), "mountpoint": str(mountpoint), "since": started})
-            fs.statfs_source = lambda: capacity.get("free", 0)
-            vlog.on_change = fs.remote_change
-            options = set(pyfuse3.default_options) | {"fsname=walrusfs", "subtype=walrusfs"}
-            if fs.read_only:
-                options.add("ro")
-            pyfuse3.init(fs, str(mountpoint), options)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(vlog.run)
-                    nursery.start_soon(contents.run)
-                    nursery.start_soon(_capacity, client, committee, chunk_size, capacity)
-                    nursery.start_soon(_stop_on_signal)
-                    mode = "read-only" if fs.read_only else "read-write"
-                    announce(f"mounted volume {volume.volume_id} at {mountpoint} ({mode}); "
-                             f"{len(contents.staged)} staged files to upload")
-                    await pyfuse3.main()
-                    nursery.cancel_scope.cancel()
-            finally:
-                pyfuse3.close(unmount=True)
-                contents.close()
+                await _serve(host, mountpoint, volume, committee, state, cache, read_only=read_only,
+                             chunk_size=chunk_size, announce=announce, inconsistent_writer=inconsistent_writer,
+                             startup_limit=startup_limit)
+            except MountError as exc:
+                # Raised after the host closed, so it reaches the caller as itself rather
+                # than inside the host's exception groups (the CLI prints it as one line).
+                failure = exc
     finally:
         await trio.to_thread.run_sync(state.close)
+    if failure is not None:
+        raise failure
+
+
+async def _serve(
+    host: Any, mountpoint: Path, volume: Volume, committee: Committee, state: MountState, cache: ChunkCache, *,
+    read_only: bool, chunk_size: int, announce: Callable[[str], None], inconsistent_writer: bool, startup_limit: float,
+) -> None:
+    """Serve one mount on an open libp2p host until it is unmounted."""
+    client = Client(host, committee, reuse_streams=True)
+    vlog = VolumeLog(client, volume, state)
+    await vlog.load()
+    contents = Contents(client, vlog, state, cache, chunk_size)
+    if inconsistent_writer:
+        from ..testing import encode_inconsistent
+
+        contents.encode = lambda data, config: encode_inconsistent(data, config, config.primary_source_symbols + 1)
+    await contents.load()
+    # A mount that has been used before (its own entries or staged files are here)
+    # comes up without the peers and serves what it has; its uploads and the log
+    # catch up once they answer. A first mount has nothing to serve: it waits longer,
+    # then gives up with one line.
+    has_state = vlog.head > 0 or bool(contents.staged)
+    limit = min(STARTUP_WAIT, startup_limit) if has_state else startup_limit
+    with trio.move_on_after(limit):
+        while not vlog.synced_once.is_set():
+            try:
+                await vlog.sync_any()
+            except LogUnavailable as exc:
+                log.info("waiting for peers: %s", exc)
+                await trio.sleep(1.0)
+    if not vlog.synced_once.is_set():
+        if not has_state:
+            raise MountError(f"no committee peer served the log within {limit:.0f} s; is the network up? "
+                             f"({vlog.sync_summary})")
+        announce(f"no committee peer answered within {limit:.0f} s: serving what this mount has "
+                 "staged and cached; uploads and the log resume when peers answer")
+    started = time.time()
+    capacity: dict[str, int] = {}
+    fs = WalrusFS(vlog, contents, read_only,
+                  status=lambda: {"pid": os.getpid(), "mountpoint": str(mountpoint), "since": started})
+    fs.statfs_source = lambda: capacity.get("free", 0)
+    vlog.on_change = fs.remote_change
+    options = set(pyfuse3.default_options) | {"fsname=walrusfs", "subtype=walrusfs"}
+    if fs.read_only:
+        options.add("ro")
+    pyfuse3.init(fs, str(mountpoint), options)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(vlog.run)
+            nursery.start_soon(contents.run)
+            nursery.start_soon(_capacity, client, committee, chunk_size, capacity)
+            nursery.start_soon(_stop_on_signal)
+            mode = "read-only" if fs.read_only else "read-write"
+            announce(f"mounted volume {volume.volume_id} at {mountpoint} ({mode}); "
+                     f"{len(contents.staged)} staged files to upload")
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=True)
+        contents.close()
 
 
 async def _stop_on_signal() -> None:

@@ -53,6 +53,10 @@ class PublishError(Exception):
     """Too few peers accepted the device's entries."""
 
 
+class LogUnavailable(Exception):
+    """No peer served the log (all unreachable, or every answer was unusable)."""
+
+
 class VolumeLog:
     """The log as one mount sees it, and the mount's own namespace chain."""
 
@@ -77,6 +81,8 @@ class VolumeLog:
         self._next_peer = 0
         self.synced_once = trio.Event()
         self.last_error: str | None = None
+        self.sync_error: str | None = None
+        self.sync_summary = ""
 
     # ------------------------------------------------------------------ own chain
 
@@ -164,6 +170,9 @@ class VolumeLog:
                     problems[peer] = f"rejected: {field(reply, 'results', list)[:1]}"
             except (PeerUnavailable, CodecError) as exc:
                 problems[peer] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one peer's odd answer is its own failure
+                log.warning("pushing entries to peer %d failed unexpectedly", peer, exc_info=True)
+                problems[peer] = f"{type(exc).__name__}: {exc}"
 
         async with trio.open_nursery() as nursery:
             for peer in range(len(self.committee.peers)):
@@ -211,17 +220,26 @@ class VolumeLog:
 
     async def sync_any(self) -> None:
         """Sync from the first peer that answers, trying each in turn."""
-        problems = []
+        problems: list[str] = []
+        reasons: list[str] = []
         for _ in range(len(self.committee.peers)):
             peer = self._next_peer
             self._next_peer = (self._next_peer + 1) % len(self.committee.peers)
             try:
                 await self.sync_from(peer)
                 self.synced_once.set()
+                self.sync_error = None
                 return
             except (PeerUnavailable, CodecError) as exc:
                 problems.append(f"{peer}: {exc}")
-        raise PeerUnavailable("no peer answered: " + "; ".join(problems))
+                reasons.append(exc.reason if isinstance(exc, PeerUnavailable) else str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever one peer's answer does is that peer's failure
+                log.warning("log sync from peer %d failed unexpectedly", peer, exc_info=True)
+                problems.append(f"{peer}: {type(exc).__name__}: {exc}")
+                reasons.append(type(exc).__name__)
+        self.sync_error = "no peer served the log: " + "; ".join(problems)
+        self.sync_summary = f"{len(problems)} of {len(self.committee.peers)} peers failed, e.g. {reasons[0][:160]}"
+        raise LogUnavailable(self.sync_error)
 
     async def run(self) -> None:
         """Follow the log and publish own entries until cancelled."""
@@ -230,7 +248,7 @@ class VolumeLog:
             while True:
                 try:
                     await self.sync_any()
-                except PeerUnavailable as exc:
+                except LogUnavailable as exc:
                     log.warning("log sync: %s", exc)
                 await trio.sleep(POLL_INTERVAL)
 

@@ -60,7 +60,7 @@ from ..core.recovery import (
 )
 from ..core.redstuff import Axis, Sliver, pair_index, verify_sliver
 from ..core.wire import encode
-from .store import PeerStore
+from .store import DiskFull, PeerStore
 
 log = logging.getLogger("walrusfs.healing")
 
@@ -72,6 +72,9 @@ HEAL_STREAMS = 16
 SETTLE_DELAY = 5.0
 #: A heal that could not finish (too few peers answered) is retried after this, doubling.
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
+#: While the disk is full, blobs to heal are looked at again this often (checking costs
+#: nothing: free space is checked before anything is fetched).
+DISK_FULL_RETRY = 5.0
 #: Scrubber defaults: verified bytes per second, and the pause between full passes.
 SCRUB_RATE = 8 << 20
 SCRUB_PAUSE = 300.0
@@ -269,6 +272,9 @@ class Healer:
             try:
                 await self.heal(blob_id)
                 self._retry.pop(blob_id, None)
+            except DiskFull as exc:
+                self.stats.last_error = f"{blob_id}: {exc}"
+                self._schedule(blob_id, DISK_FULL_RETRY)
             except (NotEnoughSymbols, PeerUnavailable, CodecError, OSError) as exc:
                 self.stats.failed_attempts += 1
                 self.stats.last_error = f"{blob_id}: {exc}"
@@ -299,6 +305,7 @@ class Healer:
         if not wanted:
             return None
         started = time.monotonic()
+        await trio.to_thread.run_sync(self.store.check_room, 0)
         meta_counter, counter = _Counter(), _Counter()
         metadata = await self._metadata(blob_id, meta_counter)
         rebuilt_bytes = 0

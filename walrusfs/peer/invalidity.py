@@ -37,7 +37,7 @@ from ..core.recovery import InconsistencyProof, verify_inconsistency_proof
 from ..core.wire import field
 from ..identity import Identity
 from .replication import LogService
-from .store import PeerStore
+from .store import DiskFull, PeerStore
 
 log = logging.getLogger("walrusfs.invalidity")
 
@@ -79,7 +79,12 @@ class InvalidBlobs:
             await self._delete(blob_id)
 
     async def _delete(self, blob_id: BlobId) -> None:
-        count = await trio.to_thread.run_sync(self.store.delete_blob, blob_id)
+        try:
+            count = await trio.to_thread.run_sync(self.store.delete_blob, blob_id)
+        except DiskFull as exc:
+            # Its data is never served anyway (the log says invalid); a restart deletes it.
+            log.warning("could not delete invalid blob %s yet: %s", blob_id, exc)
+            return
         if count:
             self.deleted_pairs += count
             log.warning("blob %s is certified invalid: deleted its %d sliver pairs here", blob_id, count)

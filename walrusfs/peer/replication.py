@@ -55,13 +55,15 @@ from ..core.messages import (
 )
 from ..core.wire import field, uint
 from ..identity import Identity
-from .store import PeerStore
+from .store import DiskFull, PeerStore
 
 log = logging.getLogger("walrusfs.replication")
 
 
 #: Entries per push or range reply; keeps every message far below the header limit.
 BATCH = 500
+#: Entries kept in memory while the disk is full, to be stored when space returns.
+UNSTORED_MAX = 100_000
 ANTI_ENTROPY_INTERVAL = 1.0
 
 
@@ -86,6 +88,7 @@ class LogService:
         self._outboxes: dict[int, list[Entry]] = {i: [] for i in range(len(committee.peers)) if i != index}
         self._outbox_ready: dict[int, trio.Event] = {i: trio.Event() for i in self._outboxes}
         self._pull_now = trio.Event()
+        self._unstored: list[tuple[bytes, bytes, int, bytes, int]] = []
         self.host: IHost | None = None
         #: Called (on the trio loop, must not block) with every entry that becomes accepted.
         self.listeners: list[Callable[[Entry], None]] = []
@@ -156,10 +159,17 @@ class LogService:
                     if relay or accepted_entry.author not in self._members:
                         to_relay.append(accepted_entry)
                 results.append((outcome.value, reason))
-            if to_store:
+            if to_store or self._unstored:
                 now = _now_ms()
-                rows = [(e.id, e.author, e.seq, e.encode(), now) for e in to_store.values()]
-                await trio.to_thread.run_sync(self.store.add_log_entries, rows)
+                rows = self._unstored + [(e.id, e.author, e.seq, e.encode(), now) for e in to_store.values()]
+                try:
+                    await trio.to_thread.run_sync(self.store.add_log_entries, rows)
+                except DiskFull:
+                    # Applied here but not on disk: kept to be written once space returns
+                    # (and, after a restart, pulled again from the other members).
+                    self._unstored = rows[-UNSTORED_MAX:]
+                    raise
+                self._unstored = []
         self._relay(to_relay)
         if gap:
             self._pull_now.set()
@@ -197,6 +207,11 @@ class LogService:
             found = existing()
             if found is not None:
                 return found
+            # An own entry that is signed but cannot be stored would fork this member's
+            # chain after a restart: refuse to sign while the disk is full.
+            free = await trio.to_thread.run_sync(self.store.free_bytes)
+            if free < self.store.min_free // 2:
+                raise DiskFull(f"only {free} bytes free; not signing log entries until space returns")
             me = self.identity.public_key
             chain = self.state.chains.get(me, [])
             self.last_hlc = next_hlc(self.last_hlc, _now_ms(), self.max_seen)
@@ -256,6 +271,11 @@ class LogService:
             with trio.move_on_after(ANTI_ENTROPY_INTERVAL):
                 await self._pull_now.wait()
             self._pull_now = trio.Event()
+            if self._unstored:
+                try:
+                    await self.receive([])  # writes what a full disk held back
+                except DiskFull as exc:
+                    log.info("log entries still not stored: %s", exc)
             await self._pull_from(random.choice(others))
 
     async def _pull_from(self, peer: int) -> None:
@@ -268,6 +288,8 @@ class LogService:
                 await self.receive([decode_entry(e) for e in field(got, "entries", list)])
         except (PeerUnavailable, CodecError, ValueError, TypeError) as exc:
             log.debug("anti-entropy with peer %d failed: %s", peer, exc)
+        except DiskFull as exc:
+            log.warning("anti-entropy with peer %d stopped: %s", peer, exc)
 
     async def _catch_up(self, peer: int, author: bytes, remote_seq: int, remote_head: bytes) -> None:
         """Pull an author's entries we lack; fetch the remote's version where the chains differ."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -44,7 +43,7 @@ from .healing import (
 )
 from .invalidity import InvalidBlobs
 from .replication import LogService
-from .store import PeerStore
+from .store import MIN_FREE, DiskFull, PeerStore, writing
 
 log = logging.getLogger("walrusfs.peer")
 
@@ -165,6 +164,8 @@ class PeerService:
                 return await handler(request, reader)
             except _Reject as exc:
                 return m.error(exc.code, str(exc)), b""
+            except DiskFull as exc:
+                return m.error(m.DISK_FULL, str(exc)), b""
             except MessageError as exc:
                 return m.error(m.MALFORMED, str(exc)), b""
             except VerificationError as exc:
@@ -194,6 +195,7 @@ class PeerService:
         wire = field(request, "metadata", dict)
         metadata = m.metadata_from_wire(wire, self.n)
         await trio.to_thread.run_sync(metadata.verify, blob_id)
+        await trio.to_thread.run_sync(self.store.check_room, 0)
         await trio.to_thread.run_sync(self.store.put_metadata, blob_id, metadata)
         return m.ok(), b""
 
@@ -210,9 +212,17 @@ class PeerService:
         length = await reader.body_length(m.MAX_BODY)
         if length != expected:
             raise _Reject(m.MALFORMED, f"a sliver pair of this blob is {expected} bytes, got {length}")
+        try:
+            await trio.to_thread.run_sync(self.store.check_room, length)
+        except DiskFull:
+            # Drained, not stored, so the stream stays usable for the writer's next request.
+            async for _ in reader.body_chunks(length):
+                pass
+            raise
         path = self.store.spool_path()
         try:
-            data = await self._spool(reader, length, path)
+            with writing("receiving a sliver pair"):
+                data = await self._spool(reader, length, path)
 
             def verify_and_commit() -> None:
                 verify_sliver(metadata, Sliver(Axis.PRIMARY, pair, size, data[:primary_length]))
@@ -326,12 +336,13 @@ class PeerService:
     async def _status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blobs, stored = await trio.to_thread.run_sync(self.store.stats)
-        free = (await trio.to_thread.run_sync(shutil.disk_usage, self.store.directory)).free
+        free = await trio.to_thread.run_sync(self.store.free_bytes)
         pairs = await trio.to_thread.run_sync(self.store.all_pairs)
         detail = request.get("detail") is True
         return m.ok(
             peer_id=self.identity.peer_id, version=__version__, epoch=self.committee.epoch,
             shards=sorted(self.shards), n_shards=self.n, blobs=blobs, stored_bytes=stored, free_bytes=free,
+            disk_full=free < self.store.min_free,
             healing=self.healer.counts(pairs), recent_heals=self.healer.recent() if detail else None,
             challenge=self.challenges.status(detail),
         ), b""
@@ -359,13 +370,21 @@ class PeerService:
                     healing=self.healer.is_healing(blob_id), invalid=invalid.id if invalid else None), b""
 
 
+def _say(text: str) -> None:
+    """Print a line to the peer's log; a log on a full disk must not stop the peer."""
+    try:
+        print(text, flush=True)
+    except OSError:
+        pass
+
+
 async def run_peer(
     directory: Path, identity: Identity, committee: Committee, fault: Fault | None = None,
     scrub_rate: int = SCRUB_RATE, scrub_pause: float = SCRUB_PAUSE, *, challenge_every: int = 0,
-    challenge_sample: int = DEFAULT_SAMPLE,
+    challenge_sample: int = DEFAULT_SAMPLE, min_free: int = MIN_FREE,
 ) -> None:
     """Serve as a committee peer until SIGTERM or SIGINT, then close cleanly."""
-    store = await trio.to_thread.run_sync(PeerStore, directory)
+    store = await trio.to_thread.run_sync(PeerStore, directory, min_free)
     service = PeerService(identity, committee, store, fault, scrub_rate, scrub_pause,
                           challenge_every=challenge_every, challenge_sample=challenge_sample)
     await service.log.load()
@@ -377,10 +396,10 @@ async def run_peer(
                 service.register(host)
                 nursery.start_soon(service.run, host)
                 addrs = ", ".join(str(a) for a in host.get_addrs())
-                print(f"walrusfs peer {identity.peer_id} serving shards {sorted(service.shards)} on {addrs}"
-                      + (f" [TEST FAULT: {fault.value}]" if fault else ""), flush=True)
+                _say(f"walrusfs peer {identity.peer_id} serving shards {sorted(service.shards)} on {addrs}"
+                     + (f" [TEST FAULT: {fault.value}]" if fault else ""))
                 async for signum in signals:
-                    print(f"walrusfs peer: {signal.Signals(signum).name}, shutting down", flush=True)
+                    _say(f"walrusfs peer: {signal.Signals(signum).name}, shutting down")
                     break
                 nursery.cancel_scope.cancel()
     finally:

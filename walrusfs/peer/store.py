@@ -9,10 +9,16 @@ recorded only after that.
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
+import shutil
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from ..core.messages import MAX_HEADER, metadata_from_wire, metadata_to_wire
 from ..core.metadata import BlobId, BlobMetadata
@@ -30,6 +36,51 @@ CREATE TABLE IF NOT EXISTS log_entries (id BLOB PRIMARY KEY, author BLOB NOT NUL
 """
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+#: Free space a peer keeps for its database and log: uploads that would leave less are
+#: refused with ``disk-full`` (so only something else filling the disk can exhaust it).
+MIN_FREE = 64 << 20
+
+
+class DiskFull(OSError):
+    """The peer's disk has no room for a write; it refuses uploads until space returns."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+@contextmanager
+def writing(what: str) -> Iterator[None]:
+    """Turn the ways a full disk shows (ENOSPC, EDQUOT, SQLite's "database or disk is full") into ``DiskFull``."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except (OSError, sqlite3.OperationalError) as exc:
+        if _is_full(exc):
+            raise DiskFull(f"disk full while {what}: {exc}") from exc
+        raise
+
+
+def _writes(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a store method that writes, so a full disk raises ``DiskFull``."""
+    def decorate(method: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(method)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            with writing(what):
+                return method(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -41,8 +92,9 @@ def _fsync_dir(path: Path) -> None:
 class PeerStore:
     """Durable storage of one peer's data directory."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, min_free: int = MIN_FREE) -> None:
         self.directory = directory
+        self.min_free = min_free
         self.slivers = directory / "slivers"
         self.tmp = directory / "tmp"
         self.slivers.mkdir(parents=True, exist_ok=True)
@@ -51,9 +103,21 @@ class PeerStore:
             leftover.unlink()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(directory / "peer.sqlite", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        with writing("opening the database"):
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    def free_bytes(self) -> int:
+        """Free space on the disk holding this store."""
+        return shutil.disk_usage(self.directory).free
+
+    def check_room(self, incoming: int) -> None:
+        """Raise ``DiskFull`` unless ``incoming`` bytes fit and leave ``min_free`` free."""
+        free = self.free_bytes()
+        if free < incoming + self.min_free:
+            raise DiskFull(f"{free} bytes free; {incoming} more would leave less than the {self.min_free} "
+                           "this peer keeps for its database and log")
 
     def close(self) -> None:
         """Close the database."""
@@ -64,6 +128,7 @@ class PeerStore:
         text = str(blob_id)
         return self.slivers / text[:2] / f"{text}.{pair}"
 
+    @_writes("recording metadata")
     def put_metadata(self, blob_id: BlobId, metadata: BlobMetadata) -> None:
         """Record a blob's (already verified) metadata; idempotent."""
         encoded = encode({"v": WIRE_VERSION, "metadata": metadata_to_wire(metadata)})
@@ -83,6 +148,7 @@ class PeerStore:
         """A fresh temporary file name to receive a sliver pair into as it streams in."""
         return self.tmp / f"incoming.{threading.get_ident()}.{os.urandom(6).hex()}"
 
+    @_writes("storing a sliver pair")
     def commit_pair(self, blob_id: BlobId, pair: int, spooled: Path, primary_length: int) -> None:
         """Durably store a verified, spooled pair (primary then secondary): fsync, rename, fsync dir."""
         final = self._pair_path(blob_id, pair)
@@ -98,6 +164,7 @@ class PeerStore:
                 (blob_id.raw, pair, size, primary_length),
             )
 
+    @_writes("storing a healed sliver pair")
     def write_pair(self, blob_id: BlobId, pair: int, data: bytes, primary_length: int) -> None:
         """Durably store a verified pair held in memory (a healed one)."""
         path = self.spool_path()
@@ -109,12 +176,14 @@ class PeerStore:
             if path.exists():
                 path.unlink()
 
+    @_writes("dropping a damaged pair")
     def drop_pair(self, blob_id: BlobId, pair: int) -> None:
         """Forget a pair that failed verification, so it is neither served nor counted until healed."""
         with self._lock:
             self._db.execute("DELETE FROM pairs WHERE blob_id = ? AND pair = ?", (blob_id.raw, pair))
         self._pair_path(blob_id, pair).unlink(missing_ok=True)
 
+    @_writes("deleting an invalid blob")
     def delete_blob(self, blob_id: BlobId) -> int:
         """Delete every stored pair of a blob (certified invalid); return how many there were."""
         pairs = self.stored_pairs(blob_id)
@@ -181,6 +250,7 @@ class PeerStore:
             rows = self._db.execute("SELECT pair FROM pairs WHERE blob_id = ? ORDER BY pair", (blob_id.raw,))
             return [r[0] for r in rows]
 
+    @_writes("recording a confirmation")
     def put_confirmation(self, blob_id: BlobId, epoch: int, signature: bytes) -> None:
         """Remember a signed confirmation so it can be handed out again."""
         with self._lock:
@@ -197,14 +267,21 @@ class PeerStore:
             ).fetchone()
         return row[0] if row else None
 
+    @_writes("recording log entries")
     def add_log_entries(self, rows: list[tuple[bytes, bytes, int, bytes, int]]) -> None:
         """Durably record (id, author, seq, encoded, received_ms) log entries in one transaction."""
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO log_entries (id, author, seq, encoded, received_ms) VALUES (?, ?, ?, ?, ?)", rows
-            )
-            self._db.execute("COMMIT")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO log_entries (id, author, seq, encoded, received_ms) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    self._db.execute("ROLLBACK")
+                raise
 
     def log_entries(self) -> list[bytes]:
         """Every stored log entry, each author's in seq order."""
