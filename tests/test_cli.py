@@ -115,3 +115,46 @@ def test_version_and_help() -> None:
     help_text = walrusfs("--help").stdout
     assert "blob-id" in help_text
     assert "--shards" in walrusfs("blob-id", "--help").stdout
+
+
+def _committee_with(tmp_path: Path, peers: int, bad_addr: bool = False) -> Path:
+    from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key, render_committee
+
+    infos = []
+    for k in range(max(peers, 4)):
+        key = bytes([k + 1]) * 32
+        infos.append(PeerInfo(peer_id_from_public_key(key), key, (f"/ip4/127.0.0.1/tcp/{40000 + k}",), (k,)))
+    text = render_committee(Committee(0, tuple(infos)))
+    if peers < 4:
+        text = "[[peers]]".join(text.split("[[peers]]")[: peers + 1])
+    if bad_addr:
+        text = text.replace("/tcp/40000", "/tcpx/40000", 1)
+    path = tmp_path / "committee.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("peers", "bad_addr", "message"), [
+    (3, False, "a committee needs n = 3f + 1 >= 4 shards, got 3"),
+    (4, True, "peer #1: addrs: '/ip4/127.0.0.1/tcpx/40000' is not a multiaddr"),
+])
+def test_bad_committee_files_name_the_bad_field(tmp_path: Path, peers: int, bad_addr: bool, message: str) -> None:
+    committee = _committee_with(tmp_path, peers, bad_addr)
+    result = walrusfs("health", "--committee", str(committee))
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_volume_list_skips_a_damaged_key_and_lists_the_rest(tmp_path: Path) -> None:
+    env_dir = tmp_path / "config"
+    exe = shutil.which("walrusfs", path=str(Path(sys.executable).parent))
+    env = {**__import__("os").environ, "WALRUSFS_CONFIG_DIR": str(env_dir)}
+    subprocess.run([exe, "volume", "create", "good"], env=env, check=True, capture_output=True, timeout=60)
+    damaged = env_dir / "volumes" / "bad.key"
+    damaged.write_text("not a key\n")
+    damaged.chmod(0o600)
+    result = subprocess.run([exe, "volume", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.startswith("good  ")
+    assert "bad" in result.stderr and "Traceback" not in result.stderr

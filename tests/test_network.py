@@ -137,6 +137,20 @@ def test_f_down_at_store_and_other_f_down_at_read(
         net.start(*down_at_read)
 
 
+def test_read_and_blob_status_errors_are_one_line_with_their_exit_codes(devnet4: Devnet, tmp_path: Path) -> None:
+    source = tmp_path / "blob"
+    source.write_bytes(blob_bytes(5, 10_000))
+    blob = devnet4.store_ok(source)["blobId"]
+    missing_dir = devnet4.read(blob, tmp_path / "no" / "such" / "dir")
+    assert missing_dir.returncode == 2 and "does not exist" in missing_dir.stderr and "Traceback" not in missing_dir.stderr
+    beyond = walrusfs("read", blob, "--offset", "20000", "-o", str(tmp_path / "out"), committee=devnet4.committee)
+    assert beyond.returncode == 1 and "beyond the end" in beyond.stderr and "-" + "10000" not in beyond.stderr
+    unknown = walrusfs("blob-status", "A" * 43, committee=devnet4.committee)
+    assert unknown.returncode == 4, unknown
+    known = walrusfs("blob-status", blob, committee=devnet4.committee)
+    assert known.returncode == 0, known
+
+
 def test_f_plus_one_down_fails_store_without_certificate(devnet4: Devnet, tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.write_bytes(b"not enough peers")

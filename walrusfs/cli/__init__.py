@@ -7,6 +7,10 @@ too few valid answers), 2 usage error, 3 the blob is invalid (inconsistently enc
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Any
+
 import click
 
 from .. import __version__
@@ -19,8 +23,31 @@ from .mounts import mount, status, umount
 from .peers import health, init, peer
 from .volumes import volume
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Main(click.Group):
+    """The command group; a bug that escapes a command is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; an unexpected exception becomes one line (WALRUSFS_DEBUG=1 keeps the traceback)."""
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if os.environ.get("WALRUSFS_DEBUG"):
+                raise
+            leaf: BaseException = exc
+            while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+                leaf = leaf.exceptions[0]
+            raise click.ClickException(
+                f"unexpected {type(leaf).__name__}: {leaf} (WALRUSFS_DEBUG=1 shows the traceback; please report it)"
+            ) from exc
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="walrusfs")
 def main() -> None:
     """walrusfs: a verifiable filesystem on RedStuff-encoded storage peers."""

@@ -92,6 +92,8 @@ def store(file: str, committee_path: Path | None, as_json: bool) -> None:
 
     committee = load_committee(committee_path)
     config = committee.config
+    if file != "-" and os.path.getsize(file) > config.max_blob_size:  # refuse before reading it
+        raise Failure(f"{file} is larger than one blob for {config.n_shards} shards ({config.max_blob_size} bytes)")
     with click.open_file(file, "rb") as stream:
         data = stream.read(config.max_blob_size + 1)
     if len(data) > config.max_blob_size:
@@ -144,9 +146,14 @@ def read(blob: BlobId, output: Path | None, offset: int, length: int | None, str
     from ..client.blob import InvalidBlobError, ReadError
 
     committee = load_committee(committee_path)
+    if output is not None and not output.parent.is_dir():
+        # Checked before the download, which may be long.
+        raise click.BadParameter(f"directory {output.parent} does not exist", param_hint="--output")
 
     async def job(client: Any) -> bytes:
         metadata = await client.get_metadata(blob)
+        if offset > metadata.unencoded_length:
+            raise ReadError(f"offset {offset} is beyond the end of blob {blob} ({metadata.unencoded_length} bytes)")
         size = metadata.unencoded_length - offset if length is None else length
         with progress_bar("reading", max(size, 1)) as bar:
             return await client.read(blob, offset, size, strict=strict, metadata=metadata,
@@ -161,8 +168,12 @@ def read(blob: BlobId, output: Path | None, offset: int, length: int | None, str
         raise Failure(str(exc), code) from exc
     if output:
         tmp = output.with_name(output.name + ".partial")
-        tmp.write_bytes(data)
-        tmp.replace(output)
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(output)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise Failure(f"cannot write {output}: {exc.strerror}") from None
         click.echo(f"wrote {len(data)} bytes to {output}", err=True)
     else:
         sys.stdout.buffer.write(data)
@@ -200,6 +211,7 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
                                "certified": poa is not None, "pointOfAvailability": poa,
                                "validShards": valid_shards,
                                "invalid": invalid.id.hex() if invalid else None, "peers": status}, indent=2))
+        _exit_unknown(status, poa, invalid)
         return
     if invalid is not None:
         click.echo(f"Blob {blob}: INVALID, its writer encoded it inconsistently (log entry {invalid.id.hex()[:16]}..., "
@@ -222,3 +234,12 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
         extra = ", healing" if s.get("healing") else ""
         click.echo(f"  {s['peer_id']}: shards {s['shards']}, pairs {held}, metadata {'yes' if s['metadata'] else 'no'}, "
                    f"{'confirmed' if s['confirmed'] else 'not confirmed'}{extra}")
+    _exit_unknown(status, poa, invalid)
+
+
+def _exit_unknown(status: list[dict[str, Any]], poa: Any, invalid: Any) -> None:
+    """Exit 4 (not found) when no log entry and no reachable peer knows the blob."""
+    known = poa is not None or invalid is not None or any(s.get("metadata") or s.get("pairs") for s in status)
+    if not known:
+        click.echo("walrusfs: no peer and no log entry knows this blob", err=True)
+        sys.exit(EXIT_NOT_FOUND)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
 from .common import (
+    EXIT_FAILED,
     Failure,
     json_option,
 )
@@ -42,11 +44,16 @@ def volume_list(as_json: bool) -> None:
     """List the volumes whose keys you hold."""
     from ..mount.volumes import VolumeError, list_volumes
 
+    problems: list[str] = []
     try:
-        volumes = list_volumes()
+        volumes = list_volumes(problems)
     except VolumeError as exc:
         raise Failure(str(exc)) from None
     if as_json:
         click.echo(json.dumps([{"name": v.name, "volumeId": v.volume_id} for v in volumes]))
     for v in volumes if not as_json else ():
         click.echo(f"{v.name}  {v.volume_id}")
+    for problem in problems:
+        click.echo(f"walrusfs: skipped unreadable key file of volume {problem}", err=True)
+    if problems:
+        sys.exit(EXIT_FAILED)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import EncodingConfig
-from .errors import CodecError
+from .errors import CodecError, InvalidParameter
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,7 +80,10 @@ class Committee:
         shards = sorted(s for peer in self.peers for s in peer.shards)
         if shards != list(range(len(shards))):
             raise CommitteeError(f"shards must be exactly 0..n-1, each held by one peer; got {shards}")
-        EncodingConfig(len(shards))  # n >= 4
+        try:
+            EncodingConfig(len(shards))
+        except InvalidParameter as exc:
+            raise CommitteeError(f"a committee needs n = 3f + 1 >= 4 shards, got {len(shards)}: {exc}") from None
         seen: set[str] = set()
         for peer in self.peers:
             if peer.peer_id in seen:
@@ -144,6 +147,19 @@ def _table(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
+def _check_multiaddr(addr: str, where: str) -> None:
+    """Reject an address libp2p could not dial, naming the peer (parsing only, no I/O)."""
+    from multiaddr import Multiaddr
+
+    try:
+        parsed = Multiaddr(addr)
+    except Exception as exc:  # noqa: BLE001 - the library raises several unrelated types
+        raise CommitteeError(f"{where}: addrs: {addr!r} is not a multiaddr ({exc})") from None
+    protocols = [p.name for p in parsed.protocols()]
+    if "tcp" not in protocols:
+        raise CommitteeError(f"{where}: addrs: {addr!r} names no TCP port (expected /ip4/HOST/tcp/PORT)")
+
+
 def parse_committee(text: str) -> Committee:
     """Parse a committee TOML document, raising ``CommitteeError`` with the reason."""
     try:
@@ -163,6 +179,8 @@ def parse_committee(text: str) -> Committee:
         shards = _table(entry, "shards", list, where)
         if not all(isinstance(a, str) for a in addrs) or not addrs:
             raise CommitteeError(f"{where}: addrs must be a non-empty list of multiaddr strings")
+        for addr in addrs:
+            _check_multiaddr(addr, where)
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in shards):
             raise CommitteeError(f"{where}: shards must be a list of integers")
         peers.append(PeerInfo(_table(entry, "peer_id", str, where), public_key, tuple(addrs), tuple(shards)))

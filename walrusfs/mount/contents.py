@@ -114,7 +114,11 @@ class Contents:
 
     async def load(self) -> None:
         """Pick up files staged before a crash or unmount; they upload once running."""
-        for staged in await trio.to_thread.run_sync(self.state.staged_files):
+        staged_files = await trio.to_thread.run_sync(self.state.staged_files)
+        files, size = await trio.to_thread.run_sync(self.state.remove_orphans, staged_files)
+        if files:
+            log.warning("removed %d staging files (%d bytes) of writes a crash cut off before close", files, size)
+        for staged in staged_files:
             self.staged[staged.node] = staged
             path = self.state.staging_path(staged)
             self._staging_length[staged.file] = path.stat().st_size if path.exists() else 0

@@ -159,6 +159,17 @@ class MountState:
             rows = self._db.execute("SELECT node, file, record FROM staged").fetchall()
         return [StagedFile.decode(bytes(n), f, bytes(r)) for n, f, r in rows]
 
+    def remove_orphans(self, staged: list[StagedFile]) -> tuple[int, int]:
+        """Delete staging files no record names (writes a crash cut off before close); return (files, bytes)."""
+        known = {self.staging_path(s).name for s in staged}
+        files = size = 0
+        for path in self.staging.iterdir():
+            if path.name not in known:
+                size += path.stat().st_size
+                path.unlink()
+                files += 1
+        return files, size
+
 
 class ChunkCache:
     """Verified chunks on local disk, least recently used evicted beyond ``limit`` bytes."""

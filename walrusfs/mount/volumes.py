@@ -93,14 +93,20 @@ def create_volume(name: str) -> Volume:
     return Volume(bytes(key.verify_key), name, key)
 
 
-def list_volumes() -> list[Volume]:
-    """Every volume whose key this user holds."""
+def list_volumes(problems: list[str] | None = None) -> list[Volume]:
+    """Every volume whose key this user holds; unreadable key files are skipped (and described in ``problems``)."""
     directory = _volumes_dir()
     if not directory.is_dir():
         return []
     volumes = []
     for path in sorted(directory.glob("*.key")):
-        key = _read_key(path)
+        try:
+            key = _read_key(path)
+        except VolumeError as exc:
+            # One damaged key file must not hide the others.
+            if problems is not None:
+                problems.append(f"{path.stem}: {exc}")
+            continue
         volumes.append(Volume(bytes(key.verify_key), path.stem, key))
     return volumes
 
