@@ -76,14 +76,24 @@ def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exce
 
 async def _open_stream(host: IHost, peer: PeerInfo, protocol: str) -> object:
     network = host.get_network()
-    if not network.get_connections(peer.peer_id):
-        # A failed dial blocks the peer for 60 s; a peer that restarted must be reachable
-        # at once, and callers already decide how often to retry.
-        unblock = getattr(network, "unblock_peer", None)
-        if unblock is not None:
-            unblock(peer.peer_id)
-        await host.connect(peer)
-    return await host.new_stream(peer.peer_id, [TProtocol(protocol)])
+    for attempt in range(2):
+        if not network.get_connections(peer.peer_id):
+            # A failed dial blocks the peer for 60 s; a peer that restarted must be reachable
+            # at once, and callers already decide how often to retry.
+            unblock = getattr(network, "unblock_peer", None)
+            if unblock is not None:
+                unblock(peer.peer_id)
+            await host.connect(peer)
+        try:
+            return await host.new_stream(peer.peer_id, [TProtocol(protocol)])
+        except Exception as exc:
+            # py-libp2p keeps closed connections in its table and then refuses to open a
+            # stream ("No valid connections available") instead of dialing: drop them
+            # and dial once more.
+            if attempt or "connections available" not in str(exc):
+                raise
+            await network.close_peer(peer.peer_id)
+    raise AssertionError("unreachable")
 
 
 async def request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,12 +23,32 @@ def devnet() -> None:
 def _wait_ready(directory: Path, committee: Committee, indices: list[int], limit: float = 60.0) -> None:
     import time
 
+    import trio
+
     from .. import devnet as dn
+    from ..core import messages as m
+
+    async def unreachable(client: Any) -> list[int]:
+        # Only the peers being started are asked: another peer that is stalled must not
+        # hold up this one's start.
+        answered: set[int] = set()
+
+        async def ask(k: int) -> None:
+            with trio.move_on_after(5.0):
+                try:
+                    await client._call(k, m.GET_STATUS)
+                    answered.add(k)
+                except Exception:  # noqa: BLE001 - not up yet, whatever the reason
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            for k in indices:
+                nursery.start_soon(ask, k)
+        return [k for k in indices if k not in answered]
 
     deadline = time.monotonic() + limit
     while True:
-        status = with_client(committee, lambda client: client.health())
-        waiting = [k for k in indices if not status[k]["reachable"]]
+        waiting = with_client(committee, unreachable)
         if not waiting:
             return
         dead = [k for k in waiting if k not in dn.running(directory)]

@@ -63,6 +63,8 @@ log = logging.getLogger("walrusfs.client")
 
 #: After the quorum, keep delivering to the remaining peers this long so they need not heal.
 GRACE_PERIOD = 2.0
+#: Seconds before a certificate is also handed to the next peer (a liveness timer only).
+PUBLISH_HEDGE = 2.0
 #: How long ``store`` waits for f + 1 peers' logs to hold its entry before reporting it.
 LOG_WAIT = 60.0
 
@@ -229,12 +231,20 @@ class Client:
         return result
 
     async def publish(self, certificate: Certificate, length: int) -> Entry:
-        """Hand the certificate to peers, in random order, until one records it in the log."""
+        """Hand the certificate to peers in random order until one records it in the log.
+
+        A peer that has not answered within ``PUBLISH_HEDGE`` seconds is not waited for: the
+        next one is asked as well and the first valid entry wins (a stalled peer only
+        costs that delay).
+        """
         payload = certificate_payload(certificate, length)
         problems: dict[str, str] = {}
         order = list(range(len(self.committee.peers)))
         random.shuffle(order)
-        for peer in order:
+        found: list[Entry] = []
+        settled = trio.Event()  # an entry came back, or every peer failed
+
+        async def submit(peer: int, answered: trio.Event) -> None:
             info = self.committee.peers[peer]
             try:
                 reply, _ = await self._call(peer, LOG_SUBMIT, payload=payload)
@@ -242,9 +252,26 @@ class Client:
                 await trio.to_thread.run_sync(check_entry, entry, self.committee)
                 if entry.payload.get("blob_id") != certificate.blob_id.raw:
                     raise LogError("peer returned an entry for another blob")
-                return entry
+                found.append(entry)
             except (PeerUnavailable, CodecError) as exc:
                 problems[info.peer_id] = _describe(exc)
+            finally:
+                answered.set()
+                if found or len(problems) == len(order):
+                    settled.set()
+
+        async with trio.open_nursery() as nursery:
+            for peer in order:
+                answered = trio.Event()
+                nursery.start_soon(submit, peer, answered)
+                with trio.move_on_after(PUBLISH_HEDGE):
+                    await answered.wait()
+                if settled.is_set():
+                    break
+            await settled.wait()
+            nursery.cancel_scope.cancel()
+        if found:
+            return found[0]
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
         raise StoreError(f"no peer recorded the certificate of {certificate.blob_id} in the log: {detail}")
 

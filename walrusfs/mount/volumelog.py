@@ -155,7 +155,7 @@ class VolumeLog:
         encoded = [e.encode() for e in batch]
         holders: list[int] = []
         problems: dict[int, str] = {}
-        enough = trio.Event()
+        settled = trio.Event()  # enough peers hold the entries, or every peer answered
 
         async def push(peer: int) -> None:
             try:
@@ -164,8 +164,6 @@ class VolumeLog:
                 if all(o in (Outcome.ACCEPTED.value, Outcome.DUPLICATE.value, Outcome.PENDING.value)
                        for o in outcomes):
                     holders.append(peer)
-                    if self.committee.weight(holders) >= self.committee.validity_threshold:
-                        enough.set()
                 else:
                     problems[peer] = f"rejected: {field(reply, 'results', list)[:1]}"
             except (PeerUnavailable, CodecError) as exc:
@@ -173,11 +171,18 @@ class VolumeLog:
             except Exception as exc:  # noqa: BLE001 - one peer's odd answer is its own failure
                 log.warning("pushing entries to peer %d failed unexpectedly", peer, exc_info=True)
                 problems[peer] = f"{type(exc).__name__}: {exc}"
+            finally:
+                if (self.committee.weight(holders) >= self.committee.validity_threshold
+                        or len(holders) + len(problems) == len(self.committee.peers)):
+                    settled.set()
 
         async with trio.open_nursery() as nursery:
             for peer in range(len(self.committee.peers)):
                 nursery.start_soon(push, peer)
-        # Every peer was tried (the rest learn by relay and anti-entropy anyway).
+            # Published once f + 1 shards' peers hold the entries (they relay them, and
+            # anti-entropy reaches the rest): a stalled peer is not waited for.
+            await settled.wait()
+            nursery.cancel_scope.cancel()
         if self.committee.weight(holders) < self.committee.validity_threshold:
             raise PublishError(f"only {len(holders)} peers accepted namespace entries: {problems}")
 
