@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.test_network import EXE, walrusfs
+from tests.test_network import EXE, Devnet, walrusfs
 
 
 def volume_env(config: Path, state: Path) -> dict[str, str]:
@@ -104,6 +104,35 @@ class Mount:
         fusermount_u(self.path)
 
 
+class MountedVolume:
+    """A devnet of ``peers`` processes, one volume, and the mounts made of it (all stopped in ``close``)."""
+
+    def __init__(self, root: Path, peers: int = 7) -> None:
+        self.root = root
+        self.net = Devnet(root / "net", peers)
+        self.config = root / "config"
+        self.mounts: list[Mount] = []
+        try:
+            self.volume_id = create_volume(self.config, "vol")
+        except BaseException:
+            self.net.down()  # never leave peer processes behind a failed setup
+            raise
+
+    def mount(self, name: str, *extra: str, volume: str = "vol", config: Path | None = None,
+              start: bool = True) -> Mount:
+        """A mount of the volume (by name, with the key) in its own process and state directory."""
+        mount = Mount(self.net.committee, self.root / f"mnt-{name}", volume, config or self.config,
+                      self.root / "state" / name, *extra)
+        self.mounts.append(mount)
+        return mount.start() if start else mount
+
+    def close(self) -> None:
+        """Unmount everything, then stop the peers."""
+        for mount in self.mounts:
+            mount.stop()
+        self.net.down()
+
+
 def wait_for(predicate, limit: float = 30.0, step: float = 0.2) -> bool:  # noqa: ANN001
     """Poll ``predicate`` until true or ``limit`` seconds passed; return the last result."""
     deadline = time.monotonic() + limit
@@ -118,4 +147,4 @@ def wait_for(predicate, limit: float = 30.0, step: float = 0.2) -> bool:  # noqa
         time.sleep(step)
 
 
-__all__ = ["Mount", "create_volume", "fsync", "fusermount_u", "volume_env", "wait_for", "walrusfs"]
+__all__ = ["Mount", "MountedVolume", "create_volume", "fsync", "fusermount_u", "volume_env", "wait_for", "walrusfs"]

@@ -118,7 +118,12 @@ def test_version_and_help() -> None:
 
 
 def _committee_with(tmp_path: Path, peers: int, bad_addr: bool = False) -> Path:
-    from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key, render_committee
+    from walrusfs.core.committee import (
+        Committee,
+        PeerInfo,
+        peer_id_from_public_key,
+        render_committee,
+    )
 
     infos = []
     for k in range(max(peers, 4)):

@@ -16,36 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, create_volume, fsync, wait_for
+from tests.mounting import MountedVolume, fsync, wait_for
 from tests.posix_battery import run_battery
-from tests.test_network import EXE, Devnet, walrusfs
+from tests.test_network import EXE, walrusfs
 
 
-class Volume:
+class Volume(MountedVolume):
     """A devnet, a volume and its writer mount."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.net = Devnet(root / "net", 7)
-        self.config = root / "config"
-        self.volume_id = create_volume(self.config, "vol")
-        self.mounts: list[Mount] = []
+        super().__init__(root, 7)
         try:
             self.writer = self.mount("writer")
         except BaseException:
-            self.net.down()  # never leave peer processes behind a failed setup
+            self.close()
             raise
-
-    def mount(self, name: str, *extra: str, volume: str = "vol", config: Path | None = None) -> Mount:
-        mount = Mount(self.net.committee, self.root / f"mnt-{name}", volume, config or self.config,
-                      self.root / "state" / name, *extra)
-        self.mounts.append(mount)
-        return mount.start()
-
-    def close(self) -> None:
-        for mount in self.mounts:
-            mount.stop()
-        self.net.down()
 
 
 @pytest.fixture(scope="module")

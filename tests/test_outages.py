@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, create_volume, volume_env, wait_for
+from tests.mounting import MountedVolume, volume_env, wait_for
 from tests.test_network import EXE, Devnet, walrusfs
 from walrusfs.devnet import peer_dir, running
 
@@ -36,28 +36,14 @@ print("synced", flush=True)
 """
 
 
-class Net:
-    """A 4-peer devnet and a volume; mounts made here are unmounted in ``close``."""
+class Net(MountedVolume):
+    """A 4-peer devnet and a volume."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.net = Devnet(root / "net", 4)
-        self.config = root / "config"
-        create_volume(self.config, "vol")
-        self.mounts: list[Mount] = []
-
-    def mount(self, name: str, start: bool = True) -> Mount:
-        mount = Mount(self.net.committee, self.root / f"mnt-{name}", "vol", self.config, self.root / "state" / name)
-        self.mounts.append(mount)
-        return mount.start() if start else mount
+        super().__init__(root, 4)
 
     def pid(self, index: int) -> int:
         return running(self.net.directory)[index]
-
-    def close(self) -> None:
-        for mount in self.mounts:
-            mount.stop()
-        self.net.down()
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +84,7 @@ def assert_fresh_mount_reads(net: Net, name: str, files: dict[str, bytes]) -> No
 
 
 def test_mount_outlives_losing_quorum_mid_upload_and_fsync_waits(net: Net) -> None:
-    writer = net.mount("writer", start=False)
-    writer.extra = ("--chunk-size", "1MiB")
-    writer.start()
+    writer = net.mount("writer", "--chunk-size", "1MiB")
     killed, stalled = 3, 2
     stalled_pid = net.pid(stalled)
     net.net.stop(killed, kill=True)

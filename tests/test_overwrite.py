@@ -17,38 +17,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, create_volume, fsync, wait_for
-from tests.test_network import Devnet
+from tests.mounting import MountedVolume, fsync, wait_for
 
 OLD = random.Random(1).randbytes(100_000)
 NEW = b"hello\n"
 
 
-class Setup:
+class Setup(MountedVolume):
     """A 4-peer devnet, a writer mount and a second mount of the same volume."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.net = Devnet(root / "net", 4)
-        self.config = root / "config"
-        create_volume(self.config, "vol")
-        self.mounts: list[Mount] = []
+        super().__init__(root, 4)
         try:
             self.writer = self.mount("writer")
             self.reader = self.mount("reader")
         except BaseException:
             self.close()
             raise
-
-    def mount(self, name: str) -> Mount:
-        mount = Mount(self.net.committee, self.root / f"mnt-{name}", "vol", self.config, self.root / "state" / name)
-        self.mounts.append(mount)
-        return mount.start()
-
-    def close(self) -> None:
-        for mount in self.mounts:
-            mount.stop()
-        self.net.down()
 
 
 @pytest.fixture(scope="module")

@@ -23,21 +23,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.mounting import Mount, create_volume, wait_for
+from tests.mounting import MountedVolume, fsync, wait_for
 from tests.test_network import Devnet, walrusfs
 from walrusfs.devnet import running
 
 SECONDS = float(os.environ.get("WALRUSFS_SOAK_SECONDS", "120"))
 PEERS, F = 7, 2
 FSYNC_LIMIT = 240.0  # one fsync waiting longer than this (all but f peers up) is a failure
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Faults(threading.Thread):
@@ -118,7 +110,7 @@ class Workload(threading.Thread):
             os.fsync(fd)
         else:
             assert path is not None
-            fsync_path(path)
+            fsync(path)
         took = time.monotonic() - started
         self.slowest = max(self.slowest, took)
         self.fsync_seconds.append(took)
@@ -206,20 +198,11 @@ def compare(view: Path, acknowledged: dict[str, bytes], uncertain: set[str]) -> 
 
 
 def test_soak_mixed_operations_with_f_peers_killed_or_stalled(tmp_path: Path) -> None:
-    net = Devnet(tmp_path / "net", PEERS)
-    config = tmp_path / "config"
-    create_volume(config, "vol")
-    mounts: list[Mount] = []
-
-    def mount(name: str) -> Mount:
-        m = Mount(net.committee, tmp_path / f"mnt-{name}", "vol", config, tmp_path / "state" / name,
-                  "--chunk-size", "256KiB")
-        mounts.append(m)
-        return m.start()
-
+    vol = MountedVolume(tmp_path, PEERS)
+    net = vol.net
     faults = Faults(net, seed=13)
     try:
-        writer = mount("writer")
+        writer = vol.mount("writer", "--chunk-size", "256KiB")
         started = time.monotonic()
         work = Workload(writer.path, seed=13, deadline=started + SECONDS)
         faults.start()
@@ -234,8 +217,8 @@ def test_soak_mixed_operations_with_f_peers_killed_or_stalled(tmp_path: Path) ->
         median = fsyncs[len(fsyncs) // 2] if fsyncs else 0.0
         assert writer.process is not None and writer.process.poll() is None, "the mount process exited"
         assert wait_for(lambda: running(net.directory).keys() == set(range(PEERS)), limit=60)
-        fsync_path(writer.path)
-        fresh = mount("fresh")
+        fsync(writer.path)
+        fresh = vol.mount("fresh", "--chunk-size", "256KiB")
         lost, wrong = compare(fresh.path, work.acknowledged, work.uncertain)
         writer.stop()
         writer.start()
@@ -254,6 +237,4 @@ def test_soak_mixed_operations_with_f_peers_killed_or_stalled(tmp_path: Path) ->
     finally:
         faults.stop_event.set()
         faults.join(120)
-        for m in mounts:
-            m.stop()
-        net.down()
+        vol.close()
