@@ -119,9 +119,14 @@ def status(mountpoint: Path, as_json: bool) -> None:
                + (f" (publishing fails: {info['publish_error']})" if info.get("publish_error") else ""))
     click.echo(f"chunks uploaded {info['uploaded_chunks']}, deduplicated {info['deduplicated_chunks']}, "
                f"cache {info['cache_bytes']} bytes")
+    if info.get("log_error"):
+        synced = "" if info.get("log_synced") else " (not read since this mount started: showing only local state)"
+        click.echo(f"log: {info['log_error']}{synced}")
     if not info["pending"]:
         click.echo("no pending uploads")
     for item in info["pending"]:
-        line = (f"  {item['node'][:16]}  {item['state']:<9} {item['uploaded_bytes']}/{item['staged_bytes']} "
-                f"staged bytes of {item['size']}")
+        line = (f"  {item.get('name') or item['node'][:16]}  {item['state']:<9} "
+                f"{item['uploaded_bytes']}/{item['staged_bytes']} staged bytes of {item['size']}")
+        if item.get("attempts"):
+            line += f"  attempt {item['attempts']}" + (f", next in {item['retry_in']:.0f} s" if item.get("retry_in") else "")
         click.echo(line + (f"  error: {item['error']}" if item.get("error") else ""))
