@@ -141,6 +141,7 @@ def stop_peers(directory: Path, indices: list[int], kill: bool = False, wait: fl
     pids = {index: int(e["pid"]) for index, e in entries.items() if e and _alive(int(e["pid"]))}
     for pid in pids.values():
         os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)  # a paused peer must see the SIGTERM
     deadline = time.monotonic() + wait
     for pid in pids.values():
         while _alive(pid) and time.monotonic() < deadline:
@@ -154,6 +155,15 @@ def stop_peers(directory: Path, indices: list[int], kill: bool = False, wait: fl
                 time.sleep(0.05)
         _reap(pid)
     return sorted(pids)
+
+
+def signal_peer(directory: Path, index: int, signum: int) -> bool:
+    """Send ``signum`` to peer ``index`` (SIGSTOP pauses it: sockets open, nothing answered); False if not running."""
+    entry = _read_state(directory).get(str(index))
+    if not entry or not _alive(int(entry["pid"])):
+        return False
+    os.kill(int(entry["pid"]), signum)
+    return True
 
 
 def _reap(pid: int) -> None:

@@ -20,6 +20,20 @@ def devnet() -> None:
     """A local network of peer processes on 127.0.0.1."""
 
 
+def _wait_serving(directory: Path, indices: list[int], limit: float = 60.0) -> None:
+    import time
+
+    from .. import devnet as dn
+
+    deadline = time.monotonic() + limit
+    for k in indices:
+        log = dn.peer_dir(directory, k) / "peer.log"
+        while "serving shards" not in (log.read_text() if log.exists() else ""):
+            if k not in dn.running(directory) or time.monotonic() > deadline:
+                raise Failure(f"peer {k} did not come up:\n{log.read_text()[-2000:] if log.exists() else ''}")
+            time.sleep(0.2)
+
+
 def _wait_ready(directory: Path, committee: Committee, indices: list[int], limit: float = 60.0) -> None:
     import time
 
@@ -94,7 +108,10 @@ def devnet_up(count: int, faults: tuple[str, ...], challenge_every: int | None, 
             dn.start_peer(directory, k, modes.get(k))
     except dn.DevnetError as exc:
         raise Failure(str(exc)) from exc
-    _wait_ready(directory, committee, list(range(count)))
+    # A peer that stalls on purpose never answers: it is up once it says it is serving.
+    stalling = [k for k in range(count) if modes.get(k) == "stall"]
+    _wait_ready(directory, committee, [k for k in range(count) if k not in stalling])
+    _wait_serving(directory, stalling)
     path = (directory / dn.COMMITTEE_FILE).resolve()
     click.echo(f"{count} peers running (n = {committee.n_shards}, f = {committee.f}); committee: {path}")
     click.echo(f"  export WALRUSFS_COMMITTEE={path}")
@@ -128,6 +145,34 @@ def devnet_stop(directory: Path, index: int, kill: bool) -> None:
     click.echo(f"peer {index} stopped")
 
 
+@devnet.command("pause")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--peer", "index", type=int, required=True, help="Index of the peer to pause.")
+def devnet_pause(directory: Path, index: int) -> None:
+    """Pause one peer with SIGSTOP: its sockets stay open and nothing answers (a stall drill)."""
+    import signal
+
+    from .. import devnet as dn
+
+    if not dn.signal_peer(directory, index, signal.SIGSTOP):
+        raise Failure(f"peer {index} is not running")
+    click.echo(f"peer {index} paused (walrusfs devnet resume {directory} --peer {index} continues it)")
+
+
+@devnet.command("resume")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--peer", "index", type=int, required=True, help="Index of the peer to resume.")
+def devnet_resume(directory: Path, index: int) -> None:
+    """Continue a paused peer (SIGCONT)."""
+    import signal
+
+    from .. import devnet as dn
+
+    if not dn.signal_peer(directory, index, signal.SIGCONT):
+        raise Failure(f"peer {index} is not running")
+    click.echo(f"peer {index} resumed")
+
+
 @devnet.command("wipe")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--peer", "index", type=int, required=True, help="Index of the (stopped) peer to wipe.")
@@ -155,5 +200,8 @@ def devnet_start(directory: Path, index: int, fault: str | None) -> None:
         dn.start_peer(directory, index, fault)
     except dn.DevnetError as exc:
         raise Failure(str(exc)) from exc
-    _wait_ready(directory, committee, [index])
+    if fault == "stall":
+        _wait_serving(directory, [index])
+    else:
+        _wait_ready(directory, committee, [index])
     click.echo(f"peer {index} running")

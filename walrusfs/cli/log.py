@@ -31,6 +31,9 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
     """Show the log's entries, oldest first, each checked here for validity."""
     import trio
 
+    from p2p.rpc import PeerUnavailable
+
+    from ..core.errors import CodecError
     from ..core.log import LogError, LogState, check_entry, hlc_millis
 
     committee = load_committee(committee_path)
@@ -57,14 +60,15 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
     async def job(client: Any) -> None:
         shown: set[bytes] = set()
         while True:
-            peers = [peer_index] if peer_index is not None else list(range(len(committee.peers)))
             entries = None
-            for peer in peers:
+            if peer_index is not None:
                 try:
-                    entries = await client.log_entries(peer)
-                    break
-                except Exception:
-                    continue
+                    entries = await client.log_entries(peer_index)
+                except (PeerUnavailable, CodecError):
+                    pass
+            else:
+                # Hedged: a peer that has not delivered its log in 2 s does not hold the command.
+                entries, _ = await client._hedged(client.log_entries)
             if entries is None:
                 raise Failure("no peer answered with its log")
             state = LogState(committee)

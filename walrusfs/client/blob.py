@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -60,11 +60,22 @@ from ..core.wire import field as wire_field
 from .members import SessionPool, call_member
 
 log = logging.getLogger("walrusfs.client")
+_T = TypeVar("_T")
 
 #: After the quorum, keep delivering to the remaining peers this long so they need not heal.
 GRACE_PERIOD = 2.0
-#: Seconds before a certificate is also handed to the next peer (a liveness timer only).
-PUBLISH_HEDGE = 2.0
+#: Liveness timers: none of them decides what is certified, verified or valid.
+#: A request asked of one peer in turn (publish, start a round, report a proof) is also
+#: asked of the next one when the first has not answered within HEDGE_DELAY seconds.
+HEDGE_DELAY = 2.0
+#: A sliver fetch that has not answered within this (plus the sliver's transfer time at
+#: HEDGE_RATE bytes/s) lets the next candidate start, and if nothing else is left to try,
+#: the read falls back to other slivers.
+SLIVER_HEDGE = 1.0
+HEDGE_RATE = 20e6
+#: Questions asked of every peer at once (status, log heads, entries) report a peer that
+#: has not answered within STATUS_LIMIT seconds as unresponsive and go on without it.
+STATUS_LIMIT = 3.0
 #: How long ``store`` waits for f + 1 peers' logs to hold its entry before reporting it.
 LOG_WAIT = 60.0
 
@@ -230,6 +241,47 @@ class Client:
                 result.logged_by = await self.wait_logged(result.entry.id)
         return result
 
+    async def _hedged(self, attempt: Callable[[int], Awaitable[_T]]) -> tuple[_T | None, dict[str, str]]:
+        """Run ``attempt(peer)`` on peers in random order until one succeeds; (its result or None, each failure).
+
+        The next peer is asked whenever the last one asked has not answered within
+        ``HEDGE_DELAY`` (the earlier ones keep going: whichever answers first wins), so a
+        stalled peer costs that delay, never the whole operation. ``attempt`` raises
+        ``PeerUnavailable`` or ``CodecError`` for a peer that failed; anything else stops all.
+        """
+        order = list(range(len(self.committee.peers)))
+        random.shuffle(order)
+        problems: dict[str, str] = {}
+        found: list[_T] = []
+        settled = trio.Event()  # one succeeded, or every peer failed
+        error: list[BaseException] = []
+
+        async def one(peer: int, answered: trio.Event) -> None:
+            try:
+                found.append(await attempt(peer))
+            except (PeerUnavailable, CodecError) as exc:
+                problems[self.committee.peers[peer].peer_id] = _describe(exc)
+            except Exception as exc:  # re-raised by the caller's task, not inside the nursery's group
+                error.append(exc)
+            finally:
+                answered.set()
+                if found or error or len(problems) == len(order):
+                    settled.set()
+
+        async with trio.open_nursery() as nursery:
+            for peer in order:
+                answered = trio.Event()
+                nursery.start_soon(one, peer, answered)
+                with trio.move_on_after(HEDGE_DELAY):
+                    await answered.wait()
+                if settled.is_set():
+                    break
+            await settled.wait()
+            nursery.cancel_scope.cancel()
+        if error:
+            raise error[0]
+        return (found[0] if found else None), problems
+
     async def publish(self, certificate: Certificate, length: int) -> Entry:
         """Hand the certificate to peers in random order until one records it in the log.
 
@@ -238,40 +290,18 @@ class Client:
         costs that delay).
         """
         payload = certificate_payload(certificate, length)
-        problems: dict[str, str] = {}
-        order = list(range(len(self.committee.peers)))
-        random.shuffle(order)
-        found: list[Entry] = []
-        settled = trio.Event()  # an entry came back, or every peer failed
 
-        async def submit(peer: int, answered: trio.Event) -> None:
-            info = self.committee.peers[peer]
-            try:
-                reply, _ = await self._call(peer, LOG_SUBMIT, payload=payload)
-                entry = decode_entry(wire_field(reply, "entry", bytes))
-                await trio.to_thread.run_sync(check_entry, entry, self.committee)
-                if entry.payload.get("blob_id") != certificate.blob_id.raw:
-                    raise LogError("peer returned an entry for another blob")
-                found.append(entry)
-            except (PeerUnavailable, CodecError) as exc:
-                problems[info.peer_id] = _describe(exc)
-            finally:
-                answered.set()
-                if found or len(problems) == len(order):
-                    settled.set()
+        async def submit(peer: int) -> Entry:
+            reply, _ = await self._call(peer, LOG_SUBMIT, payload=payload)
+            entry = decode_entry(wire_field(reply, "entry", bytes))
+            await trio.to_thread.run_sync(check_entry, entry, self.committee)
+            if entry.payload.get("blob_id") != certificate.blob_id.raw:
+                raise LogError("peer returned an entry for another blob")
+            return entry
 
-        async with trio.open_nursery() as nursery:
-            for peer in order:
-                answered = trio.Event()
-                nursery.start_soon(submit, peer, answered)
-                with trio.move_on_after(PUBLISH_HEDGE):
-                    await answered.wait()
-                if settled.is_set():
-                    break
-            await settled.wait()
-            nursery.cancel_scope.cancel()
-        if found:
-            return found[0]
+        entry, problems = await self._hedged(submit)
+        if entry is not None:
+            return entry
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
         raise StoreError(f"no peer recorded the certificate of {certificate.blob_id} in the log: {detail}")
 
@@ -280,7 +310,7 @@ class Client:
         holders: set[int] = set()
         with trio.move_on_after(limit):
             while self.committee.weight(holders) < self.committee.validity_threshold:
-                for peer, reply, _ in await self._each_peer(LOG_TIMES, ids=[entry_id]):
+                for peer, reply, _ in await self._each_peer(LOG_TIMES, limit=HEDGE_DELAY, ids=[entry_id]):
                     if reply is not None and reply.get("times", [None])[0] is not None:
                         holders.add(peer)
                 if self.committee.weight(holders) < self.committee.validity_threshold:
@@ -351,6 +381,8 @@ class Client:
                     invalid.append(await self._check_blob_entry(blob_id, reply["invalid"]))
             except (PeerUnavailable, CodecError) as exc:
                 failures[peer_id] = _describe(exc)
+                if self._not_found_weight(failures) >= self.committee.quorum:
+                    cancel.cancel()  # 2f + 1 shards say it does not exist: nobody else is waited for
                 return
             found.append(metadata)
             cancel.cancel()
@@ -363,14 +395,15 @@ class Client:
             raise _certified_invalid(blob_id, invalid[0])
         if found:
             return found[0]
-        not_found = sum(
-            len(self.committee.peers[self.committee.index_of(p)].shards)
-            for p, why in failures.items() if why.startswith(m.NOT_FOUND)
-        )
+        not_found = self._not_found_weight(failures)
         if not_found >= self.committee.quorum:
             raise ReadError(f"blob {blob_id} does not exist: peers holding {not_found} shards do not know it")
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(failures.items()))
         raise ReadError(f"no peer returned metadata that matches blob {blob_id}. {detail}")
+
+    def _not_found_weight(self, failures: dict[str, str]) -> int:
+        return sum(len(self.committee.peers[self.committee.index_of(p)].shards)
+                   for p, why in failures.items() if why.startswith(m.NOT_FOUND))
 
     async def _check_blob_entry(self, blob_id: BlobId, encoded: Any, kind: str = BLOB_INVALID) -> Entry:
         """A ``kind`` entry about ``blob_id`` a peer sent, checked (signatures and certificate) here."""
@@ -389,15 +422,14 @@ class Client:
     async def report_invalid(self, blob_id: BlobId, proof: Any) -> Entry:
         """Hand an inconsistency proof to peers, in random order, until one records the blob invalid."""
         fields, body = m.proof_to_wire(proof)
-        problems: dict[str, str] = {}
-        order = list(range(len(self.committee.peers)))
-        random.shuffle(order)
-        for peer in order:
-            try:
-                reply, _ = await self._call(peer, m.REPORT_INVALID, body, blob_id=blob_id.raw, **fields)
-                return await self._check_blob_entry(blob_id, reply.get("entry"))
-            except (PeerUnavailable, CodecError) as exc:
-                problems[self.committee.peers[peer].peer_id] = _describe(exc)
+
+        async def report(peer: int) -> Entry:
+            reply, _ = await self._call(peer, m.REPORT_INVALID, body, blob_id=blob_id.raw, **fields)
+            return await self._check_blob_entry(blob_id, reply.get("entry"))
+
+        entry, problems = await self._hedged(report)
+        if entry is not None:
+            return entry
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
         raise ReadError(f"no peer certified blob {blob_id} invalid: {detail}")
 
@@ -423,27 +455,57 @@ class Client:
 
     async def _collect(
         self, blob_id: BlobId, metadata: BlobMetadata, axis: Axis, candidates: Sequence[int], needed: int,
-        progress: Progress | None, failures: dict[str, str],
+        progress: Progress | None, failures: dict[str, str], unanswered: set[int] | None = None,
     ) -> dict[int, Sliver]:
         """Fetch and verify slivers on ``axis`` in ``candidates`` order until ``needed`` are valid.
 
-        At most ``needed`` requests run at once; each failure starts the next candidate.
+        At most ``needed`` requests are waited for at once; each failure starts the next
+        candidate, and so does a request that has not answered within its hedge delay (it
+        keeps running: whichever answers first counts). Once nothing is left to start and
+        every outstanding request is overdue, it returns what it has (the caller falls back
+        to other slivers) and names the silent indices in ``unanswered``.
         """
         valid: dict[int, Sliver] = {}
         if needed <= 0:
             return valid
+        axis_symbols = (self.config.secondary_source_symbols if axis is Axis.PRIMARY
+                        else self.config.primary_source_symbols)
+        hedge = SLIVER_HEDGE + axis_symbols * metadata.symbol_size / HEDGE_RATE
         limiter = trio.Semaphore(needed)
-        enough = trio.Event()
-        pending = len(candidates)
+        done = trio.Event()
+        waiting = list(candidates)  # not started yet
+        overdue: set[int] = set()
+        running: set[int] = set()
+
+        def check_done() -> None:
+            if len(valid) >= needed or (not waiting and running <= overdue):
+                done.set()
 
         async def fetch(index: int) -> None:
-            nonlocal pending
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    limiter.release()
+
+            async def hedge_later() -> None:
+                await trio.sleep(hedge)
+                overdue.add(index)
+                release()
+                check_done()
+
+            await limiter.acquire()
+            running.add(index)
+            waiting.remove(index)
             try:
-                async with limiter:
-                    if enough.is_set():
-                        return
-                    peer = self._holders(blob_id, axis, index)
-                    peer_id = self.committee.peers[peer].peer_id
+                if done.is_set():
+                    return
+                peer = self._holders(blob_id, axis, index)
+                peer_id = self.committee.peers[peer].peer_id
+                async with trio.open_nursery() as timer:
+                    timer.start_soon(hedge_later)
                     try:
                         _, data = await self._call(peer, m.GET_SLIVER, blob_id=blob_id.raw, axis=axis.value, index=index)
                         sliver = Sliver(axis, index, metadata.symbol_size, data)
@@ -451,21 +513,28 @@ class Client:
                     except (PeerUnavailable, CodecError) as exc:
                         failures[f"{peer_id} ({axis.value} sliver {index})"] = _describe(exc)
                         return
-                    valid[index] = sliver
-                    if progress:
-                        progress(len(data))
-                    if len(valid) >= needed:
-                        enough.set()
+                    finally:
+                        timer.cancel_scope.cancel()
+                valid[index] = sliver
+                if progress:
+                    progress(len(data))
             finally:
-                pending -= 1
-                if pending == 0:
-                    enough.set()
+                running.discard(index)
+                overdue.discard(index)
+                release()
+                check_done()
 
         async with trio.open_nursery() as nursery:
             for index in candidates:
                 nursery.start_soon(fetch, index)
-            await enough.wait()
+            await done.wait()
+            silent = set(overdue) if len(valid) < needed else set()
             nursery.cancel_scope.cancel()
+        for index in silent:
+            peer_id = self.committee.peers[self._holders(blob_id, axis, index)].peer_id
+            failures.setdefault(f"{peer_id} ({axis.value} sliver {index})", f"no answer within {hedge:.1f} s")
+            if unanswered is not None:
+                unanswered.add(index)
         return valid
 
     async def read(
@@ -512,11 +581,13 @@ class Client:
         p, s = self.config.primary_source_symbols, self.config.secondary_source_symbols
         rows = list(rows_for_range(self.config, length, start, count))
         failures: dict[str, str] = {}
-        primary = await self._collect(blob_id, metadata, Axis.PRIMARY, rows, len(rows), progress, failures)
+        silent: set[int] = set()  # primary slivers whose holders did not answer in time
+        primary = await self._collect(blob_id, metadata, Axis.PRIMARY, rows, len(rows), progress, failures, silent)
         secondary: dict[int, Sliver] = {}
         if len(primary) < len(rows):
             primary.update(await self._collect(
-                blob_id, metadata, Axis.PRIMARY, self._others(list(primary)), p - len(primary), progress, failures
+                blob_id, metadata, Axis.PRIMARY, self._others([*primary, *silent]), p - len(primary), progress,
+                failures, silent,
             ))
 
         def decode_rows() -> bytes:
@@ -564,15 +635,22 @@ class Client:
 
     # ------------------------------------------------------------------ status
 
-    async def _each_peer(self, protocol: str, **fields: Any) -> list[tuple[int, dict[str, Any] | None, str | None]]:
+    async def _each_peer(
+        self, protocol: str, limit: float | None = None, **fields: Any,
+    ) -> list[tuple[int, dict[str, Any] | None, str | None]]:
+        """Ask every peer at once; (peer, reply or None, why not), a peer silent for ``limit`` s counted as unresponsive."""
         results: list[tuple[int, dict[str, Any] | None, str | None]] = []
+        limit = STATUS_LIMIT if limit is None else limit
 
         async def ask(peer: int) -> None:
-            try:
-                reply, _ = await self._call(peer, protocol, **fields)
-                results.append((peer, reply, None))
-            except (PeerUnavailable, CodecError) as exc:
-                results.append((peer, None, _describe(exc)))
+            with trio.move_on_after(limit):
+                try:
+                    reply, _ = await self._call(peer, protocol, **fields)
+                    results.append((peer, reply, None))
+                except (PeerUnavailable, CodecError) as exc:
+                    results.append((peer, None, _describe(exc)))
+                return
+            results.append((peer, None, f"unresponsive: no answer within {limit:.0f} s"))
 
         async with trio.open_nursery() as nursery:
             for peer in range(len(self.committee.peers)):
@@ -601,21 +679,20 @@ class Client:
 
     async def start_audit(self, sample: int) -> Entry:
         """Ask peers, in random order, to start a challenge round of ``sample`` blobs; the checked start entry."""
-        problems: dict[str, str] = {}
-        order = list(range(len(self.committee.peers)))
-        random.shuffle(order)
-        for peer in order:
+        async def start(peer: int) -> Entry:
             try:
                 reply, _ = await self._call(peer, m.AUDIT_START, sample=sample)
-                entry = decode_entry(wire_field(reply, "entry", bytes))
-                await trio.to_thread.run_sync(check_entry, entry, self.committee)
-                return entry
             except m.RemoteError as exc:
                 if exc.code == m.INVALID:
                     raise AuditError(exc.message) from exc  # e.g. a round is still open: asking others won't help
-                problems[self.committee.peers[peer].peer_id] = _describe(exc)
-            except (PeerUnavailable, CodecError) as exc:
-                problems[self.committee.peers[peer].peer_id] = _describe(exc)
+                raise
+            entry = decode_entry(wire_field(reply, "entry", bytes))
+            await trio.to_thread.run_sync(check_entry, entry, self.committee)
+            return entry
+
+        entry, problems = await self._hedged(start)
+        if entry is not None:
+            return entry
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
         raise AuditError(f"no peer started a challenge round: {detail}")
 

@@ -46,6 +46,9 @@ from .volumes import Volume
 log = logging.getLogger("walrusfs.volumelog")
 
 POLL_INTERVAL = 1.0
+#: A peer that has not answered one log request within this many seconds is left for the
+#: next one (the follower moves on; nothing about the entries depends on it).
+CALL_LIMIT = 5.0
 BATCH = 500
 
 
@@ -188,15 +191,22 @@ class VolumeLog:
 
     # ------------------------------------------------------------------ following
 
+    async def _ask(self, peer: int, protocol: str, **fields: Any) -> dict[str, Any]:
+        """One call to ``peer``; silent for CALL_LIMIT seconds counts as unavailable (liveness only)."""
+        with trio.move_on_after(CALL_LIMIT):
+            reply, _ = await self.client._call(peer, protocol, **fields)
+            return reply
+        raise PeerUnavailable(self.committee.peers[peer].peer_id, f"no answer within {CALL_LIMIT:.0f} s")
+
     async def sync_from(self, peer: int) -> int:
         """Fetch every entry ``peer`` has that this view lacks; return how many were new."""
-        reply, _ = await self.client._call(peer, LOG_HEADS)
+        reply = await self._ask(peer, LOG_HEADS)
         fresh: list[Entry] = []
         for author_hex, (head, _head_id) in field(reply, "heads", dict).items():
             author = bytes.fromhex(author_hex)
             start = self.state.head(author) + 1
             while start <= head:
-                got, _ = await self.client._call(peer, LOG_RANGE, author=author, start=start, count=BATCH)
+                got = await self._ask(peer, LOG_RANGE, author=author, start=start, count=BATCH)
                 batch = [decode_entry(e) for e in field(got, "entries", list)]
                 if not batch:
                     break

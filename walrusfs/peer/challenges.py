@@ -361,6 +361,7 @@ class Challenges:
         nonce = os.urandom(NONCE_SIZE)
         commits: dict[int, tuple[bytes, bytes]] = {self.index: self._commitment(number, nonce)}
         problems: dict[int, str] = {}
+        enough = trio.Event()  # 2f + 1 shards committed: a silent member is not waited for
 
         async def ask(peer: int) -> None:
             try:
@@ -370,10 +371,12 @@ class Challenges:
                     verify_member, self.committee, peer, commitment_bytes(number, nonce, peer, commitment),
                     signature, f"peer {peer}'s commitment signature is invalid")
                 commits[peer] = (commitment, signature)
+                if self.committee.weight(commits) >= self.committee.quorum:
+                    enough.set()
             except (PeerUnavailable, CodecError, VerificationError) as exc:
                 problems[peer] = str(exc)
 
-        await ask_others(self.committee, self.index, ask)
+        await ask_others(self.committee, self.index, ask, enough)
         if self.committee.weight(commits) < self.committee.quorum:
             detail = "; ".join(f"peer {k}: {why}" for k, why in sorted(problems.items()))
             raise ChallengeError(f"only peers holding {self.committee.weight(commits)} shards committed to round "

@@ -66,9 +66,15 @@ class Fault(enum.Enum):
     DISCARD = "discard-tenth"
     DISCARD_FETCH = "discard-tenth-fetch"
     SLOW = "slow-challenge"
+    #: Asynchrony drills: accept connections and requests and never answer any (a paused
+    #: machine, or an adversary that holds connections open); answer everything, each
+    #: reply SLOW_REPLY seconds late.
+    STALL = "stall"
+    SLOW_REPLIES = "slow"
 
 
 SLOW_SECONDS = 3.0
+SLOW_REPLY = 1.0
 HOLD_FILE = "hold-challenge"
 
 
@@ -158,6 +164,10 @@ class PeerService:
         self, handler: Callable[[dict[str, Any], FrameReader], Awaitable[tuple[bytes, bytes]]]
     ) -> Callable[[FrameReader, str], Awaitable[tuple[bytes, bytes]]]:
         async def run(reader: FrameReader, remote: str) -> tuple[bytes, bytes]:
+            if self.fault is Fault.STALL:
+                await trio.sleep_forever()
+            if self.fault is Fault.SLOW_REPLIES:
+                await trio.sleep(SLOW_REPLY)
             try:
                 request = m.parse_request(await reader.read_header(m.MAX_HEADER))
                 request[REMOTE_PEER] = remote  # authenticated by the connection, overriding any sent field
