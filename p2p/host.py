@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import Any
 
 import multiaddr
 import trio
@@ -70,7 +72,48 @@ def make_host(seed: bytes) -> IHost:
     # before it fails; callers already route around unavailable peers and redial once
     # themselves, so a refused dial should fail fast. new_host does not pass this through.
     host.get_network().retry_config = RetryConfig(max_retries=1, initial_delay=0.05)  # type: ignore[attr-defined]
+    _end_inbound_handlers_with_their_connections(host.get_network())
     return host
+
+
+#: The cancel scope around the inbound-connection handler running in the current task.
+_inbound_handler: ContextVar[trio.CancelScope | None] = ContextVar("_inbound_handler", default=None)
+
+
+def _end_inbound_handlers_with_their_connections(swarm: Any) -> None:
+    """Let each inbound connection's handler task end when that connection closes.
+
+    py-libp2p 0.8.1's ``Swarm._handle_inbound_connection`` takes a slot of
+    ``_inbound_limiter`` (max_connections - min_connections = 250 by default) and then
+    parks on ``manager.wait_finished()`` until the whole swarm stops, so the slot (and the
+    task) outlive the connection: after 250 inbound connections in its lifetime a host
+    closes every new one before the security handshake. Here the handler runs in a
+    cancel scope that is cancelled once the connection it upgraded has closed, so its
+    ``finally`` releases the slot and the task ends.
+    """
+    handle, upgrade = swarm._handle_inbound_connection, swarm.upgrade_inbound_raw_conn
+
+    async def handle_inbound(read_write_closer: Any, maddr: Any) -> None:
+        with trio.CancelScope() as scope:
+            _inbound_handler.set(scope)  # a trio task's context is its own
+            await handle(read_write_closer, maddr)
+
+    async def cancel_when_closed(muxed_conn: Any, scope: trio.CancelScope) -> None:
+        await muxed_conn.event_closed.wait()
+        scope.cancel()
+
+    async def upgrade_inbound(raw_conn: Any, maddr: Any) -> Any:
+        muxed_conn = await upgrade(raw_conn, maddr)
+        scope = _inbound_handler.get()
+        if scope is not None and hasattr(muxed_conn, "event_closed"):
+            try:
+                swarm.background_nursery.start_soon(cancel_when_closed, muxed_conn, scope)
+            except RuntimeError:  # the swarm is stopping; its nursery cancels the handler
+                pass
+        return muxed_conn
+
+    swarm._handle_inbound_connection = handle_inbound
+    swarm.upgrade_inbound_raw_conn = upgrade_inbound
 
 
 def peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
