@@ -191,7 +191,18 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
     committee = load_committee(committee_path)
 
     async def job(client: Any) -> tuple[Any, Any, Any]:
-        return (await client.blob_status(blob), *await client.blob_entries(blob))
+        import trio
+
+        found: dict[str, Any] = {}
+
+        async def get(name: str, ask: Any) -> None:
+            found[name] = await ask(blob)
+
+        # Both at once: each waits at most STATUS_LIMIT for a silent peer.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(get, "status", client.blob_status)
+            nursery.start_soon(get, "entries", client.blob_entries)
+        return (found["status"], *found["entries"])
 
     status, entry, invalid = with_client(committee, job)
     valid_shards = sum(len(s["shards"]) for s in status if s.get("reachable")

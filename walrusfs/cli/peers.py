@@ -7,6 +7,7 @@ import logging
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -94,9 +95,22 @@ def health(committee_path: Path | None, as_json: bool, detail: bool) -> None:
     Exits 1 if a peer is unreachable or misses slivers of certified blobs.
     """
     committee = load_committee(committee_path)
-    status = with_client(committee, lambda client: client.health(detail))
-    # The last challenge result comes from the log entries, checked here, not from what each peer says.
-    rounds = with_client(committee, lambda client: client.audit_rounds())
+    async def job(client: Any) -> tuple[Any, Any]:
+        # Both at once: each waits at most STATUS_LIMIT for a silent peer. The last challenge
+        # result comes from the log entries, checked here, not from what each peer says.
+        import trio
+
+        found: dict[str, Any] = {}
+
+        async def get(name: str, ask: Any) -> None:
+            found[name] = await ask()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(get, "status", lambda: client.health(detail))
+            nursery.start_soon(get, "rounds", client.audit_rounds)
+        return found["status"], found["rounds"]
+
+    status, rounds = with_client(committee, job)
     closed = [r for r in rounds.ordered() if r.phase(committee) == "closed"]
     for k, s in enumerate(status):
         if closed:

@@ -202,6 +202,23 @@ class Client:
                     finished.set()
                     decided.set()
 
+        async def certify() -> StoreResult:
+            if not quorum_reached.is_set():
+                weight = self.committee.weight(signatures)
+                detail = "; ".join(f"{peer}: {why}" for peer, why in sorted(failures.items()))
+                raise StoreError(
+                    f"blob {blob_id} was confirmed by peers holding {weight} of {self.n} shards, "
+                    f"a certificate needs {self.committee.quorum}. Failures: {detail or 'none'}"
+                )
+            certificate = assemble_certificate(self.committee, blob_id, signatures.items())
+            confirmed = [self.committee.peers[i].peer_id for i in certificate.signers]
+            result = StoreResult(blob_id, encoded.metadata, certificate, confirmed, failures)
+            if publish:
+                result.entry = await self.publish(certificate, length)
+                if wait_logged:
+                    result.logged_by = await self.wait_logged(result.entry.id)
+            return result
+
         if background is not None:
             # Return at the quorum; the remaining peers keep receiving their pairs in the
             # caller's nursery (bounded by the grace period), so fewer of them need to heal.
@@ -214,32 +231,28 @@ class Client:
             for peer in range(len(self.committee.peers)):
                 background.start_soon(deliver, peer)
             await decided.wait()
-        else:
-            async with trio.open_nursery() as nursery:
-                for peer in range(len(self.committee.peers)):
-                    nursery.start_soon(store_on, peer)
-                await decided.wait()
-                if quorum_reached.is_set():
-                    # Keep delivering to the rest for a while, so fewer peers need to heal.
-                    with trio.move_on_after(grace):
-                        await finished.wait()
-                nursery.cancel_scope.cancel()
-
-        if not quorum_reached.is_set():
-            weight = self.committee.weight(signatures)
-            detail = "; ".join(f"{peer}: {why}" for peer, why in sorted(failures.items()))
-            raise StoreError(
-                f"blob {blob_id} was confirmed by peers holding {weight} of {self.n} shards, "
-                f"a certificate needs {self.committee.quorum}. Failures: {detail or 'none'}"
-            )
-        certificate = assemble_certificate(self.committee, blob_id, signatures.items())
-        confirmed = [self.committee.peers[i].peer_id for i in certificate.signers]
-        result = StoreResult(blob_id, encoded.metadata, certificate, confirmed, failures)
-        if publish:
-            result.entry = await self.publish(certificate, length)
-            if wait_logged:
-                result.logged_by = await self.wait_logged(result.entry.id)
-        return result
+            return await certify()
+        outcome: StoreResult | None = None
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            for peer in range(len(self.committee.peers)):
+                nursery.start_soon(store_on, peer)
+            await decided.wait()
+            grace_end = trio.current_time() + grace
+            try:
+                # The remaining peers keep receiving their pairs while the certificate is
+                # published (so fewer need to heal), until the grace period after the quorum.
+                outcome = await certify()
+            except Exception as exc:  # raised after the nursery, as itself
+                error = exc
+            if outcome is not None:
+                with trio.move_on_at(grace_end):
+                    await finished.wait()
+            nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        assert outcome is not None
+        return outcome
 
     async def _hedged(self, attempt: Callable[[int], Awaitable[_T]]) -> tuple[_T | None, dict[str, str]]:
         """Run ``attempt(peer)`` on peers in random order until one succeeds; (its result or None, each failure).
@@ -308,13 +321,28 @@ class Client:
     async def wait_logged(self, entry_id: bytes, limit: float = LOG_WAIT) -> list[str]:
         """Wait until the logs of peers holding f + 1 shards hold the entry; return those peers."""
         holders: set[int] = set()
-        with trio.move_on_after(limit):
-            while self.committee.weight(holders) < self.committee.validity_threshold:
-                for peer, reply, _ in await self._each_peer(LOG_TIMES, limit=HEDGE_DELAY, ids=[entry_id]):
-                    if reply is not None and reply.get("times", [None])[0] is not None:
+        enough = trio.Event()
+
+        async def watch(peer: int) -> None:
+            # Each peer is asked until it holds the entry; a silent one only misses out.
+            while True:
+                try:
+                    reply, _ = await self._call(peer, LOG_TIMES, ids=[entry_id])
+                    if (reply.get("times") or [None])[0] is not None:
                         holders.add(peer)
-                if self.committee.weight(holders) < self.committee.validity_threshold:
-                    await trio.sleep(0.05)
+                        if self.committee.weight(holders) >= self.committee.validity_threshold:
+                            enough.set()
+                        return
+                except (PeerUnavailable, CodecError):
+                    pass
+                await trio.sleep(0.05)
+
+        with trio.move_on_after(limit):
+            async with trio.open_nursery() as nursery:
+                for peer in range(len(self.committee.peers)):
+                    nursery.start_soon(watch, peer)
+                await enough.wait()
+                nursery.cancel_scope.cancel()
             return [self.committee.peers[i].peer_id for i in sorted(holders)]
         raise StoreError(
             f"entry {entry_id.hex()} reached only {len(holders)} peers' logs in {limit:.0f} s; "
