@@ -44,7 +44,11 @@ class Devnet:
         args = ["devnet", "up", "--peers", str(peers), *options, str(directory)]
         for index, mode in (faults or {}).items():
             args += ["--fault", f"{index}={mode}"]
-        walrusfs(*args, check=True)
+        try:
+            walrusfs(*args, check=True)
+        except BaseException:
+            self.down()  # the peers that did start must not outlive a failed setup
+            raise
 
     def stop(self, *indices: int, kill: bool = False) -> None:
         for index in indices:
