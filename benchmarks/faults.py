@@ -44,7 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from walrusfs.devnet import running
+from tests.mounting import Mount  # noqa: E402  (the tests' mount helper, as benchmarks/mount.py uses)
+from walrusfs.devnet import running  # noqa: E402
 
 EXE = shutil.which("walrusfs", path=str(Path(sys.executable).parent)) or "walrusfs"
 PEERS = 7
@@ -93,54 +94,6 @@ def random_file(path: Path, size: int) -> Path:
     with open(path, "wb") as f:
         f.writelines(os.urandom(min(1 << 20, size - offset)) for offset in range(0, size, 1 << 20))
     return path
-
-
-class Mount:
-    """A ``walrusfs mount`` process of one volume that is always unmounted in ``stop``."""
-
-    def __init__(self, committee: Path, path: Path, volume: str, config: Path, state: Path) -> None:
-        """Remember where and what to mount."""
-        self.committee, self.path, self.volume, self.config, self.state = committee, path, volume, config, state
-        self.log = state.parent / f"{state.name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, limit: float = 90.0) -> Mount:
-        """Start the mount process and wait until the kernel shows the mount."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.state.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "WALRUSFS_CONFIG_DIR": str(self.config), "WALRUSFS_STATE_DIR": str(self.state.parent)}
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [EXE, "mount", str(self.path), "--volume", self.volume, "--committee", str(self.committee),
-                 "--state", str(self.state)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-            )
-        deadline = time.monotonic() + limit
-        while not os.path.ismount(self.path):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"mount did not come up:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        return self
-
-    def stop(self, limit: float = 60.0) -> None:
-        """Unmount (lazily if busy) and wait for the process, killing it if it will not exit."""
-        if os.path.ismount(self.path):
-            unmount(self.path)
-        if self.process is not None:
-            try:
-                self.process.wait(timeout=limit)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-            self.process = None
-        if os.path.ismount(self.path):
-            unmount(self.path)
-
-
-def unmount(path: Path) -> None:
-    """fusermount3 -u, then -uz if the mount is busy; never raises."""
-    if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, check=False).returncode != 0:
-        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True, check=False)
 
 
 def fsync_seconds(path: Path, timeout: float) -> float:

@@ -19,6 +19,7 @@ from .common import (
     EXIT_INVALID,
     EXIT_NOT_FOUND,
     Failure,
+    at_once,
     committee_option,
     encoding_config,
     iso_time,
@@ -191,18 +192,8 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
     committee = load_committee(committee_path)
 
     async def job(client: Any) -> tuple[Any, Any, Any]:
-        import trio
-
-        found: dict[str, Any] = {}
-
-        async def get(name: str, ask: Any) -> None:
-            found[name] = await ask(blob)
-
-        # Both at once: each waits at most STATUS_LIMIT for a silent peer.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(get, "status", client.blob_status)
-            nursery.start_soon(get, "entries", client.blob_entries)
-        return (found["status"], *found["entries"])
+        status, entries = await at_once(lambda: client.blob_status(blob), lambda: client.blob_entries(blob))
+        return (status, *entries)
 
     status, entry, invalid = with_client(committee, job)
     valid_shards = sum(len(s["shards"]) for s in status if s.get("reachable")

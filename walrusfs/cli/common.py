@@ -103,6 +103,23 @@ def with_client(committee: Committee, job: Callable[[Any], Awaitable[_T]]) -> _T
     return trio.run(main)
 
 
+async def at_once(*asks: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Await every ``ask()`` concurrently and return their results in order."""
+    # A command asking several questions then waits for the slowest, not the sum: each
+    # waits up to STATUS_LIMIT for a silent peer.
+    import trio
+
+    results: list[Any] = [None] * len(asks)
+
+    async def run(k: int) -> None:
+        results[k] = await asks[k]()
+
+    async with trio.open_nursery() as nursery:
+        for k in range(len(asks)):
+            nursery.start_soon(run, k)
+    return results
+
+
 def progress_bar(label: str, total: int) -> Any:
     """A progress bar on stderr."""
     return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False, width=30)

@@ -68,7 +68,7 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
                     pass
             else:
                 # Hedged: a peer that has not delivered its log in 2 s does not hold the command.
-                entries, _ = await client._hedged(client.log_entries)
+                entries, _ = await client.hedged(client.log_entries)
             if entries is None:
                 raise Failure("no peer answered with its log")
             state = LogState(committee)

@@ -7,7 +7,6 @@ import logging
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -15,6 +14,7 @@ from ..core.committee import CommitteeError
 from .common import (
     EXIT_FAILED,
     Failure,
+    at_once,
     committee_option,
     json_option,
     load_committee,
@@ -95,22 +95,8 @@ def health(committee_path: Path | None, as_json: bool, detail: bool) -> None:
     Exits 1 if a peer is unreachable or misses slivers of certified blobs.
     """
     committee = load_committee(committee_path)
-    async def job(client: Any) -> tuple[Any, Any]:
-        # Both at once: each waits at most STATUS_LIMIT for a silent peer. The last challenge
-        # result comes from the log entries, checked here, not from what each peer says.
-        import trio
-
-        found: dict[str, Any] = {}
-
-        async def get(name: str, ask: Any) -> None:
-            found[name] = await ask()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(get, "status", lambda: client.health(detail))
-            nursery.start_soon(get, "rounds", client.audit_rounds)
-        return found["status"], found["rounds"]
-
-    status, rounds = with_client(committee, job)
+    # The last challenge result comes from the log entries, checked here, not from what each peer says.
+    status, rounds = with_client(committee, lambda client: at_once(lambda: client.health(detail), client.audit_rounds))
     closed = [r for r in rounds.ordered() if r.phase(committee) == "closed"]
     for k, s in enumerate(status):
         if closed:

@@ -254,7 +254,7 @@ class Client:
         assert outcome is not None
         return outcome
 
-    async def _hedged(self, attempt: Callable[[int], Awaitable[_T]]) -> tuple[_T | None, dict[str, str]]:
+    async def hedged(self, attempt: Callable[[int], Awaitable[_T]]) -> tuple[_T | None, dict[str, str]]:
         """Run ``attempt(peer)`` on peers in random order until one succeeds; (its result or None, each failure).
 
         The next peer is asked whenever the last one asked has not answered within
@@ -312,7 +312,7 @@ class Client:
                 raise LogError("peer returned an entry for another blob")
             return entry
 
-        entry, problems = await self._hedged(submit)
+        entry, problems = await self.hedged(submit)
         if entry is not None:
             return entry
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
@@ -455,7 +455,7 @@ class Client:
             reply, _ = await self._call(peer, m.REPORT_INVALID, body, blob_id=blob_id.raw, **fields)
             return await self._check_blob_entry(blob_id, reply.get("entry"))
 
-        entry, problems = await self._hedged(report)
+        entry, problems = await self.hedged(report)
         if entry is not None:
             return entry
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
@@ -718,7 +718,7 @@ class Client:
             await trio.to_thread.run_sync(check_entry, entry, self.committee)
             return entry
 
-        entry, problems = await self._hedged(start)
+        entry, problems = await self.hedged(start)
         if entry is not None:
             return entry
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
