@@ -23,9 +23,11 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.identity_utils import create_identity_from_seed
+from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -73,7 +75,43 @@ def make_host(seed: bytes) -> IHost:
     # themselves, so a refused dial should fail fast. new_host does not pass this through.
     host.get_network().retry_config = RetryConfig(max_retries=1, initial_delay=0.05)  # type: ignore[attr-defined]
     _end_inbound_handlers_with_their_connections(host.get_network())
+    _make_noise_writes_atomic()
     return host
+
+
+#: A Noise message not written within this many seconds (the peer stopped reading) ends its connection.
+NOISE_WRITE_LIMIT = 10.0
+
+
+def _make_noise_writes_atomic() -> None:
+    """Never let a cancelled task leave a Noise connection out of step.
+
+    py-libp2p 0.8.1's ``NoiseTransportReadWriter.write_msg`` encrypts (advancing the send
+    nonce) and then awaits the socket's write lock and ``send_all``, both checkpoints. A
+    task cancelled there (a call abandoned once enough peers answered; even a stream
+    *read*, which sends a Yamux window update) drops or truncates that message, so the
+    peer fails to authenticate every later one and resets the connection: other calls
+    on it then fail with "Failed to send SYN ... Broken pipe". Here each message is
+    written in a shielded scope; one the peer does not take within NOISE_WRITE_LIMIT
+    closes the connection (it is unusable) instead of hanging the cancelled task.
+    """
+    if getattr(NoiseTransportReadWriter.write_msg, "_walrusfs_atomic", False):
+        return
+    write_msg = NoiseTransportReadWriter.write_msg
+
+    async def atomic_write_msg(self: Any, msg: bytes, prefix_encoded: bool = False) -> None:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + NOISE_WRITE_LIMIT) as scope:
+            await write_msg(self, msg, prefix_encoded)
+        if scope.cancelled_caught:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.close()
+                except Exception:
+                    pass
+            raise ConnectionClosedError(f"noise write not taken within {NOISE_WRITE_LIMIT:.0f} s", transport="tcp")
+
+    atomic_write_msg._walrusfs_atomic = True  # type: ignore[attr-defined]
+    NoiseTransportReadWriter.write_msg = atomic_write_msg  # type: ignore[method-assign]
 
 
 #: The cancel scope around the inbound-connection handler running in the current task.

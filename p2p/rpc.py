@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable
 import trio
 from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
+from libp2p.io.exceptions import IOException
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
+from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
 
 from .framing import Body, EndOfStream, FrameError, FrameReader, write_frame
 
@@ -74,6 +76,19 @@ def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exce
     host.set_stream_handler(TProtocol(protocol), on_stream)
 
 
+def _connection_failed(exc: BaseException) -> bool:
+    """Whether opening a stream failed because its connection is dead (not because the peer is slow or refused)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if "connections available" in str(link) or isinstance(
+                link, (IOException, MuxedConnError, MuxedStreamError, MultiselectCommunicatorError)):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
 async def _open_stream(host: IHost, peer: PeerInfo, protocol: str) -> object:
     network = host.get_network()
     for attempt in range(2):
@@ -88,9 +103,11 @@ async def _open_stream(host: IHost, peer: PeerInfo, protocol: str) -> object:
             return await host.new_stream(peer.peer_id, [TProtocol(protocol)])
         except Exception as exc:
             # py-libp2p keeps closed connections in its table and then refuses to open a
-            # stream ("No valid connections available") instead of dialing: drop them
-            # and dial once more.
-            if attempt or "connections available" not in str(exc):
+            # stream ("No valid connections available") instead of dialing, and a
+            # connection the peer reset stays there until its reader notices (the SYN or
+            # the protocol handshake cannot be written): drop them and dial once more.
+            # A negotiation that timed out (a stalled peer) is not redialed.
+            if attempt or not _connection_failed(exc):
                 raise
             await network.close_peer(peer.peer_id)
     raise AssertionError("unreachable")

@@ -67,8 +67,9 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
                 except (PeerUnavailable, CodecError):
                     pass
             else:
-                # Hedged: a peer that has not delivered its log in 2 s does not hold the command.
-                entries, _ = await client.hedged(client.log_entries)
+                # Every peer's heads at once, then the fullest log, hedged: a silent peer
+                # neither holds the command nor hides entries that others have.
+                entries = await client.fullest_log()
             if entries is None:
                 raise Failure("no peer answered with its log")
             state = LogState(committee)

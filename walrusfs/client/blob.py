@@ -68,14 +68,25 @@ GRACE_PERIOD = 2.0
 #: A request asked of one peer in turn (publish, start a round, report a proof) is also
 #: asked of the next one when the first has not answered within HEDGE_DELAY seconds.
 HEDGE_DELAY = 2.0
+#: The same for a peer that has not answered this client yet (a fresh command knows
+#: nothing of the peers): it has to prove itself sooner.
+UNKNOWN_HEDGE_DELAY = 0.5
 #: A sliver fetch that has not answered within this (plus the sliver's transfer time at
 #: HEDGE_RATE bytes/s) lets the next candidate start, and if nothing else is left to try,
 #: the read falls back to other slivers.
 SLIVER_HEDGE = 1.0
 HEDGE_RATE = 20e6
+#: Once one sliver of a read arrived in L seconds, the others that have not answered
+#: within HEDGE_FACTOR * L (at least HEDGE_FLOOR seconds) are overdue as well.
+HEDGE_FACTOR = 4.0
+HEDGE_FLOOR = 0.25
 #: Questions asked of every peer at once (status, log heads, entries) report a peer that
-#: has not answered within STATUS_LIMIT seconds as unresponsive and go on without it.
+#: has not answered within STATUS_LIMIT seconds as unresponsive and go on without it; once
+#: peers holding 2f + 1 shards answered, a peer silent STATUS_FACTOR times as long as
+#: they took (at least STATUS_FLOOR seconds) is unresponsive too.
 STATUS_LIMIT = 3.0
+STATUS_FLOOR = 1.0
+STATUS_FACTOR = 4.0
 #: How long ``store`` waits for f + 1 peers' logs to hold its entry before reporting it.
 LOG_WAIT = 60.0
 
@@ -148,9 +159,32 @@ class Client:
         self.pool = SessionPool(host, committee) if reuse_streams else None
         self.n = committee.n_shards
         self.config = committee.config
+        #: Peers that have answered this client (an error reply counts: the peer is alive).
+        #: Requests that go to one peer at a time ask these first, so a silent peer is asked
+        #: last instead of costing a hedge delay whenever a random draw picks it.
+        self.answered: set[int] = set()
 
     async def _call(self, peer: int, protocol: str, body: Body = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
-        return await call_member(self.host, self.committee, peer, protocol, body, pool=self.pool, **fields)
+        try:
+            result = await call_member(self.host, self.committee, peer, protocol, body, pool=self.pool, **fields)
+        except m.RemoteError:
+            self.answered.add(peer)
+            raise
+        except PeerUnavailable:
+            self.answered.discard(peer)
+            raise
+        self.answered.add(peer)
+        return result
+
+    def silent(self, peer: int) -> None:
+        """``peer`` has not answered in time: ask it last until it answers again."""
+        self.answered.discard(peer)
+
+    def responsive_first(self) -> list[int]:
+        """Every peer in random order, those that have answered this client before the rest."""
+        order = list(range(len(self.committee.peers)))
+        random.shuffle(order)
+        return sorted(order, key=lambda peer: peer not in self.answered)
 
     # ------------------------------------------------------------------ store
 
@@ -172,15 +206,20 @@ class Client:
         signatures: dict[int, bytes] = {}
         failures: dict[str, str] = {}
         quorum_reached = trio.Event()
-        finished = trio.Event()  # every peer confirmed or failed
         decided = trio.Event()  # quorum reached, or it never can be
         remaining = len(self.committee.peers)
+        # Peers that answered the metadata and are still receiving pairs: after the quorum,
+        # the grace period waits for these only. A peer that has not answered anything yet
+        # is silent as far as this store knows, and its pairs reach it by healing.
+        receiving: set[int] = set()
+        change = trio.lowlevel.ParkingLot()
 
         async def store_on(peer: int) -> None:
             nonlocal remaining
             info = self.committee.peers[peer]
             try:
                 await self._call(peer, m.PUT_METADATA, blob_id=blob_id.raw, metadata=metadata_wire)
+                receiving.add(peer)
                 for shard in info.shards:
                     pair = encoded.pairs[blob_id.pair_for_shard(shard, self.n)]
                     await self._call(peer, m.PUT_PAIR, (pair.primary.data, pair.secondary.data),
@@ -197,12 +236,21 @@ class Client:
             except (PeerUnavailable, CodecError) as exc:
                 failures[info.peer_id] = _describe(exc)
             finally:
+                receiving.discard(peer)
+                change.unpark_all()
                 remaining -= 1
-                if remaining == 0:
-                    finished.set()
-                    decided.set()
+                failed = [k for k, p in enumerate(self.committee.peers) if p.peer_id in failures]
+                if remaining == 0 or self.n - self.committee.weight(failed) < self.committee.quorum:
+                    decided.set()  # everyone answered, or too many failed for a quorum: say so now
+
+        async def responsive_done() -> None:
+            while receiving:
+                await change.park()
 
         async def certify() -> StoreResult:
+            for peer in range(len(self.committee.peers)):
+                if peer not in receiving and peer not in signatures and self.committee.peers[peer].peer_id not in failures:
+                    self.silent(peer)  # no answer at all by the quorum: ask it last when choosing one peer
             if not quorum_reached.is_set():
                 weight = self.committee.weight(signatures)
                 detail = "; ".join(f"{peer}: {why}" for peer, why in sorted(failures.items()))
@@ -247,23 +295,25 @@ class Client:
                 error = exc
             if outcome is not None:
                 with trio.move_on_at(grace_end):
-                    await finished.wait()
+                    await responsive_done()
             nursery.cancel_scope.cancel()
         if error is not None:
             raise error
         assert outcome is not None
         return outcome
 
-    async def hedged(self, attempt: Callable[[int], Awaitable[_T]]) -> tuple[_T | None, dict[str, str]]:
-        """Run ``attempt(peer)`` on peers in random order until one succeeds; (its result or None, each failure).
+    async def hedged(
+        self, attempt: Callable[[int], Awaitable[_T]], order: Sequence[int] | None = None,
+    ) -> tuple[_T | None, dict[str, str]]:
+        """Run ``attempt(peer)`` on peers, random but responsive ones first, until one succeeds; (its result or None, each failure).
 
         The next peer is asked whenever the last one asked has not answered within
         ``HEDGE_DELAY`` (the earlier ones keep going: whichever answers first wins), so a
         stalled peer costs that delay, never the whole operation. ``attempt`` raises
         ``PeerUnavailable`` or ``CodecError`` for a peer that failed; anything else stops all.
+        ``order`` overrides the order in which peers are asked.
         """
-        order = list(range(len(self.committee.peers)))
-        random.shuffle(order)
+        order = list(order) if order is not None else self.responsive_first()
         problems: dict[str, str] = {}
         found: list[_T] = []
         settled = trio.Event()  # one succeeded, or every peer failed
@@ -285,8 +335,10 @@ class Client:
             for peer in order:
                 answered = trio.Event()
                 nursery.start_soon(one, peer, answered)
-                with trio.move_on_after(HEDGE_DELAY):
+                with trio.move_on_after(HEDGE_DELAY if peer in self.answered else UNKNOWN_HEDGE_DELAY):
                     await answered.wait()
+                if not answered.is_set():
+                    self.silent(peer)
                 if settled.is_set():
                     break
             await settled.wait()
@@ -352,6 +404,16 @@ class Client:
     async def log_heads(self) -> list[tuple[int, dict[str, Any] | None, str | None]]:
         """Each peer's log heads, digest and entry count (or why it did not answer)."""
         return await self._each_peer(LOG_HEADS)
+
+    async def fullest_log(self) -> list[Entry] | None:
+        """The entries of the most complete log: every peer's heads asked at once, then the fullest peer's log (hedged)."""
+        totals = {peer: sum(h[0] for h in reply["heads"].values() if isinstance(h, (list, tuple)) and h
+                            and isinstance(h[0], int))
+                  for peer, reply, _ in await self.log_heads()
+                  if reply is not None and isinstance(reply.get("heads"), dict)}
+        rest = [peer for peer in self.responsive_first() if peer not in totals]
+        entries, _ = await self.hedged(self.log_entries, sorted(totals, key=lambda p: -totals[p]) + rest)
+        return entries
 
     async def log_entries(self, peer: int) -> list[Entry]:
         """Every accepted entry in ``peer``'s log, fetched range by range."""
@@ -504,6 +566,15 @@ class Client:
         waiting = list(candidates)  # not started yet
         overdue: set[int] = set()
         running: set[int] = set()
+        # Each running fetch's hedge timer: (when it started, its scope). Once one fetch
+        # answered in L seconds, the others are overdue after HEDGE_FACTOR * L (at least
+        # HEDGE_FLOOR): silence is judged against this read's own answers.
+        timers: dict[int, tuple[float, trio.CancelScope]] = {}
+
+        def answered_in(latency: float) -> None:
+            allowance = max(HEDGE_FLOOR, HEDGE_FACTOR * latency)
+            for began, scope in timers.values():
+                scope.deadline = min(scope.deadline, began + allowance)
 
         def check_done() -> None:
             if len(valid) >= needed or (not waiting and running <= overdue):
@@ -519,10 +590,15 @@ class Client:
                     limiter.release()
 
             async def hedge_later() -> None:
-                await trio.sleep(hedge)
-                overdue.add(index)
-                release()
-                check_done()
+                began = trio.current_time()
+                with trio.CancelScope(deadline=began + hedge) as scope:
+                    timers[index] = (began, scope)
+                    await trio.sleep_forever()
+                del timers[index]
+                if scope.cancelled_caught:
+                    overdue.add(index)
+                    release()
+                    check_done()
 
             await limiter.acquire()
             running.add(index)
@@ -534,8 +610,10 @@ class Client:
                 peer_id = self.committee.peers[peer].peer_id
                 async with trio.open_nursery() as timer:
                     timer.start_soon(hedge_later)
+                    asked = trio.current_time()
                     try:
                         _, data = await self._call(peer, m.GET_SLIVER, blob_id=blob_id.raw, axis=axis.value, index=index)
+                        answered_in(trio.current_time() - asked)
                         sliver = Sliver(axis, index, metadata.symbol_size, data)
                         await trio.to_thread.run_sync(verify_sliver, metadata, sliver)
                     except (PeerUnavailable, CodecError) as exc:
@@ -559,8 +637,9 @@ class Client:
             silent = set(overdue) if len(valid) < needed else set()
             nursery.cancel_scope.cancel()
         for index in silent:
+            self.silent(self._holders(blob_id, axis, index))
             peer_id = self.committee.peers[self._holders(blob_id, axis, index)].peer_id
-            failures.setdefault(f"{peer_id} ({axis.value} sliver {index})", f"no answer within {hedge:.1f} s")
+            failures.setdefault(f"{peer_id} ({axis.value} sliver {index})", "no answer while others did")
             if unanswered is not None:
                 unanswered.add(index)
         return valid
@@ -664,25 +743,44 @@ class Client:
     # ------------------------------------------------------------------ status
 
     async def _each_peer(
-        self, protocol: str, limit: float | None = None, **fields: Any,
+        self, protocol: str, limit: float | None = None, patient: bool = False, **fields: Any,
     ) -> list[tuple[int, dict[str, Any] | None, str | None]]:
-        """Ask every peer at once; (peer, reply or None, why not), a peer silent for ``limit`` s counted as unresponsive."""
+        """Ask every peer at once; (peer, reply or None, why not), silent peers reported as unresponsive.
+
+        A peer is unresponsive once peers holding 2f + 1 shards have answered and it has
+        not within ``STATUS_FACTOR`` times as long (at least ``STATUS_FLOOR`` s), or within
+        ``limit`` (``STATUS_LIMIT``) s in any case: silence is judged against how fast the
+        others were, so a stalled peer costs about a second on a fast network and a slow
+        network does not make healthy peers look dead. A ``patient`` caller, whose answer
+        is wrong rather than late without every peer's reply, waits for the full ``limit``.
+        """
         results: list[tuple[int, dict[str, Any] | None, str | None]] = []
         limit = STATUS_LIMIT if limit is None else limit
+        started = trio.current_time()
+        answered: set[int] = set()
 
         async def ask(peer: int) -> None:
-            with trio.move_on_after(limit):
-                try:
-                    reply, _ = await self._call(peer, protocol, **fields)
-                    results.append((peer, reply, None))
-                except (PeerUnavailable, CodecError) as exc:
-                    results.append((peer, None, _describe(exc)))
-                return
-            results.append((peer, None, f"unresponsive: no answer within {limit:.0f} s"))
+            try:
+                reply, _ = await self._call(peer, protocol, **fields)
+                results.append((peer, reply, None))
+            except (PeerUnavailable, CodecError) as exc:
+                results.append((peer, None, _describe(exc)))
+            answered.add(peer)
+            if not patient and self.committee.weight(answered) >= self.committee.quorum and not quorum_at:
+                quorum_at.append(trio.current_time())
+                deadline.deadline = min(deadline.deadline,
+                                        started + max(STATUS_FLOOR, STATUS_FACTOR * (quorum_at[0] - started)))
 
-        async with trio.open_nursery() as nursery:
-            for peer in range(len(self.committee.peers)):
-                nursery.start_soon(ask, peer)
+        quorum_at: list[float] = []
+        with trio.move_on_at(started + limit) as deadline:
+            async with trio.open_nursery() as nursery:
+                for peer in range(len(self.committee.peers)):
+                    nursery.start_soon(ask, peer)
+        waited = trio.current_time() - started
+        for peer in range(len(self.committee.peers)):
+            if peer not in answered:
+                self.silent(peer)
+                results.append((peer, None, f"unresponsive: no answer within {waited:.1f} s"))
         return sorted(results, key=lambda r: r[0])
 
     async def health(self, detail: bool = False) -> list[dict[str, Any]]:
@@ -731,7 +829,8 @@ class Client:
         not depend on trusting any one peer.
         """
         entries: dict[bytes, Entry] = {}
-        for _peer, reply, _problem in await self._each_peer(m.AUDIT_LOG):
+        # Patient: a pass entry seen only by a slower peer would otherwise read as a failure.
+        for _peer, reply, _problem in await self._each_peer(m.AUDIT_LOG, patient=True):
             if reply is None:
                 continue
             for raw in reply.get("entries") or []:

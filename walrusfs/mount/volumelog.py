@@ -196,6 +196,7 @@ class VolumeLog:
         with trio.move_on_after(CALL_LIMIT):
             reply, _ = await self.client._call(peer, protocol, **fields)
             return reply
+        self.client.silent(peer)
         raise PeerUnavailable(self.committee.peers[peer].peer_id, f"no answer within {CALL_LIMIT:.0f} s")
 
     async def sync_from(self, peer: int) -> int:
@@ -234,12 +235,16 @@ class VolumeLog:
         return len(accepted)
 
     async def sync_any(self) -> None:
-        """Sync from the first peer that answers, trying each in turn."""
+        """Sync from the first peer that answers, trying each in turn (those that answered before first)."""
         problems: list[str] = []
         reasons: list[str] = []
-        for _ in range(len(self.committee.peers)):
-            peer = self._next_peer
-            self._next_peer = (self._next_peer + 1) % len(self.committee.peers)
+        n = len(self.committee.peers)
+        # Round robin spreads the load; peers that have answered this mount come first, so
+        # a silent peer costs CALL_LIMIT only when nobody better is left.
+        rotation = [(self._next_peer + k) % n for k in range(n)]
+        order = sorted(rotation, key=lambda peer: peer not in self.client.answered)
+        self._next_peer = (order[0] + 1) % n
+        for peer in order:
             try:
                 await self.sync_from(peer)
                 self.synced_once.set()
