@@ -16,47 +16,57 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
+from p2p.host import running_host
+from tests.faultnet import BlackHole, DelayProxy, point_at, port_of
 from tests.mounting import MountedVolume, fsync, wait_for
 from tests.test_network import Devnet, walrusfs
+from walrusfs.client.blob import Client
+from walrusfs.core import messages as m
+from walrusfs.core.committee import parse_committee
+from walrusfs.core.metadata import BlobId
 
 LIMIT = 60.0  # a command that takes longer than this with f peers stalled is hung
 
 
-def timed(*args: str, committee: Path) -> tuple[float, object]:
+def timed(*args: str, committee: Path) -> tuple[float, Any]:
     started = time.monotonic()
     result = walrusfs(*args, committee=committee, timeout=LIMIT)
     return time.monotonic() - started, result
 
 
-def exercise_cli(net: Devnet, tmp_path: Path, stalled: list[int], tag: str) -> dict[str, float]:
+def exercise_cli(net: Devnet, tmp_path: Path, stalled: list[int], tag: str,
+                 committee: Path | None = None) -> dict[str, float]:
     """store, read, blob-status, log, health and audit start with ``stalled`` peers silent; their times."""
+    committee = committee or net.committee
     times: dict[str, float] = {}
     data = random.Random(tag).randbytes(1 << 20)
     source = tmp_path / f"blob-{tag}"
     source.write_bytes(data)
-    times["store"], stored = timed("store", str(source), "--json", committee=net.committee)
+    times["store"], stored = timed("store", str(source), "--json", committee=committee)
     assert stored.returncode == 0, stored.stderr
     blob = json.loads(stored.stdout)["blobId"]
     out = tmp_path / f"read-{tag}"
-    times["read"], read = timed("read", blob, "-o", str(out), committee=net.committee)
+    times["read"], read = timed("read", blob, "-o", str(out), committee=committee)
     assert read.returncode == 0, read.stderr
     assert out.read_bytes() == data
-    times["blob-status"], status = timed("blob-status", blob, "--json", committee=net.committee)
+    times["blob-status"], status = timed("blob-status", blob, "--json", committee=committee)
     assert status.returncode == 0, status.stderr
     peers = json.loads(status.stdout)["peers"]
     for k in stalled:
         assert not peers[k]["reachable"] and "unresponsive" in peers[k]["error"], peers[k]
-    times["log"], logged = timed("log", "--json", committee=net.committee)
+    times["log"], logged = timed("log", "--json", committee=committee)
     assert logged.returncode == 0, logged.stderr
     assert blob in logged.stdout
-    times["health"], health = timed("health", "--json", committee=net.committee)
+    times["health"], health = timed("health", "--json", committee=committee)
     assert health.returncode == 1  # a peer is unresponsive: not healthy, but answered in time
     report = json.loads(health.stdout)
     assert [k for k, s in enumerate(report) if not s["reachable"]] == stalled, report
-    times["audit start"], audit = timed("audit", "start", "--no-wait", "--sample", "1", committee=net.committee)
+    times["audit start"], audit = timed("audit", "start", "--no-wait", "--sample", "1", committee=committee)
     # A round the previous case started may still be open: refusing is then the right answer.
     assert audit.returncode == 0 or "is still" in audit.stderr, audit.stderr
     print(f"\n{tag}: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
@@ -86,6 +96,96 @@ def test_two_of_7_peers_stalled_for_good(tmp_path: Path) -> None:
     try:
         exercise_cli(net, tmp_path, [5, 6], "n7-fault-stall")
     finally:
+        net.down()
+
+
+def test_healing_and_a_challenge_round_with_a_stalled_peer(tmp_path: Path) -> None:
+    # n = 7, f = 2: peer 6 never answers; peer 5 is down while blobs are stored, then
+    # comes back and must rebuild its slivers from the others' recovery symbols without
+    # waiting for peer 6. Then a full storage-challenge round closes without peer 6, which
+    # fails it; everyone else passes.
+    net = Devnet(tmp_path / "net", 7, {6: "stall"})
+    try:
+        net.stop(5)
+        blobs = []
+        for k in range(2):
+            source = tmp_path / f"blob-{k}"
+            source.write_bytes(random.Random(k).randbytes(200_000 + k))
+            blobs.append(net.store_ok(source)["blobId"])
+        net.start(5)
+        started = time.monotonic()
+
+        def healed() -> bool:
+            report = json.loads(walrusfs("health", "--json", committee=net.committee, timeout=LIMIT).stdout)
+            h = report[5].get("healing") or {}
+            return report[5]["reachable"] and h.get("missing") == 0 and h.get("held") == h.get("certified") == 2
+        assert wait_for(healed, limit=120, step=2), "peer 5 did not heal while peer 6 was stalled"
+        print(f"\npeer 5 healed in {time.monotonic() - started:.1f} s with peer 6 stalled")
+        # A --fault stall peer answers nothing but still acts on its own (it healed its
+        # slivers through its own requests and would pass); paused, it is silent for good.
+        walrusfs("devnet", "pause", str(net.directory), "--peer", "6", check=True)
+        took, result = timed("audit", "start", "--sample", "2", "--json", committee=net.committee)
+        info = json.loads(result.stdout)
+        print(f"challenge round closed in {took:.1f} s: {[row['result'] for row in info['peers']]}")
+        assert info["phase"] == "closed"
+        assert {row["peer"]: row["result"] for row in info["peers"]} == {**{k: "passed" for k in range(6)}, 6: "failed"}
+        assert result.returncode == 1  # a peer failed the round
+    finally:
+        walrusfs("devnet", "resume", str(net.directory), "--peer", "6")
+        net.down()
+
+
+def test_a_black_hole_in_place_of_a_peer(tmp_path: Path) -> None:
+    # Harder than SIGSTOP: nothing ever completes a handshake with it, not even TCP's
+    # peer process; the listener takes connections and holds them.
+    net = Devnet(tmp_path / "net", 4)
+    hole = None
+    try:
+        net.stop(3)
+        hole = BlackHole(port_of(net.committee, 3))
+        exercise_cli(net, tmp_path, [3], "n4-black-hole")
+        assert hole.accepted > 0
+    finally:
+        if hole is not None:
+            hole.close()
+        net.down()
+
+
+def peer_blob_status(committee_path: Path, peer: int, blob: str) -> dict[str, Any]:
+    """``peer``'s own blob-status answer, waited for however long it takes."""
+    committee = parse_committee(committee_path.read_text())
+
+    async def ask() -> dict[str, Any]:
+        async with running_host(os.urandom(32)) as host:
+            reply, _ = await Client(host, committee)._call(peer, m.GET_BLOB_STATUS, blob_id=BlobId.parse(blob).raw)
+            return reply
+
+    return trio.run(ask)
+
+
+def test_a_slow_peer_and_a_slow_link(tmp_path: Path) -> None:
+    # Peer 1 answers everything 1 s late and sends bodies at 1 MB/s (--fault slow); the
+    # clients reach peer 2 through a proxy that holds every 16 KiB for 50 ms (latency and
+    # about 300 KB/s). Work goes to the fast peers; the slow ones still end up with their pairs.
+    net = Devnet(tmp_path / "net", 4, {1: "slow"})
+    proxy = DelayProxy(port_of(net.committee, 2), delay=0.05)
+    try:
+        committee = point_at(net.committee, 2, proxy.port, tmp_path / "via-proxy.toml")
+        data = random.Random(5).randbytes(1 << 20)
+        (tmp_path / "blob").write_bytes(data)
+        took, stored = timed("store", str(tmp_path / "blob"), "--json", committee=committee)
+        assert stored.returncode == 0, stored.stderr
+        blob = json.loads(stored.stdout)["blobId"]
+        read_took, read = timed("read", blob, "-o", str(tmp_path / "out"), committee=committee)
+        assert read.returncode == 0, read.stderr
+        assert (tmp_path / "out").read_bytes() == data
+        assert proxy.forwarded > 0
+        print(f"\nslow peer + slow link: store {took:.1f} s, read {read_took:.1f} s")
+        for peer in (1, 2):
+            assert wait_for(lambda: peer_blob_status(net.committee, peer, blob).get("confirmed"), limit=60, step=1), \
+                f"slow peer {peer} never stored its pairs"
+    finally:
+        proxy.close()
         net.down()
 
 

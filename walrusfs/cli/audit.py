@@ -48,6 +48,8 @@ def audit_start(committee_path: Path | None, as_json: bool, sample: int, wait: b
         entry = await client.start_audit(sample)
         if not as_json:
             click.echo(f"round {entry.payload['round']} started (entry {entry.id.hex()[:16]}), sample {sample} blobs")
+        if not wait:
+            return entry, None  # the caller follows the round itself
         last_phase = None
         deadline = trio.current_time() + timeout
         while True:
@@ -65,12 +67,17 @@ def audit_start(committee_path: Path | None, as_json: bool, sample: int, wait: b
     except AuditError as exc:
         raise Failure(f"cannot start a challenge round: {exc}") from exc
     start_id = entry.id
+    if not wait:  # "round N started" was printed; follow it with 'audit status'
+        if as_json:
+            click.echo(json.dumps({"start": start_id.hex(), "round": entry.payload.get("round"), "sample": sample,
+                                   "phase": "revealing"}, indent=2))
+        return
     info = summary(found, committee) if found is not None and found.start else {"start": start_id.hex()}
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
         _print_round(info)
-    if wait and info.get("phase") != CLOSED:
+    if info.get("phase") != CLOSED:
         sys.exit(2)
     if any(row["result"] == "failed" for row in info.get("peers", [])):
         sys.exit(EXIT_FAILED)

@@ -96,7 +96,7 @@ def health(committee_path: Path | None, as_json: bool, detail: bool) -> None:
     """
     committee = load_committee(committee_path)
     # The last challenge result comes from the log entries, checked here, not from what each peer says.
-    status, rounds = with_client(committee, lambda client: at_once(lambda: client.health(detail), client.audit_rounds))
+    status, rounds = with_client(committee, lambda client: at_once(lambda: client.health(detail), lambda: client.audit_rounds(patient=False)))
     closed = [r for r in rounds.ordered() if r.phase(committee) == "closed"]
     for k, s in enumerate(status):
         if closed:

@@ -70,6 +70,10 @@ HEAL_STREAMS = 16
 #: A freshly certified blob is checked this long after its entry arrives: the writer is
 #: usually still delivering this peer's pair (it returns at the quorum and keeps sending).
 SETTLE_DELAY = 5.0
+#: Liveness only: a recovery-symbol request silent this long lets the next candidate
+#: start (it keeps running), and any healing call silent for CALL_LIMIT is given up.
+SYMBOL_HEDGE = 2.0
+CALL_LIMIT = 30.0
 #: A heal that could not finish (too few peers answered) is retried after this, doubling.
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
 #: While the disk is full, blobs to heal are looked at again this often (checking costs
@@ -343,28 +347,41 @@ class Healer:
     async def _call(self, peer: int, protocol: str, counter: _Counter, **fields: Any) -> tuple[dict[str, Any], bytes]:
         assert self.host is not None
         async with self._streams:
-            reply, body = await call_member(self.host, self.committee, peer, protocol, pool=self.pool, **fields)
-        counter.add(reply, body)
-        return reply, body
+            with trio.move_on_after(CALL_LIMIT):
+                reply, body = await call_member(self.host, self.committee, peer, protocol, pool=self.pool, **fields)
+                counter.add(reply, body)
+                return reply, body
+        # A silent peer frees the stream slot; the heal goes on with others or is retried.
+        raise PeerUnavailable(self.committee.peers[peer].peer_id, f"no answer within {CALL_LIMIT:.0f} s")
 
     async def _metadata(self, blob_id: BlobId, counter: _Counter) -> BlobMetadata:
         """The blob's metadata: ours, or the first peer's copy that matches the blob ID (then kept)."""
         held = await trio.to_thread.run_sync(self.store.get_metadata, blob_id, self.n)
         if held is not None:
             return held
-        problems = []
+        problems: list[str] = []
+        found: list[BlobMetadata] = []
         others = [k for k in range(len(self.committee.peers)) if k != self.index]
-        random.shuffle(others)
-        for peer in others:
+
+        # Everyone is asked at once and the first copy that verifies wins: a silent peer
+        # must not hold a heal (metadata is small, so asking all costs little).
+        async def ask(peer: int, cancel: trio.CancelScope) -> None:
             try:
                 reply, _ = await self._call(peer, m.GET_METADATA, counter, blob_id=blob_id.raw)
                 metadata = m.metadata_from_wire(reply.get("metadata"), self.n)
                 await trio.to_thread.run_sync(metadata.verify, blob_id)
             except (PeerUnavailable, CodecError) as exc:
                 problems.append(f"peer {peer}: {exc}")
-                continue
-            await trio.to_thread.run_sync(self.store.put_metadata, blob_id, metadata)
-            return metadata
+                return
+            found.append(metadata)
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for peer in others:
+                nursery.start_soon(ask, peer, nursery.cancel_scope)
+        if found:
+            await trio.to_thread.run_sync(self.store.put_metadata, blob_id, found[0])
+            return found[0]
         raise NotEnoughSymbols(f"no peer gave metadata matching blob {blob_id}: {'; '.join(problems)}")
 
     async def _rebuild(
@@ -382,20 +399,40 @@ class Healer:
         candidates = local + [p for p in candidates if p not in local]
         symbols: list[RecoverySymbol] = []
         failures: list[str] = []
-        # Exactly ``needed`` requests run at first and each failure starts the next candidate:
-        # a success never starts another, so nothing is downloaded twice.
+        # Exactly ``needed`` requests run at first; each failure starts the next candidate,
+        # and so does a request silent for SYMBOL_HEDGE seconds (it keeps running: whichever
+        # answers counts). A prompt success never starts another, so a healthy committee
+        # downloads nothing twice, and a stalled peer costs one hedge delay.
         queue = iter(candidates)
 
         async def fetch(pair: int, nursery: trio.Nursery) -> None:
-            try:
-                symbol = await self._symbol(blob_id, metadata, pair, source_axis, target, target_index, counter)
-            except (PeerUnavailable, CodecError, VerificationError, InvalidParameter) as exc:
-                failures.append(f"pair {pair}: {exc}")
-                following = next(queue, None)
-                if following is not None:
-                    nursery.start_soon(fetch, following, nursery)
-                return
+            started_next = False
+
+            def start_next() -> None:
+                nonlocal started_next
+                if not started_next:
+                    started_next = True
+                    following = next(queue, None)
+                    if following is not None:
+                        nursery.start_soon(fetch, following, nursery)
+
+            async def hedge() -> None:
+                await trio.sleep(SYMBOL_HEDGE)
+                start_next()
+
+            async with trio.open_nursery() as timer:
+                timer.start_soon(hedge)
+                try:
+                    symbol = await self._symbol(blob_id, metadata, pair, source_axis, target, target_index, counter)
+                except (PeerUnavailable, CodecError, VerificationError, InvalidParameter) as exc:
+                    failures.append(f"pair {pair}: {exc}")
+                    start_next()
+                    return
+                finally:
+                    timer.cancel_scope.cancel()
             symbols.append(symbol)
+            if len(symbols) >= needed:
+                nursery.cancel_scope.cancel()  # enough: the overdue ones are not waited for
 
         async with trio.open_nursery() as nursery:
             for pair in itertools.islice(queue, needed):

@@ -65,6 +65,9 @@ BATCH = 500
 #: Entries kept in memory while the disk is full, to be stored when space returns.
 UNSTORED_MAX = 100_000
 ANTI_ENTROPY_INTERVAL = 1.0
+#: Liveness only: an anti-entropy exchange silent this long is given up (what was
+#: received so far is kept) and that peer is asked less often until it answers again.
+PULL_LIMIT = 10.0
 
 
 def _now_ms() -> int:
@@ -86,6 +89,7 @@ class LogService:
         self._author_lock = trio.Lock()
         self._apply_lock = trio.Lock()
         self._outboxes: dict[int, list[Entry]] = {i: [] for i in range(len(committee.peers)) if i != index}
+        self._silent: set[int] = set()  # peers whose last anti-entropy exchange timed out
         self._outbox_ready: dict[int, trio.Event] = {i: trio.Event() for i in self._outboxes}
         self._pull_now = trio.Event()
         self._unstored: list[tuple[bytes, bytes, int, bytes, int]] = []
@@ -264,9 +268,12 @@ class LogService:
 
     async def _anti_entropy(self) -> None:
         others = list(self._outboxes)
-        # Catch up with everyone at start, then one random peer per round.
-        for peer in others:
-            await self._pull_from(peer)
+        # Catch up with everyone at start (at once: a silent peer must not hold back the
+        # others), then one random peer per round, preferring those that answered last time.
+        async with trio.open_nursery() as nursery:
+            for peer in others:
+                nursery.start_soon(self._pull_from, peer)
+        rounds = 0
         while True:
             with trio.move_on_after(ANTI_ENTROPY_INTERVAL):
                 await self._pull_now.wait()
@@ -276,9 +283,20 @@ class LogService:
                     await self.receive([])  # writes what a full disk held back
                 except DiskFull as exc:
                     log.info("log entries still not stored: %s", exc)
-            await self._pull_from(random.choice(others))
+            rounds += 1
+            answering = [p for p in others if p not in self._silent]
+            # Every tenth round any peer may be chosen, so one that came back is heard again.
+            await self._pull_from(random.choice(answering if answering and rounds % 10 else others))
 
     async def _pull_from(self, peer: int) -> None:
+        with trio.move_on_after(PULL_LIMIT):
+            await self._pull(peer)
+            self._silent.discard(peer)
+            return
+        self._silent.add(peer)
+        log.debug("anti-entropy with peer %d: no answer within %.0f s", peer, PULL_LIMIT)
+
+    async def _pull(self, peer: int) -> None:
         try:
             reply = await self._call(peer, LOG_HEADS)
             for author_hex, (remote_seq, remote_head) in field(reply, "heads", dict).items():

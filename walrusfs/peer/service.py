@@ -68,13 +68,14 @@ class Fault(enum.Enum):
     SLOW = "slow-challenge"
     #: Asynchrony drills: accept connections and requests and never answer any (a paused
     #: machine, or an adversary that holds connections open); answer everything, each
-    #: reply SLOW_REPLY seconds late.
+    #: reply SLOW_REPLY seconds late and its body as if sent at SLOW_RATE bytes/s.
     STALL = "stall"
     SLOW_REPLIES = "slow"
 
 
 SLOW_SECONDS = 3.0
 SLOW_REPLY = 1.0
+SLOW_RATE = 1_000_000  # bytes per second
 HOLD_FILE = "hold-challenge"
 
 
@@ -171,7 +172,10 @@ class PeerService:
             try:
                 request = m.parse_request(await reader.read_header(m.MAX_HEADER))
                 request[REMOTE_PEER] = remote  # authenticated by the connection, overriding any sent field
-                return await handler(request, reader)
+                header, body = await handler(request, reader)
+                if self.fault is Fault.SLOW_REPLIES:
+                    await trio.sleep(len(body) / SLOW_RATE)  # as if sent over a thin link
+                return header, body
             except _Reject as exc:
                 return m.error(exc.code, str(exc)), b""
             except DiskFull as exc:
