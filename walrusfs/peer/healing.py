@@ -363,9 +363,12 @@ class Healer:
         found: list[BlobMetadata] = []
         others = [k for k in range(len(self.committee.peers)) if k != self.index]
 
-        # Everyone is asked at once and the first copy that verifies wins: a silent peer
-        # must not hold a heal (metadata is small, so asking all costs little).
-        async def ask(peer: int, cancel: trio.CancelScope) -> None:
+        random.shuffle(others)
+
+        # One peer at a time, the next one also asked when the last has failed or been
+        # silent for SYMBOL_HEDGE seconds; the first copy that verifies wins. A silent peer
+        # costs one hedge delay, and a healthy committee sends the metadata once.
+        async def ask(peer: int, cancel: trio.CancelScope, answered: trio.Event) -> None:
             try:
                 reply, _ = await self._call(peer, m.GET_METADATA, counter, blob_id=blob_id.raw)
                 metadata = m.metadata_from_wire(reply.get("metadata"), self.n)
@@ -373,12 +376,17 @@ class Healer:
             except (PeerUnavailable, CodecError) as exc:
                 problems.append(f"peer {peer}: {exc}")
                 return
+            finally:
+                answered.set()
             found.append(metadata)
             cancel.cancel()
 
         async with trio.open_nursery() as nursery:
             for peer in others:
-                nursery.start_soon(ask, peer, nursery.cancel_scope)
+                answered = trio.Event()
+                nursery.start_soon(ask, peer, nursery.cancel_scope, answered)
+                with trio.move_on_after(SYMBOL_HEDGE):
+                    await answered.wait()
         if found:
             await trio.to_thread.run_sync(self.store.put_metadata, blob_id, found[0])
             return found[0]
