@@ -92,11 +92,24 @@ def test_every_command_works_with_any_one_of_4_peers_paused(net4: Devnet, tmp_pa
 
 
 def test_two_of_7_peers_stalled_for_good(tmp_path: Path) -> None:
-    net = Devnet(tmp_path / "net", 7, {5: "stall", 6: "stall"})
+    vol = MountedVolume(tmp_path / "vol", 7, {5: "stall", 6: "stall"})
     try:
-        exercise_cli(net, tmp_path, [5, 6], "n7-fault-stall")
+        exercise_cli(vol.net, tmp_path, [5, 6], "n7-fault-stall")
+        writer, second = vol.mount("writer"), vol.mount("second")
+        files = {f"small-{k}": random.Random(k).randbytes(2000 + k) for k in range(4)}
+        files["big"] = random.Random(7).randbytes(6 << 20)
+        started = time.monotonic()
+        for name, data in files.items():
+            (writer.path / name).write_bytes(data)
+            fsync(writer.path / name)
+        print(f"mount at n = 7, 2 stalled: writes + fsyncs {time.monotonic() - started:.1f} s")
+        assert wait_for(lambda: all((second.path / n).exists() and (second.path / n).read_bytes() == d
+                                    for n, d in files.items()), limit=30), "the second mount did not see the files"
+        fresh = vol.mount("fresh", volume=vol.volume_id, config=vol.root / "no-keys")
+        for name, data in files.items():
+            assert (fresh.path / name).read_bytes() == data
     finally:
-        net.down()
+        vol.close()
 
 
 def test_healing_and_a_challenge_round_with_a_stalled_peer(tmp_path: Path) -> None:
@@ -163,6 +176,18 @@ def peer_blob_status(committee_path: Path, peer: int, blob: str) -> dict[str, An
     return trio.run(ask)
 
 
+def logs_converged(committee_path: Path) -> bool:
+    """Whether every peer answers with the same log heads (the same entries from every author)."""
+    committee = parse_committee(committee_path.read_text())
+
+    async def heads() -> list[Any]:
+        async with running_host(os.urandom(32)) as host:
+            return [reply and reply.get("heads") for _, reply, _ in await Client(host, committee).log_heads()]
+
+    answers = trio.run(heads)
+    return all(a is not None and a == answers[0] for a in answers)
+
+
 def test_a_slow_peer_and_a_slow_link(tmp_path: Path) -> None:
     # Peer 1 answers everything 1 s late and sends bodies at 1 MB/s (--fault slow); the
     # clients reach peer 2 through a proxy that holds every 16 KiB for 50 ms (latency and
@@ -198,34 +223,37 @@ def vol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MountedVolume]:
         volume.close()
 
 
-def test_mount_works_with_a_paused_peer_and_it_catches_up(vol: MountedVolume, tmp_path: Path) -> None:
+def test_mount_works_with_any_one_peer_paused_and_each_catches_up(vol: MountedVolume, tmp_path: Path) -> None:
+    # Each of the 4 peers is paused in turn (so no choice of "the" peer to publish to or
+    # follow can hide behind luck): write + fsync, small-file fsyncs, a second mount
+    # seeing the changes and a fresh read-only mount reading them, then it resumes.
     writer = vol.mount("writer")
     second = vol.mount("second")
-    paused = 2
-    walrusfs("devnet", "pause", str(vol.net.directory), "--peer", str(paused), check=True)
-    files = {f"small-{k}": random.Random(k).randbytes(3000 + k) for k in range(3)}
-    files["big"] = random.Random(99).randbytes(10 << 20)
-    try:
-        started = time.monotonic()
-        for name, data in files.items():
-            (writer.path / name).write_bytes(data)
-            fsync(writer.path / name)
-        print(f"\nwrites + fsyncs with a paused peer: {time.monotonic() - started:.1f} s")
-        assert wait_for(lambda: all((second.path / n).exists() and (second.path / n).read_bytes() == d
-                                    for n, d in files.items()), limit=30), "the second mount did not see the files"
-        fresh = vol.mount("fresh-reader", volume=vol.volume_id, config=vol.root / "no-keys")
-        started = time.monotonic()
-        for name, data in files.items():
-            assert (fresh.path / name).read_bytes() == data
-        print(f"fresh read-only mount read everything in {time.monotonic() - started:.1f} s")
-        fresh.stop()
-    finally:
-        walrusfs("devnet", "resume", str(vol.net.directory), "--peer", str(paused), check=True)
+    for paused in range(4):
+        walrusfs("devnet", "pause", str(vol.net.directory), "--peer", str(paused), check=True)
+        files = {f"p{paused}-small-{k}": random.Random(k + 10 * paused).randbytes(3000 + k) for k in range(3)}
+        files[f"p{paused}-big"] = random.Random(99 + paused).randbytes(4 << 20)
+        try:
+            started = time.monotonic()
+            for name, data in files.items():
+                (writer.path / name).write_bytes(data)
+                fsync(writer.path / name)
+            print(f"\npeer {paused} paused: writes + fsyncs {time.monotonic() - started:.1f} s", end="")
+            assert wait_for(lambda: all((second.path / n).exists() and (second.path / n).read_bytes() == d
+                                        for n, d in files.items()), limit=30), "the second mount did not see the files"
+            fresh = vol.mount(f"fresh-{paused}", volume=vol.volume_id, config=vol.root / "no-keys")
+            started = time.monotonic()
+            for name, data in files.items():
+                assert (fresh.path / name).read_bytes() == data
+            print(f", fresh read-only mount read them in {time.monotonic() - started:.1f} s", end="")
+            fresh.stop()
+        finally:
+            walrusfs("devnet", "resume", str(vol.net.directory), "--peer", str(paused), check=True)
 
     def caught_up() -> bool:
         report = json.loads(walrusfs("health", "--json", committee=vol.net.committee, timeout=LIMIT).stdout)
-        s = report[paused]
-        return s["reachable"] and s["healing"]["missing"] == 0 and s["healing"]["held"] == s["healing"]["certified"]
-    assert wait_for(caught_up, limit=120, step=2), "the resumed peer did not heal what it missed"
+        return all(s["reachable"] and s["healing"]["missing"] == 0 and s["healing"]["held"] == s["healing"]["certified"]
+                   for s in report) and logs_converged(vol.net.committee)
+    assert wait_for(caught_up, limit=120, step=2), "a resumed peer did not heal what it missed or its log differs"
     assert writer.process is not None and writer.process.poll() is None
     assert os.path.ismount(writer.path)

@@ -29,10 +29,77 @@ def encode(message: Mapping[str, Any]) -> bytes:
     return cbor2.dumps(dict(message), canonical=True)
 
 
+#: Containers nested deeper than this are refused before anything is built from them.
+MAX_DEPTH = 32
+
+
+def _scan(data: bytes, max_depth: int = MAX_DEPTH) -> None:
+    """Check, in one linear pass, that ``data`` is one CBOR item in the subset walrusfs uses.
+
+    Refused before any value is built: tags, indefinite lengths, containers deeper than
+    ``max_depth``, map keys that are not integers or strings (a map or array used as a
+    key made the decode-and-re-encode check exponential in the nesting), counts larger
+    than the bytes left, and trailing bytes. What passes decodes and re-encodes in time
+    linear in its size (up to sorting each map's keys).
+    """
+    view = memoryview(data)
+    end = len(view)
+    pos = 0
+    # Each open container: items still expected, and whether it is a map (keys at even counts).
+    stack: list[list[int]] = []
+    while True:
+        if pos >= end:
+            raise MessageError("message is truncated")
+        is_key = bool(stack) and stack[-1][1] == 1 and stack[-1][0] % 2 == 0
+        initial = view[pos]
+        pos += 1
+        major, info = initial >> 5, initial & 0x1F
+        if info < 24:
+            argument = info
+        elif info <= 27:
+            width = 1 << (info - 24)
+            if pos + width > end:
+                raise MessageError("message is truncated")
+            argument = int.from_bytes(view[pos:pos + width], "big")
+            pos += width
+        else:
+            raise MessageError("indefinite lengths and reserved encodings are not allowed")
+        if is_key and major not in (0, 1, 2, 3):
+            raise MessageError("map keys must be integers or strings")
+        if major in (2, 3):
+            if argument > end - pos:
+                raise MessageError("string longer than the message")
+            pos += argument
+        elif major in (4, 5):
+            count = argument * (2 if major == 5 else 1)
+            if count > end - pos:
+                raise MessageError("container declares more items than the message holds")
+            if len(stack) >= max_depth:
+                raise MessageError(f"containers nested deeper than {max_depth}")
+            if count:
+                stack.append([count, 1 if major == 5 else 0])
+                continue
+        elif major == 6:
+            raise MessageError("CBOR tags are not allowed")
+        elif major == 7 and (info == 24 or (info < 24 and argument not in (20, 21, 22))):
+            raise MessageError("only false, true, null and floats are allowed as simple values")
+        # One item finished: close every container it completes.
+        while stack:
+            stack[-1][0] -= 1
+            if stack[-1][0]:
+                break
+            stack.pop()
+        if not stack:
+            break
+    if pos != end:
+        raise MessageError("message has trailing bytes")
+
+
 def decode(data: bytes, max_size: int) -> dict[str, Any]:
     """Parse one canonical CBOR message map of at most ``max_size`` bytes."""
     if len(data) > max_size:
         raise MessageError(f"message of {len(data)} bytes exceeds the limit of {max_size}")
+    _scan(data)
     try:
         value = cbor2.loads(data)
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
