@@ -42,7 +42,7 @@ def init(directory: Path) -> None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @committee_option
 @click.option("--fault", type=click.Choice(["corrupt-slivers", "wrong-metadata", "bad-confirmations", "discard-tenth",
-                                           "discard-tenth-fetch", "slow-challenge", "stall", "slow"]),
+                                           "discard-tenth-fetch", "slow-challenge", "stall", "slow", "hostile"]),
               hidden=True, help="TEST ONLY: misbehave in this way.")
 @click.option("--scrub-rate", type=click.FloatRange(0.01), default=8.0, show_default=True, envvar="WALRUSFS_SCRUB_RATE",
               help="MB/s of stored slivers the scrubber re-verifies.")

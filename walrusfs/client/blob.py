@@ -57,7 +57,7 @@ from ..core.redstuff import (
 )
 from ..core.rounds import Rounds
 from ..core.wire import field as wire_field
-from .members import SessionPool, call_member
+from .members import SessionPool, call_member, member_fault
 
 log = logging.getLogger("walrusfs.client")
 _T = TypeVar("_T")
@@ -296,6 +296,9 @@ class Client:
             if outcome is not None:
                 with trio.move_on_at(grace_end):
                     await responsive_done()
+                for peer, info in enumerate(self.committee.peers):
+                    if peer not in signatures and info.peer_id not in failures:
+                        failures[info.peer_id] = "no confirmation before the store finished (it heals the blob)"
             nursery.cancel_scope.cancel()
         if error is not None:
             raise error
@@ -310,7 +313,9 @@ class Client:
         The next peer is asked whenever the last one asked has not answered within
         ``HEDGE_DELAY`` (the earlier ones keep going: whichever answers first wins), so a
         stalled peer costs that delay, never the whole operation. ``attempt`` raises
-        ``PeerUnavailable`` or ``CodecError`` for a peer that failed; anything else stops all.
+        ``PeerUnavailable`` or ``CodecError`` for a peer that failed, ``AuditError``,
+        ``ReadError`` or ``StoreError`` to stop all; anything else its reply made the code
+        raise is that peer's failure.
         ``order`` overrides the order in which peers are asked.
         """
         order = list(order) if order is not None else self.responsive_first()
@@ -324,8 +329,10 @@ class Client:
                 found.append(await attempt(peer))
             except (PeerUnavailable, CodecError) as exc:
                 problems[self.committee.peers[peer].peer_id] = _describe(exc)
-            except Exception as exc:  # re-raised by the caller's task, not inside the nursery's group
-                error.append(exc)
+            except (AuditError, ReadError, StoreError) as exc:  # a verdict that asking others won't change
+                error.append(exc)  # re-raised by the caller's task, not inside the nursery's group
+            except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                problems[self.committee.peers[peer].peer_id] = member_fault(peer, exc)
             finally:
                 answered.set()
                 if found or error or len(problems) == len(order):
@@ -403,7 +410,7 @@ class Client:
 
     async def log_heads(self) -> list[tuple[int, dict[str, Any] | None, str | None]]:
         """Each peer's log heads, digest and entry count (or why it did not answer)."""
-        return await self._each_peer(LOG_HEADS)
+        return await self._each_peer(LOG_HEADS, check=m.check_heads_reply)
 
     async def fullest_log(self) -> list[Entry] | None:
         """The entries of the most complete log: every peer's heads asked at once, then the fullest peer's log (hedged)."""
@@ -439,7 +446,7 @@ class Client:
     async def blob_entries(self, blob_id: BlobId) -> tuple[Entry | None, Entry | None]:
         """The entries certifying ``blob_id`` available and invalid, each from the first peer with a valid one."""
         found: dict[str, Entry] = {}
-        for _, reply, _ in await self._each_peer(LOG_CERTIFIED, blob_id=blob_id.raw):
+        for _, reply, _ in await self._each_peer(LOG_CERTIFIED, check=m.check_certified_reply, blob_id=blob_id.raw):
             for name, kind in (("entry", BLOB_CERTIFIED), ("invalid", BLOB_INVALID)):
                 if reply is None or reply.get(name) is None or name in found:
                     continue
@@ -743,7 +750,8 @@ class Client:
     # ------------------------------------------------------------------ status
 
     async def _each_peer(
-        self, protocol: str, limit: float | None = None, patient: bool = False, **fields: Any,
+        self, protocol: str, limit: float | None = None, patient: bool = False,
+        check: Callable[[dict[str, Any]], Any] | None = None, **fields: Any,
     ) -> list[tuple[int, dict[str, Any] | None, str | None]]:
         """Ask every peer at once; (peer, reply or None, why not), silent peers reported as unresponsive.
 
@@ -753,6 +761,7 @@ class Client:
         others were, so a stalled peer costs about a second on a fast network and a slow
         network does not make healthy peers look dead. A ``patient`` caller, whose answer
         is wrong rather than late without every peer's reply, waits for the full ``limit``.
+        ``check`` validates a reply where it enters; what it raises is that peer's failure.
         """
         results: list[tuple[int, dict[str, Any] | None, str | None]] = []
         limit = STATUS_LIMIT if limit is None else limit
@@ -762,9 +771,13 @@ class Client:
         async def ask(peer: int) -> None:
             try:
                 reply, _ = await self._call(peer, protocol, **fields)
+                if check is not None:
+                    check(reply)
                 results.append((peer, reply, None))
             except (PeerUnavailable, CodecError) as exc:
                 results.append((peer, None, _describe(exc)))
+            except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                results.append((peer, None, member_fault(peer, exc)))
             answered.add(peer)
             if not patient and self.committee.weight(answered) >= self.committee.quorum and not quorum_at:
                 quorum_at.append(trio.current_time())
@@ -786,7 +799,7 @@ class Client:
     async def health(self, detail: bool = False) -> list[dict[str, Any]]:
         """Each peer's status (with ``detail``, its recent heals), or why it could not be reached."""
         out = []
-        for peer, reply, problem in await self._each_peer(m.GET_STATUS, detail=detail):
+        for peer, reply, problem in await self._each_peer(m.GET_STATUS, check=m.check_status_reply, detail=detail):
             info = self.committee.peers[peer]
             entry: dict[str, Any] = {"peer_id": info.peer_id, "addrs": list(info.addrs), "reachable": reply is not None}
             if reply is not None:
@@ -832,7 +845,7 @@ class Client:
         # Patient by default: a pass entry only a slower peer holds would otherwise read as
         # a failure. Not patient, a round's results are still right for every peer that
         # answered (its own log holds its own pass), which is all ``health`` shows them for.
-        for _peer, reply, _problem in await self._each_peer(m.AUDIT_LOG, patient=patient):
+        for _peer, reply, _problem in await self._each_peer(m.AUDIT_LOG, patient=patient, check=m.check_entries_reply):
             if reply is None:
                 continue
             for raw in reply.get("entries") or []:
@@ -858,7 +871,8 @@ class Client:
     async def blob_status(self, blob_id: BlobId) -> list[dict[str, Any]]:
         """Which peers hold which pairs of a blob and whether they confirmed it."""
         out = []
-        for peer, reply, problem in await self._each_peer(m.GET_BLOB_STATUS, blob_id=blob_id.raw):
+        for peer, reply, problem in await self._each_peer(m.GET_BLOB_STATUS, check=m.check_blob_status_reply,
+                                                          blob_id=blob_id.raw):
             info = self.committee.peers[peer]
             expected = sorted(blob_id.pair_for_shard(sh, self.n) for sh in info.shards)
             entry: dict[str, Any] = {"peer_id": info.peer_id, "shards": list(info.shards), "pairs_expected": expected}

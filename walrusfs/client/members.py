@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +15,20 @@ from p2p.rpc import Session, request
 
 from ..core import messages as m
 from ..core.committee import Committee
+
+log = logging.getLogger("walrusfs.members")
+
+
+def member_fault(peer: int | str, exc: BaseException) -> str:
+    """Describe an error a member's reply made our handling of it raise: that member's failure, never our crash.
+
+    Replies are parsed and validated where they arrive, but a hostile value can still
+    trip code further in (a proof made of integers, a list where a map belongs); the
+    traceback is logged, since an unexpected one may also be our own bug.
+    """
+    log.warning("peer %s sent a reply that could not be handled", peer, exc_info=exc)
+    return f"unusable reply: {type(exc).__name__}: {exc}"
+
 
 #: Idle streams kept per (peer, protocol); more are opened while calls overlap.
 IDLE_SESSIONS = 8

@@ -258,8 +258,19 @@ def check_entry(entry: Entry, committee: Committee) -> None:
 
     Known authors are committee members, and, for namespace entries only, device keys that
     the entry shows the volume key delegated to: a stateless check, so two mounts of one
-    volume write separate chains and never equivocate.
+    volume write separate chains and never equivocate. ``LogError`` is the only error it
+    raises, whatever the entry holds.
     """
+    try:
+        _check_entry(entry, committee)
+    except LogError:
+        raise
+    except (CodecError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        # A field of the wrong type or shape deep in a payload: still just an invalid entry.
+        raise LogError(f"malformed {entry.kind!r} entry: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_entry(entry: Entry, committee: Committee) -> None:
     if entry.kind == NAMESPACE:
         volume = wire.field(entry.payload, "volume", bytes, size=32) if "volume" in entry.payload else None
         delegation = entry.payload.get("delegation")

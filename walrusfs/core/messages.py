@@ -183,3 +183,98 @@ def proof_from_wire(message: dict[str, Any], body: bytes, metadata: BlobMetadata
             raise MessageError("each proof symbol must be [source index, [32-byte hashes]]")
         symbols.append(RecoverySymbol(target, target_index, item[0], body[k * size : (k + 1) * size], tuple(item[1])))
     return InconsistencyProof(target, target_index, tuple(symbols))
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is made only of what JSON can show (text keys, finite numbers, at most 8 levels deep)."""
+    if value is None or isinstance(value, (bool, str)):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    if isinstance(value, float):
+        return value == value and abs(value) != float("inf")
+    if depth >= 8:
+        return False
+    if isinstance(value, list):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _shape(reply: dict[str, Any], spec: dict[str, tuple[type, ...]], what: str) -> dict[str, Any]:
+    for name, kinds in spec.items():
+        value = reply.get(name)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds) or not _plain(value):
+            raise MessageError(f"{what} reply: field {name!r} has the wrong type or shape")
+    return reply
+
+
+_NONE = type(None)
+
+
+def check_status_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """A ``get-status`` reply whose fields have the types clients show and use; ``MessageError`` otherwise."""
+    _shape(reply, {"shards": (list,), "blobs": (int,), "stored_bytes": (int,), "version": (str,),
+                   "healing": (dict,), "challenge": (dict, _NONE), "free_bytes": (int, _NONE),
+                   "disk_full": (bool, _NONE), "recent_heals": (list, _NONE)}, "status")
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    healing = reply["healing"]
+    for name, value in healing.items():
+        if name == "scrub":
+            ok = isinstance(value, dict) and all(v is None or number(v) for v in value.values())
+        elif name == "last_error":
+            ok = value is None or isinstance(value, str)
+        else:
+            ok = number(value)
+        if not ok or ("missing" not in healing):
+            raise MessageError(f"status reply: healing field {name!r} has the wrong type")
+    for record in reply.get("recent_heals") or []:
+        if not (isinstance(record, dict) and isinstance(record.get("blob_id"), str)
+                and isinstance(record.get("pairs"), list)
+                and all(number(record.get(k)) for k in ("pair_bytes", "downloaded", "metadata_bytes", "seconds"))):
+            raise MessageError("status reply: a recent heal record has the wrong shape")
+    return reply
+
+
+def check_blob_status_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """A ``get-blob-status`` reply whose fields have the types clients show; ``MessageError`` otherwise."""
+    _shape(reply, {"metadata": (bool,), "pairs": (list,), "valid_pairs": (list,), "confirmed": (bool,),
+                   "healing": (bool, _NONE)}, "blob-status")
+    if not all(isinstance(p, int) and not isinstance(p, bool) for p in reply["pairs"] + reply["valid_pairs"]):
+        raise MessageError("blob-status reply: pair numbers are not integers")
+    invalid = reply.get("invalid")
+    if invalid is not None and not (isinstance(invalid, bytes) and len(invalid) == 32):
+        raise MessageError("blob-status reply: 'invalid' is not an entry ID")
+    return reply
+
+
+def check_heads_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """A ``log-heads`` reply: author (64 hex digits) -> [sequence number, 32-byte head ID]; ``MessageError`` otherwise."""
+    heads = field(reply, "heads", dict)
+    for author, head in heads.items():
+        if not (isinstance(author, str) and len(author) == 64 and all(c in "0123456789abcdef" for c in author)):
+            raise MessageError("log-heads reply: an author is not 64 lowercase hex digits")
+        if not (isinstance(head, list) and len(head) == 2 and isinstance(head[0], int)
+                and not isinstance(head[0], bool) and 0 <= head[0] < 2**63
+                and isinstance(head[1], bytes) and len(head[1]) == 32):
+            raise MessageError("log-heads reply: a head is not [sequence number, entry ID]")
+    return reply
+
+
+def check_entries_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """A reply listing encoded entries (byte strings); ``MessageError`` otherwise."""
+    entries = field(reply, "entries", list)
+    if not all(isinstance(e, bytes) for e in entries):
+        raise MessageError("reply: entries must be byte strings")
+    return reply
+
+
+def check_certified_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """A ``log-certified`` reply: ``entry`` and ``invalid`` each an encoded entry or null."""
+    for name in ("entry", "invalid"):
+        if reply.get(name) is not None and not isinstance(reply.get(name), bytes):
+            raise MessageError(f"log-certified reply: {name!r} must be an encoded entry or null")
+    return reply

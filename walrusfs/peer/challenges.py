@@ -29,7 +29,7 @@ from p2p.framing import FrameReader
 from p2p.host import IHost
 from p2p.rpc import PeerUnavailable
 
-from ..client.members import SessionPool, ask_others, call_member
+from ..client.members import SessionPool, ask_others, call_member, member_fault
 from ..core import merkle
 from ..core import messages as m
 from ..core.challenge import (
@@ -375,6 +375,8 @@ class Challenges:
                     enough.set()
             except (PeerUnavailable, CodecError, VerificationError) as exc:
                 problems[peer] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                problems[peer] = member_fault(peer, exc)
 
         await ask_others(self.committee, self.index, ask, enough)
         if self.committee.weight(commits) < self.committee.quorum:
@@ -453,6 +455,9 @@ class Challenges:
                     if exc.code != NOT_READY:
                         proving.refusals[peer] = str(exc)
                         return
+                except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                    proving.refusals[peer] = member_fault(peer, exc)
+                    return
                 else:
                     proving.refusals.pop(peer, None)
                     proving.attestations[peer] = signature

@@ -38,7 +38,7 @@ import trio
 from p2p.host import IHost
 from p2p.rpc import PeerUnavailable
 
-from ..client.members import SessionPool, call_member
+from ..client.members import SessionPool, call_member, member_fault
 from ..core import messages as m
 from ..core.committee import Committee
 from ..core.errors import (
@@ -286,6 +286,12 @@ class Healer:
                 self._retry[blob_id] = delay
                 log.info("healing %s failed, retrying in %.0f s: %s", blob_id, delay, exc)
                 self._schedule(blob_id, delay)
+            except Exception as exc:  # noqa: BLE001 - one blob's heal never stops the healer
+                log.exception("healing %s failed unexpectedly; retrying later", blob_id)
+                self.stats.failed_attempts += 1
+                self.stats.last_error = f"{blob_id}: {type(exc).__name__}: {exc}"
+                self._retry[blob_id] = RETRY_MAX
+                self._schedule(blob_id, RETRY_MAX)
             finally:
                 self._healing.discard(blob_id)
 
@@ -376,6 +382,9 @@ class Healer:
             except (PeerUnavailable, CodecError) as exc:
                 problems.append(f"peer {peer}: {exc}")
                 return
+            except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                problems.append(f"peer {peer}: {member_fault(peer, exc)}")
+                return
             finally:
                 answered.set()
             found.append(metadata)
@@ -434,6 +443,10 @@ class Healer:
                     symbol = await self._symbol(blob_id, metadata, pair, source_axis, target, target_index, counter)
                 except (PeerUnavailable, CodecError, VerificationError, InvalidParameter) as exc:
                     failures.append(f"pair {pair}: {exc}")
+                    start_next()
+                    return
+                except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                    failures.append(f"pair {pair}: {member_fault(pair, exc)}")
                     start_next()
                     return
                 finally:

@@ -22,7 +22,7 @@ from p2p.framing import FrameReader
 from p2p.host import IHost
 from p2p.rpc import PeerUnavailable
 
-from ..client.members import ask_others, call_member
+from ..client.members import ask_others, call_member, member_fault
 from ..core import messages as m
 from ..core.certificates import (
     assemble_certificate,
@@ -120,6 +120,9 @@ class InvalidBlobs:
                     verify_invalid_blob(self.committee.peers[peer].public_key, epoch, blob_id, signature)
                 except (PeerUnavailable, CodecError) as exc:
                     refusals[peer] = str(exc)
+                    return
+                except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                    refusals[peer] = member_fault(peer, exc)
                     return
                 signatures[peer] = signature
                 if self.committee.weight(signatures) >= self.committee.validity_threshold:

@@ -23,7 +23,7 @@ from p2p.framing import FrameReader
 from p2p.host import IHost, peer_info
 from p2p.rpc import PeerUnavailable, Session
 
-from ..client.members import call_member
+from ..client.members import call_member, member_fault
 from ..core import merkle
 from ..core import messages as m
 from ..core.certificates import Certificate, verify_certificate
@@ -263,6 +263,9 @@ class LogService:
                         # Anti-entropy delivers it later; the fast path does not retry.
                         log.debug("push to peer %d failed: %s", peer, exc)
                         outbox.clear()
+                    except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                        member_fault(peer, exc)
+                        outbox.clear()
         finally:
             await session.aclose()
 
@@ -304,10 +307,12 @@ class LogService:
             if field(reply, "evidence", bytes) != self._evidence_digest():
                 got = await self._call(peer, LOG_EVIDENCE)
                 await self.receive([decode_entry(e) for e in field(got, "entries", list)])
-        except (PeerUnavailable, CodecError, ValueError, TypeError) as exc:
+        except (PeerUnavailable, CodecError) as exc:
             log.debug("anti-entropy with peer %d failed: %s", peer, exc)
         except DiskFull as exc:
             log.warning("anti-entropy with peer %d stopped: %s", peer, exc)
+        except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+            member_fault(peer, exc)
 
     async def _catch_up(self, peer: int, author: bytes, remote_seq: int, remote_head: bytes) -> None:
         """Pull an author's entries we lack; fetch the remote's version where the chains differ."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import random
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..core.errors import CodecError, VerificationError
 from ..core.log import CHALLENGE_KINDS
 from ..core.metadata import BlobId, BlobMetadata
 from ..core.redstuff import Axis, Sliver, pair_index, verify_sliver
-from ..core.wire import MessageError, field, uint
+from ..core.wire import MessageError, decode, encode, field, uint
 from ..identity import Identity
 from .challenges import DEFAULT_SAMPLE, REMOTE_PEER, Challenges
 from .healing import (
@@ -50,6 +51,32 @@ log = logging.getLogger("walrusfs.peer")
 #: Incoming pairs are written to disk in blocks this large, at most this many queued.
 _SPOOL_BLOCK = 4 << 20
 _SPOOL_BLOCKS = 4
+
+
+#: Values a hostile member puts where honest fields belong.
+_JUNK: list[Any] = [
+    0, -1, 2**63, 2**64 - 1, "x", "", b"", b"\x00" * 7, b"\xff" * 33, [], [1, 2, 3], [[[[[]]]]], {}, {"a": 1},
+    {"0": [b"x"]}, None, True, 1.5, float("inf"), [b"junk"] * 3, [encode({"v": 1, "author": 5, "seq": "x"})],
+    [[0, b"\x01" * 32]], {"ff" * 32: [1, 2]}, {"zz": "not hex"},
+]
+
+
+def hostile_reply(rng: random.Random, header: bytes, body: bytes) -> tuple[bytes, bytes]:
+    """A hostile version of an honest reply (test fault): the same fields with junk in them, or junk outright."""
+    choice = rng.random()
+    if choice < 0.1:
+        return rng.randbytes(rng.randrange(1, 64)), b""
+    if choice < 0.2:
+        return header, rng.randbytes(len(body)) if body else rng.randbytes(100)
+    try:
+        fields = decode(header, m.MAX_HEADER)
+    except CodecError:
+        fields = {}
+    fields = {"v": 1, "ok": True, **fields}
+    for name in list(fields):
+        if name not in ("v", "ok") and rng.random() < 0.7:
+            fields[name] = rng.choice(_JUNK)
+    return encode(fields), body
 
 
 class Fault(enum.Enum):
@@ -71,6 +98,10 @@ class Fault(enum.Enum):
     #: reply SLOW_REPLY seconds late and its body as if sent at SLOW_RATE bytes/s.
     STALL = "stall"
     SLOW_REPLIES = "slow"
+    #: A malicious member: every reply is replaced by a hostile one made from the honest
+    #: reply (fields of the wrong type, shape or size, junk entries, junk bodies, junk
+    #: headers), so clients, mounts and honest peers show they survive it.
+    HOSTILE = "hostile"
 
 
 SLOW_SECONDS = 3.0
@@ -105,6 +136,7 @@ class PeerService:
         self.committee = committee
         self.store = store
         self.fault = fault
+        self._hostile_rng = random.Random(identity.peer_id)
         self.index = committee.index_of(identity.peer_id)
         self.log = LogService(identity, committee, store, self.index)
         self.shards = frozenset(committee.peers[self.index].shards)
@@ -175,6 +207,8 @@ class PeerService:
                 header, body = await handler(request, reader)
                 if self.fault is Fault.SLOW_REPLIES:
                     await trio.sleep(len(body) / SLOW_RATE)  # as if sent over a thin link
+                if self.fault is Fault.HOSTILE:
+                    return hostile_reply(self._hostile_rng, header, body)
                 return header, body
             except _Reject as exc:
                 return m.error(exc.code, str(exc)), b""
