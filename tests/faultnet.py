@@ -1,9 +1,8 @@
 """Network faults for tests, in userspace on 127.0.0.1 (this kernel has no netem).
 
-``BlackHole`` is a host that takes TCP connections and never says a word (a firewall that
-drops packets after the handshake, or an adversary holding connections open). ``DelayProxy``
-sits between clients and one peer and holds every chunk it forwards, which gives that
-link latency and a low byte rate. ``point_at`` writes a copy of a committee file in which
+``DelayProxy`` sits between clients and one peer and holds every chunk it forwards, which
+gives that link latency and a low byte rate (a host that takes TCP connections and never
+says a word is ``walrusfs peer --fault black-hole``). ``point_at`` writes a copy of a committee file in which
 one member's address is replaced, so only the clients that use the copy see the fault.
 """
 
@@ -22,38 +21,6 @@ def _listener(port: int = 0) -> socket.socket:
     sock.listen(128)
     sock.settimeout(0.2)  # the accept loop checks for close() this often
     return sock
-
-
-class BlackHole:
-    """Accepts TCP connections on 127.0.0.1:``port`` and never reads or writes."""
-
-    def __init__(self, port: int = 0) -> None:
-        self._sock = _listener(port)
-        self.port = self._sock.getsockname()[1]
-        self.accepted = 0
-        self._held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self._held.append(conn)
-            self.accepted += 1
-
-    def close(self) -> None:
-        """Stop listening and drop every held connection."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
-        for conn in self._held:
-            conn.close()
 
 
 class DelayProxy:

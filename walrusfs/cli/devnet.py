@@ -109,7 +109,7 @@ def devnet_up(count: int, faults: tuple[str, ...], challenge_every: int | None, 
     except dn.DevnetError as exc:
         raise Failure(str(exc)) from exc
     # A peer that stalls on purpose never answers: it is up once it says it is serving.
-    stalling = [k for k in range(count) if modes.get(k) == "stall"]
+    stalling = [k for k in range(count) if modes.get(k) in ("stall", "black-hole")]
     _wait_ready(directory, committee, [k for k in range(count) if k not in stalling])
     _wait_serving(directory, stalling)
     path = (directory / dn.COMMITTEE_FILE).resolve()
@@ -200,7 +200,7 @@ def devnet_start(directory: Path, index: int, fault: str | None) -> None:
         dn.start_peer(directory, index, fault)
     except dn.DevnetError as exc:
         raise Failure(str(exc)) from exc
-    if fault == "stall":
+    if fault in ("stall", "black-hole"):
         _wait_serving(directory, [index])
     else:
         _wait_ready(directory, committee, [index])

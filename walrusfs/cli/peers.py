@@ -42,7 +42,8 @@ def init(directory: Path) -> None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @committee_option
 @click.option("--fault", type=click.Choice(["corrupt-slivers", "wrong-metadata", "bad-confirmations", "discard-tenth",
-                                           "discard-tenth-fetch", "slow-challenge", "stall", "slow", "hostile"]),
+                                           "discard-tenth-fetch", "slow-challenge", "stall", "slow", "hostile",
+                                           "black-hole"]),
               hidden=True, help="TEST ONLY: misbehave in this way.")
 @click.option("--scrub-rate", type=click.FloatRange(0.01), default=8.0, show_default=True, envvar="WALRUSFS_SCRUB_RATE",
               help="MB/s of stored slivers the scrubber re-verifies.")
@@ -80,6 +81,14 @@ def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_
         committee.index_of(identity.peer_id)
     except (IdentityError, CommitteeError) as exc:
         raise Failure(str(exc)) from exc
+    if fault == "black-hole":
+        from ..peer.blackhole import run_black_hole
+
+        me = committee.peers[committee.index_of(identity.peer_id)]
+        run_black_hole(me.addrs[0], announce=lambda line: print(
+            f"walrusfs peer {identity.peer_id} serving shards {sorted(me.shards)} on {me.addrs[0]} "
+            f"[TEST FAULT: black-hole]: {line}", flush=True))
+        return
     trio.run(partial(run_peer, directory, identity, committee, Fault(fault) if fault else None, int(scrub_rate * 1e6),
                      scrub_pause, challenge_every=challenge_every, challenge_sample=challenge_sample,
                      min_free=min_free))
