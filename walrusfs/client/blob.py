@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
+from libp2p.peer.id import ID
 
 from p2p.framing import Body
 from p2p.host import IHost
@@ -235,6 +236,8 @@ class Client:
                     decided.set()
             except (PeerUnavailable, CodecError) as exc:
                 failures[info.peer_id] = _describe(exc)
+            except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                failures[info.peer_id] = member_fault(peer, exc)
             finally:
                 receiving.discard(peer)
                 change.unpark_all()
@@ -387,13 +390,17 @@ class Client:
             while True:
                 try:
                     reply, _ = await self._call(peer, LOG_TIMES, ids=[entry_id])
-                    if (reply.get("times") or [None])[0] is not None:
+                    times = wire_field(reply, "times", list)
+                    if times and times[0] is not None:
                         holders.add(peer)
                         if self.committee.weight(holders) >= self.committee.validity_threshold:
                             enough.set()
                         return
                 except (PeerUnavailable, CodecError):
                     pass
+                except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                    member_fault(peer, exc)
+                    return
                 await trio.sleep(0.05)
 
         with trio.move_on_after(limit):
@@ -480,6 +487,11 @@ class Client:
                 failures[peer_id] = _describe(exc)
                 if self._not_found_weight(failures) >= self.committee.quorum:
                     cancel.cancel()  # 2f + 1 shards say it does not exist: nobody else is waited for
+                return
+            except InvalidBlobError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                failures[peer_id] = member_fault(peer, exc)
                 return
             found.append(metadata)
             cancel.cancel()
@@ -626,6 +638,9 @@ class Client:
                     except (PeerUnavailable, CodecError) as exc:
                         failures[f"{peer_id} ({axis.value} sliver {index})"] = _describe(exc)
                         return
+                    except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                        failures[f"{peer_id} ({axis.value} sliver {index})"] = member_fault(peer, exc)
+                        return
                     finally:
                         timer.cancel_scope.cancel()
                 valid[index] = sliver
@@ -767,34 +782,63 @@ class Client:
         limit = STATUS_LIMIT if limit is None else limit
         started = trio.current_time()
         answered: set[int] = set()
+        scopes = {peer: trio.CancelScope(deadline=started + limit) for peer in range(len(self.committee.peers))}
+        gave_up: dict[int, float] = {}
+        quorum = trio.Event()
 
         async def ask(peer: int) -> None:
-            try:
-                reply, _ = await self._call(peer, protocol, **fields)
-                if check is not None:
-                    check(reply)
-                results.append((peer, reply, None))
-            except (PeerUnavailable, CodecError) as exc:
-                results.append((peer, None, _describe(exc)))
-            except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
-                results.append((peer, None, member_fault(peer, exc)))
-            answered.add(peer)
-            if not patient and self.committee.weight(answered) >= self.committee.quorum and not quorum_at:
-                quorum_at.append(trio.current_time())
-                deadline.deadline = min(deadline.deadline,
-                                        started + max(STATUS_FLOOR, STATUS_FACTOR * (quorum_at[0] - started)))
+            with scopes[peer]:
+                try:
+                    reply, _ = await self._call(peer, protocol, **fields)
+                    if check is not None:
+                        check(reply)
+                    results.append((peer, reply, None))
+                except (PeerUnavailable, CodecError) as exc:
+                    results.append((peer, None, _describe(exc)))
+                except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                    results.append((peer, None, member_fault(peer, exc)))
+                answered.add(peer)
+                if not patient and self.committee.weight(answered) >= self.committee.quorum:
+                    quorum.set()
+                return
+            gave_up[peer] = trio.current_time() - started
 
-        quorum_at: list[float] = []
-        with trio.move_on_at(started + limit) as deadline:
-            async with trio.open_nursery() as nursery:
+        async def judge_silence() -> None:
+            # Once 2f + 1 shards answered, a peer silent STATUS_FACTOR times as long is
+            # unresponsive, unless its connection is up (it completed a handshake with us:
+            # a live process, perhaps busy), which keeps the full limit.
+            await quorum.wait()
+            allowance = max(STATUS_FLOOR, STATUS_FACTOR * (trio.current_time() - started))
+            await trio.sleep_until(started + allowance)
+            for peer, scope in scopes.items():
+                if peer not in answered and not self._connected(peer):
+                    scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            judge = trio.CancelScope()
+
+            async def judging() -> None:
+                with judge:
+                    await judge_silence()
+
+            nursery.start_soon(judging)
+            async with trio.open_nursery() as asks:
                 for peer in range(len(self.committee.peers)):
-                    nursery.start_soon(ask, peer)
-        waited = trio.current_time() - started
+                    asks.start_soon(ask, peer)
+            judge.cancel()
         for peer in range(len(self.committee.peers)):
             if peer not in answered:
                 self.silent(peer)
-                results.append((peer, None, f"unresponsive: no answer within {waited:.1f} s"))
+                results.append((peer, None, f"unresponsive: no answer within {gave_up.get(peer, limit):.1f} s"))
         return sorted(results, key=lambda r: r[0])
+
+    def _connected(self, peer: int) -> bool:
+        """Whether a connection to ``peer`` is open (its handshake completed: the process is alive)."""
+        try:
+            connections = self.host.get_network().get_connections(ID.from_base58(self.committee.peers[peer].peer_id))
+        except Exception:  # noqa: BLE001 - a liveness hint only
+            return False
+        return any(not getattr(c, "is_closed", False) for c in connections)
 
     async def health(self, detail: bool = False) -> list[dict[str, Any]]:
         """Each peer's status (with ``detail``, its recent heals), or why it could not be reached."""

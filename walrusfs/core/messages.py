@@ -186,7 +186,7 @@ def proof_from_wire(message: dict[str, Any], body: bytes, metadata: BlobMetadata
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
-    """Whether ``value`` is made only of what JSON can show (text keys, finite numbers, at most 8 levels deep)."""
+    """Whether ``value`` is made only of what JSON can show (text or integer keys, finite numbers, 8 levels at most)."""
     if value is None or isinstance(value, (bool, str)):
         return True
     if isinstance(value, int):
@@ -198,7 +198,8 @@ def _plain(value: Any, depth: int = 0) -> bool:
     if isinstance(value, list):
         return all(_plain(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+        return all((isinstance(k, str) or (isinstance(k, int) and not isinstance(k, bool))) and _plain(v, depth + 1)
+                   for k, v in value.items())
     return False
 
 
