@@ -2,7 +2,7 @@
 
 Round one lost 34-81 of 2,279 small files to EIO in a fresh read-only mount with every
 peer up (a connection py-libp2p had given up on was reused, and peers ran out of inbound
-slots). Here a writer stores ``WALRUSFS_SMALL_FILES`` files (default 800 in CI; the
+slots). Here a writer stores ``WALRUSFS_SMALL_FILES`` files (default 400 in CI; the
 issue's 2,000 with ``WALRUSFS_SMALL_FILES=2000``, about 2 minutes more) of 500 B-3.5 KB in
 directories of 200, then fresh mounts with no keys read them: one reader sequentially,
 then 4 concurrent readers each reading every file, starting at different places (so they
@@ -23,7 +23,7 @@ import pytest
 
 from tests.mounting import MountedVolume
 
-COUNT = int(os.environ.get("WALRUSFS_SMALL_FILES", "800"))
+COUNT = int(os.environ.get("WALRUSFS_SMALL_FILES", "400"))
 
 
 def name(k: int) -> str:
