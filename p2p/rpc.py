@@ -38,6 +38,11 @@ class PeerUnavailable(Exception):
         self.peer_id = peer_id
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[PeerUnavailable], tuple[str, str]]:
+        # copy and pickle rebuild an exception from ``args``, which holds only the message:
+        # without this they would raise TypeError (one argument of two) on an error path.
+        return type(self), (self.peer_id, self.reason)
+
 
 async def _quietly(action: Callable[[], Awaitable[object]]) -> None:
     """Close or reset a stream even while being cancelled, ignoring one that is already gone."""

@@ -31,11 +31,14 @@ from .common import (
 @click.option("--startup-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
               help="Seconds a first mount waits for a peer to serve the log before giving up (a mount "
                    "used before comes up after 5 s without peers, serving what it has).")
+@click.option("--keep-owners", is_flag=True,
+              help="Show the uid and gid the writing device recorded (default: every file is the mounting user's).")
 @click.option("--debug", is_flag=True, help="Log every warning and info message.")
 @click.option("--fault", type=click.Choice(["inconsistent-writer"]), hidden=True,
               help="TEST ONLY: encode chunks the way a malicious writer would.")
 def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_only: bool, state_dir: Path | None,
-          chunk_size: int, cache_size: int, startup_timeout: float, debug: bool, fault: str | None) -> None:
+          chunk_size: int, cache_size: int, startup_timeout: float, keep_owners: bool, debug: bool,
+          fault: str | None) -> None:
     """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u)."""
     import trio
 
@@ -62,6 +65,7 @@ def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_o
             mountpoint, vol, committee, state_dir or default_state_dir(vol), read_only=read_only,
             chunk_size=chunk_size, cache_bytes=cache_size, announce=lambda text: click.echo(text, err=True),
             inconsistent_writer=fault == "inconsistent-writer", startup_limit=startup_timeout,
+            keep_owners=keep_owners,
         ))
     except (MountError, StateError) as exc:
         raise Failure(str(exc)) from None

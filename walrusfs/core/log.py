@@ -27,7 +27,7 @@ from .certificates import Certificate, verify_certificate
 from .committee import Committee
 from .errors import CodecError, VerificationError
 from .metadata import BlobId
-from .namespace import Op
+from .namespace import LIMITS, Op, in_range
 
 ENTRY_DOMAIN = b"walrusfs/log-entry/v1\x00"
 DEVICE_DOMAIN = b"walrusfs/volume-device/v1\x00"
@@ -218,6 +218,15 @@ NAMESPACE_OPS: dict[str, dict[str, str]] = {
 }
 
 
+#: Longest symbolic link target the kernel takes back from readlink, NUL included.
+PATH_MAX = 4096
+
+
+def _file_name(value: Any) -> bool:
+    return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\0" not in value
+            and len(value.encode()) <= 255)
+
+
 def _check_op(op: Any) -> None:
     if not isinstance(op, dict) or not isinstance(op.get("kind"), str) or not isinstance(op.get("args"), dict):
         raise LogError("namespace op must be a map with a kind and args")
@@ -229,26 +238,30 @@ def _check_op(op: Any) -> None:
         value = args.get(name)
         if kind == _NODE and not (isinstance(value, bytes) and len(value) == 32):
             raise LogError(f"namespace op {op['kind']}: {name} must be a 32-byte node ID")
-        if kind == _NAME and not (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value
-                                  and "\0" not in value and len(value.encode()) <= 255):
+        if kind == _NAME and not _file_name(value):
             raise LogError(f"namespace op {op['kind']}: {name} must be a file name")
     for name in ("mode", "uid", "gid", "mtime_ns"):
-        if name in args and not (isinstance(args[name], int) and not isinstance(args[name], bool) and 0 <= args[name] < 2**63):
-            raise LogError(f"namespace op {op['kind']}: {name} must be a non-negative integer")
+        # Values a mount cannot hand the kernel (a mode beyond the permission bits, a uid
+        # beyond uid_t, a time beyond 64 bits) would crash every other mount's `ls`.
+        if name in args and not in_range(name, args[name]):
+            raise LogError(f"namespace op {op['kind']}: {name} must be a non-negative integer below {LIMITS[name]:#x}")
     for name in ("base", "replaces", "last_parent"):
         if args.get(name) is not None and not (isinstance(args[name], bytes) and len(args[name]) in (0, 32)):
             raise LogError(f"namespace op {op['kind']}: {name} must be a node or version ID")
     if op["kind"] == "write":
         content = args.get("content")
         if (not isinstance(content, dict) or set(content) != {"size", "chunk_size", "chunks"}
-                or not isinstance(content["size"], int) or not isinstance(content["chunk_size"], int)
-                or content["size"] < 0 or content["chunk_size"] <= 0
+                or not in_range("size", content["size"]) or not in_range("chunk_size", content["chunk_size"])
+                or content["chunk_size"] == 0
                 or not isinstance(content["chunks"], list)
                 or not all(c is None or (isinstance(c, bytes) and len(c) == 32) for c in content["chunks"])
                 or len(content["chunks"]) != -(-content["size"] // content["chunk_size"])):
             raise LogError("namespace op write: content must give size, chunk_size and one blob ID (or null) per chunk")
-    if op["kind"] == "symlink" and not isinstance(args.get("target"), str):
-        raise LogError("namespace op symlink: target must be a string")
+    if args.get("last_name") is not None and not _file_name(args["last_name"]):
+        raise LogError(f"namespace op {op['kind']}: last_name must be a file name")
+    if op["kind"] == "symlink" and not (isinstance(args.get("target"), str) and "\0" not in args["target"]
+                                        and len(args["target"].encode()) < PATH_MAX):
+        raise LogError("namespace op symlink: target must be a path (no NUL, below PATH_MAX bytes)")
     if op["kind"] == "setxattr" and not isinstance(args.get("value"), bytes):
         raise LogError("namespace op setxattr: value must be bytes")
 

@@ -273,6 +273,15 @@ def check_entries_reply(reply: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+def check_push_reply(reply: dict[str, Any], count: int) -> list[str]:
+    """The outcomes a ``log-push`` reply gives for ``count`` pushed entries; ``MessageError`` otherwise."""
+    results = field(reply, "results", list)
+    if len(results) != count or not all(isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
+                                        and isinstance(r[1], str) for r in results):
+        raise MessageError(f"log-push reply: results must be {count} [outcome, reason] pairs")
+    return [r[0] for r in results]
+
+
 def check_certified_reply(reply: dict[str, Any]) -> dict[str, Any]:
     """A ``log-certified`` reply: ``entry`` and ``invalid`` each an encoded entry or null."""
     for name in ("entry", "invalid"):

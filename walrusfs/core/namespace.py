@@ -24,6 +24,20 @@ from typing import Any
 
 ROOT = bytes(32)
 FILE, DIRECTORY, SYMLINK = "file", "dir", "symlink"
+#: Attribute -> exclusive upper bound (all are non-negative). These are what the kernel can be
+#: told (permission bits only, the file type comes from the node's kind; uid_t and gid_t; a
+#: signed 64-bit nanosecond time and size): the log validator rejects an operation with a
+#: value outside them, and the fold ignores one that got past it, so no writer can hand a
+#: mount a value that it cannot show.
+LIMITS = {"mode": 0o7777 + 1, "uid": 2**32, "gid": 2**32, "mtime_ns": 2**63, "size": 2**63, "chunk_size": 2**63}
+#: Bits of the volume root's mode nobody can take away: its owner (the mounting user, see
+#: ``WalrusFS``) can always list and enter it, whatever another device's chmod said.
+ROOT_KEPT_BITS = 0o700
+
+
+def in_range(name: str, value: object) -> bool:
+    """Whether ``value`` is an integer (not a bool) that attribute ``name`` may hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < LIMITS[name]
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,17 @@ class Node:
     uid: int = 0
     gid: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+def _attr(args: Mapping[str, Any], name: str, default: int) -> int:
+    """Argument ``name`` if present and in range, else ``default`` (the same on every replica)."""
+    value = args.get(name, default)
+    return value if in_range(name, value) else default
+
+
+def _stamp_ns(op: Op) -> int:
+    """An operation's stamp as the nanosecond time a node gets when the writer gave none."""
+    return min(max(op.hlc, 0), LIMITS["mtime_ns"] - 1)
 
 
 def conflict_name(name: str, op: Op) -> str:
@@ -128,8 +153,15 @@ class Namespace:
             raise ValueError("namespace operations must be applied in their total order")
         self.last = op.order
         handler = getattr(self, "_op_" + op.kind.replace("-", "_"), None)
-        if handler is not None:
+        if handler is None:
+            return
+        try:
             handler(op, op.args)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError):
+            # The log validator lets no such operation through; one that reaches the fold by
+            # another way (an old state database, a future validator bug) is ignored, the same
+            # way on every replica, instead of leaving the tree half-refreshed on one mount.
+            pass
 
     def _free_name(self, directory: bytes, name: str, op: Op) -> str:
         taken = self.children[directory]
@@ -168,8 +200,8 @@ class Namespace:
         if existing is not None and kind == DIRECTORY and self.nodes[existing].kind == DIRECTORY:
             self.aliases[node_id] = existing  # concurrent mkdir of one name: one directory
             return
-        node = Node(node_id, kind, int(args.get("mode", 0o644)), int(args.get("mtime_ns", op.hlc)),
-                    target=str(args.get("target", "")), uid=int(args.get("uid", 0)), gid=int(args.get("gid", 0)))
+        node = Node(node_id, kind, _attr(args, "mode", 0o644), _attr(args, "mtime_ns", _stamp_ns(op)),
+                    target=str(args.get("target", "")), uid=_attr(args, "uid", 0), gid=_attr(args, "gid", 0))
         self.nodes[node_id] = node
         if kind == DIRECTORY:
             self.children[node_id] = {}
@@ -188,6 +220,11 @@ class Namespace:
         node = self.nodes.get(self.resolve(args["node"]))
         if node is None or node.kind != FILE:
             return
+        content = args["content"]
+        if not isinstance(content, Content):
+            content = Content(content["size"], content["chunk_size"], tuple(content["chunks"]))
+        if not (in_range("size", content.size) and in_range("chunk_size", content.chunk_size)):
+            return  # a size no kernel can be told; the validator rejects it first
         base = args.get("base")
         if node.version is not None and base != node.version and node.parent is not None:
             # Another writer's version landed after the one this write started from: keep it.
@@ -201,12 +238,9 @@ class Namespace:
             directory = self._directory(args, "last_parent")
             if directory is not None:  # written after a concurrent unlink: bring it back
                 self._link(directory, self._free_name(directory, str(args.get("last_name", "file")), op), node.node_id)
-        content = args["content"]
-        if not isinstance(content, Content):
-            content = Content(content["size"], content["chunk_size"], tuple(content["chunks"]))
         node.content = content
         node.version = op.op_id
-        node.mtime_ns = int(args.get("mtime_ns", op.hlc))
+        node.mtime_ns = _attr(args, "mtime_ns", _stamp_ns(op))
 
     def _op_unlink(self, op: Op, args: Mapping[str, Any]) -> None:
         directory = self._directory(args)
@@ -262,14 +296,22 @@ class Namespace:
         node = self.nodes.get(self.resolve(args["node"]))
         if node is None:
             return
-        updates = {k: int(args[k]) for k in ("mode", "uid", "gid", "mtime_ns") if k in args}
+        updates = {k: args[k] for k in ("mode", "uid", "gid", "mtime_ns") if in_range(k, args.get(k))}
+        if node.node_id == ROOT:
+            # The root belongs to every mount of the volume: nobody's chown or chmod may lock
+            # the others out of it (ownership is the mounting user's anyway).
+            updates.pop("uid", None)
+            updates.pop("gid", None)
+            if "mode" in updates:
+                updates["mode"] |= ROOT_KEPT_BITS
         for key, value in updates.items():
             setattr(node, key, value)
 
     def _op_setxattr(self, op: Op, args: Mapping[str, Any]) -> None:
         node = self.nodes.get(self.resolve(args["node"]))
-        if node is not None:
-            node.xattrs[str(args["name"])] = bytes(args["value"])
+        value = args["value"]
+        if node is not None and isinstance(value, bytes):  # bytes(n) of an integer would allocate n bytes
+            node.xattrs[str(args["name"])] = value
 
     def _op_removexattr(self, op: Op, args: Mapping[str, Any]) -> None:
         node = self.nodes.get(self.resolve(args["node"]))

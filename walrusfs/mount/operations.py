@@ -24,7 +24,16 @@ import trio
 
 from ..client.blob import ReadError
 from ..core.metadata import BlobId
-from ..core.namespace import DIRECTORY, FILE, ROOT, SYMLINK, Node
+from ..core.namespace import (
+    DIRECTORY,
+    FILE,
+    LIMITS,
+    ROOT,
+    ROOT_KEPT_BITS,
+    SYMLINK,
+    Node,
+    in_range,
+)
 from .contents import Contents
 from .volumelog import VolumeLog
 
@@ -37,6 +46,11 @@ NAME_MAX = 255
 
 def _error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
+
+
+def _fit(value: int, name: str) -> int:
+    """``value`` clamped into the range attribute ``name`` may hold (see ``namespace.LIMITS``)."""
+    return min(max(value, 0), LIMITS[name] - 1)
 
 
 #: How often a waiting fsync looks for a signal sent to its caller.
@@ -73,11 +87,15 @@ class WalrusFS(pyfuse3.Operations):
 
     enable_writeback_cache = True
 
-    def __init__(self, vlog: VolumeLog, contents: Contents, read_only: bool, status: Any = None) -> None:
+    def __init__(self, vlog: VolumeLog, contents: Contents, read_only: bool, status: Any = None,
+                 keep_owners: bool = False) -> None:
         super().__init__()
         self.vlog = vlog
         self.contents = contents
         self.read_only = read_only or not vlog.volume.writable
+        # Another device's uid and gid mean nothing on this machine (and let a writer hand
+        # files to whoever it likes here): every node is the mounting user's unless asked.
+        self.keep_owners = keep_owners
         self.status_extra = status or (dict)
         self._inode_of: dict[bytes, int] = {ROOT: pyfuse3.ROOT_INODE}
         self._node_of: dict[int, bytes] = {pyfuse3.ROOT_INODE: ROOT}
@@ -148,14 +166,20 @@ class WalrusFS(pyfuse3.Operations):
         attr.generation = 0
         attr.entry_timeout = ATTR_TIMEOUT
         attr.attr_timeout = ATTR_TIMEOUT
+        # Every value is clamped again where it meets pyfuse3, which raises OverflowError (and
+        # ends the mount) for one that does not fit its C type: the log validator and the fold
+        # keep them in range, this keeps a mount alive should anything else ever get through.
+        mode = node.mode & (LIMITS["mode"] - 1)
         mtime = node.mtime_ns
         if node.kind == FILE:
-            attr.st_mode = stat.S_IFREG | node.mode
-            attr.st_size = self.contents.size_of(node)
+            attr.st_mode = stat.S_IFREG | mode
+            attr.st_size = _fit(self.contents.size_of(node), "size")
             attr.st_nlink = 1 if node.parent is not None else 0
             mtime = self.contents.mtime_of(node)
         elif node.kind == DIRECTORY:
-            attr.st_mode = stat.S_IFDIR | node.mode
+            if node.node_id == ROOT:
+                mode |= ROOT_KEPT_BITS  # nobody's chmod locks this mount's user out of the volume
+            attr.st_mode = stat.S_IFDIR | mode
             children = self.ns.children.get(node.node_id, {})
             attr.st_nlink = 2 + sum(1 for c in children.values() if self.ns.nodes[c].kind == DIRECTORY)
             attr.st_size = 4096
@@ -163,13 +187,13 @@ class WalrusFS(pyfuse3.Operations):
             attr.st_mode = stat.S_IFLNK | 0o777
             attr.st_size = len(node.target.encode())
             attr.st_nlink = 1
-        if node.node_id == ROOT and node.uid == 0 and node.gid == 0:
-            attr.st_uid, attr.st_gid = os.getuid(), os.getgid()
-        else:
+        if self.keep_owners and node.node_id != ROOT and in_range("uid", node.uid) and in_range("gid", node.gid):
             attr.st_uid, attr.st_gid = node.uid, node.gid
+        else:
+            attr.st_uid, attr.st_gid = os.getuid(), os.getgid()
         attr.st_blksize = 128 << 10
         attr.st_blocks = -(-attr.st_size // 512)
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = _fit(mtime, "mtime_ns")
         return attr
 
     def _open_handle(self, node: bytes, writable: bool, ctx: Any = None) -> int:
@@ -378,6 +402,10 @@ class WalrusFS(pyfuse3.Operations):
             changes["uid"] = attr.st_uid
         if fields.update_gid and attr.st_gid != node.gid:
             changes["gid"] = attr.st_gid
+        if fields.update_mtime and not in_range("mtime_ns", attr.st_mtime_ns):
+            # Every replica rejects an entry with a time before 1970 (see namespace.LIMITS):
+            # signing one would leave this mount's chain stuck behind it for good.
+            raise _error(errno.EINVAL)
         if fields.update_mtime:
             if node.kind == FILE and node.node_id in self.contents.staged:
                 self.contents.staged[node.node_id].mtime_ns = attr.st_mtime_ns

@@ -66,11 +66,12 @@ async def _capacity(client: Client, committee: Committee, chunk_size: int, holde
 async def serve_mount(
     mountpoint: Path, volume: Volume, committee: Committee, state_dir: Path, *, read_only: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE, cache_bytes: int = DEFAULT_CACHE, announce: Callable[[str], None] = print,
-    inconsistent_writer: bool = False, startup_limit: float = STARTUP_LIMIT,
+    inconsistent_writer: bool = False, startup_limit: float = STARTUP_LIMIT, keep_owners: bool = False,
 ) -> None:
     """Mount ``volume`` at ``mountpoint`` until it is unmounted or the process is signalled.
 
-    ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
+    ``keep_owners`` shows the uid and gid the writing device recorded instead of the
+    mounting user's. ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
     would (one parity row tampered yet committed to).
     """
     state = await trio.to_thread.run_sync(MountState, state_dir)
@@ -81,7 +82,7 @@ async def serve_mount(
             try:
                 await _serve(host, mountpoint, volume, committee, state, cache, read_only=read_only,
                              chunk_size=chunk_size, announce=announce, inconsistent_writer=inconsistent_writer,
-                             startup_limit=startup_limit)
+                             startup_limit=startup_limit, keep_owners=keep_owners)
             except MountError as exc:
                 # Raised after the host closed, so it reaches the caller as itself rather
                 # than inside the host's exception groups (the CLI prints it as one line).
@@ -95,6 +96,7 @@ async def serve_mount(
 async def _serve(
     host: Any, mountpoint: Path, volume: Volume, committee: Committee, state: MountState, cache: ChunkCache, *,
     read_only: bool, chunk_size: int, announce: Callable[[str], None], inconsistent_writer: bool, startup_limit: float,
+    keep_owners: bool = False,
 ) -> None:
     """Serve one mount on an open libp2p host until it is unmounted."""
     client = Client(host, committee, reuse_streams=True)
@@ -128,7 +130,8 @@ async def _serve(
     started = time.time()
     capacity: dict[str, int] = {}
     fs = WalrusFS(vlog, contents, read_only,
-                  status=lambda: {"pid": os.getpid(), "mountpoint": str(mountpoint), "since": started})
+                  status=lambda: {"pid": os.getpid(), "mountpoint": str(mountpoint), "since": started},
+                  keep_owners=keep_owners)
     fs.statfs_source = lambda: capacity.get("free", 0)
     vlog.on_change = fs.remote_change
     options = set(pyfuse3.default_options) | {"fsname=walrusfs", "subtype=walrusfs"}

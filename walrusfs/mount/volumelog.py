@@ -23,6 +23,7 @@ import trio
 from p2p.rpc import PeerUnavailable
 
 from ..client.blob import Client
+from ..client.members import member_fault
 from ..core.errors import CodecError
 from ..core.log import (
     GENESIS,
@@ -37,7 +38,14 @@ from ..core.log import (
     next_hlc,
     sign_entry,
 )
-from ..core.messages import LOG_HEADS, LOG_PUSH, LOG_RANGE
+from ..core.messages import (
+    LOG_HEADS,
+    LOG_PUSH,
+    LOG_RANGE,
+    check_entries_reply,
+    check_heads_reply,
+    check_push_reply,
+)
 from ..core.namespace import Namespace, Op, build
 from ..core.wire import field
 from .staging import MountState
@@ -163,7 +171,8 @@ class VolumeLog:
         async def push(peer: int) -> None:
             try:
                 reply, _ = await self.client._call(peer, LOG_PUSH, entries=encoded)
-                outcomes = [r[0] for r in field(reply, "results", list)]
+                # A reply of the wrong shape is that peer's failure (MessageError), never ours.
+                outcomes = check_push_reply(reply, len(encoded))
                 if all(o in (Outcome.ACCEPTED.value, Outcome.DUPLICATE.value, Outcome.PENDING.value)
                        for o in outcomes):
                     holders.append(peer)
@@ -172,8 +181,7 @@ class VolumeLog:
             except (PeerUnavailable, CodecError) as exc:
                 problems[peer] = str(exc)
             except Exception as exc:  # noqa: BLE001 - one peer's odd answer is its own failure
-                log.warning("pushing entries to peer %d failed unexpectedly", peer, exc_info=True)
-                problems[peer] = f"{type(exc).__name__}: {exc}"
+                problems[peer] = member_fault(peer, exc)
             finally:
                 if (self.committee.weight(holders) >= self.committee.validity_threshold
                         or len(holders) + len(problems) == len(self.committee.peers)):
@@ -201,13 +209,15 @@ class VolumeLog:
 
     async def sync_from(self, peer: int) -> int:
         """Fetch every entry ``peer`` has that this view lacks; return how many were new."""
-        reply = await self._ask(peer, LOG_HEADS)
+        # Replies are shape-checked where they enter (a non-hex author, a head that is no
+        # [seq, ID] pair, entries that are no byte strings): a MessageError, that peer's failure.
+        reply = check_heads_reply(await self._ask(peer, LOG_HEADS))
         fresh: list[Entry] = []
         for author_hex, (head, _head_id) in field(reply, "heads", dict).items():
             author = bytes.fromhex(author_hex)
             start = self.state.head(author) + 1
             while start <= head:
-                got = await self._ask(peer, LOG_RANGE, author=author, start=start, count=BATCH)
+                got = check_entries_reply(await self._ask(peer, LOG_RANGE, author=author, start=start, count=BATCH))
                 batch = [decode_entry(e) for e in field(got, "entries", list)]
                 if not batch:
                     break
@@ -254,8 +264,7 @@ class VolumeLog:
                 problems.append(f"{peer}: {exc}")
                 reasons.append(exc.reason if isinstance(exc, PeerUnavailable) else str(exc))
             except Exception as exc:  # noqa: BLE001 - whatever one peer's answer does is that peer's failure
-                log.warning("log sync from peer %d failed unexpectedly", peer, exc_info=True)
-                problems.append(f"{peer}: {type(exc).__name__}: {exc}")
+                problems.append(f"{peer}: {member_fault(peer, exc)}")
                 reasons.append(type(exc).__name__)
         self.sync_error = "no peer served the log: " + "; ".join(problems)
         self.sync_summary = f"{len(problems)} of {len(self.committee.peers)} peers failed, e.g. {reasons[0][:160]}"
