@@ -1,0 +1,197 @@
+"""A malicious writer (a validly delegated device) against two real mounts over a real devnet (n = 4).
+
+Issue 15, finding 6: a device that set a mode, uid or gid of 2^32 or a size of 2^63 made
+every other mount of the volume die of pyfuse3's OverflowError on ``ls``, and again on
+every remount. Here the writer's entries are built with the pure core and pushed to the
+peers directly: values no mount can show are rejected by every peer, the root cannot be
+chmodded, chowned or replaced, and the values that do pass (the largest in range) only
+change the writer's own files. Both mounts, a remount and a fresh mount keep listing and
+reading the honest files byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from nacl.signing import SigningKey
+
+from p2p.host import running_host
+from tests.mounting import Mount, MountedVolume, fsync, wait_for
+from walrusfs.client.blob import Client
+from walrusfs.client.members import call_member
+from walrusfs.core.committee import parse_committee
+from walrusfs.core.log import (
+    GENESIS,
+    NAMESPACE,
+    Entry,
+    Outcome,
+    delegate_device,
+    next_hlc,
+    sign_entry,
+)
+from walrusfs.core.messages import LOG_PUSH
+from walrusfs.core.namespace import ROOT
+from walrusfs.identity import read_seed_file
+
+EVIL_FILE, EVIL_SPARSE = b"\xe1" * 32, b"\xe2" * 32
+HONEST = {"a.txt": b"hello from the honest mount\n", "dir/b.bin": random.Random(6).randbytes(300_000)}
+
+
+class Writer:
+    """A delegated device signing whatever namespace entries it likes, in one chain."""
+
+    def __init__(self, volume_key: SigningKey) -> None:
+        self.volume_key = volume_key
+        self.key = SigningKey(os.urandom(32))
+        self.entries: list[Entry] = []
+        self.hlc = 0
+
+    def sign(self, kind: str, **args: Any) -> Entry:
+        payload = {"volume": bytes(self.volume_key.verify_key),
+                   "delegation": delegate_device(self.volume_key, bytes(self.key.verify_key)),
+                   "op": {"kind": kind, "args": args}}
+        self.hlc = next_hlc(self.hlc, int(time.time() * 1000))
+        prev = self.entries[-1].id if self.entries else GENESIS
+        entry = sign_entry(self.key, len(self.entries) + 1, prev, self.hlc, NAMESPACE, payload)
+        self.entries.append(entry)
+        return entry
+
+
+async def honest_node(client: Client, name: str) -> bytes:
+    """The node ID the honest mount's create of ``name`` gave it, read back from the log."""
+    entries = await client.fullest_log() or []
+    return next(e.payload["op"]["args"]["node"] for e in entries
+                if e.kind == NAMESPACE and e.payload["op"]["kind"] == "create" and e.payload["op"]["args"]["name"] == name)
+
+
+async def attack(committee_path: Path, volume_key: SigningKey) -> dict[str, list[str]]:
+    """Push the writer's entries to every peer; return each entry's outcomes, by label."""
+    committee = parse_committee(committee_path.read_text())
+    async with running_host(os.urandom(32)) as host:
+        client = Client(host, committee)
+        honest = await honest_node(client, "a.txt")
+        # Values no mount can show: each from a fresh device of the writer (a rejected entry
+        # stops its chain), each to be rejected by every peer.
+        out_of_range = {
+            "mode 2^32": ("setattr", {"node": honest, "mode": 2**32}),
+            "uid 2^32": ("setattr", {"node": honest, "uid": 2**32}),
+            "gid 2^32": ("setattr", {"node": ROOT, "gid": 2**32}),
+            "negative mode": ("setattr", {"node": honest, "mode": -1}),
+            "mode with a type": ("setattr", {"node": honest, "mode": stat.S_IFREG | 0o644}),
+            "mtime 2^63": ("setattr", {"node": honest, "mtime_ns": 2**63}),
+            "negative mtime": ("setattr", {"node": ROOT, "mtime_ns": -1}),
+            "size 2^63": ("write", {"node": honest, "content": {"size": 2**63, "chunk_size": 2**62,
+                                                                "chunks": [None, None, None]}}),
+            "create uid 2^32": ("create", {"parent": ROOT, "name": "evil-big", "node": b"\xe3" * 32,
+                                           "mode": 0o644, "uid": 2**32, "gid": 2**40, "mtime_ns": 2**64}),
+        }
+        labelled: dict[str, Entry] = {}
+        for label, (kind, args) in out_of_range.items():
+            labelled[label] = Writer(volume_key).sign(kind, **args)
+        # One device's chain of values that pass (the extremes in range) and attacks on the root.
+        writer = Writer(volume_key)
+        for label, kind, args in [
+            ("own file, largest values", "create", {"parent": ROOT, "name": "evil", "node": EVIL_FILE,
+                                                    "mode": 0o7777, "uid": 2**32 - 2, "gid": 2**32 - 2,
+                                                    "mtime_ns": 2**63 - 1}),
+            ("own sparse file", "create", {"parent": ROOT, "name": "evil-sparse", "node": EVIL_SPARSE,
+                                           "mode": 0o644, "mtime_ns": 0}),
+            ("size 2^63 - 1", "write", {"node": EVIL_SPARSE, "mtime_ns": 0,
+                                        "content": {"size": 2**63 - 1, "chunk_size": 2**62, "chunks": [None, None]}}),
+            ("chmod 000 root", "setattr", {"node": ROOT, "mode": 0}),
+            ("chown root", "setattr", {"node": ROOT, "uid": 4242, "gid": 4242}),
+            ("root as a file", "create", {"parent": ROOT, "name": "root-file", "node": ROOT, "mode": 0o644}),
+            ("root as a symlink", "symlink", {"parent": ROOT, "name": "root-link", "node": ROOT, "target": "/"}),
+            ("write to root", "write", {"node": ROOT, "content": {"size": 1, "chunk_size": 4, "chunks": [None]}}),
+            ("root renamed", "rename", {"parent": ROOT, "name": "a.txt", "node": ROOT, "new_parent": ROOT,
+                                        "new_name": "gone"}),
+        ]:
+            labelled[label] = writer.sign(kind, **args)
+        encoded = [e.encode() for e in labelled.values()]
+        outcomes: dict[str, list[str]] = {label: [] for label in labelled}
+        for peer in range(len(committee.peers)):
+            reply, _ = await call_member(host, committee, peer, LOG_PUSH, entries=encoded)
+            for label, (outcome, _reason) in zip(labelled, reply["results"]):
+                outcomes[label].append(outcome)
+        return outcomes
+
+
+def listing(root: Path) -> str:
+    """``ls -lR`` of a mount, which must succeed."""
+    result = subprocess.run(["ls", "-lR", "--time-style=+%s", str(root)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def check_mount(mount: Mount, keep_owners: bool = False) -> None:
+    """Lists, stats and reads like an honest volume: the root is the user's, honest files intact."""
+    assert wait_for(lambda: (mount.path / "evil-sparse").stat().st_size == 2**63 - 1, limit=30), \
+        f"the writer's entries never reached {mount.path}"
+    shown = listing(mount.path)
+    assert "a.txt" in shown and "evil" in shown
+    root = os.stat(mount.path)
+    assert stat.S_ISDIR(root.st_mode) and root.st_mode & 0o700 == 0o700, oct(root.st_mode)
+    assert (root.st_uid, root.st_gid) == (os.getuid(), os.getgid())
+    assert sorted(os.listdir(mount.path)) == ["a.txt", "dir", "evil", "evil-sparse"]
+    for name, data in HONEST.items():
+        path = mount.path / name
+        info = path.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_size, info.st_uid) == (0o644, len(data), os.getuid()), name
+        assert path.read_bytes() == data, name
+    evil = os.stat(mount.path / "evil")
+    assert stat.S_IMODE(evil.st_mode) == 0o7777 and evil.st_mtime_ns == 2**63 - 1
+    assert evil.st_uid == (2**32 - 2 if keep_owners else os.getuid())
+    with open(mount.path / "evil-sparse", "rb") as f:
+        assert f.read(4096) == bytes(4096)  # a hole: zeros, not an error
+    assert mount.process is not None and mount.process.poll() is None, mount.log.read_text()[-3000:]
+
+
+def test_a_malicious_writer_damages_only_its_own_files(tmp_path: Path) -> None:
+    started = time.monotonic()
+    vol = MountedVolume(tmp_path / "vol", 4)
+    try:
+        honest = vol.mount("honest")
+        other = vol.mount("other")
+        (honest.path / "dir").mkdir()
+        for name, data in HONEST.items():
+            (honest.path / name).write_bytes(data)
+            os.chmod(honest.path / name, 0o644)
+            fsync(honest.path / name)
+        honest.sync()
+        assert wait_for(lambda: all((other.path / n).read_bytes() == d for n, d in HONEST.items()), limit=30)
+        print(f"\nset up in {time.monotonic() - started:.1f} s")
+
+        volume_key = SigningKey(read_seed_file(vol.config / "volumes" / "vol.key"))
+        outcomes = trio.run(attack, vol.net.committee, volume_key)
+        for label, got in outcomes.items():
+            print(f"{label}: {got}")
+        passing = {"own file, largest values", "own sparse file", "size 2^63 - 1", "chmod 000 root", "chown root",
+                   "root as a file", "root as a symlink", "write to root", "root renamed"}
+        held = {Outcome.ACCEPTED.value, Outcome.DUPLICATE.value}  # the first peer relays to the others
+        for label, got in outcomes.items():
+            if label in passing:
+                assert set(got) <= held, (label, got)
+            else:
+                assert got == [Outcome.REJECTED.value] * 4, (label, got)
+
+        for mount in (honest, other):
+            check_mount(mount)
+        other.stop()
+        other.start()  # the remount that used to die on its first `ls`
+        check_mount(other)
+        fresh = vol.mount("fresh", "--keep-owners", volume=vol.volume_id, config=vol.root / "no-keys")
+        check_mount(fresh, keep_owners=True)
+        # The honest mount still writes, and the others see it.
+        (honest.path / "after.txt").write_bytes(b"still writing")
+        fsync(honest.path / "after.txt")
+        assert wait_for(lambda: (fresh.path / "after.txt").read_bytes() == b"still writing", limit=30)
+        print(f"whole test {time.monotonic() - started:.1f} s")
+    finally:
+        vol.close()
