@@ -105,7 +105,7 @@ def attributes(ns: Namespace, keep_owners: bool = False) -> dict[bytes, pyfuse3.
 COMMITTEE = Committee.__new__(Committee)  # namespace entries never consult the committee
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_ops())
 def test_the_validator_passes_only_values_a_mount_can_show(op: dict[str, Any]) -> None:
     try:
@@ -120,7 +120,7 @@ def test_the_validator_passes_only_values_a_mount_can_show(op: dict[str, Any]) -
         assert in_range("size", args["content"]["size"]) and 0 < args["content"]["chunk_size"] < LIMITS["chunk_size"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(hostile_ops(), min_size=1, max_size=12), st.randoms(use_true_random=False), st.booleans())
 def test_the_fold_of_unchecked_hostile_ops_stays_showable_and_deterministic(
     ops: list[dict[str, Any]], rng: Any, keep_owners: bool,

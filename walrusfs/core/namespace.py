@@ -157,7 +157,7 @@ class Namespace:
             return
         try:
             handler(op, op.args)
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             # The log validator lets no such operation through; one that reaches the fold by
             # another way (an old state database, a future validator bug) is ignored, the same
             # way on every replica, instead of leaving the tree half-refreshed on one mount.
