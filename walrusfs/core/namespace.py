@@ -159,8 +159,9 @@ class Namespace:
             handler(op, op.args)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             # The log validator lets no such operation through; one that reaches the fold by
-            # another way (an old state database, a future validator bug) is ignored, the same
-            # way on every replica, instead of leaving the tree half-refreshed on one mount.
+            # another way (an old state database, a future validator bug) ends here with what
+            # it did so far, the same on every replica (the fold is pure), instead of raising
+            # out of a mount's refresh and leaving the rest of that batch unapplied there.
             pass
 
     def _free_name(self, directory: bytes, name: str, op: Op) -> str:
@@ -223,8 +224,8 @@ class Namespace:
         content = args["content"]
         if not isinstance(content, Content):
             content = Content(content["size"], content["chunk_size"], tuple(content["chunks"]))
-        if not (in_range("size", content.size) and in_range("chunk_size", content.chunk_size)):
-            return  # a size no kernel can be told; the validator rejects it first
+        if not (in_range("size", content.size) and in_range("chunk_size", content.chunk_size) and content.chunk_size):
+            return  # a size no kernel can be told, or chunks that reads would divide by zero for
         base = args.get("base")
         if node.version is not None and base != node.version and node.parent is not None:
             # Another writer's version landed after the one this write started from: keep it.
