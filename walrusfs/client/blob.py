@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -38,7 +39,6 @@ from ..core.messages import (
     LOG_CERTIFIED,
     LOG_EVIDENCE,
     LOG_HEADS,
-    LOG_RANGE,
     LOG_SUBMIT,
     LOG_TIMES,
 )
@@ -58,6 +58,7 @@ from ..core.redstuff import (
 )
 from ..core.rounds import Rounds
 from ..core.wire import field as wire_field
+from .logpages import RoundBudget, heads_pages, range_pages
 from .members import SessionPool, call_member, member_fault
 
 log = logging.getLogger("walrusfs.client")
@@ -90,8 +91,15 @@ STATUS_FLOOR = 1.0
 STATUS_FACTOR = 4.0
 #: How long ``store`` waits for f + 1 peers' logs to hold its entry before reporting it.
 LOG_WAIT = 60.0
+#: Most bytes of entries ``log_entries`` fetches from one peer: past it, that peer's log
+#: (which may be junk: a peer can serve unsigned bytes) is not held whole in memory.
+LOG_FETCH_BYTES = 256 << 20
 
 Progress = Callable[[int], None]
+
+
+class LogTooLarge(CodecError):
+    """A peer's log is larger than the caller will hold; the next peer may be asked."""
 
 
 class StoreError(Exception):
@@ -419,29 +427,35 @@ class Client:
         """Each peer's log heads, digest and entry count (or why it did not answer)."""
         return await self._each_peer(LOG_HEADS, check=m.check_heads_reply)
 
-    async def fullest_log(self) -> list[Entry] | None:
+    async def fullest_log(self, max_bytes: int = LOG_FETCH_BYTES) -> list[Entry] | None:
         """The entries of the most complete log: every peer's heads asked at once, then the fullest peer's log (hedged)."""
-        totals = {peer: sum(h[0] for h in reply["heads"].values() if isinstance(h, (list, tuple)) and h
-                            and isinstance(h[0], int))
-                  for peer, reply, _ in await self.log_heads()
-                  if reply is not None and isinstance(reply.get("heads"), dict)}
+        # Each peer's own count of its entries (the first heads page carries it): only an
+        # order to try peers in, since a peer may claim anything.
+        totals = {peer: reply["entries"] for peer, reply, _ in await self.log_heads() if reply is not None}
         rest = [peer for peer in self.responsive_first() if peer not in totals]
-        entries, _ = await self.hedged(self.log_entries, sorted(totals, key=lambda p: -totals[p]) + rest)
+
+        async def entries_of(peer: int) -> list[Entry]:
+            return await self.log_entries(peer, max_bytes)
+
+        entries, _ = await self.hedged(entries_of, sorted(totals, key=lambda p: -totals[p]) + rest)
         return entries
 
-    async def log_entries(self, peer: int) -> list[Entry]:
-        """Every accepted entry in ``peer``'s log, fetched range by range."""
-        reply, _ = await self._call(peer, LOG_HEADS)
+    async def log_entries(self, peer: int, max_bytes: int = LOG_FETCH_BYTES) -> list[Entry]:
+        """Every accepted entry in ``peer``'s log, walked page by page; ``LogTooLarge`` past ``max_bytes``."""
+
+        async def call(protocol: str, **fields: Any) -> dict[str, Any]:
+            return (await self._call(peer, protocol, **fields))[0]
+
+        budget = RoundBudget(max_bytes)
         entries: list[Entry] = []
-        for author_hex, (head, _) in wire_field(reply, "heads", dict).items():
-            start = 1
-            while start <= head:
-                got, _ = await self._call(peer, LOG_RANGE, author=bytes.fromhex(author_hex), start=start, count=500)
-                batch = [decode_entry(e) for e in wire_field(got, "entries", list)]
-                if not batch:
-                    break
-                entries += batch
-                start += len(batch)
+        async with aclosing(heads_pages(call, None, budget)) as pages:
+            async for page in pages:
+                for author, (head, _) in page.heads.items():
+                    async with aclosing(range_pages(call, author, 1, head, budget)) as ranges:
+                        async for batch in ranges:
+                            entries += batch
+                    if budget.spent:
+                        raise LogTooLarge(f"peer {peer}'s log is larger than {max_bytes} bytes; not fetched whole")
         evidence, _ = await self._call(peer, LOG_EVIDENCE)
         entries += [decode_entry(e) for e in wire_field(evidence, "entries", list)]
         return entries

@@ -8,6 +8,9 @@ not inside CBOR. Building and parsing are pure and validate every field.
 
 from __future__ import annotations
 
+import bisect
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import merkle
@@ -45,14 +48,38 @@ PROTOCOLS = (
 # The replicated log (walrusfs/replication.py).
 LOG_SUBMIT = "/walrusfs/log-submit/1.0.0"
 LOG_PUSH = "/walrusfs/log-push/1.0.0"
-LOG_HEADS = "/walrusfs/log-heads/1.0.0"
-LOG_RANGE = "/walrusfs/log-range/1.0.0"
+# Major version 2: heads and ranges are paged and bounded in bytes (see REPLY_BUDGET); a
+# version-1 peer answered with everything at once, which an outsider could push past MAX_HEADER.
+LOG_HEADS = "/walrusfs/log-heads/2.0.0"
+LOG_RANGE = "/walrusfs/log-range/2.0.0"
 LOG_TIMES = "/walrusfs/log-times/1.0.0"
 LOG_EVIDENCE = "/walrusfs/log-evidence/1.0.0"
 LOG_CERTIFIED = "/walrusfs/log-certified/1.0.0"
 
 #: Every header (request or response) fits in this; metadata for n = 1000 is ~70 KB.
 MAX_HEADER = 1 << 20
+#: Bytes a reply that lists things (heads, entries) may fill; the rest of MAX_HEADER is
+#: slack for its fixed fields. Tests lower it with WALRUSFS_REPLY_BUDGET so a few hundred
+#: authors make several pages.
+REPLY_BUDGET = MAX_HEADER - (64 << 10)
+#: Upper bound on one ``log-heads`` item in canonical CBOR: a 64-character text key (2 + 64)
+#: and [seq (at most 9), 32-byte ID (2 + 32)] in a 1-byte array header.
+HEAD_BYTES = 66 + 1 + 9 + 34
+#: Per-item CBOR overhead of a byte string of up to 4 GiB (its length header).
+ITEM_OVERHEAD = 5
+
+
+def reply_budget() -> int:
+    """This process's byte budget for a listing reply (WALRUSFS_REPLY_BUDGET, at most REPLY_BUDGET)."""
+    raw = os.environ.get("WALRUSFS_REPLY_BUDGET")
+    if not raw:
+        return REPLY_BUDGET
+    try:
+        return max(HEAD_BYTES, min(int(raw), REPLY_BUDGET))
+    except ValueError:
+        return REPLY_BUDGET
+
+
 #: Largest body: a sliver pair at the largest symbol size for n = 4 (2 + 3 symbols of 32 MiB).
 MAX_BODY = 5 * (32 << 20)
 
@@ -252,17 +279,51 @@ def check_blob_status_reply(reply: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-def check_heads_reply(reply: dict[str, Any]) -> dict[str, Any]:
-    """A ``log-heads`` reply: author (64 hex digits) -> [sequence number, 32-byte head ID]; ``MessageError`` otherwise."""
+def check_heads_reply(reply: dict[str, Any], after: bytes | None = None) -> dict[str, Any]:
+    """One ``log-heads`` page: author (64 hex digits, all after ``after``) -> [seq, 32-byte head ID], ``more``, ``entries``.
+
+    A page that says more follows must list at least one author, so a caller walking the
+    pages always moves forward; anything else is ``MessageError`` (that peer's failure).
+    """
     heads = field(reply, "heads", dict)
+    more = field(reply, "more", bool)
+    total = field(reply, "entries", int)
+    if total < 0:
+        raise MessageError("log-heads reply: 'entries' is negative")
+    if len(heads) * HEAD_BYTES > MAX_HEADER:
+        raise MessageError("log-heads reply: more heads than a reply can hold")
+    if more and not heads:
+        raise MessageError("log-heads reply: says more follows but lists no author")
+    floor = after.hex() if after is not None else ""
     for author, head in heads.items():
         if not (isinstance(author, str) and len(author) == 64 and all(c in "0123456789abcdef" for c in author)):
             raise MessageError("log-heads reply: an author is not 64 lowercase hex digits")
+        if author <= floor:
+            raise MessageError("log-heads reply: an author is not after the requested one (page does not progress)")
         if not (isinstance(head, list) and len(head) == 2 and isinstance(head[0], int)
                 and not isinstance(head[0], bool) and 0 <= head[0] < 2**63
                 and isinstance(head[1], bytes) and len(head[1]) == 32):
             raise MessageError("log-heads reply: a head is not [sequence number, entry ID]")
     return reply
+
+
+def page_after(keys: Sequence[bytes], after: bytes | None, room: int) -> tuple[Sequence[bytes], bool]:
+    """Up to ``room`` (at least one) of the sorted ``keys`` after ``after``, and whether more follow; O(log n + room)."""
+    begin = 0 if after is None else bisect.bisect_right(keys, after)
+    end = begin + max(1, room)
+    return keys[begin:end], end < len(keys)
+
+
+def entries_within(encoded: Iterable[bytes], budget: int, limit: int) -> list[bytes]:
+    """The first encoded entries (at most ``limit``) whose CBOR fits ``budget`` bytes; always the first one."""
+    out: list[bytes] = []
+    used = 0
+    for item in encoded:
+        used += len(item) + ITEM_OVERHEAD
+        if len(out) >= limit or (out and used > budget):
+            break
+        out.append(item)
+    return out
 
 
 def check_entries_reply(reply: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import trio
@@ -23,6 +24,7 @@ import trio
 from p2p.rpc import PeerUnavailable
 
 from ..client.blob import Client
+from ..client.logpages import RoundBudget, heads_pages, range_pages
 from ..client.members import member_fault
 from ..core.errors import CodecError
 from ..core.log import (
@@ -38,14 +40,7 @@ from ..core.log import (
     next_hlc,
     sign_entry,
 )
-from ..core.messages import (
-    LOG_HEADS,
-    LOG_PUSH,
-    LOG_RANGE,
-    check_entries_reply,
-    check_heads_reply,
-    check_push_reply,
-)
+from ..core.messages import LOG_PUSH, check_push_reply, entries_within, reply_budget
 from ..core.namespace import Namespace, Op, build
 from ..core.wire import field
 from .staging import MountState
@@ -58,6 +53,10 @@ POLL_INTERVAL = 1.0
 #: next one (the follower moves on; nothing about the entries depends on it).
 CALL_LIMIT = 5.0
 BATCH = 500
+#: Bytes of heads and entries one sync round fetches at most, and fetched entries held
+#: before they are checked and applied: an endless or huge log costs rounds, not memory.
+FOLLOW_BYTES = 16 << 20
+HOLD_BYTES = 4 << 20
 
 
 class PublishError(Exception):
@@ -90,6 +89,7 @@ class VolumeLog:
         self._unpublished = trio.Event()
         self._author_lock = trio.Lock()
         self._next_peer = 0
+        self._cursor: bytes | None = None  # where the next sync round resumes its walk of the heads
         self.synced_once = trio.Event()
         self.last_error: str | None = None
         self.sync_error: str | None = None
@@ -149,6 +149,8 @@ class VolumeLog:
             while self.published < self.head:
                 chain = self.state.chains[self.device_id]
                 batch = chain[self.published : self.published + BATCH]
+                # Bounded in bytes too: a push of 500 large entries would pass MAX_HEADER.
+                batch = batch[: len(entries_within((e.encode() for e in batch), reply_budget(), BATCH))]
                 try:
                     await self._push(batch)
                 except PublishError as exc:
@@ -207,24 +209,61 @@ class VolumeLog:
         self.client.silent(peer)
         raise PeerUnavailable(self.committee.peers[peer].peer_id, f"no answer within {CALL_LIMIT:.0f} s")
 
-    async def sync_from(self, peer: int) -> int:
-        """Fetch every entry ``peer`` has that this view lacks; return how many were new."""
-        # Replies are shape-checked where they enter (a non-hex author, a head that is no
-        # [seq, ID] pair, entries that are no byte strings): a MessageError, that peer's failure.
-        reply = check_heads_reply(await self._ask(peer, LOG_HEADS))
-        fresh: list[Entry] = []
-        for author_hex, (head, _head_id) in field(reply, "heads", dict).items():
-            author = bytes.fromhex(author_hex)
-            start = self.state.head(author) + 1
-            while start <= head:
-                got = check_entries_reply(await self._ask(peer, LOG_RANGE, author=author, start=start, count=BATCH))
-                batch = [decode_entry(e) for e in field(got, "entries", list)]
-                if not batch:
+    async def sync_from(self, peer: int) -> tuple[int, bool]:
+        """Fetch entries ``peer`` has that this view lacks, within one round's budget; (how many were new, whether the walk reached the end).
+
+        The walk resumes at ``_cursor`` (the last author finished in an earlier round, with
+        any peer), and entries are checked and applied every HOLD_BYTES, so what the mount
+        holds per round is bounded however many authors or entries the log has.
+        """
+
+        async def call(protocol: str, **fields: Any) -> dict[str, Any]:
+            return await self._ask(peer, protocol, **fields)
+
+        budget = RoundBudget(FOLLOW_BYTES)
+        held: list[Entry] = []
+        held_bytes = 0
+        accepted = 0
+        finished = self._cursor  # every entry up to this author is applied
+        complete = False
+
+        async def flush() -> None:
+            nonlocal held, held_bytes, accepted
+            if held:
+                accepted += await self._take(peer, held)
+            held, held_bytes = [], 0
+
+        try:
+            async with aclosing(heads_pages(call, self._cursor, budget)) as pages:
+                async for page in pages:
+                    for author, (head, _head_id) in page.heads.items():
+                        start = self.state.head(author) + 1
+                        async with aclosing(range_pages(call, author, start, head, budget)) as ranges:
+                            async for batch in ranges:
+                                fresh = [e for e in batch if e.id not in self.state.ids]
+                                held += fresh
+                                held_bytes += sum(len(e.encode()) for e in fresh)
+                                if held_bytes >= HOLD_BYTES:
+                                    await flush()
+                        if budget.spent:
+                            break
+                        finished = author
+                    else:
+                        complete = not page.more
+                        continue
                     break
-                fresh.extend(e for e in batch if e.id not in self.state.ids)
-                start += len(batch)
-        if not fresh:
-            return 0
+        except Exception:
+            # What earlier pages held is checked entry by entry, so a peer failing later
+            # does not cost it; the next round resumes after the last author finished.
+            await flush()
+            self._cursor = finished
+            raise
+        await flush()
+        self._cursor = None if complete else finished
+        return accepted, complete
+
+    async def _take(self, peer: int, fresh: list[Entry]) -> int:
+        """Check ``fresh`` entries (in a thread) and apply the valid ones; return how many became accepted."""
 
         def check(entries: list[Entry]) -> list[Entry]:
             good = []
@@ -244,8 +283,8 @@ class VolumeLog:
         self._refresh_namespace(accepted)
         return len(accepted)
 
-    async def sync_any(self) -> None:
-        """Sync from the first peer that answers, trying each in turn (those that answered before first)."""
+    async def sync_any(self) -> bool:
+        """Sync from the first peer that answers, trying each in turn (those that answered before first); whether the walk reached the end."""
         problems: list[str] = []
         reasons: list[str] = []
         n = len(self.committee.peers)
@@ -256,10 +295,13 @@ class VolumeLog:
         self._next_peer = (order[0] + 1) % n
         for peer in order:
             try:
-                await self.sync_from(peer)
-                self.synced_once.set()
+                _, complete = await self.sync_from(peer)
+                # Synced once a walk of every author's heads has reached the end (a round
+                # cut short by its budget resumes at once and is not yet "synced").
+                if complete:
+                    self.synced_once.set()
                 self.sync_error = None
-                return
+                return complete
             except (PeerUnavailable, CodecError) as exc:
                 problems.append(f"{peer}: {exc}")
                 reasons.append(exc.reason if isinstance(exc, PeerUnavailable) else str(exc))
@@ -276,7 +318,9 @@ class VolumeLog:
             nursery.start_soon(self._publisher)
             while True:
                 try:
-                    await self.sync_any()
+                    if not await self.sync_any():
+                        await trio.sleep(0)  # cut short by its budget: the next round follows at once
+                        continue
                 except LogUnavailable as exc:
                     log.warning("log sync: %s", exc)
                 await trio.sleep(POLL_INTERVAL)

@@ -11,10 +11,12 @@ anti-entropy exchange is what makes delivery certain either way.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import trio
@@ -23,6 +25,7 @@ from p2p.framing import FrameReader
 from p2p.host import IHost, peer_info
 from p2p.rpc import PeerUnavailable, Session
 
+from ..client.logpages import RoundBudget, check_range, heads_pages, range_pages
 from ..client.members import call_member, member_fault
 from ..core import merkle
 from ..core import messages as m
@@ -53,7 +56,7 @@ from ..core.messages import (
     LOG_SUBMIT,
     LOG_TIMES,
 )
-from ..core.wire import field, uint
+from ..core.wire import MessageError, field, uint
 from ..identity import Identity
 from .store import DiskFull, PeerStore
 
@@ -65,6 +68,10 @@ BATCH = 500
 #: Entries kept in memory while the disk is full, to be stored when space returns.
 UNSTORED_MAX = 100_000
 ANTI_ENTROPY_INTERVAL = 1.0
+#: Bytes (entries and heads) one anti-entropy exchange fetches at most; a larger gap is
+#: closed over several rounds, resuming at ``_cursor``, so one exchange never holds a
+#: whole flood of authors at once.
+PULL_BYTES = 32 << 20
 #: Liveness only: an anti-entropy exchange silent this long is given up (what was
 #: received so far is kept) and that peer is asked less often until it answers again.
 PULL_LIMIT = 10.0
@@ -94,8 +101,14 @@ class LogService:
         self._pull_now = trio.Event()
         self._unstored: list[tuple[bytes, bytes, int, bytes, int]] = []
         self.host: IHost | None = None
+        #: Authors with at least one accepted entry, in byte order: ``log-heads`` pages are
+        #: slices of it, found by bisection, so a page costs its own size, not the log's.
+        self._authors: list[bytes] = []
+        #: Where the next anti-entropy exchange resumes its walk of the heads pages (the
+        #: last author it finished; None: from the start).
+        self._cursor: bytes | None = None
         #: Called (on the trio loop, must not block) with every entry that becomes accepted.
-        self.listeners: list[Callable[[Entry], None]] = []
+        self.listeners: list[Callable[[Entry], None]] = [self._index_author]
 
     async def load(self) -> None:
         """Rebuild the state from the entries stored here (they were validated before storing)."""
@@ -105,6 +118,12 @@ class LogService:
             self.max_seen = max(self.max_seen, entry.hlc)
             if entry.author == self.identity.public_key:
                 self.last_hlc = max(self.last_hlc, entry.hlc)
+        self._authors = sorted(author for author, chain in self.state.chains.items() if chain)
+
+    def _index_author(self, entry: Entry) -> None:
+        # An author's first accepted entry is always seq 1, accepted once.
+        if entry.seq == 1:
+            bisect.insort(self._authors, entry.author)
 
     # ------------------------------------------------------------------ applying
 
@@ -254,10 +273,12 @@ class LogService:
                 await self._outbox_ready[peer].wait()
                 self._outbox_ready[peer] = trio.Event()
                 while outbox:
-                    batch = outbox[:BATCH]
-                    del outbox[:BATCH]
+                    # Bounded in bytes as well: 500 maximal entries relayed for an outsider
+                    # would make a request far past MAX_HEADER.
+                    batch = m.entries_within((e.encode() for e in outbox[:BATCH]), m.reply_budget(), BATCH)
+                    del outbox[: len(batch)]
                     try:
-                        header, _ = await session.request(m.request(entries=[e.encode() for e in batch]))
+                        header, _ = await session.request(m.request(entries=batch))
                         m.parse_response(header)
                     except (PeerUnavailable, CodecError) as exc:
                         # Anti-entropy delivers it later; the fast path does not retry.
@@ -300,11 +321,29 @@ class LogService:
         log.debug("anti-entropy with peer %d: no answer within %.0f s", peer, PULL_LIMIT)
 
     async def _pull(self, peer: int) -> None:
+        budget = RoundBudget(PULL_BYTES)
+
+        async def call(protocol: str, **fields: Any) -> dict[str, Any]:
+            return await self._call(peer, protocol, **fields)
+
         try:
-            reply = await self._call(peer, LOG_HEADS)
-            for author_hex, (remote_seq, remote_head) in field(reply, "heads", dict).items():
-                await self._catch_up(peer, bytes.fromhex(author_hex), remote_seq, remote_head)
-            if field(reply, "evidence", bytes) != self._evidence_digest():
+            evidence = None
+            async with aclosing(heads_pages(call, self._cursor, budget)) as pages:
+                async for page in pages:
+                    evidence = field(page.reply, "evidence", bytes) if evidence is None else evidence
+                    for author, (remote_seq, remote_head) in page.heads.items():
+                        await self._catch_up(call, author, remote_seq, remote_head, budget)
+                        if budget.spent:
+                            break
+                        self._cursor = author
+                    else:
+                        if not page.more:
+                            self._cursor = None  # walked to the end: the next exchange starts over
+                        continue
+                    break
+            if budget.spent:
+                self._pull_now.set()  # more to fetch: the next round follows at once
+            if evidence is not None and evidence != self._evidence_digest():
                 got = await self._call(peer, LOG_EVIDENCE)
                 await self.receive([decode_entry(e) for e in field(got, "entries", list)])
         except (PeerUnavailable, CodecError) as exc:
@@ -314,17 +353,17 @@ class LogService:
         except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
             member_fault(peer, exc)
 
-    async def _catch_up(self, peer: int, author: bytes, remote_seq: int, remote_head: bytes) -> None:
+    async def _catch_up(self, call: Any, author: bytes, remote_seq: int, remote_head: bytes,
+                        budget: RoundBudget) -> None:
         """Pull an author's entries we lack; fetch the remote's version where the chains differ."""
-        while self.state.head(author) < remote_seq:
-            start = self.state.head(author) + 1
-            got = await self._call(peer, LOG_RANGE, author=author, start=start, count=BATCH)
-            entries = [decode_entry(e) for e in field(got, "entries", list)]
-            if not entries:
-                return
-            await self.receive(entries)
-            if self.state.head(author) < start:
-                break  # its next entry does not follow ours: the chains forked
+        start = self.state.head(author) + 1
+        async with aclosing(range_pages(call, author, start, remote_seq, budget)) as pages:
+            async for entries in pages:
+                await self.receive(entries)
+                if self.state.head(author) < entries[0].seq:
+                    break  # its next entry does not follow ours: the chains forked
+        if budget.spent and self.state.head(author) < remote_seq:
+            return
         # Same position, different entry (or a stalled pull): the author signed two entries.
         # Fetching the remote's entry at our head makes that an equivocation proof here too.
         common = min(self.state.head(author), remote_seq)
@@ -333,9 +372,8 @@ class LogService:
         ours = self.state.chains[author][common - 1].id
         if common == remote_seq and ours == remote_head:
             return
-        got = await self._call(peer, LOG_RANGE, author=author, start=common, count=1)
-        theirs = [decode_entry(e) for e in field(got, "entries", list)]
-        if theirs and theirs[0].id != ours:
+        theirs = check_range(await call(LOG_RANGE, author=author, start=common, count=1), author, common, 1)
+        if theirs[0].id != ours:
             await self.receive(theirs)
 
     def _evidence_digest(self) -> bytes:
@@ -394,8 +432,13 @@ class LogService:
 
     async def _h_heads(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
-        heads = {author.hex(): [len(chain), chain[-1].id] for author, chain in self.state.chains.items() if chain}
-        return m.ok(heads=heads, digest=self.state.digest(), entries=self.state.size,
+        after = request.get("after")
+        if after is not None and not (isinstance(after, bytes) and len(after) == 32):
+            raise MessageError("field 'after' must be a 32-byte author key")
+        authors, more = m.page_after(self._authors, after, m.reply_budget() // m.HEAD_BYTES)
+        chains = self.state.chains
+        heads = {author.hex(): [len(chains[author]), chains[author][-1].id] for author in authors}
+        return m.ok(heads=heads, more=more, digest=self.state.digest(), entries=self.state.size,
                     evidence=self._evidence_digest(), proofs=len(self.state.equivocations)), b""
 
     async def _h_range(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
@@ -404,7 +447,10 @@ class LogService:
         start = uint(request, "start", 2**62)
         count = min(uint(request, "count", 2**31), BATCH)
         chain = self.state.chains.get(author, [])
-        return m.ok(entries=[e.encode() for e in chain[max(start, 1) - 1 : max(start, 1) - 1 + count]]), b""
+        begin = max(start, 1) - 1
+        # Stops before the byte budget: 17 maximal entries would overflow a 500-entry reply.
+        encoded = m.entries_within((e.encode() for e in chain[begin : begin + count]), m.reply_budget(), count)
+        return m.ok(entries=encoded), b""
 
     async def _h_times(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
@@ -416,6 +462,6 @@ class LogService:
 
     async def _h_evidence(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
-        entries = [e.encode() for proof in self.state.equivocations.values() for e in proof.values()]
-        return m.ok(entries=entries[:BATCH]), b""
+        entries = (e.encode() for proof in self.state.equivocations.values() for e in proof.values())
+        return m.ok(entries=m.entries_within(entries, m.reply_budget(), BATCH)), b""
 
