@@ -228,7 +228,7 @@ async def test_anti_entropy_pulls_a_flood_over_several_bounded_rounds(
         async def to_first(peer: int, protocol: str, **fields: Any) -> dict[str, Any]:
             return await call(protocol, **fields)
 
-        other._call = to_first  # type: ignore[method-assign]
+        other._call_pooled = to_first  # type: ignore[method-assign]
         rounds = 0
         while other.state.heads() != service.state.heads():
             rounds += 1

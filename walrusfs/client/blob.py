@@ -443,19 +443,27 @@ class Client:
     async def log_entries(self, peer: int, max_bytes: int = LOG_FETCH_BYTES) -> list[Entry]:
         """Every accepted entry in ``peer``'s log, walked page by page; ``LogTooLarge`` past ``max_bytes``."""
 
+        # One request per author and page: reused streams keep that cheap (a new stream
+        # costs milliseconds of CPU on both ends, times thousands of authors).
+        pool = self.pool or SessionPool(self.host, self.committee)
+
         async def call(protocol: str, **fields: Any) -> dict[str, Any]:
-            return (await self._call(peer, protocol, **fields))[0]
+            return (await call_member(self.host, self.committee, peer, protocol, max_body=0, pool=pool, **fields))[0]
 
         budget = RoundBudget(max_bytes)
         entries: list[Entry] = []
-        async with aclosing(heads_pages(call, None, budget)) as pages:
-            async for page in pages:
-                for author, (head, _) in page.heads.items():
-                    async with aclosing(range_pages(call, author, 1, head, budget)) as ranges:
-                        async for batch in ranges:
-                            entries += batch
-                    if budget.spent:
-                        raise LogTooLarge(f"peer {peer}'s log is larger than {max_bytes} bytes; not fetched whole")
+        try:
+            async with aclosing(heads_pages(call, None, budget)) as pages:
+                async for page in pages:
+                    for author, (head, _) in page.heads.items():
+                        async with aclosing(range_pages(call, author, 1, head, budget)) as ranges:
+                            async for batch in ranges:
+                                entries += batch
+                        if budget.spent:
+                            raise LogTooLarge(f"peer {peer}'s log is larger than {max_bytes} bytes; not fetched whole")
+        finally:
+            if pool is not self.pool:
+                await pool.aclose()
         evidence, _ = await self._call(peer, LOG_EVIDENCE)
         entries += [decode_entry(e) for e in wire_field(evidence, "entries", list)]
         return entries

@@ -71,6 +71,14 @@ class SessionPool:
                 await session.aclose()
         return result
 
+    async def aclose(self) -> None:
+        """Close every idle stream (a walk that used its own pool is over)."""
+        sessions = [s for idle in self._idle.values() for s in idle]
+        self._idle.clear()
+        with trio.CancelScope(shield=True):
+            for session in sessions:
+                await session.aclose()
+
 
 async def call_member(
     host: IHost, committee: Committee, peer: int, protocol: str, body: Body = b"", *,

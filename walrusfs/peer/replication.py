@@ -26,7 +26,7 @@ from p2p.host import IHost, peer_info
 from p2p.rpc import PeerUnavailable, Session
 
 from ..client.logpages import RoundBudget, check_range, heads_pages, range_pages
-from ..client.members import call_member, member_fault
+from ..client.members import SessionPool, call_member, member_fault
 from ..core import merkle
 from ..core import messages as m
 from ..core.certificates import Certificate, verify_certificate
@@ -107,6 +107,7 @@ class LogService:
         #: Where the next anti-entropy exchange resumes its walk of the heads pages (the
         #: last author it finished; None: from the start).
         self._cursor: bytes | None = None
+        self._pool: SessionPool | None = None  # streams for anti-entropy's heads and ranges
         #: Called (on the trio loop, must not block) with every entry that becomes accepted.
         self.listeners: list[Callable[[Entry], None]] = [self._index_author]
 
@@ -262,6 +263,14 @@ class LogService:
         reply, _ = await call_member(self.host, self.committee, peer, protocol, max_body=0, **fields)
         return reply
 
+    async def _call_pooled(self, peer: int, protocol: str, **fields: Any) -> dict[str, Any]:
+        """One request on a reused stream: a catch-up asks once per author (thousands, in a flood)."""
+        assert self.host is not None
+        if self._pool is None:
+            self._pool = SessionPool(self.host, self.committee)
+        reply, _ = await call_member(self.host, self.committee, peer, protocol, max_body=0, pool=self._pool, **fields)
+        return reply
+
     async def _pusher(self, peer: int) -> None:
         assert self.host is not None
         info = self.committee.peers[peer]
@@ -324,7 +333,7 @@ class LogService:
         budget = RoundBudget(PULL_BYTES)
 
         async def call(protocol: str, **fields: Any) -> dict[str, Any]:
-            return await self._call(peer, protocol, **fields)
+            return await self._call_pooled(peer, protocol, **fields)
 
         try:
             evidence = None
