@@ -33,6 +33,7 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
 
     from p2p.rpc import PeerUnavailable
 
+    from ..client.blob import LogTooLarge
     from ..core.errors import CodecError
     from ..core.log import LogError, LogState, check_entry, hlc_millis
 
@@ -64,6 +65,8 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
             if peer_index is not None:
                 try:
                     entries = await client.log_entries(peer_index)
+                except LogTooLarge as exc:
+                    raise Failure(str(exc)) from None
                 except (PeerUnavailable, CodecError):
                     pass
             else:
