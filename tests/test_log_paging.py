@@ -13,7 +13,7 @@ from nacl.signing import SigningKey
 
 from tests.test_log import COMMITTEE
 from walrusfs.client import logpages
-from walrusfs.client.logpages import RoundBudget, check_range, heads_pages, range_pages
+from walrusfs.client.logpages import RoundBudget, check_ranges, heads_pages, range_pages
 from walrusfs.core import messages as m
 from walrusfs.core.log import GENESIS, NAMESPACE, Entry, delegate_device, sign_entry
 from walrusfs.core.namespace import ROOT
@@ -108,8 +108,14 @@ async def test_a_flood_of_authors_and_maximal_entries_pages_within_the_budget(
     await service.receive(big)
     call = serving(service)
     # The real budget: a 500-entry range of maximal entries stops before MAX_HEADER.
-    got = check_range(await call(m.LOG_RANGE, author=big[0].author, start=1, count=500), big[0].author, 1, 500)
+    want = [(big[0].author, 1, 500)]
+    [got] = check_ranges(await call(m.LOG_RANGE, wants=[[big[0].author, 1, 500]]), want)
     assert 1 <= len(got) < 20 and call.sizes[-1] <= m.MAX_HEADER
+    # Many one-entry authors in one request: a few replies, not one per author.
+    wants = [(e.author, 1, 1) for e in flood]
+    before = len(call.sizes)
+    fetched = [e async for batch in range_pages(call, wants) for e in batch]
+    assert [e.id for e in fetched] == [e.id for e in flood] and len(call.sizes) - before == 1
     # A small budget: several heads pages, one maximal entry per range reply.
     monkeypatch.setenv("WALRUSFS_REPLY_BUDGET", "16384")
     authors: list[bytes] = []
@@ -119,8 +125,14 @@ async def test_a_flood_of_authors_and_maximal_entries_pages_within_the_budget(
         authors += page.heads
         assert call.sizes[-1] <= 16384 + 1024
     assert pages >= 4 and authors == sorted({e.author for e in flood + big})
-    entries = [e async for batch in range_pages(call, big[0].author, 1, 20) for e in batch]
-    assert [e.id for e in entries] == [e.id for e in big]
+    before = len(call.sizes)
+    wants = [(e.author, 1, 1) for e in flood] + [(big[0].author, 1, 20)]
+    entries = [e async for batch in range_pages(call, wants) for e in batch]
+    assert [e.id for e in entries] == [e.id for e in flood + big]
+    assert 20 <= len(call.sizes) - before <= 45 and max(call.sizes[before:]) <= 16384 + 70_000  # not one per author (620)
+    # An author the peer lacks is skipped when others follow it in the same reply.
+    lacking = [(flood[0].author, 1, 5), (flood[1].author, 1, 1)]
+    assert [e.id async for batch in range_pages(call, lacking) for e in batch] == [flood[0].id, flood[1].id]
     # A round budget stops the walk early; the caller resumes at the last author.
     budget = RoundBudget(2 * 16384)
     assert len([p async for p in heads_pages(call, None, budget)]) < pages and budget.spent
@@ -151,7 +163,7 @@ async def test_heads_pages_that_do_not_progress_are_the_peers_failure(case: str)
             pass
 
 
-@pytest.mark.parametrize("case", ["endless repeat", "empty", "wrong author", "gap", "too many"])
+@pytest.mark.parametrize("case", ["endless repeat", "empty", "wrong author", "gap", "too many", "counts lie"])
 async def test_range_pages_that_are_malformed_or_endless_are_the_peers_failure(case: str) -> None:
     rng = random.Random(2)
     chain = maximal_chain(6, rng, pad=10)
@@ -161,18 +173,20 @@ async def test_range_pages_that_are_malformed_or_endless_are_the_peers_failure(c
     async def call(protocol: str, **fields: Any) -> dict[str, Any]:
         nonlocal calls
         calls += 1
-        start = fields["start"]
+        [[_, start, _]] = fields["wants"]
         entries = {
             "endless repeat": chain[:2],  # the same two entries whatever is asked: a mount once held them all
             "empty": [],
             "wrong author": outsider_authors(1, rng),
             "gap": chain[start:start + 2],
             "too many": chain * 100,
+            "counts lie": chain[:2],
         }[case]
-        return {"v": 1, "ok": True, "entries": [e.encode() for e in entries]}
+        counts = [len(entries) + (1 if case == "counts lie" else 0)]
+        return {"v": 1, "ok": True, "entries": [e.encode() for e in entries], "counts": counts}
 
     with pytest.raises(MessageError):
-        async for _ in range_pages(call, author, 1, 2**40):
+        async for _ in range_pages(call, [(author, 1, 2**40)]):
             pass
     assert calls <= 2
 

@@ -455,12 +455,12 @@ class Client:
         try:
             async with aclosing(heads_pages(call, None, budget)) as pages:
                 async for page in pages:
-                    for author, (head, _) in page.heads.items():
-                        async with aclosing(range_pages(call, author, 1, head, budget)) as ranges:
-                            async for batch in ranges:
-                                entries += batch
-                        if budget.spent:
-                            raise LogTooLarge(f"peer {peer}'s log is larger than {max_bytes} bytes; not fetched whole")
+                    wants = [(author, 1, head) for author, (head, _) in page.heads.items()]
+                    async with aclosing(range_pages(call, wants, budget)) as ranges:
+                        async for batch in ranges:
+                            entries += batch
+                    if budget.spent:
+                        raise LogTooLarge(f"peer {peer}'s log is larger than {max_bytes} bytes; not fetched whole")
         finally:
             if pool is not self.pool:
                 await pool.aclose()

@@ -10,7 +10,7 @@ asked for: a page that does not is a ``MessageError``, that peer's failure. A
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +18,6 @@ from ..core import messages as m
 from ..core.log import Entry, decode_entry
 from ..core.messages import LOG_HEADS, LOG_RANGE
 from ..core.wire import MessageError, field
-
-#: Entries asked for per range request (a peer sends fewer when they exceed its byte budget).
-BATCH = 500
 
 #: call(protocol, **fields) -> the peer's parsed reply.
 Call = Callable[..., Awaitable[dict[str, Any]]]
@@ -77,29 +74,57 @@ async def heads_pages(call: Call, after: bytes | None = None,
         after = page.last
 
 
-def check_range(reply: dict[str, Any], author: bytes, start: int, count: int) -> list[Entry]:
-    """The entries of a ``log-range`` reply for ``count`` entries of ``author`` from ``start``; ``MessageError`` unless it holds 1..count of them, in order."""
+#: (author, first seq wanted, last seq wanted)
+Want = tuple[bytes, int, int]
+
+
+def check_ranges(reply: dict[str, Any], wants: Sequence[Want]) -> list[list[Entry]]:
+    """The entries of a ``log-range`` reply to ``wants``, one list per want answered; ``MessageError`` unless they are what was asked, in order, and at least one.
+
+    ``counts`` gives how many entries each want got (fewer than asked: the peer has no
+    more, or its byte budget ended the reply there); the entries follow back to back.
+    """
     raw = field(reply, "entries", list)
+    counts = field(reply, "counts", list)
+    if len(counts) > len(wants) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        raise MessageError("log-range reply: 'counts' must be at most one count per want")
+    if sum(counts) != len(raw) or not all(isinstance(e, bytes) for e in raw):
+        raise MessageError("log-range reply: 'entries' must be as many byte strings as 'counts' adds up to")
     if not raw:
-        raise MessageError(f"log-range reply: no entries from seq {start}, though the peer listed them (no progress)")
-    if len(raw) > count or not all(isinstance(e, bytes) for e in raw):
-        raise MessageError(f"log-range reply: more than the {count} entries asked for, or not byte strings")
-    entries = [decode_entry(e) for e in raw]
-    for k, entry in enumerate(entries):
-        if entry.author != author or entry.seq != start + k:
-            raise MessageError(f"log-range reply: entry {k} is not seq {start + k} of the author asked for")
-    return entries
+        raise MessageError("log-range reply: no entries, though the peer listed them (no progress)")
+    out: list[list[Entry]] = []
+    offset = 0
+    for (author, start, end), count in zip(wants, counts):
+        if count > end - start + 1:
+            raise MessageError("log-range reply: more entries for an author than asked for")
+        part = [decode_entry(e) for e in raw[offset : offset + count]]
+        offset += count
+        for k, entry in enumerate(part):
+            if entry.author != author or entry.seq != start + k:
+                raise MessageError(f"log-range reply: an entry is not seq {start + k} of the author asked for")
+        out.append(part)
+    return out
 
 
-async def range_pages(call: Call, author: bytes, start: int, end: int,
-                      budget: RoundBudget | None = None) -> AsyncIterator[list[Entry]]:
-    """``author``'s entries ``start``..``end`` in checked, byte-bounded pages, until done or ``budget`` is spent."""
-    while start <= end:
-        count = min(BATCH, end - start + 1)
-        entries = check_range(await call(LOG_RANGE, author=author, start=start, count=count), author, start, count)
+async def range_pages(call: Call, wants: Sequence[Want], budget: RoundBudget | None = None) -> AsyncIterator[list[Entry]]:
+    """The entries ``wants`` name (several authors per request), one checked reply at a time, until done or ``budget`` is spent.
+
+    An author whose entries stop short of what was asked before the reply's last answered
+    want is one the peer does not have in full: it is not asked again (a peer that lists
+    heads it cannot serve only withholds, and makes no progress once nothing else is left).
+    """
+    pending = [w for w in wants if w[1] <= w[2]]
+    while pending:
+        asked = pending[: m.MAX_WANTS]
+        reply = await call(LOG_RANGE, wants=[[a, s, min(e - s + 1, 2**31 - 1)] for a, s, e in asked])
+        got = check_ranges(reply, asked)
+        entries = [e for part in got for e in part]
         if budget is not None:
             budget.charge(sum(len(e.encode()) for e in entries))
         yield entries
-        start += len(entries)
+        # The last want answered may have been cut by the budget: ask for its rest again.
+        author, start, end = asked[len(got) - 1]
+        rest = [(author, start + len(got[-1]), end)] if got[-1] and start + len(got[-1]) <= end else []
+        pending = rest + pending[len(got):]
         if budget is not None and budget.spent:
             return

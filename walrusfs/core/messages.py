@@ -67,6 +67,11 @@ REPLY_BUDGET = MAX_HEADER - (64 << 10)
 HEAD_BYTES = 66 + 1 + 9 + 34
 #: Per-item CBOR overhead of a byte string of up to 4 GiB (its length header).
 ITEM_OVERHEAD = 5
+#: Authors one ``log-range`` request may ask for ([author, start, count] each, ~50 bytes):
+#: a catch-up over thousands of one-entry authors takes a few requests, not one per author.
+MAX_WANTS = 1024
+#: Entries one ``log-range`` reply holds at most, whatever their size (bounds decoding work).
+MAX_RANGE_ENTRIES = 5000
 
 
 def reply_budget() -> int:
@@ -323,6 +328,21 @@ def entries_within(encoded: Iterable[bytes], budget: int, limit: int) -> list[by
         if len(out) >= limit or (out and used > budget):
             break
         out.append(item)
+    return out
+
+
+def wants_field(request: dict[str, Any]) -> list[tuple[bytes, int, int]]:
+    """The ``wants`` of a ``log-range`` request: 1..MAX_WANTS of [32-byte author, start >= 1, count >= 1]."""
+    wants = field(request, "wants", list)
+    if not 1 <= len(wants) <= MAX_WANTS:
+        raise MessageError(f"field 'wants' must list 1..{MAX_WANTS} ranges, got {len(wants)}")
+    out = []
+    for want in wants:
+        if not (isinstance(want, list) and len(want) == 3 and isinstance(want[0], bytes) and len(want[0]) == 32
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in want[1:])
+                and 1 <= want[1] < 2**62 and 1 <= want[2] < 2**31):
+            raise MessageError("each want must be [32-byte author, start >= 1, count >= 1]")
+        out.append((want[0], want[1], want[2]))
     return out
 
 

@@ -224,7 +224,7 @@ class VolumeLog:
         held: list[Entry] = []
         held_bytes = 0
         accepted = 0
-        finished = self._cursor  # every entry up to this author is applied
+        finished = self._cursor  # every entry up to this author is applied (once flushed)
         complete = False
 
         async def flush() -> None:
@@ -236,22 +236,18 @@ class VolumeLog:
         try:
             async with aclosing(heads_pages(call, self._cursor, budget)) as pages:
                 async for page in pages:
-                    for author, (head, _head_id) in page.heads.items():
-                        start = self.state.head(author) + 1
-                        async with aclosing(range_pages(call, author, start, head, budget)) as ranges:
-                            async for batch in ranges:
-                                fresh = [e for e in batch if e.id not in self.state.ids]
-                                held += fresh
-                                held_bytes += sum(len(e.encode()) for e in fresh)
-                                if held_bytes >= HOLD_BYTES:
-                                    await flush()
-                        if budget.spent:
-                            break
-                        finished = author
-                    else:
-                        complete = not page.more
-                        continue
-                    break
+                    wants = [(a, self.state.head(a) + 1, head) for a, (head, _) in page.heads.items()]
+                    async with aclosing(range_pages(call, wants, budget)) as ranges:
+                        async for batch in ranges:
+                            fresh = [e for e in batch if e.id not in self.state.ids]
+                            held += fresh
+                            held_bytes += sum(len(e.encode()) for e in fresh)
+                            if held_bytes >= HOLD_BYTES:
+                                await flush()
+                    if budget.spent:
+                        break  # this page again next round
+                    finished = page.last
+                    complete = not page.more
         except Exception:
             # What earlier pages held is checked entry by entry, so a peer failing later
             # does not cost it; the next round resumes after the last author finished.

@@ -25,7 +25,7 @@ from p2p.framing import FrameReader
 from p2p.host import IHost, peer_info
 from p2p.rpc import PeerUnavailable, Session
 
-from ..client.logpages import RoundBudget, check_range, heads_pages, range_pages
+from ..client.logpages import RoundBudget, check_ranges, heads_pages, range_pages
 from ..client.members import SessionPool, call_member, member_fault
 from ..core import merkle
 from ..core import messages as m
@@ -56,7 +56,7 @@ from ..core.messages import (
     LOG_SUBMIT,
     LOG_TIMES,
 )
-from ..core.wire import MessageError, field, uint
+from ..core.wire import MessageError, field
 from ..identity import Identity
 from .store import DiskFull, PeerStore
 
@@ -340,16 +340,10 @@ class LogService:
             async with aclosing(heads_pages(call, self._cursor, budget)) as pages:
                 async for page in pages:
                     evidence = field(page.reply, "evidence", bytes) if evidence is None else evidence
-                    for author, (remote_seq, remote_head) in page.heads.items():
-                        await self._catch_up(call, author, remote_seq, remote_head, budget)
-                        if budget.spent:
-                            break
-                        self._cursor = author
-                    else:
-                        if not page.more:
-                            self._cursor = None  # walked to the end: the next exchange starts over
-                        continue
-                    break
+                    await self._catch_up(call, page.heads, budget)
+                    if budget.spent:
+                        break  # this page again next round (the cursor stays before it)
+                    self._cursor = page.last if page.more else None  # at the end: the next exchange starts over
             if budget.spent:
                 self._pull_now.set()  # more to fetch: the next round follows at once
             if evidence is not None and evidence != self._evidence_digest():
@@ -362,28 +356,28 @@ class LogService:
         except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
             member_fault(peer, exc)
 
-    async def _catch_up(self, call: Any, author: bytes, remote_seq: int, remote_head: bytes,
-                        budget: RoundBudget) -> None:
-        """Pull an author's entries we lack; fetch the remote's version where the chains differ."""
-        start = self.state.head(author) + 1
-        async with aclosing(range_pages(call, author, start, remote_seq, budget)) as pages:
+    async def _catch_up(self, call: Any, heads: dict[bytes, tuple[int, bytes]], budget: RoundBudget) -> None:
+        """Pull the entries of one heads page we lack; fetch the remote's version where the chains differ."""
+        wants = [(a, self.state.head(a) + 1, seq) for a, (seq, _) in heads.items() if seq > self.state.head(a)]
+        async with aclosing(range_pages(call, wants, budget)) as pages:
             async for entries in pages:
                 await self.receive(entries)
-                if self.state.head(author) < entries[0].seq:
-                    break  # its next entry does not follow ours: the chains forked
-        if budget.spent and self.state.head(author) < remote_seq:
+        if budget.spent:
             return
-        # Same position, different entry (or a stalled pull): the author signed two entries.
-        # Fetching the remote's entry at our head makes that an equivocation proof here too.
-        common = min(self.state.head(author), remote_seq)
-        if common == 0:
-            return
-        ours = self.state.chains[author][common - 1].id
-        if common == remote_seq and ours == remote_head:
-            return
-        theirs = check_range(await call(LOG_RANGE, author=author, start=common, count=1), author, common, 1)
-        if theirs[0].id != ours:
-            await self.receive(theirs)
+        for author, (remote_seq, remote_head) in heads.items():
+            # Same position, different entry (or its next entry does not follow ours): the
+            # author signed two entries. Fetching the remote's entry at our head makes that
+            # an equivocation proof here too.
+            common = min(self.state.head(author), remote_seq)
+            if common == 0:
+                continue
+            ours = self.state.chains[author][common - 1].id
+            if common == remote_seq and ours == remote_head:
+                continue
+            want = [(author, common, common)]
+            [theirs] = check_ranges(await call(LOG_RANGE, wants=[[author, common, 1]]), want)
+            if theirs[0].id != ours:
+                await self.receive(theirs)
 
     def _evidence_digest(self) -> bytes:
         return merkle.blake2b256(b"".join(sorted(
@@ -452,14 +446,34 @@ class LogService:
 
     async def _h_range(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
-        author = field(request, "author", bytes, size=32)
-        start = uint(request, "start", 2**62)
-        count = min(uint(request, "count", 2**31), BATCH)
-        chain = self.state.chains.get(author, [])
-        begin = max(start, 1) - 1
-        # Stops before the byte budget: 17 maximal entries would overflow a 500-entry reply.
-        encoded = m.entries_within((e.encode() for e in chain[begin : begin + count]), m.reply_budget(), count)
-        return m.ok(entries=encoded), b""
+        wants = m.wants_field(request)
+        budget = m.reply_budget()
+        entries: list[bytes] = []
+        counts: list[int] = []
+        used = 0
+        # In request order, each author's entries from its start, until the byte budget
+        # (always one entry, which the frame holds: 17 maximal entries would overflow a
+        # 500-entry reply) or MAX_RANGE_ENTRIES. ``counts`` says how many each want got; a
+        # want cut short by the budget is listed only if it got something.
+        for author, start, count in wants:
+            chain = self.state.chains.get(author, [])
+            served = 0
+            full = False
+            for index in range(start - 1, min(len(chain), start - 1 + count)):
+                encoded = chain[index].encode()
+                size = len(encoded) + m.ITEM_OVERHEAD
+                if entries and (used + size > budget or len(entries) >= m.MAX_RANGE_ENTRIES):
+                    full = True
+                    break
+                entries.append(encoded)
+                used += size
+                served += 1
+            if served or not full:
+                counts.append(served)
+                used += m.ITEM_OVERHEAD
+            if full:
+                break
+        return m.ok(entries=entries, counts=counts), b""
 
     async def _h_times(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
