@@ -76,8 +76,8 @@ async def test_a_round_in_which_every_peer_fails_is_reported_and_the_follower_go
         if peer == 1:
             await trio.sleep_forever()  # paused: the follower's own limit makes it unavailable
         if peer == 2:
-            return {"heads": {"not hex at all": [1, bytes(32)]}}
-        return {"heads": {"ab" * 32: ["one", bytes(32)]}}
+            return {"heads": {"not hex at all": [1, bytes(32)]}, "more": False, "entries": 1}
+        return {"heads": {"ab" * 32: ["one", bytes(32)]}, "more": False, "entries": 1}
 
     vlog = follower(answer)
     with pytest.raises(LogUnavailable):
@@ -119,10 +119,10 @@ async def test_malformed_push_replies_are_that_peers_failure() -> None:
 
 async def test_heads_and_ranges_of_the_wrong_shape_are_that_peers_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     replies = [
-        {"heads": {5: [1, bytes(32)]}},
-        {"heads": {"AB" * 32: [1, bytes(32)]}},
-        {"heads": {"ab" * 32: [2**70, bytes(32)]}},
-        {"heads": [1, 2]},
+        {"heads": {5: [1, bytes(32)]}, "more": False, "entries": 1},
+        {"heads": {"AB" * 32: [1, bytes(32)]}, "more": False, "entries": 1},
+        {"heads": {"ab" * 32: [2**70, bytes(32)]}, "more": False, "entries": 1},
+        {"heads": [1, 2], "more": False, "entries": 1},
     ]
     for reply in replies:
         async def answer(peer: int, protocol: str, fields: dict[str, Any], reply: dict[str, Any] = reply) -> dict[str, Any]:
@@ -132,9 +132,9 @@ async def test_heads_and_ranges_of_the_wrong_shape_are_that_peers_failure(monkey
     # A well-formed head whose range reply holds no byte strings: also that peer's failure.
 
     async def bad_range(peer: int, protocol: str, fields: dict[str, Any]) -> dict[str, Any]:
-        return {"heads": {"ab" * 32: [1, bytes(32)]}} if protocol == LOG_HEADS else {"entries": [5, "x"]}
+        return {"heads": {"ab" * 32: [1, bytes(32)]}, "more": False, "entries": 1} if protocol == LOG_HEADS else {"entries": [5, "x"], "counts": [2]}
 
     vlog = follower(bad_range)
     with pytest.raises(LogUnavailable):
         await vlog.sync_any()
-    assert "entries must be byte strings" in (vlog.sync_error or "")
+    assert "must be as many byte strings" in (vlog.sync_error or "")
