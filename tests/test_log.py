@@ -257,3 +257,90 @@ def test_blob_invalid_entries_need_f_plus_1_attestations_with_their_own_intent()
                         {**invalid_payload(invalid_certificate(b"\x06" * 32, (0, 1, 2))), "length": 1, "encoding": 1})
     with pytest.raises(LogError, match="signature is invalid"):
         check_entry(forged, COMMITTEE)
+
+
+# ---------------------------------------------------------------- time cannot be pushed (issue 15)
+
+from walrusfs.core.log import (  # noqa: E402 - grouped with the tests that use them
+    FOLLOW_LIMIT_MS,
+    MAX_CLOCK_SKEW_MS,
+    NAMESPACE,
+    TooEarly,
+    check_stamp,
+    delegate_device,
+    hlc_millis,
+    shown_millis,
+)
+
+NOW = 1_780_000_000_000  # a wall clock in ms (2026)
+YEAR_MS = 365 * 24 * 3600 * 1000
+STAMPS = st.one_of(st.integers(0, 2**63 - 1), st.integers(0, (NOW + 2 * YEAR_MS) << 16),
+                   st.sampled_from([0, 2**63 - 1, (NOW + YEAR_MS) << 16, (NOW + MAX_CLOCK_SKEW_MS + 1) << 16]))
+
+
+def stamped_entry(hlc: int, seq: int = 1, prev: bytes = GENESIS) -> Entry:
+    volume, device = SigningKey(b"\x51" * 32), SigningKey(b"\x52" * 32)
+    payload = {"volume": bytes(volume.verify_key), "delegation": delegate_device(volume, bytes(device.verify_key)),
+               "op": {"kind": "mkdir", "args": {"parent": b"\x00" * 32, "name": "d", "node": b"\x07" * 32}}}
+    return sign_entry(device, seq, prev, hlc, NAMESPACE, payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(last=st.integers(0, (NOW + FOLLOW_LIMIT_MS) << 16), seen=STAMPS, now=st.integers(NOW - YEAR_MS, NOW + YEAR_MS))
+def test_next_stamp_follows_others_only_within_the_bound(last: int, seen: int, now: int) -> None:
+    stamp = next_hlc(last, now, seen)
+    assert stamp > last and hlc_millis(stamp) >= now
+    # Causal order with every stamp that is not too far ahead of us ...
+    if hlc_millis(seen) < now + FOLLOW_LIMIT_MS:
+        assert stamp > seen
+    # ... and never dragged further than FOLLOW_LIMIT_MS by anyone else's stamp: our own
+    # entries pass the check every peer applies, even at a peer whose clock is behind ours
+    # by up to MAX_CLOCK_SKEW_MS - FOLLOW_LIMIT_MS, whatever the log holds.
+    if hlc_millis(last) < now + FOLLOW_LIMIT_MS:
+        assert hlc_millis(stamp) <= now + FOLLOW_LIMIT_MS
+        check_stamp(stamp, now - (MAX_CLOCK_SKEW_MS - FOLLOW_LIMIT_MS))
+    assert stamp < 2**63  # always encodable: decode_entry accepts 63-bit stamps only
+
+
+@settings(max_examples=30, deadline=None)
+@given(seen=STAMPS, skew=st.integers(-(MAX_CLOCK_SKEW_MS - FOLLOW_LIMIT_MS), MAX_CLOCK_SKEW_MS - FOLLOW_LIMIT_MS))
+def test_own_chain_signed_after_a_poisoned_stamp_passes_everyone_elses_check(seen: int, skew: int) -> None:
+    """A chain signed with the clock rule is valid for checkers within 30 s of the signer, whatever it saw."""
+    state = LogState(COMMITTEE)
+    prev, last = GENESIS, 0
+    for seq in range(1, 4):
+        last = next_hlc(last, NOW + seq, seen)
+        entry = sign_entry(KEYS[0], seq, prev, last, BLOB_CERTIFIED, certificate_payload(certificate(bytes([seq]) * 32), 1))
+        check_entry(entry, COMMITTEE, NOW + seq + skew)
+        assert state.apply(entry, now_ms=NOW + seq + skew)[0] is Outcome.ACCEPTED
+        prev = entry.id
+
+
+@pytest.mark.parametrize("stamp", [2**63 - 1, (NOW + YEAR_MS) << 16, (NOW + MAX_CLOCK_SKEW_MS + 1) << 16],
+                         ids=["2^63-1", "one-year-ahead", "just-beyond"])
+def test_a_future_stamp_is_refused_for_now_and_accepted_once_the_clock_catches_up(stamp: int) -> None:
+    entry = stamped_entry(stamp)
+    check_entry(entry, COMMITTEE)  # signed and well-formed: only the time is wrong
+    with pytest.raises(TooEarly, match="ahead of this clock"):
+        check_entry(entry, COMMITTEE, NOW)
+    assert issubclass(TooEarly, LogError)
+    state = LogState(COMMITTEE)
+    assert state.apply(entry, now_ms=NOW) == (Outcome.REJECTED, [])
+    # Nothing about it was kept: not accepted, not waiting, so offering it again later works.
+    assert entry.id not in state.ids and not state.pending and state.size == 0
+    later = hlc_millis(stamp) - MAX_CLOCK_SKEW_MS
+    assert state.apply(entry, now_ms=later) == (Outcome.ACCEPTED, [entry])
+
+
+def test_the_bound_is_inclusive_and_counts_milliseconds_not_the_counter() -> None:
+    edge = ((NOW + MAX_CLOCK_SKEW_MS) << 16) | 0xFFFF
+    check_entry(stamped_entry(edge), COMMITTEE, NOW)
+    with pytest.raises(TooEarly):
+        check_entry(stamped_entry(edge + 1), COMMITTEE, NOW)
+    check_entry(stamped_entry(0), COMMITTEE, NOW)  # the past is never refused
+
+
+@given(hlc=STAMPS, now=st.integers(0, NOW + YEAR_MS))
+def test_shown_time_is_never_later_than_now(hlc: int, now: int) -> None:
+    shown = shown_millis(hlc, now)
+    assert shown <= now and shown == min(hlc_millis(hlc), now)

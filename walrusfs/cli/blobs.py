@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,7 @@ def read(blob: BlobId, output: Path | None, offset: int, length: int | None, str
 @json_option
 def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> None:
     """Show which peers hold which slivers of BLOB_ID and who confirmed it."""
-    from ..core.log import hlc_millis
+    from ..core.log import shown_millis
 
     committee = load_committee(committee_path)
 
@@ -205,7 +206,7 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
         poa = {
             "entryId": entry.id.hex(),
             "author": committee.peers[[p.public_key for p in committee.peers].index(entry.author)].peer_id,
-            "time": iso_time(hlc_millis(entry.hlc)),
+            "time": iso_time(shown_millis(entry.hlc, int(time.time() * 1000))),
             "signers": [committee.peers[i].peer_id for i in entry.payload["signers"]],
         }
     if as_json:

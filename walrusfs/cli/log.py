@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
 
     from ..client.blob import LogTooLarge
     from ..core.errors import CodecError
-    from ..core.log import LogError, LogState, check_entry, hlc_millis
+    from ..core.log import LogError, LogState, check_entry, shown_millis
 
     committee = load_committee(committee_path)
     names = {p.public_key: p.peer_id for p in committee.peers}
@@ -43,13 +44,16 @@ def log_command(follow: bool, author: str | None, kind: str | None, peer_index: 
         raise click.BadParameter(f"{author} is not a committee member", param_hint="--author")
 
     def describe(entry: Any, counted: bool) -> dict[str, Any]:
+        # Checked like a peer checks it, against our clock: a stamp too far ahead shows as
+        # not (yet) valid, and its time is never shown later than now.
+        now = int(time.time() * 1000)
         try:
-            check_entry(entry, committee)
+            check_entry(entry, committee, now)
             validity = "valid" if counted else "equivocation"
         except LogError as exc:
             validity = f"INVALID: {exc}"
         row = {"entryId": entry.id.hex(), "author": names.get(entry.author, entry.author.hex()),
-               "seq": entry.seq, "time": iso_time(hlc_millis(entry.hlc)), "kind": entry.kind, "validity": validity}
+               "seq": entry.seq, "time": iso_time(shown_millis(entry.hlc, now)), "kind": entry.kind, "validity": validity}
         if entry.kind == "blob-certified" and "blob_id" in entry.payload:
             row["blobId"] = str(BlobId(entry.payload["blob_id"]))
             row["length"] = entry.payload.get("length")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -144,6 +145,11 @@ class StoreResult:
     failures: dict[str, str] = field(default_factory=dict)
     entry: Entry | None = None
     logged_by: list[str] = field(default_factory=list)
+
+
+def _now_ms() -> int:
+    """Wall clock in ms: entries are checked against it like peers check them (stamp bound)."""
+    return int(time.time() * 1000)
 
 
 def _certified_invalid(blob_id: BlobId, entry: Entry) -> InvalidBlobError:
@@ -377,7 +383,7 @@ class Client:
         async def submit(peer: int) -> Entry:
             reply, _ = await self._call(peer, LOG_SUBMIT, payload=payload)
             entry = decode_entry(wire_field(reply, "entry", bytes))
-            await trio.to_thread.run_sync(check_entry, entry, self.committee)
+            await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
             if entry.payload.get("blob_id") != certificate.blob_id.raw:
                 raise LogError("peer returned an entry for another blob")
             return entry
@@ -541,7 +547,7 @@ class Client:
         if not isinstance(encoded, bytes):
             raise LogError("a log entry must be sent encoded")
         entry = decode_entry(encoded)
-        await trio.to_thread.run_sync(check_entry, entry, self.committee)
+        await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
         if entry.kind != kind or entry.payload.get("blob_id") != blob_id.raw:
             raise LogError(f"peer sent a log entry that is not a {kind} entry for this blob")
         return entry
@@ -892,7 +898,7 @@ class Client:
                     raise AuditError(exc.message) from exc  # e.g. a round is still open: asking others won't help
                 raise
             entry = decode_entry(wire_field(reply, "entry", bytes))
-            await trio.to_thread.run_sync(check_entry, entry, self.committee)
+            await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
             return entry
 
         entry, problems = await self.hedged(start)
@@ -924,9 +930,10 @@ class Client:
 
         def valid() -> list[Entry]:
             out = []
+            now = _now_ms()
             for entry in entries.values():
                 try:
-                    check_entry(entry, self.committee)
+                    check_entry(entry, self.committee, now)
                 except LogError:
                     continue
                 out.append(entry)

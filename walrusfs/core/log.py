@@ -53,18 +53,52 @@ class LogError(CodecError, ValueError):
     """An entry is malformed or invalid; the message says why."""
 
 
+#: How far beyond the checker's wall clock an entry's stamp may be. Stamps drive every
+#: party's clock (hybrid logical clock), so anything accepted here is how far anyone,
+#: outsiders included, can push time forward. 60 s is far above the disagreement of
+#: NTP-synced hosts (milliseconds) and of hosts with a neglected clock (seconds), so honest
+#: entries are accepted at once, yet small next to anything that reads the stamp as time
+#: (healing's settle delay is clamped anyway, and displayed times are at most a minute off).
+#: A later stamp is refused *for now* (``TooEarly``): the sender, or anti-entropy, retries,
+#: and it is accepted once our clock has caught up. Nothing is dropped for good.
+MAX_CLOCK_SKEW_MS = 60_000
+#: How far ahead of our own clock we follow stamps others wrote: half the acceptance bound,
+#: so our own stamps are accepted at once by any party whose clock is within 30 s of ours,
+#: even right after someone pushed a stamp at the very edge of the bound.
+FOLLOW_LIMIT_MS = MAX_CLOCK_SKEW_MS // 2
+
+
+class TooEarly(LogError):
+    """An entry's stamp is too far beyond the checker's clock: refused for now, retry later."""
+
+
 def next_hlc(last: int, now_ms: int, seen: int = 0) -> int:
     """Hybrid logical clock: wall-clock milliseconds in the high bits, a counter in the low 16.
 
-    Strictly greater than both ``last`` (our previous stamp) and ``seen`` (the largest stamp
-    received), so stamps order causally even when clocks disagree.
+    Strictly greater than ``last`` (our previous stamp) and, so stamps order causally even
+    when clocks disagree, than ``seen`` (the largest stamp received), but other authors'
+    stamps move our clock at most ``FOLLOW_LIMIT_MS`` past ``now_ms``: a far-future stamp
+    (even one accepted before this bound existed) cannot drag our stamps out of range.
     """
-    return max(now_ms << 16, last + 1, seen + 1)
+    return max(now_ms << 16, last + 1, min(seen + 1, (now_ms + FOLLOW_LIMIT_MS) << 16))
 
 
 def hlc_millis(hlc: int) -> int:
     """The wall-clock part of a stamp, in milliseconds since the epoch."""
     return hlc >> 16
+
+
+def shown_millis(hlc: int, now_ms: int) -> int:
+    """The time to show or reason with for a stamp: its wall-clock part, never later than ``now_ms``."""
+    return min(hlc_millis(hlc), now_ms)
+
+
+def check_stamp(hlc: int, now_ms: int) -> None:
+    """Raise ``TooEarly`` if ``hlc`` is more than ``MAX_CLOCK_SKEW_MS`` beyond ``now_ms``."""
+    ahead = hlc_millis(hlc) - now_ms
+    if ahead > MAX_CLOCK_SKEW_MS:
+        raise TooEarly(f"entry stamp is {ahead} ms ahead of this clock (at most {MAX_CLOCK_SKEW_MS} ms "
+                       "accepted); refused for now, send it again once the clock has caught up")
 
 
 @dataclass(frozen=True)
@@ -266,8 +300,14 @@ def _check_op(op: Any) -> None:
         raise LogError("namespace op setxattr: value must be bytes")
 
 
-def check_entry(entry: Entry, committee: Committee) -> None:
+def check_entry(entry: Entry, committee: Committee, now_ms: int | None = None) -> None:
     """Raise ``LogError`` unless the entry is well-formed, from a known author, signed and valid for its kind.
+
+    ``now_ms`` is the checker's wall clock (core reads no clock): a stamp beyond it by more
+    than ``MAX_CLOCK_SKEW_MS`` raises ``TooEarly``, the same rule for every author, members
+    and mounts, and the bound our own entries are signed within. Every party that accepts
+    entries passes it; ``None`` skips only that rule, for entries accepted already (a
+    replayed store).
 
     Known authors are committee members, and, for namespace entries only, device keys that
     the entry shows the volume key delegated to: a stateless check, so two mounts of one
@@ -275,6 +315,8 @@ def check_entry(entry: Entry, committee: Committee) -> None:
     raises, whatever the entry holds.
     """
     try:
+        if now_ms is not None:
+            check_stamp(entry.hlc, now_ms)
         _check_entry(entry, committee)
     except LogError:
         raise
@@ -371,13 +413,13 @@ class LogState:
         """Number of entries in the authors' chains."""
         return self._count
 
-    def apply(self, entry: Entry, checked: bool = False) -> tuple[Outcome, list[Entry]]:
-        """Apply one entry; return the outcome and the entries that became accepted."""
+    def apply(self, entry: Entry, checked: bool = False, now_ms: int | None = None) -> tuple[Outcome, list[Entry]]:
+        """Apply one entry (checked here, against clock ``now_ms``, unless ``checked``); return the outcome and what became accepted."""
         if entry.id in self.ids:
             return Outcome.DUPLICATE, []
         if not checked:
             try:
-                check_entry(entry, self.committee)
+                check_entry(entry, self.committee, now_ms)
             except LogError:
                 return Outcome.REJECTED, []
         chain = self.chains.setdefault(entry.author, [])

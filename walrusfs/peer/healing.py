@@ -48,7 +48,7 @@ from ..core.errors import (
     NotEnoughSymbols,
     VerificationError,
 )
-from ..core.log import BLOB_CERTIFIED, BLOB_INVALID, Entry, hlc_millis
+from ..core.log import BLOB_CERTIFIED, BLOB_INVALID, Entry, shown_millis
 from ..core.metadata import BlobId, BlobMetadata
 from ..core.recovery import (
     InconsistencyProof,
@@ -199,8 +199,11 @@ class Healer:
         """Log listener: look at newly certified blobs after they settle; drop invalid ones."""
         if entry.kind == BLOB_CERTIFIED:
             # Only a blob certified moments ago waits; one learned while catching up is due now.
-            age = time.time() - hlc_millis(entry.hlc) / 1000
-            self._schedule(BlobId(entry.payload["blob_id"]), max(0.0, SETTLE_DELAY - age))
+            # Age from the stamp, never negative: a stamp ahead of our clock (the log accepts
+            # up to a minute) must not postpone healing beyond the settle delay.
+            now = time.time()
+            age = now - shown_millis(entry.hlc, int(now * 1000)) / 1000
+            self._schedule(BlobId(entry.payload["blob_id"]), min(SETTLE_DELAY, max(0.0, SETTLE_DELAY - age)))
         elif entry.kind == BLOB_INVALID:
             blob_id = BlobId(entry.payload["blob_id"])
             self._due.pop(blob_id, None)

@@ -114,8 +114,18 @@ class LogService:
     async def load(self) -> None:
         """Rebuild the state from the entries stored here (they were validated before storing)."""
         for encoded in await trio.to_thread.run_sync(self.store.log_entries):
-            entry = decode_entry(encoded)
+            try:
+                entry = decode_entry(encoded)
+            except LogError as exc:
+                # Before stamps were bounded, a stamp of 2^63 - 1 pushed every peer's clock
+                # past the 63-bit range and peers stored own entries nobody can decode (nor
+                # ever accepted): skip them rather than refuse to start. Rows are keyed by
+                # entry ID, so re-signing that position later stores alongside.
+                log.warning("skipping a stored log entry that no longer decodes: %s", exc)
+                continue
             self.state.apply(entry, checked=True)
+            # Stamps already in the log (perhaps accepted before the bound existed) are
+            # followed only within next_hlc's limit, so they cannot poison our clock.
             self.max_seen = max(self.max_seen, entry.hlc)
             if entry.author == self.identity.public_key:
                 self.last_hlc = max(self.last_hlc, entry.hlc)
@@ -139,11 +149,15 @@ class LogService:
         fresh = [e for e in entries if e.id not in self.state.ids]
 
         problems: dict[bytes, str] = {}
+        # One clock reading for the batch: the same bound our own entries are signed within.
+        # An entry stamped too far ahead is refused for now (not stored, so the sender or
+        # anti-entropy offers it again and it is accepted once our clock catches up).
+        now = _now_ms()
 
         def validate(part: Sequence[Entry]) -> None:
             for entry in part:
                 try:
-                    check_entry(entry, self.committee)
+                    check_entry(entry, self.committee, now)
                 except LogError as exc:
                     problems[entry.id] = str(exc)
 
