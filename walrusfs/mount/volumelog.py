@@ -34,6 +34,7 @@ from ..core.log import (
     LogError,
     LogState,
     Outcome,
+    TooEarly,
     check_entry,
     decode_entry,
     delegate_device,
@@ -270,6 +271,9 @@ class VolumeLog:
                     # Too far ahead of our clock: left out now, fetched again by a later sync.
                     check_entry(entry, self.committee, now)
                     good.append(entry)
+                except TooEarly as exc:
+                    # Not the peer's fault (it may hold it from before stamps were bounded).
+                    log.debug("entry from peer %d left for later: %s", peer, exc)
                 except LogError as exc:
                     log.warning("peer %d served an invalid entry: %s", peer, exc)
             return good
