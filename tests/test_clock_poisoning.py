@@ -52,6 +52,13 @@ YEAR_MS = 365 * 24 * 3600 * 1000
 PEERS = (0, 1, 2, 3)
 
 
+def certificate(vol: MountedVolume) -> Certificate:
+    """A valid certificate for a random blob ID, signed with 3 devnet peers' own keys."""
+    blob_id = BlobId(os.urandom(32))
+    keys = [load_identity(peer_dir(vol.net.directory, i)).signing_key for i in (0, 1, 2)]
+    return Certificate(blob_id, 0, (0, 1, 2), tuple(sign_confirmation(k, 0, blob_id) for k in keys))
+
+
 def outsider_entry(hlc: int) -> Entry:
     """A namespace entry for a volume the outsider just made, signed by its own device key."""
     volume, device = SigningKey(os.urandom(32)), SigningKey(os.urandom(32))
@@ -82,12 +89,12 @@ async def logs(vol: MountedVolume) -> dict[int, list[Entry]]:
         return {p: await client.log_entries(p) for p in PEERS}
 
 
-def members_stamps_are_sane(entries: dict[int, list[Entry]], members: set[bytes]) -> None:
-    """Every member-signed stamp is within the follow limit of now (nobody's clock was pushed)."""
+def members_stamps_are_sane(entries: dict[int, list[Entry]], members: set[bytes], legacy: frozenset[bytes] = frozenset()) -> None:
+    """Every member-signed stamp (but the ``legacy`` ones) is within the follow limit of now (nobody's clock was pushed)."""
     now = int(time.time() * 1000)
     for peer, held in entries.items():
         for entry in held:
-            if entry.author in members:
+            if entry.author in members and entry.id not in legacy:
                 assert hlc_millis(entry.hlc) <= now + FOLLOW_LIMIT_MS, (peer, entry.author.hex()[:8], entry.hlc)
 
 
@@ -122,26 +129,30 @@ def test_an_outsiders_far_future_stamps_poison_nobody(tmp_path: Path) -> None:
 
         store_and_read(vol, tmp_path, "after-push")
         mount_write_read(vol, "first")
-        shown = walrusfs("log", "--json", committee=vol.net.committee, check=True, timeout=60)
-        rows = [json.loads(line) for line in shown.stdout.splitlines()]
-        assert rows and all(r["validity"] == "valid" for r in rows)
         held = trio.run(logs, vol)
         assert all(poison.id not in {e.id for e in es} and year_ahead.id not in {e.id for e in es} for es in held.values())
         members_stamps_are_sane(held, members)
 
-        # Peers that accepted the poison before the fix hold it in their stores; peer 0 also
-        # signed an own entry beyond the 63-bit range (it followed the poison). Write both in,
-        # restart every peer, and the committee must work as before.
-        own = [e for e in held[0] if e.author == committee.peers[0].public_key]
-        key = load_identity(peer_dir(vol.net.directory, 0)).signing_key
-        head = max(own, key=lambda e: e.seq) if own else None
-        beyond = sign_entry(key, (head.seq if head else 0) + 1, head.id if head else GENESIS, 2**63,
-                            BLOB_CERTIFIED, dict(head.payload) if head else {})
+        # Before the fix, every peer accepted the poison and followed it: peer 0 then signed an
+        # own entry beyond the 63-bit range (stored only by itself: nobody could decode it),
+        # and after the year-ahead stamp peer 1 signed an own entry a year ahead, which every
+        # peer accepted. Write those into the stopped peers' stores, restart them all, and
+        # the committee must work as before.
+        def own_head(peer: int) -> Entry | None:
+            own = [e for e in held[peer] if e.author == committee.peers[peer].public_key]
+            return max(own, key=lambda e: e.seq) if own else None
+
+        def own_next(peer: int, hlc: int) -> Entry:
+            head = own_head(peer)
+            return sign_entry(load_identity(peer_dir(vol.net.directory, peer)).signing_key,
+                              (head.seq if head else 0) + 1, head.id if head else GENESIS, hlc,
+                              BLOB_CERTIFIED, certificate_payload(certificate(vol), 1))
+
+        beyond = own_next(0, 2**63)
+        ahead = own_next(1, (int(time.time() * 1000) + YEAR_MS) << 16)
         vol.net.stop(*PEERS)
         for peer in PEERS:
-            rows_in = [(poison.id, poison.author, poison.seq, poison.encode(), 0)]
-            if peer == 0:
-                rows_in.append((beyond.id, beyond.author, beyond.seq, beyond.encode(), 0))
+            rows_in = [(e.id, e.author, e.seq, e.encode(), 0) for e in (poison, ahead) + ((beyond,) if peer == 0 else ())]
             db = sqlite3.connect(peer_dir(vol.net.directory, peer) / "peer.sqlite")
             with db:
                 db.executemany("INSERT INTO log_entries (id, author, seq, encoded, received_ms) VALUES (?, ?, ?, ?, ?)",
@@ -150,34 +161,34 @@ def test_an_outsiders_far_future_stamps_poison_nobody(tmp_path: Path) -> None:
         vol.net.start(*PEERS)
 
         store_and_read(vol, tmp_path, "after-restart")
-        mount_write_read(vol, "second")
         shown = walrusfs("log", "--json", committee=vol.net.committee, check=True, timeout=60)
         rows = {r["entryId"]: r for r in map(json.loads, shown.stdout.splitlines())}
-        # The poison is shown as not (yet) valid, at a time no later than now.
+        # Every honest entry is valid; the poison is shown as not (yet) valid, at a time no
+        # later than now.
+        assert all(r["validity"] == "valid" for i, r in rows.items() if i not in (poison.id.hex(), ahead.id.hex()))
         assert "ahead of this clock" in rows[poison.id.hex()]["validity"]
         shown_at = datetime.datetime.fromisoformat(rows[poison.id.hex()]["time"])
         assert shown_at <= datetime.datetime.now(datetime.timezone.utc)
         held = trio.run(logs, vol)
-        members_stamps_are_sane(held, members)
+        members_stamps_are_sane(held, members, frozenset({ahead.id}))
         assert all(beyond.id not in {e.id for e in es} for es in held.values())
-        # Peer 0 signs on from where its decodable chain ends, with a sane stamp, and the
-        # others accept it.
-        blob_id = BlobId(os.urandom(32))
-        signers = (0, 1, 2)
-        keys = [load_identity(peer_dir(vol.net.directory, i)).signing_key for i in signers]
-        cert = Certificate(blob_id, 0, signers, tuple(sign_confirmation(k, 0, blob_id) for k in keys))
 
-        async def submit_to_peer_0() -> Entry:
+        # Peers 0 and 1 sign on with sane stamps from where their decodable chains end, and
+        # every peer accepts what they sign.
+        async def submit_and_spread() -> None:
             async with running_host(os.urandom(32)) as host:
-                reply, _ = await Client(host, committee)._call(0, LOG_SUBMIT, payload=certificate_payload(cert, 1))
-                return decode_entry(reply["entry"])
+                client = Client(host, committee)
+                for peer, stale in ((0, beyond), (1, ahead)):
+                    reply, _ = await client._call(peer, LOG_SUBMIT, payload=certificate_payload(certificate(vol), 1))
+                    entry = decode_entry(reply["entry"])
+                    assert entry.seq >= stale.seq and hlc_millis(entry.hlc) <= int(time.time() * 1000) + FOLLOW_LIMIT_MS
+                    author = committee.peers[peer].public_key.hex()
+                    with trio.fail_after(30):
+                        while not all(r is not None and r["heads"].get(author, [0])[0] >= entry.seq
+                                      for _, r, _ in await client.log_heads()):
+                            await trio.sleep(0.25)
 
-        entry = trio.run(submit_to_peer_0)
-        assert entry.seq >= beyond.seq and hlc_millis(entry.hlc) <= int(time.time() * 1000) + FOLLOW_LIMIT_MS
-        deadline = time.monotonic() + 30
-        while not all(entry.id in {e.id for e in es} for es in trio.run(logs, vol).values()):
-            assert time.monotonic() < deadline, "peer 0's new entry did not reach every peer"
-            time.sleep(0.5)
+        trio.run(submit_and_spread)
     finally:
         vol.close()
 

@@ -252,7 +252,12 @@ class LogService:
                 raise DiskFull(f"only {free} bytes free; not signing log entries until space returns")
             me = self.identity.public_key
             chain = self.state.chains.get(me, [])
-            self.last_hlc = next_hlc(self.last_hlc, _now_ms(), self.max_seen)
+            # Our own last stamp is bounded like anyone else's: one signed while following a
+            # far-future stamp before the bound existed (or before our clock was set back)
+            # must not keep us signing entries every peer refuses. Still strictly later than
+            # it whenever it is within the bound; a member's stamps only order certificates
+            # and challenge steps, which a step back in a long-gone year does not disturb.
+            self.last_hlc = next_hlc(0, _now_ms(), max(self.last_hlc, self.max_seen))
             entry = sign_entry(
                 self.identity.signing_key, len(chain) + 1, chain[-1].id if chain else GENESIS,
                 self.last_hlc, kind, payload,
