@@ -278,11 +278,11 @@ STAMPS = st.one_of(st.integers(0, 2**63 - 1), st.integers(0, (NOW + 2 * YEAR_MS)
                    st.sampled_from([0, 2**63 - 1, (NOW + YEAR_MS) << 16, (NOW + MAX_CLOCK_SKEW_MS + 1) << 16]))
 
 
-def stamped_entry(hlc: int, seq: int = 1, prev: bytes = GENESIS) -> Entry:
+def stamped_entry(hlc: int) -> Entry:
     volume, device = SigningKey(b"\x51" * 32), SigningKey(b"\x52" * 32)
     payload = {"volume": bytes(volume.verify_key), "delegation": delegate_device(volume, bytes(device.verify_key)),
                "op": {"kind": "mkdir", "args": {"parent": b"\x00" * 32, "name": "d", "node": b"\x07" * 32}}}
-    return sign_entry(device, seq, prev, hlc, NAMESPACE, payload)
+    return sign_entry(device, 1, GENESIS, hlc, NAMESPACE, payload)
 
 
 @settings(max_examples=300, deadline=None)

@@ -255,8 +255,8 @@ class LogService:
             # Our own last stamp is bounded like anyone else's: one signed while following a
             # far-future stamp before the bound existed (or before our clock was set back)
             # must not keep us signing entries every peer refuses. Still strictly later than
-            # it whenever it is within the bound; a member's stamps only order certificates
-            # and challenge steps, which a step back in a long-gone year does not disturb.
+            # it whenever it is within the bound; beyond it, a step back in our own chain is
+            # harmless: a member's stamps only order certificates and challenge steps.
             self.last_hlc = next_hlc(0, _now_ms(), max(self.last_hlc, self.max_seen))
             entry = sign_entry(
                 self.identity.signing_key, len(chain) + 1, chain[-1].id if chain else GENESIS,
