@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from libp2p.network.stream.exceptions import StreamEOF
 
@@ -30,20 +31,39 @@ class EndOfStream(FrameError):
 
 
 class FrameReader:
-    """Reads frames from a stream in large reads."""
+    """Reads frames from a stream in large reads.
 
-    def __init__(self, stream: object) -> None:
+    A server passes a ``watch`` (``p2p.limits.StreamWatch``): the reader tells it which
+    part of a frame it is waiting for and how much it holds, so the stream can be held to
+    its deadlines, minimum rate and byte caps. The buffer grows only as bytes arrive,
+    never to a declared length, so a header announced as 1 MiB and never sent costs nothing.
+    """
+
+    def __init__(self, stream: object, watch: Any = None) -> None:
         self._stream = stream
         self._buffer = bytearray()
+        self._watch = watch
+        self._in_header = False
 
     async def _more(self) -> bool:
+        watch = self._watch
+        if watch is not None:
+            watch.read_starts()
         try:
             chunk = await self._stream.read(CHUNK)  # type: ignore[attr-defined]
         except StreamEOF:
             return False
+        finally:
+            if watch is not None:
+                watch.read_ends()
         if not chunk:
             return False
         self._buffer += chunk
+        if watch is not None:
+            watch.arrived(len(chunk))
+            if self._in_header:
+                watch.header_arriving()
+                watch.hold_header(len(self._buffer))  # raises Overloaded past the peer's cap
         return True
 
     async def _exactly(self, count: int, what: str) -> bytes:
@@ -56,18 +76,34 @@ class FrameReader:
 
     async def read_header(self, max_size: int) -> bytes:
         """The next frame's header, at most ``max_size`` bytes; ``EndOfStream`` if none follows."""
-        if not self._buffer and not await self._more():
-            raise EndOfStream("stream ended between frames")
-        (size,) = _HEADER_PREFIX.unpack(await self._exactly(_HEADER_PREFIX.size, "header length"))
-        if size > max_size:
-            raise FrameError(f"header of {size} bytes exceeds the limit of {max_size}")
-        return await self._exactly(size, "header")
+        watch = self._watch
+        self._in_header = True
+        try:
+            if watch is not None:
+                if self._buffer:
+                    watch.header_arriving()
+                else:
+                    watch.waiting_for_frame()
+            if not self._buffer and not await self._more():
+                raise EndOfStream("stream ended between frames")
+            (size,) = _HEADER_PREFIX.unpack(await self._exactly(_HEADER_PREFIX.size, "header length"))
+            if size > max_size:
+                raise FrameError(f"header of {size} bytes exceeds the limit of {max_size}")
+            header = await self._exactly(size, "header")
+        finally:
+            self._in_header = False
+        if watch is not None:
+            watch.hold_header(0)
+            watch.body_done()  # the handler's work until it asks for the body is not the sender's
+        return header
 
     async def body_length(self, max_size: int) -> int:
-        """The length of the body that follows the header, checked against ``max_size``."""
+        """The length of the body that follows the header, checked against ``max_size`` (and the watch's caps)."""
         (size,) = _BODY_PREFIX.unpack(await self._exactly(_BODY_PREFIX.size, "body length"))
         if size > max_size:
             raise FrameError(f"body of {size} bytes exceeds the limit of {max_size}")
+        if self._watch is not None:
+            self._watch.body_starts(size)  # reserves it whole: raises Overloaded past a cap
         return size
 
     async def body_chunks(self, length: int) -> AsyncIterator[bytes]:
@@ -79,6 +115,8 @@ class FrameReader:
             piece = bytes(self._buffer[:left])
             del self._buffer[: len(piece)]
             left -= len(piece)
+            if not left and self._watch is not None:
+                self._watch.body_done()
             yield piece
 
     async def read_body(self, max_size: int) -> bytes:

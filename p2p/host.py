@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -33,7 +33,15 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-__all__ = ["ID", "IHost", "PeerInfo", "configure_logging", "key_pair", "make_host", "peer_info", "running_host"]
+from .limits import Guard, Limits, Overloaded
+
+__all__ = ["ID", "IHost", "PeerInfo", "configure_logging", "guard_of", "key_pair", "make_host", "peer_info",
+           "running_host"]
+
+#: py-libp2p's own connection caps sit far above ``Limits``' (which members bypass), so
+#: only those decide; the swarm's inbound limiter is max_connections - min_connections.
+_SWARM_MAX_CONNECTIONS = 4096
+_SWARM_MIN_CONNECTIONS = 50
 
 
 def configure_logging(level: int = logging.WARNING) -> None:
@@ -58,23 +66,48 @@ def key_pair(seed: bytes) -> KeyPair:
     return create_identity_from_seed(seed)
 
 
-def make_host(seed: bytes) -> IHost:
-    """A host with a Noise-only, Yamux-only, one-connection-per-peer configuration."""
+def guard_of(host: IHost) -> Guard:
+    """The resource guard of a host made by ``make_host`` (a default one for any other host)."""
+    guard = getattr(host, "_walrusfs_guard", None)
+    if guard is None:
+        guard = Guard()
+        host._walrusfs_guard = guard  # type: ignore[attr-defined]
+    return guard
+
+
+def make_host(seed: bytes, members: Collection[str] = (), limits: Limits | None = None) -> IHost:
+    """A host with a Noise-only, Yamux-only, one-connection-per-peer configuration.
+
+    ``members`` are the peer IDs whose connections and streams have reserved room (the
+    committee); everyone else shares the outsider limits of ``limits``.
+    """
     keys = key_pair(seed)
     noise = NoiseTransport(keys, noise_privkey=_x25519_key_pair().private_key)
+    guard = Guard(limits, members)
     host = new_host(
         key_pair=keys,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1,
+            max_connections=_SWARM_MAX_CONNECTIONS,
+            high_watermark=_SWARM_MAX_CONNECTIONS,
+            min_connections=_SWARM_MIN_CONNECTIONS,
+            low_watermark=_SWARM_MIN_CONNECTIONS,
+            # A connection silent through its handshake, or a stream through protocol
+            # negotiation, is an outsider holding a slot: end it within seconds.
+            inbound_upgrade_timeout=guard.limits.handshake_deadline,
+            inbound_stream_protocol_negotiation_timeout=guard.limits.header_deadline,
+        ),
         enable_mDNS=False,
         enable_upnp=False,
     )
+    host._walrusfs_guard = guard  # type: ignore[attr-defined]
     # The default (3 retries, 0.1 s doubling) spends 0.7 s on every call to a stopped peer
     # before it fails; callers already route around unavailable peers and redial once
     # themselves, so a refused dial should fail fast. new_host does not pass this through.
     host.get_network().retry_config = RetryConfig(max_retries=1, initial_delay=0.05)  # type: ignore[attr-defined]
-    _end_inbound_handlers_with_their_connections(host.get_network())
+    _guard_inbound_connections(host.get_network(), guard)
     _make_noise_writes_atomic()
     return host
 
@@ -114,12 +147,12 @@ def _make_noise_writes_atomic() -> None:
     NoiseTransportReadWriter.write_msg = atomic_write_msg  # type: ignore[method-assign]
 
 
-#: The cancel scope around the inbound-connection handler running in the current task.
-_inbound_handler: ContextVar[trio.CancelScope | None] = ContextVar("_inbound_handler", default=None)
+#: The cancel scope around the inbound-connection handler running in the current task, and its pending key.
+_inbound_handler: ContextVar[tuple[trio.CancelScope, int] | None] = ContextVar("_inbound_handler", default=None)
 
 
-def _end_inbound_handlers_with_their_connections(swarm: Any) -> None:
-    """Let each inbound connection's handler task end when that connection closes.
+def _guard_inbound_connections(swarm: Any, guard: Guard) -> None:
+    """Hold inbound connections to ``guard``'s limits, and end each handler task with its connection.
 
     py-libp2p 0.8.1's ``Swarm._handle_inbound_connection`` takes a slot of
     ``_inbound_limiter`` (max_connections - min_connections = 250 by default) and then
@@ -128,24 +161,54 @@ def _end_inbound_handlers_with_their_connections(swarm: Any) -> None:
     closes every new one before the security handshake. Here the handler runs in a
     cancel scope that is cancelled once the connection it upgraded has closed, so its
     ``finally`` releases the slot and the task ends.
+
+    That limiter also let 250 silent TCP sockets lock everyone out. Instead: a connection
+    in its handshake is one of ``pending_connections`` (the oldest gives way to a new one)
+    for at most ``handshake_deadline``; once its peer ID is known, a member is always
+    admitted and an outsider takes one of ``outsider_connections`` slots (an idle
+    outsider connection gives way, or the new one is closed).
     """
     handle, upgrade = swarm._handle_inbound_connection, swarm.upgrade_inbound_raw_conn
 
+    async def close_connection(muxed_conn: Any, peer_id: str) -> None:
+        # Through the swarm, so the connection also leaves its table (one per peer).
+        try:
+            await swarm.close_peer(ID.from_base58(peer_id))
+        finally:
+            await muxed_conn.close()
+
+    guard.close_connection = close_connection
+
     async def handle_inbound(read_write_closer: Any, maddr: Any) -> None:
         with trio.CancelScope() as scope:
-            _inbound_handler.set(scope)  # a trio task's context is its own
-            await handle(read_write_closer, maddr)
+            key = guard.handshake_started(scope)
+            _inbound_handler.set((scope, key))  # a trio task's context is its own
+            try:
+                await handle(read_write_closer, maddr)
+            finally:
+                guard.handshake_ended(key)
 
     async def cancel_when_closed(muxed_conn: Any, scope: trio.CancelScope) -> None:
         await muxed_conn.event_closed.wait()
+        guard.connection_closed(muxed_conn)
         scope.cancel()
 
     async def upgrade_inbound(raw_conn: Any, maddr: Any) -> Any:
         muxed_conn = await upgrade(raw_conn, maddr)
-        scope = _inbound_handler.get()
-        if scope is not None and hasattr(muxed_conn, "event_closed"):
+        handler = _inbound_handler.get()
+        if handler is not None:
+            guard.handshake_ended(handler[1])
+        peer_id = str(getattr(muxed_conn, "peer_id", ""))
+        try:
+            evicted = guard.admit_connection(muxed_conn, peer_id)
+        except Overloaded:
+            await guard.close_quietly(muxed_conn, peer_id)
+            raise
+        for conn, other in evicted:
+            await guard.close_quietly(conn, other)
+        if handler is not None and hasattr(muxed_conn, "event_closed"):
             try:
-                swarm.background_nursery.start_soon(cancel_when_closed, muxed_conn, scope)
+                swarm.background_nursery.start_soon(cancel_when_closed, muxed_conn, handler[0])
             except RuntimeError:  # the swarm is stopping; its nursery cancels the handler
                 pass
         return muxed_conn
@@ -160,9 +223,11 @@ def peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
 
 
 @asynccontextmanager
-async def running_host(seed: bytes, listen: Sequence[str] = ()) -> AsyncIterator[IHost]:
-    """Run a host listening on ``listen`` until the block exits, then close it cleanly."""
-    host = make_host(seed)
+async def running_host(
+    seed: bytes, listen: Sequence[str] = (), members: Collection[str] = (), limits: Limits | None = None,
+) -> AsyncIterator[IHost]:
+    """Run a host listening on ``listen`` until the block exits, then close it cleanly (``make_host`` for the rest)."""
+    host = make_host(seed, members, limits)
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         try:
             # The auto-connector would dial every known peer in the background (aiming at
@@ -173,5 +238,6 @@ async def running_host(seed: bytes, listen: Sequence[str] = ()) -> AsyncIterator
                 await auto_connector.stop()
             yield host
         finally:
+            guard_of(host).close()
             with trio.CancelScope(shield=True):
                 await host.close()

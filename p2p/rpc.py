@@ -23,6 +23,8 @@ from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
 from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
 
 from .framing import Body, EndOfStream, FrameError, FrameReader, write_frame
+from .host import guard_of
+from .limits import Overloaded
 
 log = logging.getLogger("p2p.rpc")
 
@@ -53,30 +55,64 @@ async def _quietly(action: Callable[[], Awaitable[object]]) -> None:
             pass
 
 
+#: An answer refusing a stream past a limit must not wait on a requester that does not read.
+_REFUSAL_WRITE_LIMIT = 2.0
+
+
+async def _refuse(stream: object, answer: bytes) -> None:
+    """Answer a request refused past a resource limit, then reset the stream (its body is never read)."""
+    with trio.move_on_after(_REFUSAL_WRITE_LIMIT):
+        try:
+            await write_frame(stream, answer, b"")
+        except Exception:
+            pass
+    await _quietly(stream.reset)  # type: ignore[attr-defined]
+
+
 def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exception], bytes]) -> None:
-    """Answer requests on ``protocol`` with ``handler``, never letting an error reach the host."""
+    """Answer requests on ``protocol`` with ``handler``, never letting an error reach the host.
+
+    Every stream is held to the host's limits (``p2p.limits``): caps on streams and bytes
+    per remote peer, a header deadline, a minimum body rate and an idle limit.
+    """
+    guard = guard_of(host)
 
     async def on_stream(stream: object) -> None:
         remote = str(stream.muxed_conn.peer_id)  # type: ignore[attr-defined]
-        reader = FrameReader(stream)
+        try:
+            watch = await guard.open_stream(remote, stream)
+        except Overloaded as exc:
+            log.info("refusing a stream on %s from %s: %s", protocol, remote, exc)
+            await _refuse(stream, on_error(exc))
+            return
+        reader = FrameReader(stream, watch)
         try:
             while True:
                 try:
                     header, body = await handler(reader, remote)
                 except EndOfStream:
                     break
+                except Overloaded as exc:
+                    log.info("refusing a request on %s from %s: %s", protocol, remote, exc)
+                    await _refuse(stream, on_error(exc))
+                    return
                 except FrameError as exc:
                     # After a framing error the stream's position is unknown: answer, then end it.
                     await write_frame(stream, on_error(exc), b"")
                     break
+                finally:
+                    watch.request_done()
                 await write_frame(stream, header, body)
             await stream.close()  # type: ignore[attr-defined]
         except (StreamEOF, StreamReset, MuxedStreamError) as exc:
-            # The requester went away (it cancels requests it no longer needs).
-            log.debug("request on %s from %s ended early: %r", protocol, remote, exc)
+            # The requester went away (it cancels requests it no longer needs), or the
+            # stream broke a limit and was reset (``watch.reason`` says which).
+            log.debug("request on %s from %s ended early: %r %s", protocol, remote, exc, watch.reason or "")
         except Exception:
             log.warning("request on %s from %s failed", protocol, remote, exc_info=True)
             await _quietly(stream.reset)  # type: ignore[attr-defined]
+        finally:
+            guard.close_stream(watch)
 
     host.set_stream_handler(TProtocol(protocol), on_stream)
 

@@ -102,6 +102,9 @@ CHALLENGED = "challenged"
 #: The peer's disk has too little free space for this upload: it keeps serving what it
 #: holds and accepts again once space returns. Writers store through the other peers.
 DISK_FULL = "disk-full"
+#: The request would take the peer past a resource limit for its sender (streams, bytes in
+#: flight) or for all outsiders together: retry later, or store through the other peers.
+BUSY = "busy"
 
 
 class RemoteError(CodecError):

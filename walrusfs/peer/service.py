@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import signal
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import trio
 
 from p2p.framing import FrameReader
 from p2p.host import running_host
+from p2p.limits import Overloaded
 from p2p.rpc import serve
 
 from .. import __version__
@@ -51,6 +53,10 @@ log = logging.getLogger("walrusfs.peer")
 #: Incoming pairs are written to disk in blocks this large, at most this many queued.
 _SPOOL_BLOCK = 4 << 20
 _SPOOL_BLOCKS = 4
+
+
+#: blob-status verification results kept (one per stored pair asked about, least recently used dropped).
+_VERIFIED_CACHE = 65536
 
 
 #: Values a hostile member puts where honest fields belong.
@@ -151,6 +157,12 @@ class PeerService:
             discard=0.1 if discarding else 0.0,
         )
         self.heal_in_background = not discarding
+        #: (blob ID, pair) -> (the pair file's stamp when verified, whether it was valid). A
+        #: blob-status answer re-verifies a pair only once its file has changed, so asking
+        #: again costs a stat, not a read and hash of the whole pair.
+        self._verified: OrderedDict[tuple[bytes, int], tuple[tuple[int, int, int, int], bool]] = OrderedDict()
+        #: Verifications blob-status starts run one at a time: one core at most, whoever asks.
+        self._verify_limit = trio.CapacityLimiter(1)
         self.log.listeners += [self.healer.on_entry, self.invalid.on_entry, self.challenges.on_entry]
 
     async def _inconsistent(self, blob_id: BlobId, metadata: BlobMetadata, proof: Any) -> None:
@@ -191,7 +203,7 @@ class PeerService:
             m.AUDIT_LOG: self._audit_log,
         }
         for protocol, handler in handlers.items():
-            serve(host, protocol, self._guarded(handler), lambda exc: m.error(m.MALFORMED, str(exc)))
+            serve(host, protocol, self._guarded(handler), _frame_error)
 
     def _guarded(
         self, handler: Callable[[dict[str, Any], FrameReader], Awaitable[tuple[bytes, bytes]]]
@@ -400,22 +412,54 @@ class PeerService:
         entries = [e.encode() for e in self.log.state.counted() if e.kind in CHALLENGE_KINDS]
         return m.ok(entries=entries), b""
 
+    async def _pair_valid(self, blob_id: BlobId, metadata: BlobMetadata, pair: int) -> bool:
+        """Whether a stored pair verifies against its metadata now, verifying only if its file changed since last time."""
+        key = (blob_id.raw, pair)
+        stamp = await trio.to_thread.run_sync(self.store.pair_stamp, blob_id, pair)
+        if stamp is None:
+            return False
+        cached = self._verified.get(key)
+        if cached is not None and cached[0] == stamp:
+            self._verified.move_to_end(key)
+            return cached[1]
+
+        def verify() -> tuple[tuple[int, int, int, int], bool] | None:
+            # Stamp first: a rewrite during the read leaves an older stamp, verified again next time.
+            before = self.store.pair_stamp(blob_id, pair)
+            stored = self.store.read_pair(blob_id, pair)
+            if before is None or stored is None:
+                return None
+            return before, pair_problem(metadata, pair, *stored) is None
+
+        async with self._verify_limit:
+            result = await trio.to_thread.run_sync(verify)
+        if result is None:
+            return False
+        self._verified[key] = result
+        self._verified.move_to_end(key)
+        while len(self._verified) > _VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+        return result[1]
+
     async def _blob_status(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
         metadata = await trio.to_thread.run_sync(self.store.get_metadata, blob_id, self.n)
         pairs = await trio.to_thread.run_sync(self.store.stored_pairs, blob_id)
         confirmed = await trio.to_thread.run_sync(self.store.get_confirmation, blob_id, self.committee.epoch)
-        # Re-verify what is on disk now: "stored" is not "valid" once bits rot.
         valid = []
         if metadata is not None:
             for pair in pairs:
-                stored = await trio.to_thread.run_sync(self.store.read_pair, blob_id, pair)
-                if stored is not None and await trio.to_thread.run_sync(pair_problem, metadata, pair, *stored) is None:
+                if await self._pair_valid(blob_id, metadata, pair):
                     valid.append(pair)
         invalid = self.log.state.invalid_entry(blob_id)
         return m.ok(metadata=metadata is not None, pairs=pairs, valid_pairs=valid, confirmed=confirmed is not None,
                     healing=self.healer.is_healing(blob_id), invalid=invalid.id if invalid else None), b""
+
+
+def _frame_error(exc: Exception) -> bytes:
+    """The error reply to a request the framing layer refused: over a resource limit, or malformed."""
+    return m.error(m.BUSY if isinstance(exc, Overloaded) else m.MALFORMED, str(exc))
 
 
 def _say(text: str) -> None:
@@ -440,7 +484,9 @@ async def run_peer(
     me = committee.peers[service.index]
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with running_host(identity.seed, me.addrs) as host, trio.open_nursery() as nursery:
+            # Committee members have reserved connection slots and stream/byte allowances.
+            members = [peer.peer_id for peer in committee.peers]
+            async with running_host(identity.seed, me.addrs, members) as host, trio.open_nursery() as nursery:
                 service.register(host)
                 nursery.start_soon(service.run, host)
                 addrs = ", ".join(str(a) for a in host.get_addrs())

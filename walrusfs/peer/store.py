@@ -230,6 +230,14 @@ class PeerStore:
         except FileNotFoundError:
             return b"", primary_length
 
+    def pair_stamp(self, blob_id: BlobId, pair: int) -> tuple[int, int, int, int] | None:
+        """(inode, size, mtime ns, ctime ns) of a stored pair's file, or None if it has none: any rewrite changes it."""
+        try:
+            st = os.stat(self._pair_path(blob_id, pair))
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
     def read_sliver(self, blob_id: BlobId, pair: int, axis: Axis) -> bytes | None:
         """A stored sliver's bytes, or None."""
         primary_length = self._primary_length(blob_id, pair)
