@@ -105,12 +105,15 @@ class StreamWatch:
         self.since = now  # start of the current phase
         self.header_held = 0
         self.body_held = 0
+        self.peak = 0  # most bytes held at once by the current request
         # Body rate: bytes received and seconds spent waiting for them, sampled once a second.
         self.received = 0
         self.waited = 0.0
         self.read_since: float | None = None
         self.samples: deque[tuple[float, int]] = deque()
         self.reason: str | None = None
+        #: The serving task's scope, cancelled after a reset (which does not wake a pending read).
+        self.scope: trio.CancelScope | None = None
 
     # -- called by FrameReader -------------------------------------------------------------
 
@@ -128,6 +131,7 @@ class StreamWatch:
         """``size`` header bytes are buffered now (0 once the header is parsed); raise ``Overloaded`` past a cap."""
         self.guard._charge(self, "header bytes", size - self.header_held)
         self.header_held = size
+        self.peak = max(self.peak, size)
 
     def body_starts(self, length: int) -> None:
         """A body of ``length`` bytes follows: reserve it whole; raise ``Overloaded`` past a cap."""
@@ -135,6 +139,7 @@ class StreamWatch:
         if length:
             self.guard._charge(self, "body bytes", length)
             self.body_held += length
+            self.peak = max(self.peak, self.body_held)
             self.received, self.waited, self.samples = 0, 0.0, deque()
             self._enter(BODY)
         else:
@@ -164,9 +169,10 @@ class StreamWatch:
         self.hold_header(0)
         if self.body_held:
             self.guard._charge(self, "body bytes", -self.body_held)
-            big, self.body_held = self.body_held >= 1 << 20, 0
-            if big:
-                self.guard.freed_big_buffer()
+            self.body_held = 0
+        if self.peak >= 256 << 10:
+            self.guard.freed_big_buffer()
+        self.peak = 0
 
     # -- the watchdog ------------------------------------------------------------------------
 
@@ -201,11 +207,14 @@ class StreamWatch:
         self.reason = reason
         self.guard.resets += 1
         log.info("resetting a stream from %s: %s", self.remote, reason)
+        self.guard.freed_big_buffer()  # its buffers (and Yamux's) are freed with it
         with trio.CancelScope(shield=True):
             try:
                 await self.stream.reset()
             except Exception:  # already gone
                 pass
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class Guard:
@@ -226,7 +235,8 @@ class Guard:
         self.outsider_connections: dict[Any, list[Any]] = {}
         #: Closes a connection (set by ``p2p.host``, which knows the swarm).
         self.close_connection: Callable[[Any, str], Awaitable[None]] | None = None
-        self._trimming = False
+        self._trim_after: float | None = None
+        self._trim_first: float | None = None
         self._sweeping = False
         self._closed = False
 
@@ -366,6 +376,13 @@ class Guard:
             elif now - entry[1] > self.limits.connection_idle:
                 idle.append((conn, entry[0]))
                 del self.outsider_connections[conn]
+        due = self._trim_after is not None and (now >= self._trim_after or now - (self._trim_first or now) > 5.0)
+        if due and _malloc_trim is not None:
+            # Without it, freed large buffers stay in the heap (glibc raises its mmap
+            # threshold after such frees), and RSS stays at its peak. In a thread: it can
+            # take milliseconds on a large heap.
+            self._trim_after = self._trim_first = None
+            await trio.to_thread.run_sync(_malloc_trim, 0)
         if not broken and not idle:
             return
         async with trio.open_nursery() as nursery:
@@ -387,26 +404,22 @@ class Guard:
             except Exception:
                 pass
 
-    def holding(self) -> dict[str, int]:
-        """What all outsiders hold now (for tests and status)."""
-        return dict(self._outsiders.held)
+    def status(self) -> dict[str, Any]:
+        """What outsiders hold now and how often limits struck, for a status reply."""
+        return {"outsiders": {k.replace(" ", "_"): v for k, v in self._outsiders.held.items()},
+                "outsider_connections": len(self.outsider_connections), "handshakes": len(self.pending),
+                "resets": self.resets, "refusals": self.refusals}
 
     def freed_big_buffer(self) -> None:
-        """A large request body was released: give its memory back to the OS (in a thread, never on the loop)."""
-        if self._trimming or _malloc_trim is None:
-            return
-        self._trimming = True
+        """A request that held a large buffer (or a stream that broke a limit) ended: give memory back to the OS soon.
 
-        async def trim() -> None:
-            try:
-                await trio.to_thread.run_sync(_malloc_trim, 0)
-            finally:
-                self._trimming = False
-
-        try:
-            trio.lowlevel.spawn_system_task(trim)
-        except RuntimeError:
-            self._trimming = False
+        Half a second after the last such end, so the tasks that held the buffers have
+        unwound; under a sustained attack at most every 5 s.
+        """
+        now = trio.current_time()
+        self._trim_after = now + 0.5
+        if self._trim_first is None:
+            self._trim_first = now
 
 
 def _open_streams(muxed_conn: Any) -> int:

@@ -24,7 +24,7 @@ from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
 
 from .framing import Body, EndOfStream, FrameError, FrameReader, write_frame
 from .host import guard_of
-from .limits import Overloaded
+from .limits import Guard, Overloaded
 
 log = logging.getLogger("p2p.rpc")
 
@@ -59,7 +59,7 @@ async def _quietly(action: Callable[[], Awaitable[object]]) -> None:
 _REFUSAL_WRITE_LIMIT = 2.0
 
 
-async def _refuse(stream: object, answer: bytes) -> None:
+async def _refuse(stream: object, answer: bytes, guard: Guard) -> None:
     """Answer a request refused past a resource limit, then reset the stream (its body is never read)."""
     with trio.move_on_after(_REFUSAL_WRITE_LIMIT):
         try:
@@ -67,6 +67,7 @@ async def _refuse(stream: object, answer: bytes) -> None:
         except Exception:
             pass
     await _quietly(stream.reset)  # type: ignore[attr-defined]
+    guard.freed_big_buffer()  # what the refused stream had buffered is freed now
 
 
 def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exception], bytes]) -> None:
@@ -83,36 +84,39 @@ def serve(host: IHost, protocol: str, handler: Handler, on_error: Callable[[Exce
             watch = await guard.open_stream(remote, stream)
         except Overloaded as exc:
             log.info("refusing a stream on %s from %s: %s", protocol, remote, exc)
-            await _refuse(stream, on_error(exc))
+            await _refuse(stream, on_error(exc), guard)
             return
         reader = FrameReader(stream, watch)
-        try:
-            while True:
-                try:
-                    header, body = await handler(reader, remote)
-                except EndOfStream:
-                    break
-                except Overloaded as exc:
-                    log.info("refusing a request on %s from %s: %s", protocol, remote, exc)
-                    await _refuse(stream, on_error(exc))
-                    return
-                except FrameError as exc:
-                    # After a framing error the stream's position is unknown: answer, then end it.
-                    await write_frame(stream, on_error(exc), b"")
-                    break
-                finally:
-                    watch.request_done()
-                await write_frame(stream, header, body)
-            await stream.close()  # type: ignore[attr-defined]
-        except (StreamEOF, StreamReset, MuxedStreamError) as exc:
-            # The requester went away (it cancels requests it no longer needs), or the
-            # stream broke a limit and was reset (``watch.reason`` says which).
-            log.debug("request on %s from %s ended early: %r %s", protocol, remote, exc, watch.reason or "")
-        except Exception:
-            log.warning("request on %s from %s failed", protocol, remote, exc_info=True)
-            await _quietly(stream.reset)  # type: ignore[attr-defined]
-        finally:
-            guard.close_stream(watch)
+        # A read pending on a stream that is reset from this side is not woken by py-libp2p
+        # 0.8.1; the watch cancels this scope after resetting the stream.
+        with trio.CancelScope() as watch.scope:
+            try:
+                while True:
+                    try:
+                        header, body = await handler(reader, remote)
+                    except EndOfStream:
+                        break
+                    except Overloaded as exc:
+                        log.info("refusing a request on %s from %s: %s", protocol, remote, exc)
+                        await _refuse(stream, on_error(exc), guard)
+                        return
+                    except FrameError as exc:
+                        # After a framing error the stream's position is unknown: answer, then end it.
+                        await write_frame(stream, on_error(exc), b"")
+                        break
+                    finally:
+                        watch.request_done()
+                    await write_frame(stream, header, body)
+                await stream.close()  # type: ignore[attr-defined]
+            except (StreamEOF, StreamReset, MuxedStreamError) as exc:
+                # The requester went away (it cancels requests it no longer needs), or the
+                # stream broke a limit and was reset (``watch.reason`` says which).
+                log.debug("request on %s from %s ended early: %r %s", protocol, remote, exc, watch.reason or "")
+            except Exception:
+                log.warning("request on %s from %s failed", protocol, remote, exc_info=True)
+                await _quietly(stream.reset)  # type: ignore[attr-defined]
+            finally:
+                guard.close_stream(watch)
 
     host.set_stream_handler(TProtocol(protocol), on_stream)
 

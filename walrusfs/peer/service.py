@@ -22,8 +22,8 @@ from typing import Any
 import trio
 
 from p2p.framing import FrameReader
-from p2p.host import running_host
-from p2p.limits import Overloaded
+from p2p.host import guard_of, running_host
+from p2p.limits import Guard, Overloaded
 from p2p.rpc import serve
 
 from .. import __version__
@@ -163,6 +163,7 @@ class PeerService:
         self._verified: OrderedDict[tuple[bytes, int], tuple[tuple[int, int, int, int], bool]] = OrderedDict()
         #: Verifications blob-status starts run one at a time: one core at most, whoever asks.
         self._verify_limit = trio.CapacityLimiter(1)
+        self._guard: Guard | None = None
         self.log.listeners += [self.healer.on_entry, self.invalid.on_entry, self.challenges.on_entry]
 
     async def _inconsistent(self, blob_id: BlobId, metadata: BlobMetadata, proof: Any) -> None:
@@ -188,6 +189,7 @@ class PeerService:
 
     def register(self, host: Any) -> None:
         """Serve every storage protocol on ``host``."""
+        self._guard = guard_of(host)
         handlers: dict[str, Callable[[dict[str, Any], FrameReader], Awaitable[tuple[bytes, bytes]]]] = {
             m.PUT_METADATA: self._put_metadata,
             m.PUT_PAIR: self._put_pair,
@@ -404,7 +406,7 @@ class PeerService:
             shards=sorted(self.shards), n_shards=self.n, blobs=blobs, stored_bytes=stored, free_bytes=free,
             disk_full=free < self.store.min_free,
             healing=self.healer.counts(pairs), recent_heals=self.healer.recent() if detail else None,
-            challenge=self.challenges.status(detail),
+            challenge=self.challenges.status(detail), limits=self._guard.status() if self._guard else None,
         ), b""
 
     async def _audit_log(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
