@@ -163,8 +163,8 @@ def _guard_inbound_connections(swarm: Any, guard: Guard) -> None:
     ``finally`` releases the slot and the task ends.
 
     That limiter also let 250 silent TCP sockets lock everyone out. Instead: a connection
-    in its handshake is one of ``pending_connections`` (the oldest gives way to a new one)
-    for at most ``handshake_deadline``; once its peer ID is known, a member is always
+    in its handshake is one of ``pending_connections`` (the oldest silent one gives way to
+    a new one) for at most ``handshake_deadline``; once its peer ID is known, a member is always
     admitted and an outsider takes one of ``outsider_connections`` slots (an idle
     outsider connection gives way, or the new one is closed).
     """
@@ -179,14 +179,50 @@ def _guard_inbound_connections(swarm: Any, guard: Guard) -> None:
 
     guard.close_connection = close_connection
 
+    def more_status() -> dict[str, Any]:
+        manager = getattr(swarm, "_resource_manager", None)
+        stats = manager.get_stats() if manager is not None else {}
+        return {"connections": len(swarm.get_connections()), "rcmgr_connections": stats.get("connections")}
+
+    guard.more_status = more_status
+
     async def handle_inbound(read_write_closer: Any, maddr: Any) -> None:
         with trio.CancelScope() as scope:
-            key = guard.handshake_started(scope)
+            key, victims = guard.handshake_started(read_write_closer)
             _inbound_handler.set((scope, key))  # a trio task's context is its own
+            for victim in victims:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await victim.close()  # its handshake fails and cleans up after itself
+                    except Exception:
+                        pass
+            read = read_write_closer.read
+
+            async def note_first_bytes(n: int | None = None) -> bytes:
+                # A dialer that has sent something is not a silent socket: those make room first.
+                data = await read(n)
+                if data:
+                    guard.handshake_spoke(key)
+                    read_write_closer.read = read
+                return data
+
+            read_write_closer.read = note_first_bytes
             try:
                 await handle(read_write_closer, maddr)
             finally:
                 guard.handshake_ended(key)
+
+    upgrader, secure = swarm.upgrader, swarm.upgrader.upgrade_security
+
+    async def upgrade_security(raw_conn: Any, is_initiator: bool, peer_id: Any = None) -> Any:
+        secured = await secure(raw_conn, is_initiator, peer_id)
+        handler = _inbound_handler.get()
+        if not is_initiator and handler is not None:
+            # The dialer proved its key: no longer a handshake a newcomer may push out.
+            guard.handshake_ended(handler[1])
+        return secured
+
+    upgrader.upgrade_security = upgrade_security
 
     async def cancel_when_closed(muxed_conn: Any, scope: trio.CancelScope) -> None:
         await muxed_conn.event_closed.wait()

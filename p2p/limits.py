@@ -6,8 +6,8 @@ allows (see ../shared/spec/fault-model.md, "outsider"):
 
 - connections: a TCP connection that has not finished its Noise and Yamux handshake
   within ``handshake_deadline`` is closed, and at most ``pending_connections`` may be in
-  that state (a new one pushes out the oldest, so a flood of silent sockets cannot keep
-  an honest dialer, whose handshake takes milliseconds, from getting through). Committee
+  that state (a new one pushes out the oldest that has not sent a byte, so a flood of
+  silent sockets cannot keep an honest dialer, which speaks at once, from getting through). Committee
   members' connections are never counted against ``outsider_connections``; an outsider
   connection with no open stream is closed after ``connection_idle`` seconds, or sooner
   when a new outsider needs its slot;
@@ -36,7 +36,7 @@ import ctypes.util
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import trio
@@ -69,6 +69,18 @@ class Limits:
     body_bytes_per_peer: int = 192 << 20
     member_body_bytes: int = 192 << 20
     outsider_body_bytes: int = 384 << 20
+
+    @classmethod
+    def parse(cls, text: str) -> Limits:
+        """Defaults with ``name=value,name=value`` overrides (an operator's tuning, or a test's smaller caps)."""
+        kinds = {f.name: f.type for f in fields(cls)}
+        changes: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.partition("=")
+            if name.strip() not in kinds:
+                raise ValueError(f"unknown limit {name.strip()!r} (known: {', '.join(kinds)})")
+            changes[name.strip()] = float(value) if kinds[name.strip()] in (float, "float") else int(value)
+        return replace(cls(), **changes)
 
 
 class Overloaded(FrameError):
@@ -228,13 +240,15 @@ class Guard:
         self._outsiders = _Account(lim.outsider_streams, lim.outsider_header_bytes, lim.outsider_body_bytes)
         self.resets = 0
         self.refusals = 0
-        #: Inbound connections still in their handshake, oldest first: cancel scope by key.
-        self.pending: dict[int, trio.CancelScope] = {}
+        #: Inbound connections still in their handshake, oldest first: key -> [sent a byte yet, raw stream].
+        self.pending: dict[int, list[Any]] = {}
         self._pending_keys = 0
         #: Established inbound outsider connections: muxed connection -> [peer ID, when it last had a stream open].
         self.outsider_connections: dict[Any, list[Any]] = {}
         #: Closes a connection (set by ``p2p.host``, which knows the swarm).
         self.close_connection: Callable[[Any, str], Awaitable[None]] | None = None
+        #: More numbers for ``status`` (set by ``p2p.host``: what py-libp2p itself counts).
+        self.more_status: Callable[[], dict[str, Any]] = dict
         self._trim_after: float | None = None
         self._trim_first: float | None = None
         self._sweeping = False
@@ -301,16 +315,29 @@ class Guard:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def handshake_started(self, scope: trio.CancelScope) -> int:
-        """Track an inbound connection in its handshake; past the cap, cancel the oldest one. Returns its key."""
+    def handshake_started(self, raw: Any) -> tuple[int, list[Any]]:
+        """Track an inbound connection (its raw stream) in its handshake; its key, and raw streams to close for room.
+
+        Past the cap the oldest that has not sent a byte goes first (an honest dialer
+        speaks at once), then the oldest of all, so silent sockets never push out a
+        dialer mid-handshake. Closing the socket (not cancelling the task) lets
+        py-libp2p's own cleanup run, which releases its resource manager's slot.
+        """
         self._pending_keys += 1
         key = self._pending_keys
-        self.pending[key] = scope
+        self.pending[key] = [False, raw]
+        victims = []
         while len(self.pending) > self.limits.pending_connections:
-            oldest = next(iter(self.pending))
-            self.pending.pop(oldest).cancel()
+            victim = next((k for k, (spoke, _) in self.pending.items() if not spoke), next(iter(self.pending)))
+            victims.append(self.pending.pop(victim)[1])
             self.refusals += 1
-        return key
+        return key, victims
+
+    def handshake_spoke(self, key: int) -> None:
+        """The connection in its handshake has sent its first bytes."""
+        entry = self.pending.get(key)
+        if entry is not None:
+            entry[0] = True
 
     def handshake_ended(self, key: int) -> None:
         """The connection finished (or failed) its handshake."""
@@ -408,7 +435,7 @@ class Guard:
         """What outsiders hold now and how often limits struck, for a status reply."""
         return {"outsiders": {k.replace(" ", "_"): v for k, v in self._outsiders.held.items()},
                 "outsider_connections": len(self.outsider_connections), "handshakes": len(self.pending),
-                "resets": self.resets, "refusals": self.refusals}
+                "resets": self.resets, "refusals": self.refusals, **self.more_status()}
 
     def freed_big_buffer(self) -> None:
         """A request that held a large buffer (or a stream that broke a limit) ended: give memory back to the OS soon.

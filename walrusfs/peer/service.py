@@ -23,7 +23,7 @@ import trio
 
 from p2p.framing import FrameReader
 from p2p.host import guard_of, running_host
-from p2p.limits import Guard, Overloaded
+from p2p.limits import Guard, Limits, Overloaded
 from p2p.rpc import serve
 
 from .. import __version__
@@ -109,6 +109,9 @@ class Fault(enum.Enum):
     #: headers), so clients, mounts and honest peers show they survive it.
     HOSTILE = "hostile"
 
+
+#: Overrides of the resource limits (p2p.limits.Limits), "name=value,...": operators' tuning, tests' smaller caps.
+LIMITS_ENV = "WALRUSFS_LIMITS"
 
 SLOW_SECONDS = 3.0
 SLOW_REPLY = 1.0
@@ -488,7 +491,8 @@ async def run_peer(
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             # Committee members have reserved connection slots and stream/byte allowances.
             members = [peer.peer_id for peer in committee.peers]
-            async with running_host(identity.seed, me.addrs, members) as host, trio.open_nursery() as nursery:
+            limits = Limits.parse(os.environ.get(LIMITS_ENV, ""))
+            async with running_host(identity.seed, me.addrs, members, limits) as host, trio.open_nursery() as nursery:
                 service.register(host)
                 nursery.start_soon(service.run, host)
                 addrs = ", ".join(str(a) for a in host.get_addrs())
