@@ -9,7 +9,7 @@ allows (see ../shared/spec/fault-model.md, "outsider"):
   that state (a new one pushes out the oldest that has not sent a byte, so a flood of
   silent sockets cannot keep an honest dialer, which speaks at once, from getting through). Committee
   members' connections are never counted against ``outsider_connections``; an outsider
-  connection with no open stream is closed after ``connection_idle`` seconds, or sooner
+  connection with no open request stream is closed after ``connection_idle`` seconds, or sooner
   when a new outsider needs its slot;
 - streams: each remote peer may have ``streams_per_peer`` inbound streams open (members
   ``member_streams``), outsiders ``outsider_streams`` together; past a cap the stream
@@ -356,7 +356,7 @@ class Guard:
         evict: list[tuple[Any, str]] = []
         if len(self.outsider_connections) >= self.limits.outsider_connections:
             idle = sorted((entry[1], id(conn), conn) for conn, entry in self.outsider_connections.items()
-                          if _open_streams(conn) == 0)
+                          if not self._serving(entry[0]))
             if not idle:
                 self.refusals += 1
                 raise Overloaded(f"busy: {len(self.outsider_connections)} outsider connections, all in use")
@@ -364,6 +364,11 @@ class Guard:
             evict.append((conn, self.outsider_connections.pop(conn)[0]))
         self.outsider_connections[muxed_conn] = [peer_id, now]
         return evict
+
+    def _serving(self, peer_id: str) -> bool:
+        """Whether a request stream from ``peer_id`` is open (py-libp2p's own streams, identify and the like, do not count)."""
+        account = self._peers.get(peer_id)
+        return account is not None and bool(account.watches)
 
     def connection_closed(self, muxed_conn: Any) -> None:
         """An inbound connection has closed."""
@@ -398,7 +403,7 @@ class Guard:
                     broken.append((watch, reason))
         idle = []
         for conn, entry in list(self.outsider_connections.items()):
-            if _open_streams(conn):
+            if self._serving(entry[0]):
                 entry[1] = now
             elif now - entry[1] > self.limits.connection_idle:
                 idle.append((conn, entry[0]))
@@ -447,12 +452,6 @@ class Guard:
         self._trim_after = now + 0.5
         if self._trim_first is None:
             self._trim_first = now
-
-
-def _open_streams(muxed_conn: Any) -> int:
-    """Streams a (Yamux) connection has open; closed ones linger in its table a while."""
-    streams = getattr(muxed_conn, "streams", None) or {}
-    return sum(1 for stream in list(streams.values()) if not getattr(stream, "closed", False))
 
 
 def _load_malloc_trim() -> Any:
