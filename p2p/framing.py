@@ -94,7 +94,7 @@ class FrameReader:
             self._in_header = False
         if watch is not None:
             watch.hold_header(0)
-            watch.body_done()  # the handler's work until it asks for the body is not the sender's
+            watch.handling()  # until the handler asks for the body, waiting is not the sender's doing
         return header
 
     async def body_length(self, max_size: int) -> int:
@@ -116,7 +116,7 @@ class FrameReader:
             del self._buffer[: len(piece)]
             left -= len(piece)
             if not left and self._watch is not None:
-                self._watch.body_done()
+                self._watch.handling()
             yield piece
 
     async def read_body(self, max_size: int) -> bytes:

@@ -171,8 +171,8 @@ class StreamWatch:
         """``count`` bytes arrived."""
         self.received += count
 
-    def body_done(self) -> None:
-        """The whole body has been read; the handler works on it."""
+    def handling(self) -> None:
+        """The reader is not waiting for the sender: the handler works (on a header, or a whole body)."""
         self._enter(HANDLING)
 
     def request_done(self) -> None:
