@@ -289,6 +289,8 @@ class Guard:
                 idle = [w for w in account.watches if w.phase is IDLE and not w.first]
                 if not idle:
                     self.refusals += 1
+                    if not accounts[0].watches:  # an account per refused (fresh) key would pile up
+                        self._peers.pop(remote, None)
                     whose = "all outsiders" if account is self._outsiders else f"peer {remote}"
                     raise Overloaded(f"busy: {whose} already hold {account.held['streams']} streams, the limit")
                 # The stream that has waited longest between requests makes room (its

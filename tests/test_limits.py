@@ -24,7 +24,7 @@ import trio
 
 from p2p.framing import FrameReader
 from p2p.host import peer_info, running_host
-from p2p.limits import Limits
+from p2p.limits import Guard, Limits, Overloaded
 from tests.faultnet import DelayProxy, point_at, port_of
 from tests.test_network import Devnet
 from walrusfs.client.blob import Client
@@ -458,3 +458,48 @@ async def test_a_slow_but_steady_upload_is_not_cut_off(net: Devnet, tmp_path: Pa
         assert reply["ok"] and took > LIMITS.rate_window
     finally:
         proxy.close()
+
+
+class FakeStream:
+    """Stands in for a libp2p stream in the guard's bookkeeping."""
+
+    def __init__(self) -> None:
+        self.was_reset = False
+
+    async def reset(self) -> None:
+        self.was_reset = True
+
+
+async def test_guard_caps_each_outsider_and_all_outsiders_but_gives_members_their_own_room() -> None:
+    # No network: the bookkeeping alone, with small caps.
+    limits = Limits(streams_per_peer=2, outsider_streams=3, member_streams=2, header_bytes_per_peer=100,
+                    outsider_header_bytes=150, member_header_bytes=100)
+    guard = Guard(limits, members=["member"])
+    first = await guard.open_stream("a", FakeStream())
+    await guard.open_stream("a", FakeStream())
+    with pytest.raises(Overloaded, match="peer a"):
+        await guard.open_stream("a", FakeStream())  # a's third: over its own cap, nothing idle to close
+    await guard.open_stream("b", FakeStream())
+    with pytest.raises(Overloaded, match="all outsiders"):
+        await guard.open_stream("c", FakeStream())  # the fourth outsider stream
+    member = await guard.open_stream("member", FakeStream())  # members are not outsiders
+    member.hold_header(100)
+    # An idle stream (between requests) makes room for a new one of the same peer.
+    first.first = False
+    first.waiting_for_frame()
+    await guard.open_stream("a", FakeStream())
+    assert first.stream.was_reset
+    # Header bytes: each outsider 100, all outsiders 150.
+    with pytest.raises(Overloaded, match="peer b"):
+        guard._peers["b"].watches.copy().pop().hold_header(101)
+    [b] = guard._peers["b"].watches
+    b.hold_header(90)
+    [a1, a2] = guard._peers["a"].watches
+    with pytest.raises(Overloaded, match="all outsiders"):
+        a1.hold_header(61)
+    a1.hold_header(60)
+    # Everything is released when streams close.
+    for watch in [a1, a2, b, member]:
+        guard.close_stream(watch)
+    assert guard.status()["outsiders"] == {"streams": 0, "header_bytes": 0, "body_bytes": 0}
+    assert guard._peers == {}
