@@ -252,6 +252,25 @@ def _guard_inbound_connections(swarm: Any, guard: Guard) -> None:
     swarm._handle_inbound_connection = handle_inbound
     swarm.upgrade_inbound_raw_conn = upgrade_inbound
 
+    handle_stream = swarm.common_stream_handler
+
+    async def handle_inbound_stream(net_stream: Any) -> None:
+        conn = net_stream.muxed_conn
+        peer_id = str(getattr(conn, "peer_id", ""))
+        if not guard.stream_arrives(conn, peer_id):
+            with trio.CancelScope(shield=True):
+                try:
+                    await net_stream.reset()
+                except Exception:
+                    pass
+            return
+        try:
+            await handle_stream(net_stream)
+        finally:
+            guard.stream_leaves(conn, peer_id)
+
+    swarm.common_stream_handler = handle_inbound_stream
+
 
 def peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
     """PeerInfo for a base58 peer ID and its multiaddrs (without /p2p/ suffixes)."""

@@ -243,6 +243,9 @@ class Guard:
         #: Inbound connections still in their handshake, oldest first: key -> [sent a byte yet, raw stream].
         self.pending: dict[int, list[Any]] = {}
         self._pending_keys = 0
+        #: Inbound streams of any protocol per connection, and of all outsiders.
+        self._conn_streams: dict[Any, int] = {}
+        self._outsider_inbound = 0
         #: Established inbound outsider connections: muxed connection -> [peer ID, when it last had a stream open].
         self.outsider_connections: dict[Any, list[Any]] = {}
         #: Closes a connection (set by ``p2p.host``, which knows the swarm).
@@ -366,6 +369,34 @@ class Guard:
             evict.append((conn, self.outsider_connections.pop(conn)[0]))
         self.outsider_connections[muxed_conn] = [peer_id, now]
         return evict
+
+    def stream_arrives(self, conn: Any, peer_id: str) -> bool:
+        """Whether a new inbound stream of any protocol may start its negotiation on ``conn``.
+
+        Twice the request-stream caps, leaving room for py-libp2p's own protocols and for
+        streams still negotiating: without it a connection could open streams without
+        bound (py-libp2p caps them only at 10,000 for the whole host), each buffering up
+        to a Yamux window before anything reads it.
+        """
+        member = self.is_member(peer_id)
+        lim = self.limits
+        count = self._conn_streams.get(conn, 0)
+        if count >= 2 * (lim.member_streams if member else lim.streams_per_peer) or (
+                not member and self._outsider_inbound >= 2 * lim.outsider_streams):
+            self.refusals += 1
+            return False
+        self._conn_streams[conn] = count + 1
+        if not member:
+            self._outsider_inbound += 1
+        return True
+
+    def stream_leaves(self, conn: Any, peer_id: str) -> None:
+        """An inbound stream admitted by ``stream_arrives`` has ended."""
+        count = self._conn_streams.pop(conn, 1) - 1
+        if count:
+            self._conn_streams[conn] = count
+        if not self.is_member(peer_id):
+            self._outsider_inbound -= 1
 
     def _serving(self, peer_id: str) -> bool:
         """Whether a request stream from ``peer_id`` is open (py-libp2p's own streams, identify and the like, do not count)."""
