@@ -215,6 +215,13 @@ class PeerService:
     ) -> Callable[[FrameReader, str], Awaitable[tuple[bytes, bytes]]]:
         async def run(reader: FrameReader, remote: str) -> tuple[bytes, bytes]:
             if self.fault is Fault.STALL:
+                # Take the request and never answer: a peer hung while working on it (one that
+                # never read would be reset by its own header deadline). Reading on ends the
+                # stream once the requester gives up, or after the idle limit.
+                await reader.read_header(m.MAX_HEADER)
+                async for _ in reader.body_chunks(await reader.body_length(m.MAX_BODY)):
+                    pass
+                await reader.read_header(m.MAX_HEADER)
                 await trio.sleep_forever()
             if self.fault is Fault.SLOW_REPLIES:
                 await trio.sleep(SLOW_REPLY)
