@@ -13,7 +13,9 @@ allows (see ../shared/spec/fault-model.md, "outsider"):
   when a new outsider needs its slot;
 - streams: each remote peer may have ``streams_per_peer`` inbound streams open (members
   ``member_streams``), outsiders ``outsider_streams`` together; past a cap the stream
-  that has waited longest between requests gives way, or the new one is refused;
+  that has waited longest between requests gives way, or the new one is refused (and
+  before protocol negotiation, a connection may hold twice that many streams of any
+  protocol);
 - time: a request's header must arrive whole within ``header_deadline`` seconds (of the
   stream opening for the first request, of its first byte for later ones); a body must
   arrive at ``min_rate`` bytes/s or more, averaged over the last ``rate_window`` seconds
