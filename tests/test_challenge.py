@@ -16,6 +16,7 @@ from tests.conftest import blob_bytes
 from walrusfs.client.members import ask_others
 from walrusfs.core.certificates import assemble_certificate, sign_confirmation
 from walrusfs.core.challenge import (
+    NO_ROUND,
     PassCertificate,
     challenged_blobs,
     checker_cells,
@@ -29,6 +30,7 @@ from walrusfs.core.challenge import (
     seed_commitment,
     sign_commitment,
     sign_pass,
+    start_context,
     verify_pass_certificate,
 )
 from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key
@@ -49,10 +51,13 @@ from walrusfs.core.redstuff import encode_blob, expanded_sliver
 from walrusfs.core.rounds import (
     CLOSED,
     CLOSING,
+    EXPIRED,
     FAILED,
     OPEN,
     PASSED,
     REVEALING,
+    ROUND_EXPIRY,
+    UNPROVEN,
     Rounds,
     may_start,
     summary,
@@ -187,11 +192,12 @@ def _round_entries(sample: int = 2) -> tuple[list[Entry], LogState, bytes]:
         author(b, "blob-certified", certificate_payload(certificate, 100))
     nonce = b"n" * 16
     secrets = {k: round_secret(bytes([k]) * 32, 1, nonce) for k in range(5)}
-    commits = [[k, seed_commitment(1, k, s), sign_commitment(KEYS[k], 1, nonce, k, seed_commitment(1, k, s))]
-               for k, s in secrets.items()]
     heads = [[k, seqs[k]] for k in range(7)]
-    start = author(6, "challenge-start", {"round": 1, "nonce": nonce, "sample": sample, "heads": heads,
-                                          "commits": commits})
+    context = start_context(NO_ROUND, heads)
+    commits = [[k, seed_commitment(1, k, s), sign_commitment(KEYS[k], 1, nonce, k, seed_commitment(1, k, s), context)]
+               for k, s in secrets.items()]
+    start = author(6, "challenge-start", {"round": 1, "prev": NO_ROUND, "nonce": nonce, "sample": sample,
+                                          "heads": heads, "commits": commits})
     for k, secret in secrets.items():
         author(k, "challenge-reveal", {"start": start.id, "secret": secret})
     seed = round_seed(COMMITTEE, 1, {k: c for k, c, _ in commits}, secrets)
@@ -311,3 +317,104 @@ async def test_asking_the_other_members_ends_when_enough_agreed_or_when_every_as
     with trio.fail_after(5):
         await ask_others(COMMITTEE, 2, agree_or_hang, enough)
     assert len(asked) == 3 and finished == []
+
+
+# ---------------------------------------------------------------------- succession rules (issue 15)
+
+
+class _Log:
+    """Entries by the 7 test keys applied to one state, continuing ``_round_entries``'s round 1."""
+
+    def __init__(self) -> None:
+        entries, self.state, self.first = _round_entries()
+        self.seqs = {k: self.state.head(KEYS[k].verify_key.encode()) for k in range(7)}
+        self.blobs = 100
+
+    def author(self, k: int, kind: str, payload: dict) -> Entry:
+        self.seqs[k] += 1
+        chain = self.state.chains[bytes(KEYS[k].verify_key)]
+        entry = sign_entry(KEYS[k], self.seqs[k], chain[-1].id, 1000 + self.seqs[k], kind, payload)
+        assert self.state.apply(entry)[0].value == "accepted", check_entry(entry, COMMITTEE)
+        return entry
+
+    def certify(self, count: int) -> None:
+        for _ in range(count):
+            self.blobs += 1
+            blob = BlobId(self.blobs.to_bytes(32, "big"))
+            cert = assemble_certificate(COMMITTEE, blob, [(k, sign_confirmation(KEYS[k], 0, blob)) for k in range(5)])
+            self.author(0, "blob-certified", certificate_payload(cert, 10))
+
+    def heads(self) -> list[list[int]]:
+        return [[k, self.seqs[k]] for k in range(7)]
+
+    def start(self, k: int, number: int, prev: bytes, heads: list[list[int]] | None = None, signers=range(5)) -> Entry:
+        heads = self.heads() if heads is None else heads
+        nonce = os.urandom(16)
+        context = start_context(prev, heads)
+        commits = [[j, seed_commitment(number, j, SECRETS[j]),
+                    sign_commitment(KEYS[j], number, nonce, j, seed_commitment(number, j, SECRETS[j]), context)]
+                   for j in sorted(signers)]
+        return self.author(k, "challenge-start", {"round": number, "prev": prev, "nonce": nonce, "sample": 2,
+                                                  "heads": heads, "commits": commits})
+
+    def rounds(self) -> Rounds:
+        return Rounds(COMMITTEE).extend(e for e in self.state.counted() if e.kind in CHALLENGE_KINDS)
+
+
+def test_starts_follow_the_last_round_and_bad_ones_refuse_nothing() -> None:
+    log = _Log()
+    # Heads nobody reaches: unresolved, no sample, so nothing is refused; it blocks nobody.
+    far = log.start(1, 2, log.first, [[0, 10**9], [1, 1]])
+    rounds = log.rounds()
+    assert rounds.judge(rounds.rounds[far.id], log.state) == "unresolved"
+    assert rounds.rounds[far.id].sample(COMMITTEE, log.state) is None
+    assert [r.start_id for r in rounds.valid(log.state)] == [log.first]
+    # Numbers follow the last round: 2^62 - 1, or round 1 again, are void.
+    huge = log.start(2, (1 << 62) - 1, log.first)
+    again = log.start(3, 1, NO_ROUND)
+    rounds = log.rounds()
+    assert rounds.judge(rounds.rounds[huge.id], log.state) == "void"
+    assert rounds.judge(rounds.rounds[again.id], log.state) == "void"
+    heads = {bytes(KEYS[k].verify_key): seq for k, seq in log.heads()}
+    assert rounds.may_follow(2, log.first, heads, log.state) is None
+    # A proper round 2 is valid; the same member's second start after round 1 is void.
+    second = log.start(4, 2, log.first)
+    burst = [log.start(4, 2, log.first) for _ in range(3)]
+    rounds = log.rounds()
+    assert rounds.last_valid(log.state).start_id == second.id
+    assert all(rounds.judge(rounds.rounds[e.id], log.state) == "void" for e in burst)
+    # Round 2 never gets its reveals: round 3 may not follow it yet...
+    early = log.start(5, 3, second.id)
+    rounds = log.rounds()
+    assert rounds.judge(rounds.rounds[early.id], log.state) == "void"
+    assert rounds.judge(rounds.rounds[second.id], log.state) == REVEALING
+    # ...until ROUND_EXPIRY more blobs are certified: round 2 expired, its peers unproven.
+    log.certify(ROUND_EXPIRY)
+    rounds = log.rounds()
+    stuck = rounds.rounds[second.id]
+    assert rounds.judge(stuck, log.state) == EXPIRED
+    assert set(stuck.results(COMMITTEE, EXPIRED).values()) == {UNPROVEN}
+    third = log.start(6, 3, second.id)
+    rounds = log.rounds()
+    assert rounds.last_valid(log.state).start_id == third.id
+    assert rounds.judge(rounds.rounds[third.id], log.state) == REVEALING
+    # The verdicts are the same in any order of folding.
+    again_rounds = Rounds(COMMITTEE).extend(reversed([e for e in log.state.counted() if e.kind in CHALLENGE_KINDS]))
+    assert [r.start_id for r in again_rounds.valid(log.state)] == [log.first, second.id, third.id]
+
+
+def test_commitments_bind_the_heads_and_the_predecessor() -> None:
+    log = _Log()
+    start = log.start(1, 2, log.first)
+    for name, change in {"heads": {"heads": [[0, 10**9], *start.payload["heads"][1:]]},
+                         "predecessor": {"prev": b"\x01" * 32}, "round": {"round": 3}}.items():
+        forged = sign_entry(KEYS[1], 99, bytes(32), 1, "challenge-start", {**start.payload, **change})
+        with pytest.raises(LogError, match="commitment signature is invalid"):
+            check_entry(forged, COMMITTEE)
+    with pytest.raises(LogError, match="only round 1"):
+        check_entry(sign_entry(KEYS[1], 99, bytes(32), 1, "challenge-start", {**start.payload, "prev": NO_ROUND}),
+                    COMMITTEE)
+    # A pass certificate may count the prover's own attestation among the 2f + 1.
+    verify_pass_certificate(COMMITTEE, certificate(2, (0, 1, 2, 3, 4)))
+    with pytest.raises(VerificationError, match="needs 5"):
+        verify_pass_certificate(COMMITTEE, certificate(2, (0, 1, 2, 3)))

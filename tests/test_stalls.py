@@ -29,6 +29,7 @@ from walrusfs.client.blob import Client
 from walrusfs.core import messages as m
 from walrusfs.core.committee import parse_committee
 from walrusfs.core.metadata import BlobId
+from walrusfs.devnet import peer_dir
 
 LIMIT = 60.0  # a command that takes longer than this with f peers stalled is hung
 
@@ -66,7 +67,9 @@ def exercise_cli(net: Devnet, tmp_path: Path, stalled: list[int], tag: str,
     assert health.returncode == 1  # a peer is unresponsive: not healthy, but answered in time
     report = json.loads(health.stdout)
     assert [k for k, s in enumerate(report) if not s["reachable"]] == stalled, [s.get("error") for s in report]
-    times["audit start"], audit = timed("audit", "start", "--no-wait", "--sample", "1", committee=committee)
+    member = str(peer_dir(net.directory, 0))  # only members start rounds
+    times["audit start"], audit = timed("audit", "start", "--no-wait", "--sample", "1", "--key", member,
+                                        committee=committee)
     # A round the previous case started may still be open: refusing is then the right answer.
     assert audit.returncode == 0 or "is still" in audit.stderr, audit.stderr
     print(f"\n{tag}: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
@@ -137,7 +140,8 @@ def test_healing_and_a_challenge_round_with_a_stalled_peer(tmp_path: Path) -> No
         # A --fault stall peer answers nothing but still acts on its own (it healed its
         # slivers through its own requests and would pass); paused, it is silent for good.
         walrusfs("devnet", "pause", str(net.directory), "--peer", "6", check=True)
-        took, result = timed("audit", "start", "--sample", "2", "--json", committee=net.committee)
+        took, result = timed("audit", "start", "--sample", "2", "--json", "--key", str(peer_dir(net.directory, 0)),
+                             committee=net.committee)
         info = json.loads(result.stdout)
         print(f"challenge round closed in {took:.1f} s: {[row['result'] for row in info['peers']]}")
         assert info["phase"] == "closed"

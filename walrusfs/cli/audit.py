@@ -32,20 +32,34 @@ def audit() -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the round closes.")
 @click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True,
               help="Seconds to wait for the round to close (the round itself has no deadline).")
-def audit_start(committee_path: Path | None, as_json: bool, sample: int, wait: bool, timeout: float) -> None:
+@click.option("--key", "key_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              envvar="WALRUSFS_MEMBER_DIR",
+              help="Data directory of the committee member whose key authorizes the round (only members start "
+                   "rounds).")
+def audit_start(committee_path: Path | None, as_json: bool, sample: int, wait: bool, timeout: float,
+                key_dir: Path | None) -> None:
     """Start a challenge round; refused while an earlier round is still open.
 
     Exits 1 if a peer failed the round, 2 if the round did not close within --timeout.
     """
     from ..client.blob import AuditError
+    from ..core.committee import CommitteeError
     from ..core.rounds import CLOSED, summary
+    from ..identity import load_identity
 
     committee = load_committee(committee_path)
+    member = None
+    if key_dir is not None:
+        identity = load_identity(key_dir)
+        try:
+            member = (committee.index_of(identity.peer_id), identity.signing_key)
+        except CommitteeError as exc:
+            raise Failure(f"{key_dir} holds the key of {identity.peer_id}, not a committee member") from exc
 
     async def job(client: Any) -> tuple[Any, Any]:
         import trio
 
-        entry = await client.start_audit(sample)
+        entry = await client.start_audit(sample, member)
         if not as_json:
             click.echo(f"round {entry.payload['round']} started (entry {entry.id.hex()[:16]}), sample {sample} blobs")
         if not wait:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 from libp2p.peer.id import ID
+from nacl.signing import SigningKey
 
 from p2p.framing import Body
 from p2p.host import IHost
@@ -25,6 +26,7 @@ from p2p.rpc import PeerUnavailable
 
 from ..core import messages as m
 from ..core.certificates import Certificate, assemble_certificate, verify_confirmation
+from ..core.challenge import audit_request_bytes
 from ..core.committee import Committee
 from ..core.errors import CodecError, InconsistentBlob
 from ..core.log import (
@@ -888,11 +890,23 @@ class Client:
             out.append(entry)
         return out
 
-    async def start_audit(self, sample: int) -> Entry:
-        """Ask peers, in random order, to start a challenge round of ``sample`` blobs; the checked start entry."""
+    async def start_audit(self, sample: int, member: tuple[int, SigningKey] | None = None) -> Entry:
+        """Ask peers, in random order, to start a challenge round of ``sample`` blobs; the checked start entry.
+
+        Only committee members start rounds: a client outside the committee passes
+        ``member`` (index, signing key), whose signature authorizes exactly the next round.
+        """
         async def start(peer: int) -> Entry:
+            fields: dict[str, Any] = {}
+            if member is not None:
+                status, _ = await self._call(peer, m.GET_STATUS)
+                challenge = status.get("challenge")
+                last = challenge.get("round") if isinstance(challenge, dict) else None
+                if not isinstance(last, int) or isinstance(last, bool) or not 0 <= last < 1 << 62:
+                    raise CodecError(f"peer {peer}'s status names no last challenge round")
+                fields = {"member": member[0], "signature": member[1].sign(audit_request_bytes(last + 1)).signature}
             try:
-                reply, _ = await self._call(peer, m.AUDIT_START, sample=sample)
+                reply, _ = await self._call(peer, m.AUDIT_START, sample=sample, **fields)
             except m.RemoteError as exc:
                 if exc.code == m.INVALID:
                     raise AuditError(exc.message) from exc  # e.g. a round is still open: asking others won't help

@@ -147,6 +147,11 @@ def verify_pass_certificate(committee: Committee, certificate: PassCertificate) 
 CELL_DOMAIN = b"walrusfs/challenge-cells/v1\x00"
 COMMIT_SIGN_DOMAIN = b"walrusfs/challenge-commitment/v1\x00"
 SECRET_DOMAIN = b"walrusfs/challenge-secret/v1\x00"
+CONTEXT_DOMAIN = b"walrusfs/challenge-context/v1\x00"
+NONCE_DOMAIN = b"walrusfs/challenge-nonce/v1\x00"
+AUDIT_DOMAIN = b"walrusfs/audit-start/v1\x00"
+#: The ``prev`` of round 1: no round precedes it.
+NO_ROUND = bytes(32)
 NONCE_SIZE = 16
 #: A round never challenges more blobs than this; a round is meant to be a small sample.
 MAX_SAMPLE = 4096
@@ -194,14 +199,46 @@ def round_secret(key_seed: bytes, round_number: int, nonce: bytes) -> bytes:
     return merkle.blake2b256(SECRET_DOMAIN + key_seed + struct.pack("<Q", round_number) + nonce)
 
 
-def commitment_bytes(round_number: int, nonce: bytes, peer: int, commitment: bytes) -> bytes:
-    """What a peer signs when it hands out its commitment for a round start."""
-    return COMMIT_SIGN_DOMAIN + struct.pack("<QI", round_number, peer) + nonce + commitment
+def start_nonce(key_seed: bytes, prev: bytes) -> bytes:
+    """A member's nonce for its start after round ``prev``: the same on every retry, so members commit to one."""
+    return merkle.blake2b256(NONCE_DOMAIN + key_seed + prev)[:NONCE_SIZE]
 
 
-def sign_commitment(key: SigningKey, round_number: int, nonce: bytes, peer: int, commitment: bytes) -> bytes:
+def audit_request_bytes(round_number: int) -> bytes:
+    """What a member signs to let someone else ask a peer to start round ``round_number`` (useless for any other)."""
+    return AUDIT_DOMAIN + struct.pack("<Q", round_number)
+
+
+def check_heads(committee: Committee, raw: Any) -> list[list[int]]:
+    """``raw`` as a start's heads ([member, seq] rows, in member order); raises ``VerificationError``."""
+    heads = _members(committee, raw, "heads", 2)
+    for _, seq in heads:
+        _count(seq, "head", 1 << 62)
+    return heads
+
+
+def start_context(prev: bytes, heads: Iterable[Iterable[int]]) -> bytes:
+    """What a commitment binds besides the round number: the previous round's start ID and the start's heads.
+
+    A member commits only to a start whose heads its own log has reached and whose
+    predecessor it judges ended (see ``rounds``). A start needs commitments of peers
+    holding 2f + 1 shards, so peers holding f + 1 honest shards held every entry the heads
+    name: every honest replica can fetch them, and a start naming entries nobody has
+    cannot gather its commitments.
+    """
+    rows = b"".join(struct.pack("<IQ", *row) for row in heads)
+    return merkle.blake2b256(CONTEXT_DOMAIN + prev + rows)
+
+
+def commitment_bytes(round_number: int, nonce: bytes, peer: int, commitment: bytes, context: bytes) -> bytes:
+    """What a peer signs when it hands out its commitment for a round start (``context``: see ``start_context``)."""
+    return COMMIT_SIGN_DOMAIN + struct.pack("<QI", round_number, peer) + nonce + commitment + context
+
+
+def sign_commitment(key: SigningKey, round_number: int, nonce: bytes, peer: int, commitment: bytes,
+                    context: bytes) -> bytes:
     """The signature that lets a round start list this peer's commitment."""
-    return key.sign(commitment_bytes(round_number, nonce, peer, commitment)).signature
+    return key.sign(commitment_bytes(round_number, nonce, peer, commitment, context)).signature
 
 
 # ---------------------------------------------------------------------- log payloads
@@ -231,19 +268,24 @@ def _members(committee: Committee, raw: Any, name: str, width: int) -> list[list
 
 def check_start(committee: Committee, payload: Mapping[str, Any]) -> None:
     """Raise ``VerificationError`` unless a challenge-start payload is well-formed and its commitments signed."""
-    if set(payload) != {"round", "nonce", "sample", "heads", "commits"}:
-        raise VerificationError("challenge-start has fields round, nonce, sample, heads, commits")
+    if set(payload) != {"round", "prev", "nonce", "sample", "heads", "commits"}:
+        raise VerificationError("challenge-start has fields round, prev, nonce, sample, heads, commits")
     number = _count(payload["round"], "round", 1 << 62, 1)
+    prev = _bytes(payload, "prev", 32)
+    if (number == 1) != (prev == NO_ROUND):
+        raise VerificationError("round 1, and only round 1, names no previous round")
     nonce = _bytes(payload, "nonce", NONCE_SIZE)
     _count(payload["sample"], "sample", MAX_SAMPLE + 1, 1)
-    for _, seq in _members(committee, payload["heads"], "heads", 2):
-        _count(seq, "head", 1 << 62)
+    heads = check_heads(committee, payload["heads"])
+    context = start_context(prev, heads)
     commits = _members(committee, payload["commits"], "commits", 3)
     for peer, commitment, signature in commits:
         if not (isinstance(commitment, bytes) and len(commitment) == 32 and isinstance(signature, bytes)):
             raise VerificationError("a commitment is 32 bytes with a signature")
-        verify_member(committee, peer, commitment_bytes(number, nonce, peer, commitment), signature,
-                      f"peer {peer}'s commitment signature is invalid")
+        # The signature covers the heads and the previous round: a start cannot reuse
+        # commitments given for other heads (see ``start_context``).
+        verify_member(committee, peer, commitment_bytes(number, nonce, peer, commitment, context), signature,
+                      f"peer {peer}'s commitment signature is invalid for this round, predecessor and heads")
     weight = committee.weight(row[0] for row in commits)
     if weight < committee.quorum:
         raise VerificationError(f"commitments from peers holding {weight} shards; a round needs {committee.quorum}")
@@ -282,8 +324,9 @@ def check_pass(committee: Committee, payload: Mapping[str, Any]) -> None:
     certificate = pass_from_payload(payload)
     if certificate.peer >= len(committee.peers):
         raise VerificationError("the challenged peer is not a committee member")
-    if certificate.peer in certificate.signers:
-        raise VerificationError("a peer cannot attest its own pass")
+    # The prover's own attestation may be one of the 2f + 1: at most f attesters are faulty,
+    # the prover included, so f + 1 honest checkers still verified its proof. Without it an
+    # honest prover at n = 4 needs every other member, and one silent member fails it.
     verify_pass_certificate(committee, certificate)
 
 

@@ -2,9 +2,11 @@
 
 A round lives entirely in the log, so anyone holding the log can replay it:
 
-1. ``challenge-start`` (any member): the round number, a nonce, the sample size, the
-   authors' heads that fix which blobs are eligible, and signed commitments from peers
-   holding 2f + 1 shards.
+1. ``challenge-start`` (any member): the round number, the start ID of the round it
+   follows, a nonce, the sample size, the authors' heads that fix which blobs are
+   eligible, and commitments from peers holding 2f + 1 shards, each signed over the number,
+   predecessor and heads. Judged with the log (``Rounds.judge``), a start counts only if
+   it follows the last round by the succession rules there; otherwise it is void.
 2. ``challenge-reveal`` (each committed peer): its secret. Once every listed commitment is
    revealed the seed is known, and with it the challenged sample. The round is *open*:
    peers stop serving those blobs.
@@ -21,14 +23,19 @@ its lost data back can collect at most f honest attestations (plus f from collud
 short of the 2f + 1 a certificate needs. Attestations given before a checker closed still
 count, so a slow honest peer whose certificate lands after the close is recorded as
 passed (late).
+
+A round that cannot complete (a committed member never reveals, say) does not hold up the
+next: it expires once ``ROUND_EXPIRY`` more blobs are certified, and its peers without a
+pass are recorded as unproven. Reads are refused only for the sample of a valid round
+whose sample is known, so a start this replica cannot resolve refuses nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .challenge import challenged_blobs, pass_from_payload, round_seed
+from .challenge import NO_ROUND, challenged_blobs, pass_from_payload, round_seed
 from .committee import Committee
 from .errors import VerificationError
 from .log import (
@@ -46,10 +53,27 @@ REVEALING = "revealing"
 OPEN = "open"
 CLOSING = "closing"
 CLOSED = "closed"
+#: Judged with the log (``Rounds.judge``): a start whose heads this replica has not reached
+#: yet; a start that breaks the succession rules (it never counts); a round that ended by
+#: log progress without closing (its unproven peers are recorded as such).
+UNRESOLVED = "unresolved"
+VOID = "void"
+EXPIRED = "expired"
+#: Phases in which a round refuses no reads and takes no more attestations.
+ENDED = frozenset({CLOSED, EXPIRED, VOID})
+VALID = "valid"
 
 PASSED = "passed"
 FAILED = "failed"
 PENDING = "pending"
+UNPROVEN = "unproven"
+
+#: A round that has not closed ends once this many more blobs are certified than its heads
+#: held (or when a later round names it as its predecessor, which needs the same). Log
+#: progress, not time: every replica that reached the same heads agrees. Counted in newly
+#: certified blobs because each needs 2f + 1 peers to store data, so a member cannot fake
+#: progress by writing entries.
+ROUND_EXPIRY = 16
 
 
 @dataclass
@@ -66,6 +90,11 @@ class Round:
     def number(self) -> int:
         """The round number the start entry gave (0 while the start is unknown)."""
         return self.start.payload["round"] if self.start else 0
+
+    @property
+    def prev(self) -> bytes:
+        """The start ID of the round this one follows (all zero for round 1 or while the start is unknown)."""
+        return self.start.payload["prev"] if self.start else bytes(32)
 
     def commitments(self) -> dict[int, bytes]:
         """Committed peer -> commitment."""
@@ -137,11 +166,15 @@ class Round:
             return CLOSING
         return OPEN
 
-    def results(self, committee: Committee) -> dict[int, str]:
-        """Each member's result: passed, failed (closed without a pass) or pending."""
+    def results(self, committee: Committee, phase: str | None = None) -> dict[int, str]:
+        """Each member's result: passed, failed (closed without a pass), unproven (expired without one) or pending.
+
+        ``phase``: the round's phase as judged with the log (``Rounds.judge``), if known.
+        """
         passed = self.passed(committee)
-        closed = self.phase(committee) == CLOSED
-        return {k: PASSED if k in passed else FAILED if closed else PENDING for k in range(len(committee.peers))}
+        phase = phase or self.phase(committee)
+        other = {CLOSED: FAILED, EXPIRED: UNPROVEN}.get(phase, PENDING)
+        return {k: PASSED if k in passed else other for k in range(len(committee.peers))}
 
     def verdicts(self, committee: Committee, peer: int) -> dict[int, str]:
         """What each closer recorded about ``peer`` (attested, refused: why, or nothing received)."""
@@ -161,11 +194,15 @@ class Round:
         return challenged_blobs(seed, state.certified_as_of(heads), self.start.payload["sample"])
 
 
-def summary(found: Round, committee: Committee) -> dict[str, object]:
-    """A JSON-ready account of one round: phase, seed, and each peer's result with its evidence."""
+def summary(found: Round, committee: Committee, phase: str | None = None) -> dict[str, object]:
+    """A JSON-ready account of one round: phase, seed, and each peer's result with its evidence.
+
+    ``phase``: the round's phase as judged with the log, if known (else from its entries alone).
+    """
     seed = found.seed(committee)
     passed = found.passed(committee)
-    results = found.results(committee)
+    phase = phase or (found.phase(committee) if found.start else REVEALING)
+    results = found.results(committee, phase)
     keys = {p.public_key: k for k, p in enumerate(committee.peers)}
     peers = []
     for k, result in results.items():
@@ -178,7 +215,7 @@ def summary(found: Round, committee: Committee) -> dict[str, object]:
         peers.append(row)
     start = found.start
     return {
-        "round": found.number, "start": found.start_id.hex(), "phase": found.phase(committee) if start else REVEALING,
+        "round": found.number, "start": found.start_id.hex(), "phase": phase, "prev": found.prev.hex(),
         "started_by": keys.get(start.author) if start else None, "hlc": start.hlc if start else None,
         "sample": start.payload["sample"] if start else None,
         "committed": sorted(found.commitments()), "revealed": sorted(found.reveal_secrets(committee)),
@@ -193,6 +230,11 @@ class Rounds:
 
     committee: Committee
     rounds: dict[bytes, Round] = field(default_factory=dict)
+    # Judging with the log (see ``judge``): final verdicts, successors, eligible blobs.
+    _verdicts: dict[bytes, str] = field(default_factory=dict)
+    _by_prev: dict[bytes, set[bytes]] = field(default_factory=dict)
+    _certified_at: dict[bytes, list[BlobId]] = field(default_factory=dict)
+    _judging: set[bytes] = field(default_factory=set)
 
     def apply(self, entry: Entry) -> Round | None:
         """Fold one accepted challenge entry in; returns the round it belongs to (None for other kinds)."""
@@ -201,6 +243,7 @@ class Rounds:
         if entry.kind == CHALLENGE_START:
             found = self.rounds.setdefault(entry.id, Round(entry.id))
             found.start = entry
+            self._by_prev.setdefault(entry.payload["prev"], set()).add(entry.id)
             return found
         found = self.rounds.setdefault(entry.payload["start"], Round(entry.payload["start"]))
         if entry.kind == CHALLENGE_REVEAL:
@@ -223,10 +266,133 @@ class Rounds:
                       key=lambda r: (r.number, r.start.hlc, r.start_id))  # type: ignore[union-attr]
 
     def last_number(self) -> int:
-        """The highest round number started so far (0 if none)."""
+        """The highest round number started so far (0 if none); counts void starts too, see ``last_valid``."""
         return max((r.number for r in self.rounds.values()), default=0)
 
+    # -------------------------------------------------------------- judged with the log
+    #
+    # The succession rules, checked once a replica holds the start's heads (so the verdict
+    # depends only on entries the heads name, the same on every replica):
+    #
+    # - the start's ``prev`` is round 1's all-zero ID, or the start entry of a valid round
+    #   that lies within the start's heads, and ``round`` is that round's number + 1;
+    # - that previous round had ended as of the heads: closes of members holding 2f + 1
+    #   shards within the heads, or ``ROUND_EXPIRY`` more blobs certified within the heads
+    #   than within its own;
+    # - no valid start with this number or higher lies within the heads (the starter saw
+    #   it, so this one does not follow the last round), nor, in its author's chain, an
+    #   earlier start naming the same ``prev`` (one round per member after each round);
+    # - the heads name only entries of its author before the start itself.
+    #
+    # A start that breaks one is void: it refuses nothing and nothing follows it. One whose
+    # heads are not reached yet is unresolved and refuses nothing either; the commitments
+    # binding its heads (``challenge.start_context``) mean honest members held them, so it
+    # resolves once replication brings them.
 
+    def judge(self, found: Round, state: LogState) -> str:
+        """VOID, UNRESOLVED, or the round's phase (EXPIRED if it ended by log progress); pure."""
+        verdict = self._verdict(found, state)
+        if verdict != VALID:
+            return verdict
+        phase = found.phase(self.committee)
+        if phase == CLOSED:
+            return CLOSED
+        if any(self._verdict(self.rounds[s], state) == VALID for s in self._by_prev.get(found.start_id, ())):
+            return EXPIRED  # a later valid round followed it, which needs it ended
+        if state.certified_count() - len(self._eligible(found, state)) >= ROUND_EXPIRY:
+            return EXPIRED
+        return phase
+
+    def valid(self, state: LogState) -> list[Round]:
+        """Rounds whose start is judged valid, oldest first."""
+        ordered = self.ordered()
+        # By number, so a predecessor is judged (and cached) before its successor: no deep recursion.
+        return [r for r in ordered if self._verdict(r, state) == VALID]
+
+    def last_valid(self, state: LogState) -> Round | None:
+        """The newest valid round (highest number, then stamp), or None."""
+        valid = self.valid(state)
+        return valid[-1] if valid else None
+
+    def may_follow(self, number: int, prev: bytes, heads: Mapping[bytes, int], state: LogState) -> str | None:
+        """Why a start of round ``number`` after ``prev`` with ``heads`` would not be valid (None: it would).
+
+        What an honest member checks before committing to a proposed start.
+        """
+        verdict, why = self._rule(number, prev, heads, state)
+        return None if verdict == VALID else why
+
+    def started_after(self, author: bytes, prev: bytes, state: LogState, before_seq: int = 1 << 62) -> bool:
+        """Whether ``author``'s chain, below ``before_seq``, holds a start naming ``prev``."""
+        chain = state.chains.get(author, ())
+        return any(e.kind == CHALLENGE_START and e.payload.get("prev") == prev for e in chain[: before_seq - 1])
+
+    def _rule(self, number: int, prev: bytes, heads: Mapping[bytes, int], state: LogState) -> tuple[str, str]:
+        if not state.reached(heads):
+            return UNRESOLVED, "this replica does not hold every entry the heads name yet"
+        for other in self.rounds.values():
+            # The starter saw a round this far along already: this start does not follow the last round.
+            if other.number >= number and other.start is not None and _within(other.start, heads, state) \
+                    and self._verdict(other, state) == VALID:
+                return VOID, f"round {other.number} had started already (within the heads)"
+        if prev == NO_ROUND:
+            return (VALID, "") if number == 1 else (VOID, f"round {number} must name its predecessor")
+        before = self.rounds.get(prev)
+        if before is None or before.start is None or not _within(before.start, heads, state):
+            return VOID, "the previous round's start is not within the heads"
+        verdict = self._verdict(before, state)
+        if verdict != VALID:
+            return verdict, f"the previous round ({before.number}) is {verdict}"
+        if number != before.number + 1:
+            return VOID, f"round {number} cannot follow round {before.number}"
+        closers = [k for k, e in before.closers(self.committee).items() if _within(e, heads, state)]
+        if self.committee.weight(closers) >= self.committee.quorum:
+            return VALID, ""
+        progress = len(set(state.certified_as_of(heads)) - set(self._eligible(before, state)))
+        if progress >= ROUND_EXPIRY:
+            return VALID, ""
+        return VOID, (f"round {before.number} had neither closed nor expired as of these heads "
+                      f"({progress} of {ROUND_EXPIRY} blobs certified since it started)")
+
+    def _verdict(self, found: Round, state: LogState) -> str:
+        known = self._verdicts.get(found.start_id)
+        if known is not None:
+            return known
+        start = found.start
+        if start is None or found.start_id in self._judging:
+            return UNRESOLVED
+        heads = found.heads(self.committee)
+        if heads.get(start.author, 0) >= start.seq:
+            verdict = VOID  # its heads name the start itself or later entries of its author
+        else:
+            self._judging.add(found.start_id)  # forged heads could make two starts name each other
+            try:
+                verdict, _ = self._rule(found.number, found.prev, heads, state)
+            finally:
+                self._judging.discard(found.start_id)
+        if verdict == VALID and self.started_after(start.author, found.prev, state, start.seq):
+            verdict = VOID  # a member starts at most one round after each round
+        if verdict != UNRESOLVED:
+            # Final: it depends only on entries within the heads, which this replica holds.
+            self._verdicts[found.start_id] = verdict
+        return verdict
+
+    def _eligible(self, found: Round, state: LogState) -> list[BlobId]:
+        """The blobs certified as of ``found``'s heads (which the state holds), computed once."""
+        cached = self._certified_at.get(found.start_id)
+        if cached is None:
+            cached = state.certified_as_of(found.heads(self.committee))
+            self._certified_at[found.start_id] = cached
+        return cached
+
+
+
+def _within(entry: Entry, heads: Mapping[bytes, int], state: LogState) -> bool:
+    """Whether ``entry`` is in ``state``'s chain of its author at or below ``heads``."""
+    if entry.seq > heads.get(entry.author, 0):
+        return False
+    chain = state.chains.get(entry.author, ())
+    return len(chain) >= entry.seq and chain[entry.seq - 1].id == entry.id
 
 
 def may_start(progress: int, since_due: int, every: int, number: int, index: int, members: int) -> bool:

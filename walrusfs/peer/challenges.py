@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from dataclasses import field as default
@@ -33,8 +32,11 @@ from ..client.members import SessionPool, ask_others, call_member, member_fault
 from ..core import merkle
 from ..core import messages as m
 from ..core.challenge import (
+    NO_ROUND,
     NONCE_SIZE,
     PassCertificate,
+    audit_request_bytes,
+    check_heads,
     checker_cells,
     commitment_bytes,
     pass_bytes,
@@ -45,6 +47,8 @@ from ..core.challenge import (
     seed_commitment,
     sign_commitment,
     sign_pass,
+    start_context,
+    start_nonce,
     verify_member,
 )
 from ..core.committee import Committee, CommitteeError
@@ -62,8 +66,20 @@ from ..core.log import (
 from ..core.metadata import BlobId, BlobMetadata
 from ..core.recovery import RecoverySymbol, recovery_symbols, verify_recovery_symbol
 from ..core.redstuff import Axis, Sliver, pair_index
-from ..core.rounds import CLOSED, CLOSING, OPEN, REVEALING, Round, Rounds, may_start
-from ..core.wire import field, uint
+from ..core.rounds import (
+    CLOSED,
+    CLOSING,
+    ENDED,
+    EXPIRED,
+    OPEN,
+    REVEALING,
+    UNRESOLVED,
+    VOID,
+    Round,
+    Rounds,
+    may_start,
+)
+from ..core.wire import MessageError, field, uint
 from ..identity import Identity
 from .healing import Healer, pair_problem
 from .replication import LogService
@@ -88,6 +104,9 @@ Held = tuple[BlobMetadata, dict[int, tuple[Sliver, Sliver]]]
 
 #: After a failed start by the cadence, this peer waits this long before trying again.
 CADENCE_RETRY = 10.0
+#: A member asked to commit to a start whose heads it has not reached pulls the log for up
+#: to this long before refusing. Liveness only: it commits only once it holds the entries.
+COMMIT_WAIT = 3.0
 
 
 class ChallengeError(Exception):
@@ -138,7 +157,11 @@ class Challenges:
         self.every = every
         self.sample = sample
         self._base = (b"", 0)  # (start ID of the last round, blobs certified as of its heads)
-        self._closed: set[bytes] = set()  # start IDs of closed rounds
+        self._closed: dict[bytes, str] = {}  # start ID -> how it ended (closed, expired, void)
+        #: (predecessor's start ID, starter) -> the nonce this peer committed to: one start
+        #: per member after each round, so a member cannot fork a round into a burst.
+        self._committed: dict[tuple[bytes, int], bytes] = {}
+        self._pulled: set[bytes] = set()  # unresolved starts we already pulled the log for
         self._due_at = (0, 0)  # (round, blobs certified when this peer first saw the cadence due it)
         self._cadence_retry = 0.0
         self.slow = slow
@@ -149,7 +172,7 @@ class Challenges:
         #: Start ID -> challenged blobs, for rounds not closed yet; reads of these are refused.
         self._samples: dict[bytes, frozenset[BlobId]] = {}
         self._blocked: frozenset[BlobId] = frozenset()
-        self._unsampled = False  # a round's seed is out but its sample is not computed yet
+        self._unresolved = False  # a start names entries this replica does not hold yet
         self._proving: dict[bytes, Proving] = {}
         self._checking: dict[bytes, Checking] = {}
         self._checked: dict[bytes, Checking] = {}  # the last closed round's, for status
@@ -173,51 +196,59 @@ class Challenges:
         """Log listener: fold challenge entries; any entry may complete the heads a round waits for."""
         if entry.kind in CHALLENGE_KINDS:
             self.rounds.apply(entry)
-        if entry.kind in CHALLENGE_KINDS or self._unsampled:
+        # A certified blob is log progress that may expire a round that cannot complete.
+        if entry.kind in CHALLENGE_KINDS or self._unresolved or (entry.kind == BLOB_CERTIFIED and self._samples):
             self._refresh()
             self._wake.set()
         elif self.every and entry.kind == BLOB_CERTIFIED:
             self._wake.set()
 
     def _refresh(self) -> None:
-        """Recompute which blobs are refused: the samples of rounds not closed in this peer's view."""
-        unsampled = False
+        """Recompute which blobs are refused: the known samples of valid rounds not ended in this peer's view."""
+        unresolved = False
+        newest = self.rounds.last_valid(self.log.state)  # judges predecessors before successors
         for start_id, found in self.rounds.rounds.items():
             phase = self._phase(found)
-            if phase == CLOSED:
+            if phase in ENDED:
                 self._samples.pop(start_id, None)
                 done = self._checking.pop(start_id, None)
                 if done is not None:
                     done.own.clear()  # the cached slivers; the counters stay for status
                     self._checked = {start_id: done}
-                if found.number < self.rounds.last_number():
+                if found is not newest:
                     self._proving.pop(start_id, None)  # status shows the newest round only
+            elif phase == UNRESOLVED:
+                # The start names entries we lack: fetch them now (once per start, not per
+                # entry). Until then it refuses nothing: we do not know its sample.
+                unresolved = True
+                if start_id not in self._pulled:
+                    self._pulled.add(start_id)
+                    self.log.pull_soon()
             elif phase != REVEALING and start_id not in self._samples:
                 sample = found.sample(self.committee, self.log.state)
-                if sample is None:
-                    unsampled = True
-                    self.log.pull_soon()  # the start names entries we lack: fetch them now
-                else:
+                if sample is not None:  # a valid round's heads are held, so known once the seed is
                     self._samples[start_id] = frozenset(sample)
-        self._unsampled = unsampled
+        self._unresolved = unresolved
         self._blocked = frozenset().union(*self._samples.values()) if self._samples else frozenset()
 
     def _phase(self, found: Round) -> str:
-        """``found``'s phase; a closed round stays closed, so it is remembered and not folded again."""
-        if found.start_id in self._closed:
-            return CLOSED
-        phase = found.phase(self.committee) if found.start else REVEALING
-        if phase == CLOSED:
-            self._closed.add(found.start_id)
+        """``found``'s phase judged with the log; an ended round stays ended, so it is remembered, not judged again."""
+        ended = self._closed.get(found.start_id)
+        if ended is not None:
+            return ended
+        phase = self.rounds.judge(found, self.log.state)
+        if phase in ENDED:
+            self._closed[found.start_id] = phase
         return phase
 
     def check_serving(self, blob_id: BlobId) -> str | None:
         """Why this peer must not serve data of ``blob_id`` now (a round challenges it), or None."""
-        if blob_id in self._blocked or self._unsampled:
+        # Only known samples: a round whose sample this peer cannot compute yet refuses
+        # nothing, so a start naming entries nobody has cannot stop reads.
+        if blob_id in self._blocked:
             self.refused_reads += 1
             rounds = [self.rounds.rounds[s].number for s, sample in self._samples.items() if blob_id in sample]
-            what = f"round {rounds[0]}" if rounds else "a round whose sample is still being computed"
-            return f"blob {blob_id} is challenged in {what}; its data is served again once the round closes"
+            return f"blob {blob_id} is challenged in round {rounds[0]}; its data is served again once the round closes"
         return None
 
     def sample_of(self, start_id: bytes) -> list[BlobId] | None:
@@ -266,6 +297,8 @@ class Challenges:
             if found.start is None:
                 continue
             phase = self._phase(found)
+            if phase in (VOID, EXPIRED, UNRESOLVED):
+                continue  # never counted, ended without closing, or not judged yet: nothing to do
             if phase == REVEALING:
                 if self.index in found.commitments() and not any(e.author == me for e in found.reveals.values()):
                     self._spawn(nursery, "reveal", start_id, self._reveal, found)
@@ -313,8 +346,8 @@ class Challenges:
         """Whether the cadence has this peer start the next round now."""
         if trio.current_time() < self._cadence_retry:
             return False
-        ordered = self.rounds.ordered()
-        if any(self._phase(found) != CLOSED for found in ordered):
+        ordered = self.rounds.valid(self.log.state)
+        if any(self._phase(found) not in ENDED for found in ordered):
             return False
         base = 0
         if ordered:
@@ -325,7 +358,7 @@ class Challenges:
                     return False  # this peer lags behind that round's start; count once caught up
                 self._base = (last.start_id, len(self.log.state.certified_as_of(heads)))
             base = self._base[1]
-        certified, number = self.log.state.certified_count(), self.rounds.last_number() + 1
+        certified, number = self.log.state.certified_count(), (ordered[-1].number if ordered else 0) + 1
         if certified - base < self.every:
             return False
         if self._due_at[0] != number:
@@ -352,23 +385,40 @@ class Challenges:
         async with self._start_lock:
             return await self._start_round(sample)
 
-    async def _start_round(self, sample: int) -> Entry:
-        for found in self.rounds.ordered():
+    def next_round(self) -> tuple[int, bytes]:
+        """The number of the next round and the start ID it follows, or ``ChallengeError`` while one is running."""
+        valid = self.rounds.valid(self.log.state)
+        for found in valid:
             phase = self._phase(found)
-            if phase != CLOSED:
-                raise ChallengeError(f"round {found.number} is still {phase}; start the next one after it closes")
-        number = self.rounds.last_number() + 1
-        nonce = os.urandom(NONCE_SIZE)
-        commits: dict[int, tuple[bytes, bytes]] = {self.index: self._commitment(number, nonce)}
+            if phase not in ENDED:
+                raise ChallengeError(f"round {found.number} is still {phase}; start the next one after it closes "
+                                     f"(or expires after more writes)")
+        return (valid[-1].number + 1, valid[-1].start_id) if valid else (1, NO_ROUND)
+
+    async def _start_round(self, sample: int) -> Entry:
+        number, prev = self.next_round()
+        state = self.log.state
+        if self.rounds.started_after(self.identity.public_key, prev, state):
+            raise ChallengeError(f"this peer already started a round after round {number - 1}")
+        heads = [[k, state.head(p.public_key)] for k, p in enumerate(self.committee.peers)]
+        why = self.rounds.may_follow(number, prev, {p.public_key: h for p, (_, h) in zip(self.committee.peers, heads)},
+                                     state)
+        if why is not None:
+            raise ChallengeError(f"round {number} cannot start yet: {why}")
+        # The same nonce on a retry: members commit to one start per member after each round.
+        nonce = start_nonce(self.identity.seed, prev)
+        context = start_context(prev, heads)
+        commits: dict[int, tuple[bytes, bytes]] = {self.index: self._commitment(number, nonce, context)}
         problems: dict[int, str] = {}
         enough = trio.Event()  # 2f + 1 shards committed: a silent member is not waited for
 
         async def ask(peer: int) -> None:
             try:
-                reply, _ = await self._call(peer, m.CHALLENGE_COMMIT, round=number, nonce=nonce)
+                reply, _ = await self._call(peer, m.CHALLENGE_COMMIT, round=number, nonce=nonce, prev=prev,
+                                            heads=heads)
                 commitment, signature = field(reply, "commitment", bytes, size=32), field(reply, "signature", bytes)
                 await trio.to_thread.run_sync(
-                    verify_member, self.committee, peer, commitment_bytes(number, nonce, peer, commitment),
+                    verify_member, self.committee, peer, commitment_bytes(number, nonce, peer, commitment, context),
                     signature, f"peer {peer}'s commitment signature is invalid")
                 commits[peer] = (commitment, signature)
                 if self.committee.weight(commits) >= self.committee.quorum:
@@ -383,15 +433,13 @@ class Challenges:
             detail = "; ".join(f"peer {k}: {why}" for k, why in sorted(problems.items()))
             raise ChallengeError(f"only peers holding {self.committee.weight(commits)} shards committed to round "
                                  f"{number}; a round needs {self.committee.quorum}. {detail}")
-        state = self.log.state
-        heads = [[k, state.head(p.public_key)] for k, p in enumerate(self.committee.peers)]
-        payload = {"round": number, "nonce": nonce, "sample": sample, "heads": heads,
+        payload = {"round": number, "prev": prev, "nonce": nonce, "sample": sample, "heads": heads,
                    "commits": [[k, c, s] for k, (c, s) in sorted(commits.items())]}
         return await self.log.author(CHALLENGE_START, payload)
 
-    def _commitment(self, number: int, nonce: bytes) -> tuple[bytes, bytes]:
+    def _commitment(self, number: int, nonce: bytes, context: bytes) -> tuple[bytes, bytes]:
         commitment = seed_commitment(number, self.index, round_secret(self.identity.seed, number, nonce))
-        return commitment, sign_commitment(self.identity.signing_key, number, nonce, self.index, commitment)
+        return commitment, sign_commitment(self.identity.signing_key, number, nonce, self.index, commitment, context)
 
     async def _call(self, peer: int, protocol: str, body: bytes = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
         assert self.host is not None
@@ -443,6 +491,12 @@ class Challenges:
         if proving.missing:
             log.warning("challenge round %d: %d challenged blobs are not held here", found.number, len(proving.missing))
         enough = trio.Event()
+        # Our own attestation counts as one of the 2f + 1: among any 2f + 1 attesters at most
+        # f are faulty (the prover included), so f + 1 honest checkers still verified the
+        # proof. Without it an honest peer needs every other member's attestation at
+        # n = 4, and one member that never attests fails everyone and wedges the round.
+        if not proving.missing:
+            proving.attestations[self.index] = sign_pass(self.identity.signing_key, found.number, seed, self.index)
 
         async def prove_to(peer: int) -> None:
             delay = RETRY_MIN
@@ -478,7 +532,7 @@ class Challenges:
         await self.log.author(CHALLENGE_PASS, pass_payload(found.start_id, certificate))
 
     def _over(self, found: Round) -> bool:
-        return self._phase(found) == CLOSED or self.index in found.passed(self.committee)
+        return self._phase(found) in ENDED or self.index in found.passed(self.committee)
 
     async def _prove_to(
         self, found: Round, seed: bytes, peer: int,
@@ -567,9 +621,9 @@ class Challenges:
         found = self.rounds.rounds.get(start_id)
         seed = found.seed(self.committee) if found is not None and found.start is not None else None
         sample = self._samples.get(start_id)
+        if found is not None and found.start is not None and self._phase(found) in ENDED:
+            raise _Refusal(m.INVALID, f"this round is {self._phase(found)}")
         if found is None or seed is None or sample is None:
-            if found is not None and found.start is not None and self._phase(found) == CLOSED:
-                raise _Refusal(m.INVALID, "this round is closed")
             raise _Refusal(NOT_READY, "this peer has not seen the round's seed and sample yet")
         checking = self._checking.setdefault(start_id, Checking())
         ordered = sorted(sample, key=lambda b: b.raw)
@@ -641,11 +695,35 @@ class Challenges:
 
     async def _h_commit(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
-        number = field(request, "round", int)
+        number = uint(request, "round", 1 << 62)
         nonce = field(request, "nonce", bytes, size=NONCE_SIZE)
-        if number <= self.rounds.last_number():
-            return m.error(m.INVALID, f"round {number} already started here (last is {self.rounds.last_number()})"), b""
-        commitment, signature = self._commitment(number, nonce)
+        prev = field(request, "prev", bytes, size=32)
+        try:
+            starter = self._remote_member(request, "only committee members start rounds")
+            rows = check_heads(self.committee, field(request, "heads", list))
+        except _Refusal as exc:
+            return m.error(exc.code, str(exc)), b""
+        except VerificationError as exc:
+            return m.error(m.MALFORMED, str(exc)), b""
+        heads = {self.committee.peers[k].public_key: seq for k, seq in rows}
+        state = self.log.state
+        # We commit only to heads we hold (so f + 1 honest members hold whatever a start
+        # names); the starter's newest entries may still be on their way, so pull a little.
+        with trio.move_on_after(COMMIT_WAIT):
+            while not state.reached(heads):
+                self.log.pull_soon()
+                await trio.sleep(0.1)
+        why = self.rounds.may_follow(number, prev, heads, state)
+        if why is None and self.rounds.started_after(self.committee.peers[starter].public_key, prev, state):
+            why = f"peer {starter} already started a round after that one"
+        if why is None and self._committed.setdefault((prev, starter), nonce) != nonce:
+            why = f"this peer already committed to another start by peer {starter} after that round"
+        if why is not None:
+            return m.error(m.INVALID, f"no commitment to round {number}: {why}"), b""
+        if len(self._committed) > 4 * len(self.committee.peers):
+            # Old predecessors need no memory: a start after them is void already.
+            self._committed = {k: v for k, v in self._committed.items() if k[0] == prev}
+        commitment, signature = self._commitment(number, nonce, start_context(prev, rows))
         return m.ok(commitment=commitment, signature=signature), b""
 
     async def _h_prove(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
@@ -669,18 +747,37 @@ class Challenges:
             checking.bytes_sent += len(header)
         return header, b""
 
-    def _remote_member(self, request: dict[str, Any]) -> int:
+    def _remote_member(self, request: dict[str, Any], why: str = "only committee members prove possession") -> int:
         # Set by the peer from the authenticated connection, never from the sender's fields.
         try:
             return self.committee.index_of(str(request.get(REMOTE_PEER)))
         except CommitteeError:
-            raise _Refusal(m.INVALID, "only committee members prove possession") from None
+            raise _Refusal(m.INVALID, why) from None
 
     async def _h_start(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
         sample = uint(request, "sample", 1 << 13)
         if sample < 1:
             return m.error(m.MALFORMED, "a round challenges at least one blob"), b""
+        try:
+            self._remote_member(request)
+        except _Refusal:
+            # Not a member: it needs a member's signature for exactly the next round, so an
+            # outsider cannot start rounds, and a signature it saw once starts one round at most.
+            try:
+                number, _ = self.next_round()
+                member = uint(request, "member", len(self.committee.peers))
+                signature = field(request, "signature", bytes, size=64)
+            except ChallengeError as exc:
+                return m.error(m.INVALID, str(exc)), b""
+            except MessageError:
+                return m.error(m.INVALID, f"only committee members start rounds: sign round {number} with a "
+                                          "member's key (walrusfs audit start --key)"), b""
+            try:
+                verify_member(self.committee, member, audit_request_bytes(number), signature,
+                              f"the request is not signed by member {member} for round {number}")
+            except VerificationError as exc:
+                return m.error(m.INVALID, f"only committee members start rounds: {exc}"), b""
         try:
             entry = await self.start_round(sample)
         except ChallengeError as exc:
@@ -691,15 +788,16 @@ class Challenges:
 
     def status(self, detail: bool = False) -> dict[str, Any]:
         """This peer's view of the last round: its number, phase and this peer's result (and sample)."""
-        ordered = self.rounds.ordered()
+        ordered = self.rounds.valid(self.log.state)  # void starts are not rounds
         if not ordered:
             return {"round": 0, "refused_reads": self.refused_reads}
         last = ordered[-1]
         proving = self._proving.get(last.start_id)
         closed = [r for r in ordered if self._phase(r) == CLOSED]
+        phase = self._phase(last)
         out: dict[str, Any] = {
-            "round": last.number, "start": last.start_id.hex(), "phase": self._phase(last),
-            "result": last.results(self.committee)[self.index] if last.start else "pending",
+            "round": last.number, "start": last.start_id.hex(), "phase": phase,
+            "result": last.results(self.committee, phase)[self.index],
             "refused_reads": self.refused_reads,
             "sample": len(self._samples.get(last.start_id, ())) or None,
         }
