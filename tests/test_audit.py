@@ -79,6 +79,23 @@ async def wait_in_every_log(client: Client, entry_ids: set[bytes]) -> None:
     pytest.fail(f"{missing} pass entries are missing from some peer's log after {WAIT} s")
 
 
+async def wait_settled(client: Client) -> None:
+    """Wait until every peer's log certifies the same blobs and every peer holds its pairs of each.
+
+    A store returns once 2f + 1 shards confirmed (plus a 1 s grace); the others get their
+    slivers by healing, 5 s later. A round started before then fails an honest peer that
+    lacks a sampled blob: that race made the audit tests fail now and then.
+    """
+    with trio.move_on_after(WAIT):
+        while True:
+            health = await client.health()
+            counts = {(h.get("healing") or {}).get("certified") for h in health}
+            if len(counts) == 1 and all(h["reachable"] and h["healing"]["missing"] == 0 for h in health):
+                return
+            await trio.sleep(0.5)
+    pytest.fail(f"peers did not settle within {WAIT} s: {[h.get('healing') for h in health]}")
+
+
 def blobs(count: int, seed: int) -> list[bytes]:
     return [blob_bytes(seed + k, 1_000 + 1_997 * k) for k in range(count)]
 
@@ -100,6 +117,7 @@ async def test_every_peer_passes_and_the_certificates_are_in_every_log(honest: D
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee)
         await store_all(client, blobs(20, 100))
+        await wait_settled(client)
         code, info = audit(honest, "start", "--sample", "8")
         assert code == 0, info
         assert info["phase"] == CLOSED and info["sample"] == 8
@@ -123,6 +141,7 @@ async def test_the_challenged_set_is_computed_from_the_log_alone(honest: Devnet)
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee)
         await store_all(client, blobs(6, 300))
+        await wait_settled(client)
         code, info = audit(honest, "start", "--sample", "5")
         assert code == 0, info
         # Anyone holding the log replays it: the seed from the reveals, the eligible blobs from
@@ -255,7 +274,9 @@ async def stored(net: Devnet) -> list[BlobId]:
     committee = committee_of(net)
     if net.directory not in _stored:
         async with running_host(os.urandom(32)) as host:
-            await store_all(Client(host, committee), FAULTY_BLOBS)
+            client = Client(host, committee)
+            await store_all(client, FAULTY_BLOBS)
+            await wait_settled(client)  # before peer 6 discards anything (at its first round)
         _stored.add(net.directory)
     return [blob_id_of(d, committee.n_shards) for d in FAULTY_BLOBS]
 
@@ -282,8 +303,12 @@ async def wait_for_sample(client: Client) -> set[BlobId]:
 
 
 @contextmanager
-def holding(net: Devnet, peers: tuple[int, ...] = (3, 4)) -> Iterator[None]:
-    """Slowed ``peers`` send no proofs inside the block, so a round started in it stays open."""
+def holding(net: Devnet, peers: tuple[int, ...] = (3, 4, 5)) -> Iterator[None]:
+    """Slowed ``peers`` send no proofs inside the block, so a round started in it stays open.
+
+    f + 1 = 3 of them: the other 4 peers' passes are short of the 5 a close needs. (With
+    f = 2 held, the 5 others pass on their own: each prover's own attestation counts.)
+    """
     flags = [peer_dir(net.directory, peer) / HOLD_FILE for peer in peers]
     for peer in peers:
         restart(net, peer, "slow-challenge")
@@ -328,8 +353,8 @@ async def test_reads_of_unchallenged_blobs_go_on_during_a_round_and_challenged_o
             start = info["start"]
             challenged = await wait_for_sample(client)
             assert challenged <= set(ids)
-            # Every unchallenged blob reads back while the round is open: peers 3 and 4 hold
-            # their proofs, so no more than 4 peers can pass.
+            # Every unchallenged blob reads back while the round is open: peers 3, 4 and 5
+            # hold their proofs, so no more than 4 peers can pass.
             for blob_id, data in zip(ids, contents):
                 if blob_id not in challenged:
                     assert await client.read(blob_id, challenge_wait=0) == data

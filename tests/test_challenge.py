@@ -363,8 +363,10 @@ class _Log:
 
 def test_starts_follow_the_last_round_and_bad_ones_refuse_nothing() -> None:
     log = _Log()
-    # Heads nobody reaches: unresolved, no sample, so nothing is refused; it blocks nobody.
-    far = log.start(1, 2, log.first, [[0, 10**9], [1, 1]])
+    # Heads nobody reaches: unresolved, no sample, so nothing is refused. (Its commitments
+    # are forged with honest keys: members commit only to heads they hold. It names no
+    # known round, else its successors would wait for it to be judged.)
+    far = log.start(1, 2, b"\x07" * 32, [[0, 10**9], [1, 1]])
     rounds = log.rounds()
     assert rounds.judge(rounds.rounds[far.id], log.state) == "unresolved"
     assert rounds.rounds[far.id].sample(COMMITTEE, log.state) is None

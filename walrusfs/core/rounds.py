@@ -279,7 +279,7 @@ class Rounds:
     # - that previous round had ended as of the heads: closes of members holding 2f + 1
     #   shards within the heads, or ``ROUND_EXPIRY`` more blobs certified within the heads
     #   than within its own;
-    # - no valid start with this number or higher lies within the heads (the starter saw
+    # - no other valid start naming the same ``prev`` lies within the heads (the starter saw
     #   it, so this one does not follow the last round), nor, in its author's chain, an
     #   earlier start naming the same ``prev`` (one round per member after each round);
     # - the heads name only entries of its author before the start itself.
@@ -330,11 +330,17 @@ class Rounds:
     def _rule(self, number: int, prev: bytes, heads: Mapping[bytes, int], state: LogState) -> tuple[str, str]:
         if not state.reached(heads):
             return UNRESOLVED, "this replica does not hold every entry the heads name yet"
-        for other in self.rounds.values():
-            # The starter saw a round this far along already: this start does not follow the last round.
-            if other.number >= number and other.start is not None and _within(other.start, heads, state) \
-                    and self._verdict(other, state) == VALID:
-                return VOID, f"round {other.number} had started already (within the heads)"
+        for other_id in self._by_prev.get(prev, ()):
+            other = self.rounds[other_id]
+            # The starter saw a valid round after the same predecessor already: this one does
+            # not follow the last round. Until that one is judged this one is not final
+            # either (caching it now could make replicas differ).
+            if other.start is not None and _within(other.start, heads, state):
+                seen = self._verdict(other, state)
+                if seen == VALID:
+                    return VOID, f"round {other.number} after the same predecessor had started already"
+                if seen == UNRESOLVED:
+                    return UNRESOLVED, f"round {other.number} within the heads is not judged yet"
         if prev == NO_ROUND:
             return (VALID, "") if number == 1 else (VOID, f"round {number} must name its predecessor")
         before = self.rounds.get(prev)
