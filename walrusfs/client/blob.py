@@ -891,19 +891,25 @@ class Client:
         return out
 
     async def start_audit(self, sample: int, member: tuple[int, SigningKey] | None = None) -> Entry:
-        """Ask peers, in random order, to start a challenge round of ``sample`` blobs; the checked start entry.
+        """Ask a responsive peer to start a challenge round of ``sample`` blobs; the checked start entry.
 
         Only committee members start rounds: a client outside the committee passes
         ``member`` (index, signing key), whose signature authorizes exactly the next round.
+        The start itself is asked of one peer at a time, never hedged: a peer gathering
+        commitments under load is slow, not silent, and a second peer asked meanwhile would
+        start a second round with the same number. Finding a responsive peer is hedged.
         """
-        async def start(peer: int) -> Entry:
+        async def status_of(peer: int) -> tuple[int, int]:
+            status, _ = await self._call(peer, m.GET_STATUS)
+            challenge = status.get("challenge")
+            last = challenge.get("round") if isinstance(challenge, dict) else None
+            if not isinstance(last, int) or isinstance(last, bool) or not 0 <= last < 1 << 62:
+                raise CodecError(f"peer {peer}'s status names no last challenge round")
+            return peer, last
+
+        async def start(peer: int, last: int) -> Entry:
             fields: dict[str, Any] = {}
             if member is not None:
-                status, _ = await self._call(peer, m.GET_STATUS)
-                challenge = status.get("challenge")
-                last = challenge.get("round") if isinstance(challenge, dict) else None
-                if not isinstance(last, int) or isinstance(last, bool) or not 0 <= last < 1 << 62:
-                    raise CodecError(f"peer {peer}'s status names no last challenge round")
                 fields = {"member": member[0], "signature": member[1].sign(audit_request_bytes(last + 1)).signature}
             try:
                 reply, _ = await self._call(peer, m.AUDIT_START, sample=sample, **fields)
@@ -915,9 +921,25 @@ class Client:
             await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
             return entry
 
-        entry, problems = await self.hedged(start)
-        if entry is not None:
-            return entry
+        ids = {info.peer_id: k for k, info in enumerate(self.committee.peers)}
+        tried: set[int] = set()
+        problems: dict[str, str] = {}
+        while len(tried) < len(self.committee.peers):
+            found, more = await self.hedged(status_of, [k for k in self.responsive_first() if k not in tried])
+            problems.update(more)
+            tried.update(ids[p] for p in more if p in ids)
+            if found is None:
+                break
+            peer, last = found
+            tried.add(peer)
+            try:
+                return await start(peer, last)
+            except (PeerUnavailable, CodecError) as exc:
+                problems[self.committee.peers[peer].peer_id] = _describe(exc)
+            except AuditError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                problems[self.committee.peers[peer].peer_id] = member_fault(peer, exc)
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
         raise AuditError(f"no peer started a challenge round: {detail}")
 
