@@ -392,7 +392,6 @@ class Rounds:
         return cached
 
 
-
 def _within(entry: Entry, heads: Mapping[bytes, int], state: LogState) -> bool:
     """Whether ``entry`` is in ``state``'s chain of its author at or below ``heads``."""
     if entry.seq > heads.get(entry.author, 0):
