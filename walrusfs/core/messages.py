@@ -33,9 +33,10 @@ GET_BLOB_STATUS = "/walrusfs/blob-status/1.0.0"
 #: gathers the other peers' attestations (``ATTEST_INVALID``) into a log entry.
 REPORT_INVALID = "/walrusfs/report-invalid/1.0.0"
 ATTEST_INVALID = "/walrusfs/attest-invalid/1.0.0"
-#: Storage challenges: an initiator gathers commitments (``CHALLENGE_COMMIT``), provers send
-#: checkers their possession digests (``CHALLENGE_PROVE``), and anyone may ask a peer to
-#: start a round (``AUDIT_START``) or read the challenge entries of its log (``AUDIT_LOG``).
+#: Storage challenges: an initiator gathers commitments (``CHALLENGE_COMMIT``, members only),
+#: provers send checkers their possession digests (``CHALLENGE_PROVE``), a member (or anyone
+#: showing a member's signature for the next round number) may ask a peer to start a round
+#: (``AUDIT_START``), and anyone may read the challenge entries of its log (``AUDIT_LOG``).
 CHALLENGE_COMMIT = "/walrusfs/challenge-commit/1.0.0"
 CHALLENGE_PROVE = "/walrusfs/challenge-prove/1.0.0"
 AUDIT_START = "/walrusfs/audit-start/1.0.0"
