@@ -94,7 +94,7 @@ class Round:
     @property
     def prev(self) -> bytes:
         """The start ID of the round this one follows (all zero for round 1 or while the start is unknown)."""
-        return self.start.payload["prev"] if self.start else bytes(32)
+        return self.start.payload.get("prev", b"") if self.start else bytes(32)
 
     def commitments(self) -> dict[int, bytes]:
         """Committed peer -> commitment."""
@@ -243,7 +243,8 @@ class Rounds:
         if entry.kind == CHALLENGE_START:
             found = self.rounds.setdefault(entry.id, Round(entry.id))
             found.start = entry
-            self._by_prev.setdefault(entry.payload["prev"], set()).add(entry.id)
+            # .get: a start stored before starts named their predecessor has none (it is void).
+            self._by_prev.setdefault(entry.payload.get("prev", b""), set()).add(entry.id)
             return found
         found = self.rounds.setdefault(entry.payload["start"], Round(entry.payload["start"]))
         if entry.kind == CHALLENGE_REVEAL:
