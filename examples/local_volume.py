@@ -103,8 +103,10 @@ Try, in another terminal:
   getfattr -d -m user.walrus {mnt}/services        # blob IDs and certificate entries
   {EXE} status {mnt}                # pending uploads
   {EXE} health --committee {committee}
-  {EXE} audit start --committee {committee}   # a storage challenge round now (peers also
-  {EXE} audit history --committee {committee} # start one per 50 certified blobs)
+  {EXE} audit start --committee {committee} --key {net}/peer-0
+      # a storage challenge round now, authorized by member 0 (only members start rounds;
+      # peers also start one per 50 certified blobs)
+  {EXE} audit history --committee {committee}
   {EXE} devnet stop {net} --peer 3      # the volume keeps working with f = 2 peers down
 Press Ctrl-C here to wait for uploads, unmount and stop the peers.""", flush=True)
         stop = []
