@@ -11,6 +11,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from p2p.framing import FrameReader
@@ -44,8 +45,6 @@ async def exchange(committee: Committee, protocol: str, raw: bytes, close_write:
         except Exception:
             return None, b""
         body = await reader.read_body(m.MAX_BODY)
-        import cbor2
-
         return cbor2.loads(header), body
 
 
@@ -130,3 +129,45 @@ async def test_wrong_sliver_pair_is_rejected_and_not_confirmed(net: Devnet, tmp_
     assert reply and reply["ok"]
     reply, _ = await exchange(committee, m.GET_CONFIRMATION, frame(m.request(blob_id=blob_id.raw)))
     assert reply and reply["ok"] and len(reply["signature"]) == 64
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_decoder_bombs_cost_every_peer_milliseconds_and_every_peer_restarts_clean(net: Devnet, tmp_path: Path) -> None:
+    """Issue 15, finding 2: one 71-byte header of maps nested as map keys held a peer at 100% CPU."""
+    import trio
+
+    from tests.test_wire import bombs
+    from walrusfs.devnet import running
+
+    committee = parse_committee(net.committee.read_text())
+    pids = running(net.directory)
+    before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+    async with running_host(os.urandom(32)) as host:
+        for index, target in enumerate(committee.peers):
+            info = peer_info(target.peer_id, target.addrs)
+            await host.connect(info)
+            for name, header in bombs().items():
+                stream = await host.new_stream(info.peer_id, [m.GET_METADATA])
+                await stream.write(frame(header))
+                await stream.close()
+                with trio.fail_after(10):  # milliseconds in practice; 10 s only detects a hang
+                    raw = await FrameReader(stream).read_header(m.MAX_HEADER)
+                reply = cbor2.loads(raw)
+                assert reply["ok"] is False and reply["error"]["code"] == m.MALFORMED, (index, name, reply)
+    spent = {k: cpu_seconds(pid) - before[k] for k, pid in pids.items()}
+    print(f"\nCPU seconds each peer spent on {len(bombs())} bombs (and its own background work): {spent}")
+    assert max(spent.values()) < 5, spent
+    assert running(net.directory) == pids, "a peer died"
+    # Every peer restarts and the network stores and reads as before.
+    net.stop(*range(len(committee.peers)))
+    net.start(*range(len(committee.peers)))
+    source = tmp_path / "after"
+    source.write_bytes(os.urandom(100_000))
+    stored = net.store_ok(source)
+    out = tmp_path / "out"
+    assert net.read(stored["blobId"], out).returncode == 0 and out.read_bytes() == source.read_bytes()
