@@ -140,5 +140,16 @@ def test_an_outsiders_flood_leaves_mounts_stores_log_and_catch_up_working(
               f"after: {', '.join(f'{k} {v:.0f} MB' for k, v in rss.items())}; "
               f"{time.monotonic() - started:.1f} s in all")
         assert max(rss.values()) < rss_before + 100
+
+        # Every peer restarts with the flood in its store; a fresh mount still starts and a
+        # store is still certified and logged.
+        second.stop()
+        volume.net.stop(0, 1, 2, 3)
+        volume.net.start(0, 1, 2, 3)
+        third = volume.mount("third")
+        assert (third.path / "after.txt").read_bytes() == b"written after the flood"
+        (tmp_path / "blob2").write_bytes(rng.randbytes(50_000))
+        volume.net.store_ok(tmp_path / "blob2")
+        stage("every peer restarted: a fresh mount and a store work")
     finally:
         volume.close()
