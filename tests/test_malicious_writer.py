@@ -190,6 +190,14 @@ def test_a_malicious_writer_damages_only_its_own_files(tmp_path: Path) -> None:
         (honest.path / "after.txt").write_bytes(b"still writing")
         fsync(honest.path / "after.txt")
         assert wait_for(lambda: (fresh.path / "after.txt").read_bytes() == b"still writing", limit=30)
+        # Every peer restarts with the writer's entries in its store; a remount still works.
+        vol.net.stop(0, 1, 2, 3)
+        vol.net.start(0, 1, 2, 3)
+        other.stop()
+        other.start()
+        assert sorted(os.listdir(other.path)) == ["a.txt", "after.txt", "dir", "evil", "evil-sparse"]
+        assert all((other.path / n).read_bytes() == d for n, d in HONEST.items())
+        assert (other.path / "after.txt").read_bytes() == b"still writing"
         print(f"whole test {time.monotonic() - started:.1f} s")
     finally:
         vol.close()
