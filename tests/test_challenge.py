@@ -420,3 +420,29 @@ def test_commitments_bind_the_heads_and_the_predecessor() -> None:
     verify_pass_certificate(COMMITTEE, certificate(2, (0, 1, 2, 3, 4)))
     with pytest.raises(VerificationError, match="needs 5"):
         verify_pass_certificate(COMMITTEE, certificate(2, (0, 1, 2, 3)))
+
+
+def test_audit_log_replies_keep_the_newest_whole_rounds_within_the_budget() -> None:
+    from walrusfs.core.log import (
+        CHALLENGE_PASS,
+        CHALLENGE_START,
+        decode_entry,
+        sign_entry,
+    )
+    from walrusfs.core.rounds import recent_rounds
+
+    key = SigningKey(b"\x07" * 32)
+    entries, rounds = [], []
+    for number in range(1, 41):
+        start = sign_entry(key, 2 * number - 1, b"\x01" * 32, number << 20, CHALLENGE_START, {"round": number, "pad": b"x" * 500})
+        proof = sign_entry(key, 2 * number, b"\x01" * 32, (number << 20) + 1, CHALLENGE_PASS, {"start": start.id, "pad": b"y" * 500})
+        rounds.append((start.id, proof.id))
+        entries += [proof, start]  # any order: the reply is ordered by stamp
+    kept, more = recent_rounds(reversed(entries), 10_000)
+    assert more and 4 <= len(kept) // 2 < 40
+    starts = [e for e in map(decode_entry, kept) if e.kind == CHALLENGE_START]
+    assert [e.payload["round"] for e in starts] == list(range(41 - len(starts), 41))  # the newest, oldest first
+    ids = {decode_entry(e).id for e in kept}
+    assert all((s in ids) == (p in ids) for s, p in rounds)  # whole rounds only
+    assert recent_rounds(entries, 1 << 20) == (recent_rounds(entries, 1 << 20)[0], False)
+    assert len(recent_rounds(entries, 10)[0]) == 2  # at least one round, however small the budget

@@ -2,9 +2,11 @@
 
 Peer 3 of 4 (f = 1) runs ``--fault hostile``: each reply is the honest one with fields
 replaced by values of the wrong type, shape or size (huge integers, nested lists, junk
-log entries, maps with non-hex keys), or a junk header, or a junk body. It still acts
-honestly on its own (pushes, challenges), so every path that *reads* what it says is
-exercised: clients, mounts, and the honest peers' replication and healing. Found in review (issue 15): a reply header with a CBOR tag, a log entry with a
+log entries, maps with non-hex keys), or a junk header, or a junk body, and once a
+second it pushes the others junk log entries (random bytes, junk fields signed with its
+key, impossible stamps, broken signatures). Otherwise it acts honestly (its own entries,
+challenges), so every path that *reads* what it says is exercised: clients, mounts, and
+the honest peers' replication and healing. Found in review (issue 15): a reply header with a CBOR tag, a log entry with a
 mistyped field and a recovery-symbol proof made of integers each crashed all honest
 peers. Here the honest peers must stay up through it and through a restart, with
 stores certified, reads correct, mounts working and a challenge round closing with

@@ -416,3 +416,36 @@ def may_start(progress: int, since_due: int, every: int, number: int, index: int
         return False
     place = (index - number) % members
     return place * every <= since_due
+
+
+def recent_rounds(entries: Iterable[Entry], budget: int) -> tuple[list[bytes], bool]:
+    """The encoded challenge entries of the most recent whole rounds that fit ``budget`` bytes (at least one round), and whether older rounds were left out.
+
+    ``audit-log`` answers with this: a long-lived committee gathers rounds without end, and a
+    reply must stay bounded. A round is kept or left out whole, so a fold of the reply never
+    sees a pass without its start; rounds are ordered by their start's stamp (the earliest
+    stamp among their entries when the start is missing).
+    """
+    groups: dict[bytes, list[Entry]] = {}
+    for entry in entries:
+        if entry.kind not in CHALLENGE_KINDS:
+            continue
+        key = entry.id if entry.kind == CHALLENGE_START else entry.payload.get("start")
+        if isinstance(key, bytes):
+            groups.setdefault(key, []).append(entry)
+
+    def when(item: tuple[bytes, list[Entry]]) -> tuple[int, bytes]:
+        start_id, group = item
+        starts = [e.hlc for e in group if e.id == start_id]
+        return (starts[0] if starts else min(e.hlc for e in group), start_id)
+
+    kept: list[bytes] = []
+    used = 0
+    for _, group in sorted(groups.items(), key=when, reverse=True):
+        encoded = [e.encode() for e in sorted(group, key=lambda e: (e.hlc, e.id))]
+        size = sum(len(e) + 8 for e in encoded)
+        if kept and used + size > budget:
+            return kept, True
+        kept = encoded + kept
+        used += size
+    return kept, False

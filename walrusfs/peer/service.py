@@ -34,6 +34,7 @@ from ..core.errors import CodecError, VerificationError
 from ..core.log import CHALLENGE_KINDS
 from ..core.metadata import BlobId, BlobMetadata
 from ..core.redstuff import Axis, Sliver, pair_index, verify_sliver
+from ..core.rounds import recent_rounds
 from ..core.wire import MessageError, decode, encode, field, uint
 from ..identity import Identity
 from .challenges import DEFAULT_SAMPLE, REMOTE_PEER, Challenges
@@ -85,6 +86,29 @@ def hostile_reply(rng: random.Random, header: bytes, body: bytes) -> tuple[bytes
     return encode(fields), body
 
 
+def hostile_entry(rng: random.Random, key: Any) -> bytes:
+    """A junk log entry (test fault): random bytes, or signed by ``key`` with junk in its fields."""
+    from ..core.log import GENESIS, NAMESPACE, sign_entry
+
+    choice = rng.random()
+    if choice < 0.2:
+        return rng.randbytes(rng.randrange(0, 200))
+    kind = rng.choice(["blob-certified", "blob-invalid", NAMESPACE, *sorted(CHALLENGE_KINDS), "committee-change", "x"])
+    payload = {name: rng.choice(_JUNK) for name in rng.sample(
+        ["blob_id", "signers", "signatures", "length", "round", "heads", "commits", "start", "volume", "op",
+         "delegation", "verdicts", "secret"], rng.randrange(0, 6))}
+    seq = rng.choice([1, 2, 2**62, rng.randrange(1, 1000)])
+    stamp = rng.choice([0, 1, 2**63 - 1, rng.randrange(0, 2**63)])
+    prev = rng.choice([GENESIS, rng.randbytes(32)])
+    try:
+        entry = sign_entry(key, seq, prev, stamp, kind, payload).encode()
+    except (CodecError, ValueError, TypeError):
+        return rng.randbytes(64)
+    if choice < 0.35:  # a signature that does not match
+        entry = entry[:-1] + bytes([entry[-1] ^ 1])
+    return entry
+
+
 class Fault(enum.Enum):
     """Test-only misbehaviour, to show that clients withstand up to f lying peers."""
 
@@ -106,7 +130,9 @@ class Fault(enum.Enum):
     SLOW_REPLIES = "slow"
     #: A malicious member: every reply is replaced by a hostile one made from the honest
     #: reply (fields of the wrong type, shape or size, junk entries, junk bodies, junk
-    #: headers), so clients, mounts and honest peers show they survive it.
+    #: headers), and once a second it pushes every other member junk log entries (random
+    #: bytes, or signed by it with junk fields, impossible stamps or a broken signature),
+    #: so clients, mounts and honest peers show they survive it.
     HOSTILE = "hostile"
 
 
@@ -189,6 +215,24 @@ class PeerService:
             nursery.start_soon(self.healer.run, host, self.heal_in_background)
             nursery.start_soon(self.invalid.run, host)
             nursery.start_soon(self.challenges.run, host)
+            if self.fault is Fault.HOSTILE:
+                nursery.start_soon(self._hostile_pushes, host)
+
+    async def _hostile_pushes(self, host: Any) -> None:
+        """Test fault: push generated junk entries to every other member, once a second."""
+        from ..client.members import call_member
+
+        rng = self._hostile_rng
+        others = [k for k in range(len(self.committee.peers)) if k != self.index]
+        while True:
+            await trio.sleep(1.0)
+            for peer in others:
+                entries = [hostile_entry(rng, self.identity.signing_key) for _ in range(rng.randrange(1, 8))]
+                try:
+                    with trio.move_on_after(5):
+                        await call_member(host, self.committee, peer, m.LOG_PUSH, max_body=0, entries=entries)
+                except Exception as exc:  # noqa: BLE001 - whatever they answer, the liar goes on lying
+                    log.debug("hostile push to %d: %s", peer, exc)
 
     def register(self, host: Any) -> None:
         """Serve every storage protocol on ``host``."""
@@ -421,8 +465,8 @@ class PeerService:
 
     async def _audit_log(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
-        entries = [e.encode() for e in self.log.state.counted() if e.kind in CHALLENGE_KINDS]
-        return m.ok(entries=entries), b""
+        entries, more = recent_rounds(self.log.state.counted(), m.reply_budget())
+        return m.ok(entries=entries, more=more), b""
 
     async def _pair_valid(self, blob_id: BlobId, metadata: BlobMetadata, pair: int) -> bool:
         """Whether a stored pair verifies against its metadata now, verifying only if its file changed since last time."""
