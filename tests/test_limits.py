@@ -460,6 +460,13 @@ async def test_a_slow_but_steady_upload_is_not_cut_off(net: Devnet, tmp_path: Pa
         proxy.close()
 
 
+async def test_after_the_attacks_every_peer_restarts_and_serves(net: Devnet) -> None:
+    """Runs after the attack tests above (same devnet): a restart of every peer leaves nothing behind."""
+    net.stop(0, 1, 2, 3)
+    net.start(0, 1, 2, 3)
+    await honest_store_and_read(net, "after every restart")
+
+
 class FakeStream:
     """Stands in for a libp2p stream in the guard's bookkeeping."""
 
