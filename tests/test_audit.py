@@ -131,7 +131,14 @@ async def test_every_peer_passes_and_the_certificates_are_in_every_log(honest: D
         assert code == 0 and history[-1]["start"] == info["start"]
         health = json.loads(walrusfs("health", "--json", committee=honest.committee, check=True).stdout)
         assert [p["last_audit"] for p in health] == [{"round": info["round"], "result": "passed"}] * N
-        # A new round is refused only while one is open; this one is closed.
+        # A round follows a closed one only after log progress: refused with nothing new
+        # certified, started once a blob was.
+        refused = walrusfs("audit", "start", "--sample", "4", "--no-wait", "--key", str(peer_dir(honest.directory, 0)),
+                           committee=honest.committee, timeout=300)
+        print(f"\na start with nothing certified since the last round: {refused.stderr.strip()[-300:]}")
+        assert refused.returncode != 0 and "certified since it started" in refused.stderr, refused.stderr[-2000:]
+        await store_all(client, [os.urandom(3_000)])
+        await wait_settled(client)
         code, again = audit(honest, "start", "--sample", "4")
         assert code == 0 and again["round"] == info["round"] + 1
 
@@ -278,6 +285,19 @@ async def stored(net: Devnet) -> list[BlobId]:
             await store_all(client, FAULTY_BLOBS)
             await wait_settled(client)  # before peer 6 discards anything (at its first round)
         _stored.add(net.directory)
+    else:
+        # One fresh blob before each further round: a round follows a closed one only after
+        # log progress (MIN_ROUND_PROGRESS).
+        # Waits until every peer holds its pair of it (not for all to settle: a discarding
+        # peer never heals what it dropped).
+        fresh = os.urandom(3_000)
+        async with running_host(os.urandom(32)) as host:
+            client = Client(host, committee)
+            await store_all(client, [fresh])
+            blob_id = blob_id_of(fresh, committee.n_shards)
+            with trio.move_on_after(WAIT):
+                while not all(row.get("pairs") == row["pairs_expected"] for row in await client.blob_status(blob_id)):
+                    await trio.sleep(0.5)
     return [blob_id_of(d, committee.n_shards) for d in FAULTY_BLOBS]
 
 

@@ -74,6 +74,11 @@ UNPROVEN = "unproven"
 #: certified blobs because each needs 2f + 1 peers to store data, so a member cannot fake
 #: progress by writing entries.
 ROUND_EXPIRY = 16
+#: A round may follow a closed one only once this many blobs were certified since the
+#: closed one started: rounds are paced by log progress (each certified blob needs 2f + 1
+#: peers to store data), so a member cannot run rounds back to back, each refusing reads of
+#: its sample while open. Peers' own cadence (every N certified blobs) is far above it.
+MIN_ROUND_PROGRESS = 1
 
 
 @dataclass
@@ -278,8 +283,8 @@ class Rounds:
     # - the start's ``prev`` is round 1's all-zero ID, or the start entry of a valid round
     #   that lies within the start's heads, and ``round`` is that round's number + 1;
     # - that previous round had ended as of the heads: closes of members holding 2f + 1
-    #   shards within the heads, or ``ROUND_EXPIRY`` more blobs certified within the heads
-    #   than within its own;
+    #   shards within the heads (and ``MIN_ROUND_PROGRESS`` more blobs certified within the
+    #   heads than within its own), or ``ROUND_EXPIRY`` more;
     # - no other valid start naming the same ``prev`` lies within the heads (the starter saw
     #   it, so this one does not follow the last round), nor, in its author's chain, an
     #   earlier start naming the same ``prev`` (one round per member after each round);
@@ -353,9 +358,12 @@ class Rounds:
         if number != before.number + 1:
             return VOID, f"round {number} cannot follow round {before.number}"
         closers = [k for k, e in before.closers(self.committee).items() if _within(e, heads, state)]
-        if self.committee.weight(closers) >= self.committee.quorum:
-            return VALID, ""
         progress = len(set(state.certified_as_of(heads)) - set(self._eligible(before, state)))
+        if self.committee.weight(closers) >= self.committee.quorum:
+            if progress >= MIN_ROUND_PROGRESS:
+                return VALID, ""
+            return VOID, (f"round {before.number} closed, but only {progress} of {MIN_ROUND_PROGRESS} blobs were "
+                          f"certified since it started")
         if progress >= ROUND_EXPIRY:
             return VALID, ""
         return VOID, (f"round {before.number} had neither closed nor expired as of these heads "
