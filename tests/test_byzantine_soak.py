@@ -31,6 +31,7 @@ from nacl.signing import SigningKey
 from p2p.framing import FrameReader
 from p2p.host import peer_info, running_host
 from tests.mounting import MountedVolume, fsync, wait_for
+from tests.procstat import rss_mib
 from tests.test_soak import Workload, compare
 from walrusfs.core import messages as m
 from walrusfs.core.committee import parse_committee
@@ -42,14 +43,6 @@ SECONDS = float(os.environ.get("WALRUSFS_BYZANTINE_SOAK_SECONDS", "45"))
 HOSTILE, HONEST = 3, (0, 1, 2)
 IDLE = 60  # idle TCP connections the outsider holds open to each honest peer
 RSS_LIMIT_MIB = 400  # an honest peer idles near 100 MiB; the flood may not grow it without bound
-
-
-def rss_mib(pid: int) -> int:
-    """Resident memory of a process in MiB (0 if it is gone)."""
-    try:
-        return next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS")) // 1024
-    except (OSError, StopIteration):
-        return 0
 
 
 class Reading(Workload):
@@ -172,7 +165,10 @@ class Outsider(threading.Thread):
     async def _watch_memory(self) -> None:
         while time.monotonic() < self.deadline:
             for peer, pid in self.pids.items():
-                self.peak[peer] = max(self.peak.get(peer, 0), rss_mib(pid))
+                try:
+                    self.peak[peer] = max(self.peak.get(peer, 0), rss_mib(pid))
+                except OSError:
+                    pass  # a peer that died: the test checks who is alive at the end
             await trio.sleep(1.0)
 
 

@@ -23,15 +23,12 @@ from pathlib import Path
 import pytest
 
 from tests.mounting import MountedVolume, fsync, wait_for
+from tests.procstat import rss_mib
 from tests.test_network import walrusfs
 from walrusfs.devnet import peer_dir, running
 
 HOSTILE = 3
 HONEST = (0, 1, 2)
-
-
-def rss_mib(pid: int) -> int:
-    return next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS")) // 1024
 
 
 def store_and_read(vol: MountedVolume, tmp_path: Path, tag: str) -> str:

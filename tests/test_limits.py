@@ -26,6 +26,7 @@ from p2p.framing import FrameReader
 from p2p.host import peer_info, running_host
 from p2p.limits import Guard, Limits, Overloaded
 from tests.faultnet import DelayProxy, point_at, port_of
+from tests.procstat import cpu_seconds, rss_mib
 from tests.test_network import Devnet
 from walrusfs.client.blob import Client
 from walrusfs.core import messages as m
@@ -70,18 +71,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
 
 def committee_of(net: Devnet) -> Committee:
     return parse_committee(net.committee.read_text())
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, MiB."""
-    kib = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS"))
-    return kib / 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used, seconds."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class PeakRss:

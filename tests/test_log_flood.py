@@ -20,6 +20,7 @@ import trio
 from p2p.host import running_host
 from p2p.rpc import PeerUnavailable
 from tests.mounting import MountedVolume, wait_for, walrusfs
+from tests.procstat import rss_mib
 from tests.test_log_paging import maximal_chain, outsider_authors
 from walrusfs.client.blob import Client
 from walrusfs.client.logpages import heads_pages
@@ -31,14 +32,6 @@ from walrusfs.core.messages import LOG_PUSH, entries_within
 BUDGET = 16 << 10  # 148 heads a page
 AUTHORS = 400
 MAXIMAL = 17  # each above the budget: one per range reply
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def push_flood(committee: Committee, entries: list[Entry]) -> None:
@@ -93,7 +86,7 @@ def test_an_outsiders_flood_leaves_mounts_stores_log_and_catch_up_working(
         first = volume.mount("first")
         (first.path / "before.txt").write_bytes(b"written before the flood")
         first.sync()
-        rss_before = rss_mb(first.process.pid)  # type: ignore[union-attr]
+        rss_before = rss_mib(first.process.pid)  # type: ignore[union-attr]
         volume.net.stop(3)
         stage("mount up, peer 3 stopped")
 
@@ -135,7 +128,7 @@ def test_an_outsiders_flood_leaves_mounts_stores_log_and_catch_up_working(
         assert min(pages.values()) >= 3, pages  # the flood does not fit one reply
         stage("every peer holds the same heads (peer 3 caught up)")
 
-        rss = {name: rss_mb(m.process.pid) for name, m in (("first", first), ("second", second))}  # type: ignore[union-attr]
+        rss = {name: rss_mib(m.process.pid) for name, m in (("first", first), ("second", second))}  # type: ignore[union-attr]
         print(f"\nheads pages per peer {pages}; mount RSS before the flood {rss_before:.0f} MB, "
               f"after: {', '.join(f'{k} {v:.0f} MB' for k, v in rss.items())}; "
               f"{time.monotonic() - started:.1f} s in all")

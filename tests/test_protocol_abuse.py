@@ -16,6 +16,7 @@ import pytest
 
 from p2p.framing import FrameReader
 from p2p.host import peer_info, running_host
+from tests.procstat import cpu_seconds
 from tests.test_network import Devnet
 from walrusfs.core import messages as m
 from walrusfs.core.committee import Committee, parse_committee
@@ -129,12 +130,6 @@ async def test_wrong_sliver_pair_is_rejected_and_not_confirmed(net: Devnet, tmp_
     assert reply and reply["ok"]
     reply, _ = await exchange(committee, m.GET_CONFIRMATION, frame(m.request(blob_id=blob_id.raw)))
     assert reply and reply["ok"] and len(reply["signature"]) == 64
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def test_decoder_bombs_cost_every_peer_milliseconds_and_every_peer_restarts_clean(net: Devnet, tmp_path: Path) -> None:
