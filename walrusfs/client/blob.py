@@ -921,9 +921,24 @@ class Client:
             await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
             return entry
 
+        async def started_meanwhile() -> Entry | None:
+            """The start of a round we asked for, if a peer whose reply failed started it anyway.
+
+            A peer may start the round and then fail to answer (a timeout, a broken or
+            hostile reply); the next peer asked then refuses because that round is open.
+            The round we asked for exists, so report it rather than a refusal.
+            """
+            rounds = await self.audit_rounds(patient=False)
+            for found in reversed(rounds.ordered()):
+                if (found.start is not None and found.number in asked
+                        and found.start.payload.get("sample") == sample):
+                    return found.start
+            return None
+
         ids = {info.peer_id: k for k, info in enumerate(self.committee.peers)}
         tried: set[int] = set()
         problems: dict[str, str] = {}
+        asked: set[int] = set()  # round numbers a peer was asked to start and may have started
         while len(tried) < len(self.committee.peers):
             found, more = await self.hedged(status_of, [k for k in self.responsive_first() if k not in tried])
             problems.update(more)
@@ -937,9 +952,14 @@ class Client:
             except (PeerUnavailable, CodecError) as exc:
                 problems[self.committee.peers[peer].peer_id] = _describe(exc)
             except AuditError:
+                if asked and (meanwhile := await started_meanwhile()) is not None:
+                    return meanwhile
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
                 problems[self.committee.peers[peer].peer_id] = member_fault(peer, exc)
+            asked.add(last + 1)
+        if asked and (meanwhile := await started_meanwhile()) is not None:
+            return meanwhile
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
         raise AuditError(f"no peer started a challenge round: {detail}")
 
