@@ -23,6 +23,16 @@ from .identity import IdentityError, create_identity, load_identity
 STATE_FILE = "devnet.json"
 OPTIONS_FILE = "options.json"
 COMMITTEE_FILE = "committee.toml"
+#: The devnet's operator key (it grants storage) and the writer key it grants: commands
+#: that use this devnet's committee file store with the writer key beside it.
+OPERATOR_FILE = "operator.key"
+WRITER_FILE = "writer.key"
+GRANTED_MARK = "writer.key.granted"
+#: A devnet's storage epochs are short, so lifetimes can be seen ending (a real
+#: committee's are days); tests shorten them further.
+DEVNET_EPOCH_SECONDS = 600
+#: What the devnet grants its writer key: plenty for anything run on one machine.
+DEVNET_QUOTA = 1 << 40
 
 
 class DevnetError(Exception):
@@ -69,8 +79,8 @@ def _write_state(directory: Path, state: dict[str, dict[str, int | str]]) -> Non
     tmp.replace(directory / STATE_FILE)
 
 
-def create(directory: Path, peers: int) -> Committee:
-    """Make identities and a committee for ``peers`` peers, or load the existing one."""
+def create(directory: Path, peers: int, epoch_seconds: int = DEVNET_EPOCH_SECONDS) -> Committee:
+    """Make identities, an operator and a writer key and a committee for ``peers`` peers, or load the existing one."""
     path = directory / COMMITTEE_FILE
     if path.exists():
         committee = parse_committee(path.read_text())
@@ -85,7 +95,18 @@ def create(directory: Path, peers: int) -> Committee:
         except IdentityError:
             identity = create_identity(peer_dir(directory, index))
         members.append(PeerInfo(identity.peer_id, identity.public_key, (f"/ip4/127.0.0.1/tcp/{port}",), (index,)))
-    committee = Committee(0, tuple(members))
+    from nacl.signing import SigningKey
+
+    from .identity import read_seed_file, write_seed_file
+
+    try:
+        operator = SigningKey(write_seed_file(directory / OPERATOR_FILE))
+    except FileExistsError:
+        operator = SigningKey(read_seed_file(directory / OPERATOR_FILE))
+    if not (directory / WRITER_FILE).exists():
+        write_seed_file(directory / WRITER_FILE)
+    committee = Committee(0, tuple(members), (bytes(operator.verify_key),), epoch_seconds * 1000,
+                          int(time.time() * 1000))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(render_committee(committee))
     tmp.replace(path)

@@ -16,6 +16,7 @@ from ..core.errors import CodecError
 from ..core.metadata import BlobId
 from ..core.redstuff import compute_metadata
 from .common import (
+    EXIT_DENIED,
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_NOT_FOUND,
@@ -26,9 +27,11 @@ from .common import (
     iso_time,
     json_option,
     load_committee,
+    load_writer,
     parse_blob_id,
     progress_bar,
     with_client,
+    writer_key_option,
 )
 
 
@@ -84,15 +87,35 @@ def blob_id(file: str, config: EncodingConfig, as_json: bool) -> None:
         )
 
 
+def parse_epochs(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """Click callback: a number of epochs (1..53) or ``max``."""
+    from ..core.lifecycle import MAX_EPOCHS_AHEAD
+
+    if value == "max":
+        return MAX_EPOCHS_AHEAD
+    if not value.isdigit() or not 1 <= int(value) <= MAX_EPOCHS_AHEAD:
+        raise click.BadParameter(f"must be 1..{MAX_EPOCHS_AHEAD} or max, got {value!r}", ctx=ctx, param=param)
+    return int(value)
+
+
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--epochs", default="5", show_default=True, callback=parse_epochs, metavar="N|max",
+              help="Storage epochs to keep the blob for, from the current one (max: 53).")
+@click.option("--permanent", is_flag=True, help="Cannot be deleted before it expires (default: deletable).")
+@click.option("--deletable", is_flag=True, hidden=True, help="The default: the owner may delete it early.")
 @committee_option
+@writer_key_option
 @json_option
-def store(file: str, committee_path: Path | None, as_json: bool) -> None:
-    """Store FILE as a blob; print its blob ID and availability certificate."""
-    from ..client.blob import StoreError
+def store(file: str, epochs: int, permanent: bool, deletable: bool, committee_path: Path | None,
+          writer_key: Path | None, as_json: bool) -> None:
+    """Store FILE as a blob for --epochs storage epochs; print its blob ID, lifetime and certificate."""
+    from ..client.blob import AccessDenied, StoreError
 
+    if permanent and deletable:
+        raise click.UsageError("--permanent and --deletable exclude each other")
     committee = load_committee(committee_path)
+    authority = load_writer(committee_path, writer_key)
     config = committee.config
     if file != "-" and os.path.getsize(file) > config.max_blob_size:  # refuse before reading it
         raise Failure(f"{file} is larger than one blob for {config.n_shards} shards ({config.max_blob_size} bytes)")
@@ -103,14 +126,23 @@ def store(file: str, committee_path: Path | None, as_json: bool) -> None:
     total = config.encoded_slivers_length(len(data))
     with progress_bar("storing", total) as bar:
         try:
-            result = with_client(committee, lambda client: client.store(data, progress=bar.update))
+            result = with_client(committee, lambda client: client.store(
+                data, progress=bar.update, epochs=epochs, deletable=not permanent), authority=authority)
+        except AccessDenied as exc:
+            raise Failure(str(exc), EXIT_DENIED) from exc
         except StoreError as exc:
             raise Failure(str(exc)) from exc
+    registration = result.registration
+    assert registration is not None
     cert = result.certificate
     report = {
         "blobId": str(result.blob_id),
         "unencodedLength": len(data),
         "epoch": cert.epoch,
+        "registrationId": registration.id.hex(),
+        "owner": registration.writer.owner.hex(),
+        "endEpoch": registration.end_epoch,
+        "deletable": registration.deletable,
         "certificate": {
             "signers": [committee.peers[i].peer_id for i in cert.signers],
             "shards": committee.weight(cert.signers),
@@ -126,6 +158,8 @@ def store(file: str, committee_path: Path | None, as_json: bool) -> None:
         return
     click.echo(f"Blob ID: {result.blob_id}")
     click.echo(f"Size: {len(data)} bytes on {committee.n_shards} shards")
+    click.echo(f"Lifetime: until storage epoch {registration.end_epoch} "
+               f"({'deletable' if registration.deletable else 'permanent'}), registration {registration.id.hex()}")
     click.echo(
         f"Certificate: {len(cert.signers)} peers holding {committee.weight(cert.signers)} of "
         f"{committee.n_shards} shards signed (quorum {committee.quorum}), epoch {cert.epoch}"

@@ -74,10 +74,27 @@ committee_option = click.option(
     help="Committee file (default: $WALRUSFS_COMMITTEE, then the user config directory).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+writer_key_option = click.option(
+    "--writer-key", "writer_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Key to store with (default: $WALRUSFS_WRITER_KEY, the writer.key beside the committee file, "
+         "then writer.key in the user config directory).",
+)
+#: Exit code for a store refused for want of a grant or quota.
+EXIT_DENIED = 5
 
 
-def with_client(committee: Committee, job: Callable[[Any], Awaitable[_T]]) -> _T:
-    """Run ``job(client)`` under trio with an ephemeral libp2p identity."""
+def load_writer(committee_path: Path | None, key_path: Path | None) -> Any:
+    """The authority a command stores with, or a one-line failure."""
+    from ..client.writer import WriterKeyError, load_authority
+
+    try:
+        return load_authority(committee_path or default_committee_path(), key_path)
+    except WriterKeyError as exc:
+        raise Failure(str(exc)) from exc
+
+
+def with_client(committee: Committee, job: Callable[[Any], Awaitable[_T]], authority: Any = None) -> _T:
+    """Run ``job(client)`` under trio with an ephemeral libp2p identity (storing as ``authority``, if given)."""
     import trio
 
     from p2p.host import configure_logging, running_host
@@ -93,7 +110,7 @@ def with_client(committee: Committee, job: Callable[[Any], Awaitable[_T]]) -> _T
         failure: Exception | None = None
         async with running_host(os.urandom(32)) as host:
             try:
-                result = await job(Client(host, committee))
+                result = await job(Client(host, committee, authority=authority))
             except Exception as exc:
                 failure = exc
         if failure is not None:

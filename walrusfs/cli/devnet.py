@@ -83,9 +83,11 @@ def _wait_ready(directory: Path, committee: Committee, indices: list[int], limit
               help="Peers start a storage challenge round every this many certified blobs (kept for restarts).")
 @click.option("--challenge-sample", type=click.IntRange(1, 4096), default=None,
               help="Certified blobs challenged in a round the cadence starts (kept for restarts).")
+@click.option("--epoch-seconds", type=click.IntRange(1, 10**7), default=None,
+              help="Length of a storage epoch on a new devnet (default 600).")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def devnet_up(count: int, faults: tuple[str, ...], challenge_every: int | None, challenge_sample: int | None,
-              directory: Path) -> None:
+              epoch_seconds: int | None, directory: Path) -> None:
     """Start COUNT peers with data in DIRECTORY and write DIRECTORY/committee.toml."""
     from .. import devnet as dn
 
@@ -96,7 +98,7 @@ def devnet_up(count: int, faults: tuple[str, ...], challenge_every: int | None, 
             raise click.BadParameter(f"expected K=MODE, got {item!r}", param_hint="--fault")
         modes[int(index)] = mode
     try:
-        committee = dn.create(directory, count)
+        committee = dn.create(directory, count, epoch_seconds or dn.DEVNET_EPOCH_SECONDS)
         options = dn.peer_options(directory)
         if challenge_every is not None:
             options["challenge-every"] = str(challenge_every)
@@ -112,11 +114,31 @@ def devnet_up(count: int, faults: tuple[str, ...], challenge_every: int | None, 
     stalling = [k for k in range(count) if modes.get(k) in ("stall", "black-hole")]
     _wait_ready(directory, committee, [k for k in range(count) if k not in stalling])
     _wait_serving(directory, stalling)
+    _grant_writer(directory, committee)
     path = (directory / dn.COMMITTEE_FILE).resolve()
     click.echo(f"{count} peers running (n = {committee.n_shards}, f = {committee.f}); committee: {path}")
     click.echo(f"  export WALRUSFS_COMMITTEE={path}")
     click.echo("  walrusfs store FILE; walrusfs read BLOB_ID -o OUT; walrusfs health")
     click.echo(f"  walrusfs devnet down {directory}")
+
+
+def _grant_writer(directory: Path, committee: Committee) -> None:
+    """Grant the devnet's writer key (once): the local user stores with no extra step."""
+    from .. import devnet as dn
+    from ..client.writer import load_key, publish_operator_entry
+    from ..core.lifecycle import GRANT, MAX_EPOCH, Grant
+
+    if (directory / dn.GRANTED_MARK).exists():
+        return
+    operator = load_key(directory / dn.OPERATOR_FILE)
+    writer = load_key(directory / dn.WRITER_FILE, create=True)
+    grant = Grant(bytes(writer.verify_key), dn.DEVNET_QUOTA, 0, MAX_EPOCH)
+    try:
+        with_client(committee, lambda client: publish_operator_entry(
+            client, operator, directory / dn.OPERATOR_FILE, GRANT, grant.to_wire()))
+    except Exception as exc:  # noqa: BLE001 - any failure here is reported as one line
+        raise Failure(f"could not grant the devnet's writer key: {exc}") from exc
+    (directory / dn.GRANTED_MARK).write_text(bytes(writer.verify_key).hex() + "\n")
 
 
 @devnet.command("down")

@@ -13,9 +13,11 @@ import click
 from .common import (
     Failure,
     committee_option,
+    default_committee_path,
     json_option,
     load_committee,
     parse_size,
+    writer_key_option,
 )
 
 
@@ -36,9 +38,10 @@ from .common import (
 @click.option("--debug", is_flag=True, help="Log every warning and info message.")
 @click.option("--fault", type=click.Choice(["inconsistent-writer"]), hidden=True,
               help="TEST ONLY: encode chunks the way a malicious writer would.")
+@writer_key_option
 def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_only: bool, state_dir: Path | None,
           chunk_size: int, cache_size: int, startup_timeout: float, keep_owners: bool, debug: bool,
-          fault: str | None) -> None:
+          fault: str | None, writer_key: Path | None) -> None:
     """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u)."""
     import trio
 
@@ -56,6 +59,15 @@ def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_o
         vol = resolve_volume(volume_ref)
     except VolumeError as exc:
         raise click.BadParameter(str(exc), param_hint="--volume") from None
+    account = None
+    if vol.writable and not read_only:
+        # The volume stores on the grant of this user's writer key (it sponsors the volume).
+        from ..client.writer import WriterKeyError, load_key, writer_key_path
+
+        try:
+            account = load_key(writer_key or writer_key_path(committee_path or default_committee_path()), create=True)
+        except WriterKeyError as exc:
+            raise Failure(str(exc)) from None
     if os.path.ismount(mountpoint):
         raise click.UsageError(f"{mountpoint} is already a mount point")
     if any(mountpoint.iterdir()):
@@ -65,7 +77,7 @@ def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_o
             mountpoint, vol, committee, state_dir or default_state_dir(vol), read_only=read_only,
             chunk_size=chunk_size, cache_bytes=cache_size, announce=lambda text: click.echo(text, err=True),
             inconsistent_writer=fault == "inconsistent-writer", startup_limit=startup_timeout,
-            keep_owners=keep_owners,
+            keep_owners=keep_owners, account=account,
         ))
     except (MountError, StateError) as exc:
         raise Failure(str(exc)) from None

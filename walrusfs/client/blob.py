@@ -29,6 +29,7 @@ from ..core.certificates import Certificate, assemble_certificate, verify_confir
 from ..core.challenge import audit_request_bytes
 from ..core.committee import Committee
 from ..core.errors import CodecError, InconsistentBlob
+from ..core.lifecycle import EPOCH, Authority, Registration
 from ..core.log import (
     BLOB_CERTIFIED,
     BLOB_INVALID,
@@ -109,6 +110,24 @@ class StoreError(Exception):
     """The committee did not certify the blob."""
 
 
+class StaleRegistration(StoreError):
+    """Peers refused the registration's end epoch: the storage epoch moved on (retried with a fresh one)."""
+
+
+class AccessDenied(StoreError):
+    """Peers refused the upload: no grant (``not-authorized``) or over quota (``quota-exceeded``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+#: Epochs a blob is stored for unless the caller says.
+DEFAULT_EPOCHS = 5
+#: How long a client trusts the storage epoch it learned (it refreshes on a refusal anyway).
+EPOCH_CACHE = 10.0
+
+
 class ReadError(Exception):
     """The blob could not be read back verified."""
 
@@ -147,6 +166,7 @@ class StoreResult:
     failures: dict[str, str] = field(default_factory=dict)
     entry: Entry | None = None
     logged_by: list[str] = field(default_factory=list)
+    registration: Registration | None = None
 
 
 def _now_ms() -> int:
@@ -170,9 +190,13 @@ def _describe(exc: BaseException) -> str:
 class Client:
     """Talks to the committee through a libp2p host."""
 
-    def __init__(self, host: IHost, committee: Committee, reuse_streams: bool = False) -> None:
+    def __init__(self, host: IHost, committee: Committee, reuse_streams: bool = False,
+                 authority: Authority | None = None) -> None:
         self.host = host
         self.committee = committee
+        #: Who this client stores as (None: it can read, not store).
+        self.authority = authority
+        self._epoch: tuple[float, int] | None = None  # (when learned, storage epoch)
         self.pool = SessionPool(host, committee) if reuse_streams else None
         self.n = committee.n_shards
         self.config = committee.config
@@ -205,23 +229,83 @@ class Client:
 
     # ------------------------------------------------------------------ store
 
+    async def storage_epoch(self, fresh: bool = False) -> int:
+        """The storage epoch, from a verified epoch entry a responsive peer holds (0 before the first)."""
+        if not fresh and self._epoch is not None and trio.current_time() - self._epoch[0] < EPOCH_CACHE:
+            return self._epoch[1]
+
+        async def ask(peer: int) -> int:
+            status, _ = await self._call(peer, m.GET_STATUS)
+            storage = status.get("storage")
+            raw = storage.get("epoch_entry") if isinstance(storage, dict) else None
+            if raw is None:
+                return 0
+            if not isinstance(raw, bytes):
+                raise CodecError(f"peer {peer}'s status carries a malformed epoch entry")
+            entry = decode_entry(raw)
+            await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
+            if entry.kind != EPOCH:
+                raise CodecError(f"peer {peer}'s epoch entry is a {entry.kind} entry")
+            return int(entry.payload["epoch"])
+
+        epoch, problems = await self.hedged(ask)
+        if epoch is None:
+            detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
+            raise StoreError(f"no peer told the storage epoch: {detail}")
+        # Never go back: a lagging peer's older entry must not shorten what we register.
+        epoch = max(epoch, self._epoch[1] if self._epoch else 0)
+        self._epoch = (trio.current_time(), epoch)
+        return epoch
+
+    async def registration(self, blob_id: BlobId, epochs: int, deletable: bool) -> Registration:
+        """A registration of ``blob_id`` by this client's authority for ``epochs`` epochs from now."""
+        if self.authority is None:
+            raise AccessDenied(m.NOT_AUTHORIZED, "this client has no writer key; storing needs one")
+        epoch = await self.storage_epoch()
+        return await trio.to_thread.run_sync(self.authority.register, blob_id, epoch + epochs, deletable)
+
     async def store(
         self, data: bytes, progress: Progress | None = None, grace: float = GRACE_PERIOD, publish: bool = True,
-        wait_logged: bool = True,
+        wait_logged: bool = True, epochs: int = DEFAULT_EPOCHS, deletable: bool = True,
     ) -> StoreResult:
-        """Encode and store ``data``; certify it (2f + 1 shards) and record it in the log."""
+        """Encode and store ``data`` for ``epochs`` epochs; certify it (2f + 1 shards) and record it in the log."""
         encoded: EncodedBlob = await trio.to_thread.run_sync(encode_blob, data, self.config)
-        return await self.store_encoded(encoded, len(data), progress, grace, publish, wait_logged)
+        return await self.store_encoded(encoded, len(data), progress, grace, publish, wait_logged,
+                                        epochs=epochs, deletable=deletable)
 
     async def store_encoded(
         self, encoded: EncodedBlob, length: int, progress: Progress | None = None, grace: float = GRACE_PERIOD,
         publish: bool = True, wait_logged: bool = True, background: trio.Nursery | None = None,
+        epochs: int = DEFAULT_EPOCHS, deletable: bool = True, registration: Registration | None = None,
     ) -> StoreResult:
-        """Store an encoded blob of ``length`` bytes; certify it and (``publish``) record it in the log."""
+        """Store an encoded blob of ``length`` bytes; certify it and (``publish``) record it in the log.
+
+        The upload is registered for ``epochs`` storage epochs (or under ``registration``);
+        a refusal because the epoch moved on is retried once with a fresh registration.
+        """
+        if registration is None:
+            registration = await self.registration(encoded.blob_id, epochs, deletable)
+        try:
+            return await self._store_registered(encoded, length, registration, progress, grace, publish,
+                                                wait_logged, background)
+        except StaleRegistration:
+            self._epoch = None  # learn the epoch again, from a peer that has moved on
+            await self.storage_epoch(fresh=True)
+            registration = await self.registration(encoded.blob_id, epochs, deletable)
+            return await self._store_registered(encoded, length, registration, progress, grace, publish,
+                                                wait_logged, background)
+
+    async def _store_registered(
+        self, encoded: EncodedBlob, length: int, registration: Registration, progress: Progress | None,
+        grace: float, publish: bool, wait_logged: bool, background: trio.Nursery | None,
+    ) -> StoreResult:
         blob_id = encoded.blob_id
         metadata_wire = m.metadata_to_wire(encoded.metadata)
+        registration_wire = registration.to_wire()
+        object_id = registration.object_id
         signatures: dict[int, bytes] = {}
         failures: dict[str, str] = {}
+        refusals: dict[str, m.RemoteError] = {}  # peers that refused the registration itself
         quorum_reached = trio.Event()
         decided = trio.Event()  # quorum reached, or it never can be
         remaining = len(self.committee.peers)
@@ -235,7 +319,14 @@ class Client:
             nonlocal remaining
             info = self.committee.peers[peer]
             try:
-                await self._call(peer, m.PUT_METADATA, blob_id=blob_id.raw, metadata=metadata_wire)
+                try:
+                    await self._call(peer, m.PUT_METADATA, blob_id=blob_id.raw, metadata=metadata_wire,
+                                     registration=registration_wire)
+                except m.RemoteError as exc:
+                    if exc.code in (m.NOT_AUTHORIZED, m.QUOTA_EXCEEDED) or (
+                            exc.code == m.INVALID and "must end in" in exc.message):
+                        refusals[info.peer_id] = exc
+                    raise
                 receiving.add(peer)
                 for shard in info.shards:
                     pair = encoded.pairs[blob_id.pair_for_shard(shard, self.n)]
@@ -243,9 +334,10 @@ class Client:
                                      blob_id=blob_id.raw, pair=pair.index)
                     if progress:
                         progress(len(pair.primary.data) + len(pair.secondary.data))
-                reply, _ = await self._call(peer, m.GET_CONFIRMATION, blob_id=blob_id.raw)
+                reply, _ = await self._call(peer, m.GET_CONFIRMATION, blob_id=blob_id.raw,
+                                            registration=registration_wire)
                 signature = wire_field(reply, "signature", bytes)
-                verify_confirmation(info.public_key, self.committee.epoch, blob_id, signature)
+                verify_confirmation(info.public_key, self.committee.epoch, blob_id, signature, object_id)
                 signatures[peer] = signature
                 if self.committee.weight(signatures) >= self.committee.quorum:
                     quorum_reached.set()
@@ -273,15 +365,26 @@ class Client:
             if not quorum_reached.is_set():
                 weight = self.committee.weight(signatures)
                 detail = "; ".join(f"{peer}: {why}" for peer, why in sorted(failures.items()))
+                refused = [k for k, p in enumerate(self.committee.peers) if p.peer_id in refusals]
+                if refusals and self.n - self.committee.weight(refused) < self.committee.quorum:
+                    # Enough honest peers refused the registration itself that no quorum can
+                    # form: say why plainly (a storage grant or quota), not as a peer failure.
+                    codes = [e.code for e in refusals.values()]
+                    if m.INVALID in codes and m.NOT_AUTHORIZED not in codes and m.QUOTA_EXCEEDED not in codes:
+                        raise StaleRegistration(next(iter(refusals.values())).message)
+                    code = m.QUOTA_EXCEEDED if m.QUOTA_EXCEEDED in codes else m.NOT_AUTHORIZED
+                    message = next(e.message for e in refusals.values() if e.code == code)
+                    raise AccessDenied(code, f"{code}: {message} (refused by peers holding "
+                                             f"{self.committee.weight(refused)} of {self.n} shards)")
                 raise StoreError(
                     f"blob {blob_id} was confirmed by peers holding {weight} of {self.n} shards, "
                     f"a certificate needs {self.committee.quorum}. Failures: {detail or 'none'}"
                 )
-            certificate = assemble_certificate(self.committee, blob_id, signatures.items())
+            certificate = assemble_certificate(self.committee, blob_id, signatures.items(), object_id=object_id)
             confirmed = [self.committee.peers[i].peer_id for i in certificate.signers]
-            result = StoreResult(blob_id, encoded.metadata, certificate, confirmed, failures)
+            result = StoreResult(blob_id, encoded.metadata, certificate, confirmed, failures, registration=registration)
             if publish:
-                result.entry = await self.publish(certificate, length)
+                result.entry = await self.publish(certificate, length, registration)
                 if wait_logged:
                     result.logged_by = await self.wait_logged(result.entry.id)
             return result
@@ -373,14 +476,14 @@ class Client:
             raise error[0]
         return (found[0] if found else None), problems
 
-    async def publish(self, certificate: Certificate, length: int) -> Entry:
-        """Hand the certificate to peers in random order until one records it in the log.
+    async def publish(self, certificate: Certificate, length: int, registration: Registration) -> Entry:
+        """Hand the certificate and its registration to peers in random order until one records them in the log.
 
         A peer that has not answered within ``PUBLISH_HEDGE`` seconds is not waited for: the
         next one is asked as well and the first valid entry wins (a stalled peer only
         costs that delay).
         """
-        payload = certificate_payload(certificate, length)
+        payload = certificate_payload(certificate, length, registration)
 
         async def submit(peer: int) -> Entry:
             reply, _ = await self._call(peer, LOG_SUBMIT, payload=payload)
@@ -388,6 +491,8 @@ class Client:
             await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
             if entry.payload.get("blob_id") != certificate.blob_id.raw:
                 raise LogError("peer returned an entry for another blob")
+            if entry.payload.get("registration") != registration.to_wire():
+                raise LogError("peer returned an entry for another registration")
             return entry
 
         entry, problems = await self.hedged(submit)

@@ -2,7 +2,9 @@
 
 A peer signs a confirmation only after it durably stored verified slivers. The signed
 bytes are Walrus's: an intent prefix (type 1 = storage confirmation, version 0, app 3),
-the epoch as u32 little-endian, the blob ID, and the blob type (0 = permanent). A peer
+the epoch as u32 little-endian, the blob ID, and the blob type: 0 for a permanent blob, or
+1 and a 32-byte object ID for a deletable one (the registration's ID; see ``lifecycle``),
+so a certificate binds the one registration it was gathered for. A peer
 signs an invalid-blob attestation only after it verified an inconsistency proof; its bytes
 are Walrus's too: intent type 2, the epoch and the blob ID. The intent prefix keeps each
 kind of signed bytes from ever meaning anything else walrusfs signs.
@@ -31,16 +33,20 @@ INTENT_INVALID_BLOB = 2
 INTENT_VERSION = 0
 APP_ID_STORAGE = 3
 BLOB_TYPE_PERMANENT = 0
+BLOB_TYPE_DELETABLE = 1
 SIGNATURE_SIZE = 64
 
 
-def confirmation_bytes(epoch: int, blob_id: BlobId) -> bytes:
-    """The exact bytes a peer signs to confirm it stores its slivers of ``blob_id``."""
+def confirmation_bytes(epoch: int, blob_id: BlobId, object_id: bytes | None = None) -> bytes:
+    """The exact bytes a peer signs to confirm it stores its slivers of ``blob_id`` (deletable: for ``object_id``)."""
+    kind = bytes([BLOB_TYPE_PERMANENT]) if object_id is None else bytes([BLOB_TYPE_DELETABLE]) + object_id
+    if object_id is not None and len(object_id) != 32:
+        raise VerificationError("a deletable blob's object ID is 32 bytes")
     return (
         bytes([INTENT_STORAGE_CONFIRMATION, INTENT_VERSION, APP_ID_STORAGE])
         + struct.pack("<I", epoch)
         + blob_id.raw
-        + bytes([BLOB_TYPE_PERMANENT])
+        + kind
     )
 
 
@@ -68,14 +74,15 @@ def verify_invalid_blob(public_key: bytes, epoch: int, blob_id: BlobId, signatur
     _check_signature(public_key, invalid_blob_bytes(epoch, blob_id), signature, "invalid-blob attestation")
 
 
-def sign_confirmation(key: SigningKey, epoch: int, blob_id: BlobId) -> bytes:
+def sign_confirmation(key: SigningKey, epoch: int, blob_id: BlobId, object_id: bytes | None = None) -> bytes:
     """A 64-byte Ed25519 signature over the confirmation bytes."""
-    return key.sign(confirmation_bytes(epoch, blob_id)).signature
+    return key.sign(confirmation_bytes(epoch, blob_id, object_id)).signature
 
 
-def verify_confirmation(public_key: bytes, epoch: int, blob_id: BlobId, signature: bytes) -> None:
-    """Raise ``VerificationError`` unless ``signature`` confirms ``blob_id`` for ``epoch``."""
-    _check_signature(public_key, confirmation_bytes(epoch, blob_id), signature, "storage confirmation")
+def verify_confirmation(public_key: bytes, epoch: int, blob_id: BlobId, signature: bytes,
+                        object_id: bytes | None = None) -> None:
+    """Raise ``VerificationError`` unless ``signature`` confirms ``blob_id`` for ``epoch`` (and ``object_id``)."""
+    _check_signature(public_key, confirmation_bytes(epoch, blob_id, object_id), signature, "storage confirmation")
 
 
 @dataclass(frozen=True)
@@ -87,30 +94,38 @@ class Certificate:
     signers: tuple[int, ...]  # indices into the committee's peer list, ascending
     signatures: tuple[bytes, ...]
     invalid: bool = False
+    #: A deletable blob's object ID (its registration's ID); None for a permanent one.
+    object_id: bytes | None = None
 
     def to_wire(self) -> dict[str, object]:
         """The certificate as a wire/JSON-friendly map."""
-        return {
+        out: dict[str, object] = {
             "blob_id": self.blob_id.raw,
             "epoch": self.epoch,
             "signers": list(self.signers),
             "signatures": list(self.signatures),
         }
+        if self.object_id is not None:
+            out["object_id"] = self.object_id
+        return out
 
 
-def _verifier(invalid: bool) -> Callable[[bytes, int, BlobId, bytes], None]:
-    return verify_invalid_blob if invalid else verify_confirmation
+def _verifier(invalid: bool, object_id: bytes | None = None) -> Callable[[bytes, int, BlobId, bytes], None]:
+    if invalid:
+        return verify_invalid_blob
+    return lambda key, epoch, blob_id, signature: verify_confirmation(key, epoch, blob_id, signature, object_id)
 
 
 def assemble_certificate(
-    committee: Committee, blob_id: BlobId, confirmations: Iterable[tuple[int, bytes]], invalid: bool = False
+    committee: Committee, blob_id: BlobId, confirmations: Iterable[tuple[int, bytes]], invalid: bool = False,
+    object_id: bytes | None = None,
 ) -> Certificate:
     """Certificate from (peer index, signature) pairs; invalid or duplicate ones are dropped.
 
     Raises ``VerificationError`` when the valid ones hold fewer shards than the certificate
     needs (2f + 1 for availability, f + 1 with ``invalid``).
     """
-    verify = _verifier(invalid)
+    verify = _verifier(invalid, object_id)
     valid: dict[int, bytes] = {}
     for index, signature in confirmations:
         if index in valid or not 0 <= index < len(committee.peers):
@@ -121,7 +136,7 @@ def assemble_certificate(
             continue
         valid[index] = signature
     certificate = Certificate(
-        blob_id, committee.epoch, tuple(sorted(valid)), tuple(valid[i] for i in sorted(valid)), invalid
+        blob_id, committee.epoch, tuple(sorted(valid)), tuple(valid[i] for i in sorted(valid)), invalid, object_id
     )
     verify_certificate(committee, certificate)
     return certificate
@@ -143,7 +158,7 @@ def verify_certificate(committee: Committee, certificate: Certificate) -> None:
     for index, signature in zip(certificate.signers, certificate.signatures):
         if not 0 <= index < len(committee.peers):
             raise VerificationError(f"certificate signer {index} is not a committee member")
-        _verifier(certificate.invalid)(committee.peers[index].public_key, certificate.epoch, certificate.blob_id,
+        _verifier(certificate.invalid, certificate.object_id)(committee.peers[index].public_key, certificate.epoch, certificate.blob_id,
                                        signature)
     weight = committee.weight(certificate.signers)
     needed, rule = ((committee.validity_threshold, "f + 1") if certificate.invalid else (committee.quorum, "2f + 1"))

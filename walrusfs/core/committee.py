@@ -3,6 +3,9 @@
 Committee files are TOML::
 
     epoch = 0
+    operators = ["<64 hex digits: an operator's Ed25519 public key>"]  # who grants storage
+    epoch_seconds = 86400        # length of a storage epoch (lifetimes count these)
+    genesis_ms = 1764460800000   # when storage epoch 0 began (ms since the Unix epoch)
 
     [[peers]]
     peer_id = "12D3KooW..."
@@ -65,16 +68,31 @@ class PeerInfo:
     shards: tuple[int, ...]
 
 
+#: A storage epoch's length unless the committee file says (Walrus testnet's: one day).
+DEFAULT_EPOCH_MS = 86_400_000
+
+
 @dataclass(frozen=True)
 class Committee:
-    """The peers of one epoch and the shards they hold."""
+    """The peers of one epoch and the shards they hold, who grants storage, and how long storage epochs are."""
 
     epoch: int
     peers: tuple[PeerInfo, ...]
+    #: Operator keys: they sign storage grants and revocations (log entries).
+    operators: tuple[bytes, ...] = ()
+    #: Storage epochs: epoch k begins ``genesis_ms + k * epoch_ms``.
+    epoch_ms: int = DEFAULT_EPOCH_MS
+    genesis_ms: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.epoch, int) or not 0 <= self.epoch < 2**32:
             raise CommitteeError(f"epoch must be an integer in 0..2^32-1, got {self.epoch!r}")
+        if not isinstance(self.epoch_ms, int) or isinstance(self.epoch_ms, bool) or not 1000 <= self.epoch_ms < 2**48:
+            raise CommitteeError(f"epoch_seconds must be at least 1, got {self.epoch_ms / 1000!r}")
+        if not isinstance(self.genesis_ms, int) or not 0 <= self.genesis_ms < 2**48:
+            raise CommitteeError(f"genesis_ms must be a non-negative integer, got {self.genesis_ms!r}")
+        if any(not isinstance(k, bytes) or len(k) != 32 for k in self.operators):
+            raise CommitteeError("operators must be 32-byte Ed25519 public keys")
         if not self.peers:
             raise CommitteeError("a committee needs at least one peer")
         shards = sorted(s for peer in self.peers for s in peer.shards)
@@ -184,7 +202,18 @@ def parse_committee(text: str) -> Committee:
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in shards):
             raise CommitteeError(f"{where}: shards must be a list of integers")
         peers.append(PeerInfo(_table(entry, "peer_id", str, where), public_key, tuple(addrs), tuple(shards)))
-    return Committee(_table(raw, "epoch", int, "committee") if "epoch" in raw else 0, tuple(peers))
+    operators = []
+    for k, text in enumerate(_table(raw, "operators", list, "committee") if "operators" in raw else []):
+        try:
+            key = bytes.fromhex(text) if isinstance(text, str) else b""
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise CommitteeError(f"operators #{k + 1} must be 64 hex digits (an Ed25519 public key)")
+        operators.append(key)
+    epoch_seconds = _table(raw, "epoch_seconds", int, "committee") if "epoch_seconds" in raw else DEFAULT_EPOCH_MS // 1000
+    return Committee(_table(raw, "epoch", int, "committee") if "epoch" in raw else 0, tuple(peers), tuple(operators),
+                     epoch_seconds * 1000, _table(raw, "genesis_ms", int, "committee") if "genesis_ms" in raw else 0)
 
 
 def render_committee(committee: Committee) -> str:
@@ -193,7 +222,10 @@ def render_committee(committee: Committee) -> str:
     def quoted(values: Iterable[str]) -> str:
         return ", ".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
 
-    lines = [f"epoch = {committee.epoch}", ""]
+    lines = [f"epoch = {committee.epoch}",
+             f"operators = [{quoted(k.hex() for k in committee.operators)}]",
+             f"epoch_seconds = {committee.epoch_ms // 1000}",
+             f"genesis_ms = {committee.genesis_ms}", ""]
     for peer in committee.peers:
         lines += [
             "[[peers]]",

@@ -26,6 +26,21 @@ from . import challenge, merkle, wire
 from .certificates import Certificate, verify_certificate
 from .committee import Committee
 from .errors import CodecError, VerificationError
+from .lifecycle import (
+    BLOB_DELETED,
+    BLOB_EXTENDED,
+    EPOCH,
+    GRANT,
+    REVOKE,
+    SPONSOR_DOMAIN,
+    Grant,
+    Ledger,
+    LifecycleError,
+    LifetimeOp,
+    Registration,
+    Revocation,
+    check_epoch,
+)
 from .metadata import BlobId
 from .namespace import LIMITS, Op, in_range
 
@@ -44,6 +59,11 @@ CHALLENGE_REVEAL = "challenge-reveal"
 CHALLENGE_PASS = "challenge-pass"
 CHALLENGE_CLOSE = "challenge-close"
 CHALLENGE_KINDS = frozenset({CHALLENGE_START, CHALLENGE_REVEAL, CHALLENGE_PASS, CHALLENGE_CLOSE})
+#: Storage access and lifetimes (see ``lifecycle``): grants and revocations authored by an
+#: operator named in the committee file; epochs, extensions and deletions by members.
+OPERATOR_KINDS = frozenset({GRANT, REVOKE})
+LIFETIME_KINDS = frozenset({BLOB_EXTENDED, BLOB_DELETED})
+LEDGER_KINDS = OPERATOR_KINDS | LIFETIME_KINDS | {EPOCH, BLOB_CERTIFIED}
 RESERVED_KINDS = frozenset({"committee-change"})
 _BLOB_KINDS = (BLOB_CERTIFIED, BLOB_INVALID)
 MAX_PAYLOAD = 64 << 10
@@ -172,9 +192,23 @@ def decode_entry(data: bytes) -> Entry:
     return entry
 
 
-def certificate_payload(certificate: Certificate, length: int) -> dict[str, Any]:
-    """The payload of a blob-certified entry."""
-    return {**certificate.to_wire(), "length": length, "encoding": 1}
+def certificate_payload(certificate: Certificate, length: int, registration: Registration) -> dict[str, Any]:
+    """The payload of a blob-certified entry: the certificate and the registration it was gathered for."""
+    return {**certificate.to_wire(), "length": length, "encoding": 1, "registration": registration.to_wire()}
+
+
+def registration_from_payload(payload: Mapping[str, Any]) -> Registration:
+    """The registration a blob-certified payload carries, checked against its certificate."""
+    try:
+        registration = Registration.from_wire(payload.get("registration"))
+    except LifecycleError as exc:
+        raise LogError(f"blob-certified entry: {exc}") from exc
+    certificate, _ = certificate_from_payload(payload)
+    if registration.blob_id != certificate.blob_id:
+        raise LogError("blob-certified entry: the registration is for another blob")
+    if registration.object_id != certificate.object_id:
+        raise LogError("blob-certified entry: the certificate was not gathered for this registration")
+    return registration
 
 
 def invalid_payload(certificate: Certificate) -> dict[str, Any]:
@@ -209,12 +243,16 @@ def _certificate_fields(payload: Mapping[str, Any], invalid: bool) -> tuple[Cert
             raise LogError("certificate signers must be integers")
         if not all(isinstance(s, bytes) for s in signatures):
             raise LogError("certificate signatures must be byte strings")
+        object_id = None
+        if not invalid and "object_id" in payload:
+            object_id = wire.field(payload, "object_id", bytes, size=32)
         certificate = Certificate(
             BlobId(wire.field(payload, "blob_id", bytes, size=32)),
             wire.uint(payload, "epoch", 2**32),
             tuple(signers),
             tuple(signatures),
             invalid,
+            object_id,
         )
         length = 0 if invalid else wire.uint(payload, "length", 2**63)
     except wire.MessageError as exc:
@@ -233,6 +271,24 @@ def check_delegation(volume: bytes, device: bytes, delegation: bytes) -> None:
         VerifyKey(volume).verify(DEVICE_DOMAIN + volume + device, delegation)
     except (BadSignatureError, ValueError, TypeError):
         raise LogError("namespace entry's device is not authorized by the volume key") from None
+
+
+def namespace_account(payload: Mapping[str, Any]) -> bytes:
+    """The account a namespace entry's volume writes on: the sponsoring account it names, else the volume itself."""
+    account = payload.get("account")
+    return account if isinstance(account, bytes) else payload["volume"]
+
+
+def _check_sponsorship(payload: Mapping[str, Any]) -> None:
+    if "account" not in payload and "sponsorship" not in payload:
+        return
+    account, sponsorship = payload.get("account"), payload.get("sponsorship")
+    if not (isinstance(account, bytes) and len(account) == 32 and isinstance(sponsorship, bytes)):
+        raise LogError("namespace entry's account must be a 32-byte key with its sponsorship of the volume")
+    try:
+        VerifyKey(account).verify(SPONSOR_DOMAIN + account + payload["volume"], sponsorship)
+    except (BadSignatureError, ValueError, TypeError):
+        raise LogError("namespace entry's volume is not sponsored by the account it names") from None
 
 
 # Namespace operation -> required argument types; anything else is malformed, so the
@@ -332,7 +388,11 @@ def _check_entry(entry: Entry, committee: Committee) -> None:
         if volume is None or not isinstance(delegation, bytes):
             raise LogError("namespace entry must name its volume and carry the device's delegation")
         check_delegation(volume, entry.author, delegation)
+        _check_sponsorship(entry.payload)
         _check_op(entry.payload.get("op"))
+    elif entry.kind in OPERATOR_KINDS:
+        if entry.author not in committee.operators:
+            raise LogError(f"{entry.kind} entries are authored by an operator named in the committee file")
     elif entry.author not in {peer.public_key for peer in committee.peers}:
         raise LogError("entry author is not a committee member")
     try:
@@ -344,6 +404,7 @@ def _check_entry(entry: Entry, committee: Committee) -> None:
     if entry.kind in _BLOB_KINDS:
         if entry.kind == BLOB_CERTIFIED:
             certificate, _ = certificate_from_payload(entry.payload)
+            registration_from_payload(entry.payload)
         else:
             certificate = invalid_from_payload(entry.payload)
         try:
@@ -363,10 +424,32 @@ def _check_entry(entry: Entry, committee: Committee) -> None:
                 challenge.check_close(committee, entry.payload)
         except VerificationError as exc:
             raise LogError(f"invalid {entry.kind} entry: {exc}") from exc
+    elif entry.kind in OPERATOR_KINDS or entry.kind in LIFETIME_KINDS or entry.kind == EPOCH:
+        try:
+            if entry.kind == GRANT:
+                Grant.from_wire(entry.payload)
+            elif entry.kind == REVOKE:
+                Revocation.from_wire(entry.payload)
+            elif entry.kind == EPOCH:
+                check_epoch(committee, entry.payload)
+            else:
+                lifetime_op_from_payload(entry)
+        except LifecycleError as exc:
+            raise LogError(f"invalid {entry.kind} entry: {exc}") from exc
     elif entry.kind in RESERVED_KINDS:
         raise LogError(f"entry kind {entry.kind!r} is reserved and not accepted yet")
     else:
         raise LogError(f"unknown entry kind {entry.kind!r}")
+
+
+def lifetime_op_from_payload(entry: Entry) -> LifetimeOp:
+    """The owner-signed operation a blob-extended or blob-deleted entry carries."""
+    if set(entry.payload) != {"op"}:
+        raise LifecycleError(f"{entry.kind} payload must be exactly the owner's signed op")
+    op = LifetimeOp.from_wire(entry.payload["op"])
+    if (op.op == "extend") != (entry.kind == BLOB_EXTENDED):
+        raise LifecycleError(f"a {entry.kind} entry carries a {op.op} operation")
+    return op
 
 
 def _item_hash(blob_id: BlobId, entry: Entry) -> int:
@@ -399,6 +482,17 @@ class LogState:
     _by_blob: dict[tuple[str, BlobId], list[Entry]] = field(default_factory=dict)
     _digest_sum: int = 0
     _count: int = 0
+    #: Grants, revocations, the storage epoch and registrations (see ``lifecycle``).
+    ledger: Ledger = field(init=False)
+    #: Non-member authors -> the keys their entries rest on (device, volume, account): a
+    #: revocation of any of them ends that author's entries past the revocation's heads.
+    _namespace_keys: dict[bytes, set[bytes]] = field(default_factory=dict)
+    _by_registration: dict[bytes, Entry] = field(default_factory=dict)
+    #: The entry that advanced the storage epoch furthest (proof of the current epoch).
+    epoch_entry: Entry | None = None
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.committee)
 
     def head(self, author: bytes) -> int:
         """Highest contiguous seq accepted from ``author``."""
@@ -447,10 +541,80 @@ class LogState:
             accepted.append(self._append(chain, chosen))
         return Outcome.ACCEPTED, accepted
 
+    def admission(self, entry: Entry) -> str | None:
+        """Why a valid entry may not be added now, or None: a namespace entry needs a granted, unrevoked account.
+
+        Grants are never withdrawn except by a revocation, which names the heads it
+        allows, so every replica admits the same entries once it holds the same grants
+        and revocations; one that has not seen the grant yet refuses for now and the
+        writer or anti-entropy offers the entry again.
+        """
+        if entry.kind != NAMESPACE:
+            return None
+        account = namespace_account(entry.payload)
+        for key in (entry.author, entry.payload["volume"], account):
+            revoked = self.ledger.revoked.get(key)
+            if revoked is not None and entry.seq > revoked.heads.get(entry.author, 0):
+                return f"not-authorized: key {key.hex()[:16]}... was revoked by an operator"
+        if not self.ledger.grants.get(account):
+            return (f"not-authorized: account {account.hex()[:16]}... has no storage grant here (yet); "
+                    "an operator grants one with `walrusfs grant create`")
+        return None
+
+    def _to_ledger(self, entry: Entry, ledger: Ledger | None = None) -> None:
+        """Apply a counted entry of a ledger kind (checked already, so parsed without verifying again)."""
+        ledger = self.ledger if ledger is None else ledger
+        try:
+            if entry.kind == GRANT:
+                ledger.grant(entry.id, Grant.from_wire(entry.payload))
+            elif entry.kind == REVOKE:
+                ledger.revoke(Revocation.from_wire(entry.payload))
+            elif entry.kind == EPOCH:
+                ledger.advance(int(entry.payload["epoch"]))
+                if ledger is self.ledger and (self.epoch_entry is None
+                                              or entry.payload["epoch"] > self.epoch_entry.payload["epoch"]):
+                    self.epoch_entry = entry
+            elif entry.kind == BLOB_CERTIFIED:
+                registration = Registration.from_wire(entry.payload["registration"], verify=False)
+                ledger.registered(registration, int(entry.payload["length"]))
+                if ledger is self.ledger:
+                    self._by_registration.setdefault(registration.id, entry)
+            else:
+                ledger.operate(LifetimeOp.from_wire(entry.payload["op"], verify=False))
+        except (LifecycleError, KeyError, TypeError, ValueError):
+            pass  # accepted before these kinds were checked (a replayed store): it holds nothing
+
+    def registration_entry(self, registration_id: bytes) -> Entry | None:
+        """The blob-certified entry that carried a registration, if any."""
+        return self._by_registration.get(registration_id)
+
+    def ledger_as_of(self, heads: Mapping[bytes, int]) -> Ledger:
+        """The ledger of the counted entries within ``heads`` (the same on every replica that reached them)."""
+        ledger = Ledger(self.committee)
+        for author, chain in self.chains.items():
+            limit = min(heads.get(author, 0), self._cutoff(author) - 1)
+            for entry in chain[:limit]:
+                if entry.kind in LEDGER_KINDS:
+                    self._to_ledger(entry, ledger)
+        return ledger
+
+    def _rebuild_ledger(self) -> None:
+        self.ledger = Ledger(self.committee)
+        self._by_registration = {}
+        self.epoch_entry = None
+        for entry in self.counted():
+            if entry.kind in LEDGER_KINDS:
+                self._to_ledger(entry)
+
     def _append(self, chain: list[Entry], entry: Entry) -> Entry:
         chain.append(entry)
         self.ids.add(entry.id)
         self._count += 1
+        if entry.kind == NAMESPACE:
+            keys = self._namespace_keys.setdefault(entry.author, set())
+            keys.update((entry.author, entry.payload["volume"], namespace_account(entry.payload)))
+        elif entry.kind in LEDGER_KINDS and entry.seq < self._cutoff(entry.author):
+            self._to_ledger(entry)
         if entry.kind in _BLOB_KINDS and entry.seq < self._cutoff(entry.author):
             blob_id = BlobId(entry.payload["blob_id"])
             self._by_blob.setdefault((entry.kind, blob_id), []).append(entry)
@@ -481,11 +645,18 @@ class LogState:
             for entry in self.chains.get(theirs.author, [])[self._cutoff(theirs.author) - 1 :]:
                 if entry.kind in _BLOB_KINDS:
                     self._recertify(entry.kind, BlobId(entry.payload["blob_id"]))
+            self._rebuild_ledger()
         return Outcome.EQUIVOCATION
 
     def _cutoff(self, author: bytes) -> int:
-        """First seq of ``author`` that no longer counts (after an equivocation)."""
-        return self.cutoffs().get(author, 1 << 62)
+        """First seq of ``author`` that no longer counts (after an equivocation, or past a revocation's heads)."""
+        cutoff = self.cutoffs().get(author, 1 << 62) if self.equivocations else 1 << 62
+        keys = self._namespace_keys.get(author) if self.ledger.revoked else None
+        for key in keys or ():
+            revoked = self.ledger.revoked.get(key)
+            if revoked is not None:
+                cutoff = min(cutoff, revoked.heads.get(author, 0) + 1)
+        return cutoff
 
     def cutoffs(self) -> dict[bytes, int]:
         """For each equivocating author, the first position where it signed two entries."""
@@ -535,8 +706,11 @@ class LogState:
                        for e in self._by_blob.get((kind, blob_id), ()))
 
         blobs = {blob for kind, blob in self._by_blob if kind == BLOB_CERTIFIED}
-        return sorted((b for b in blobs if within(BLOB_CERTIFIED, b) and not within(BLOB_INVALID, b)),
-                      key=lambda b: b.raw)
+        # A blob whose registrations had all ended as of the heads is released: peers
+        # deleted it, so it is no longer anyone's to prove.
+        ledger = self.ledger_as_of(heads)
+        return sorted((b for b in blobs if within(BLOB_CERTIFIED, b) and not within(BLOB_INVALID, b)
+                       and ledger.live(b)), key=lambda b: b.raw)
 
     def namespace_ops(self, volume: bytes) -> list[Op]:
         """The counted namespace operations of one volume, ready for ``namespace.build``."""

@@ -56,6 +56,8 @@ LOG_RANGE = "/walrusfs/log-range/2.0.0"
 LOG_TIMES = "/walrusfs/log-times/1.0.0"
 LOG_EVIDENCE = "/walrusfs/log-evidence/1.0.0"
 LOG_CERTIFIED = "/walrusfs/log-certified/1.0.0"
+#: Members sign that a storage epoch has begun by their clocks (see ``peer.epochs``).
+EPOCH_SIGN = "/walrusfs/epoch-sign/1.0.0"
 
 #: Every header (request or response) fits in this; metadata for n = 1000 is ~70 KB.
 MAX_HEADER = 1 << 20
@@ -106,6 +108,14 @@ DISK_FULL = "disk-full"
 #: The request would take the peer past a resource limit for its sender (streams, bytes in
 #: flight) or for all outsiders together: retry later, or store through the other peers.
 BUSY = "busy"
+#: Storage access (see ``lifecycle``): the writer holds no grant (or was revoked), or the
+#: upload would take its account past its quota. Asking other peers will not help.
+NOT_AUTHORIZED = "not-authorized"
+QUOTA_EXCEEDED = "quota-exceeded"
+#: Every registration of this blob has ended (expired or deleted): its slivers are gone.
+EXPIRED = "expired"
+#: A storage epoch's start has not passed on this member's clock yet: ask again later.
+TOO_EARLY = "too-early"
 
 
 class RemoteError(CodecError):

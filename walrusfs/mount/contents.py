@@ -568,13 +568,19 @@ class Contents:
             self.published_generation[node] = generation
             self._published.notify_all()
 
+    def _held_by_volume(self, blob_id: BlobId) -> bool:
+        """Whether a live registration of this volume holds ``blob_id`` (another volume's does not count)."""
+        ledger = self.vlog.state.ledger
+        owner = self.vlog.volume.public_key
+        return any(h.registration.writer.owner == owner and h.live(ledger.epoch) for h in ledger.registrations(blob_id))
+
     async def _store_chunk(self, data: bytes) -> bytes:
         encoded = await trio.to_thread.run_sync(self.encode, data, self.client.config)
         blob_id = encoded.blob_id
         while blob_id.raw in self._storing:  # the same chunk is on its way already
             await self._storing[blob_id.raw].wait()
         # Certified by this mount (its certificate was checked) or in the log as followed.
-        if blob_id.raw not in self._certified_here and self.vlog.state.certified_entry(blob_id) is None:
+        if blob_id.raw not in self._certified_here and not self._held_by_volume(blob_id):
             done = self._storing[blob_id.raw] = trio.Event()
             try:
                 result = await self.client.store_encoded(encoded, len(data), publish=True, wait_logged=False,

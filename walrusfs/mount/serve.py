@@ -12,12 +12,14 @@ from typing import Any
 
 import pyfuse3
 import trio
+from nacl.signing import SigningKey
 
 from p2p.host import running_host
 
 from ..client.blob import Client
 from ..core import messages as m
 from ..core.committee import Committee
+from ..core.lifecycle import device_authority
 from .contents import Contents
 from .operations import WalrusFS
 from .staging import ChunkCache, MountState
@@ -67,10 +69,12 @@ async def serve_mount(
     mountpoint: Path, volume: Volume, committee: Committee, state_dir: Path, *, read_only: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE, cache_bytes: int = DEFAULT_CACHE, announce: Callable[[str], None] = print,
     inconsistent_writer: bool = False, startup_limit: float = STARTUP_LIMIT, keep_owners: bool = False,
+    account: SigningKey | None = None,
 ) -> None:
     """Mount ``volume`` at ``mountpoint`` until it is unmounted or the process is signalled.
 
-    ``keep_owners`` shows the uid and gid the writing device recorded instead of the
+    ``account`` is the granted writer key the volume stores on (it sponsors the volume); without
+    it the volume key itself must hold a grant. ``keep_owners`` shows the uid and gid the writing device recorded instead of the
     mounting user's. ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
     would (one parity row tampered yet committed to).
     """
@@ -82,7 +86,7 @@ async def serve_mount(
             try:
                 await _serve(host, mountpoint, volume, committee, state, cache, read_only=read_only,
                              chunk_size=chunk_size, announce=announce, inconsistent_writer=inconsistent_writer,
-                             startup_limit=startup_limit, keep_owners=keep_owners)
+                             startup_limit=startup_limit, keep_owners=keep_owners, account=account)
             except MountError as exc:
                 # Raised after the host closed, so it reaches the caller as itself rather
                 # than inside the host's exception groups (the CLI prints it as one line).
@@ -96,11 +100,12 @@ async def serve_mount(
 async def _serve(
     host: Any, mountpoint: Path, volume: Volume, committee: Committee, state: MountState, cache: ChunkCache, *,
     read_only: bool, chunk_size: int, announce: Callable[[str], None], inconsistent_writer: bool, startup_limit: float,
-    keep_owners: bool = False,
+    keep_owners: bool = False, account: SigningKey | None = None,
 ) -> None:
     """Serve one mount on an open libp2p host until it is unmounted."""
-    client = Client(host, committee, reuse_streams=True)
-    vlog = VolumeLog(client, volume, state)
+    authority = device_authority(account, volume.key, state.device) if volume.key is not None else None
+    client = Client(host, committee, reuse_streams=True, authority=authority)
+    vlog = VolumeLog(client, volume, state, writer=authority.writer if authority else None)
     await vlog.load()
     contents = Contents(client, vlog, state, cache, chunk_size)
     if inconsistent_writer:

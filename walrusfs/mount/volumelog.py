@@ -27,6 +27,7 @@ from ..client.blob import Client
 from ..client.logpages import RoundBudget, heads_pages, range_pages
 from ..client.members import member_fault
 from ..core.errors import CodecError
+from ..core.lifecycle import Writer
 from ..core.log import (
     GENESIS,
     NAMESPACE,
@@ -72,7 +73,7 @@ class VolumeLog:
     """The log as one mount sees it, and the mount's own namespace chain."""
 
     def __init__(self, client: Client, volume: Volume, state: MountState,
-                 on_change: Callable[[set[bytes]], None] | None = None) -> None:
+                 on_change: Callable[[set[bytes]], None] | None = None, writer: Writer | None = None) -> None:
         self.client = client
         self.committee = client.committee
         self.volume = volume
@@ -80,6 +81,11 @@ class VolumeLog:
         self.device = state.device
         self.device_id = bytes(self.device.verify_key)
         self.delegation = delegate_device(volume.key, self.device_id) if volume.key is not None else None
+        #: The account the volume writes on, when it is not the volume itself: every entry
+        #: names it with its sponsorship, so peers admit the entry on that account's grant.
+        self.sponsor: dict[str, bytes] = {}
+        if writer is not None and writer.account != volume.public_key and writer.sponsorship is not None:
+            self.sponsor = {"account": writer.account, "sponsorship": writer.sponsorship}
         self.state = LogState(self.committee)
         self.namespace = Namespace()
         self.on_change = on_change
@@ -126,7 +132,7 @@ class VolumeLog:
             prev = chain[-1].id if chain else GENESIS
             self.last_hlc = next_hlc(self.last_hlc, int(time.time() * 1000), self.max_seen)
             payload = {"volume": self.volume.public_key, "delegation": self.delegation,
-                       "op": {"kind": kind, "args": args}}
+                       "op": {"kind": kind, "args": args}, **self.sponsor}
             entry = sign_entry(self.device, len(chain) + 1, prev, self.last_hlc, NAMESPACE, payload)
             await trio.to_thread.run_sync(self.store.add_own_entry, entry.seq, entry.encode())
             outcome, _ = self.state.apply(entry, checked=True)

@@ -195,6 +195,10 @@ class Healer:
         """The sliver pairs of ``blob_id`` this peer's shards hold."""
         return sorted(blob_id.pair_for_shard(shard, self.n) for shard in self.shards)
 
+    def wanted(self, blob_id: BlobId) -> bool:
+        """Whether this peer should hold ``blob_id``: certified valid and some registration still holds it."""
+        return self.state.invalid_entry(blob_id) is None and self.state.ledger.live(blob_id)
+
     def on_entry(self, entry: Entry) -> None:
         """Log listener: look at newly certified blobs after they settle; drop invalid ones."""
         if entry.kind == BLOB_CERTIFIED:
@@ -224,7 +228,7 @@ class Healer:
 
     def counts(self, stored: set[tuple[bytes, int]]) -> dict[str, Any]:
         """Certified blobs assigned here, held, missing (given the ``stored`` pairs), healing, and the counters."""
-        certified = [b for b in self.state.certified() if self.state.invalid_entry(b) is None]
+        certified = [b for b in self.state.certified() if self.wanted(b)]
         missing = sum(1 for b in certified if any((b.raw, p) not in stored for p in self.my_pairs(b)))
         s = self.stats
         return {
@@ -252,7 +256,7 @@ class Healer:
         # Resume: every certified blob whose pairs are not all here is due now.
         stored = await trio.to_thread.run_sync(self.store.all_pairs)
         for blob_id in self.state.certified():
-            if self.state.invalid_entry(blob_id) is None and any((blob_id.raw, p) not in stored for p in self.my_pairs(blob_id)):
+            if self.wanted(blob_id) and any((blob_id.raw, p) not in stored for p in self.my_pairs(blob_id)):
                 self._schedule(blob_id)
         async with trio.open_nursery() as nursery:
             for _ in range(HEAL_BLOBS):
@@ -266,6 +270,8 @@ class Healer:
             if ready:
                 blob_id = min(ready, key=lambda item: item[0])[1]
                 del self._due[blob_id]
+                if not self.wanted(blob_id):
+                    continue  # invalid, expired or deleted since it was scheduled
                 return blob_id
             later = [due for b, due in self._due.items() if b not in self._healing]
             wake = self._wake

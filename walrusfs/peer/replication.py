@@ -32,6 +32,13 @@ from ..core import messages as m
 from ..core.certificates import Certificate, verify_certificate
 from ..core.committee import Committee
 from ..core.errors import CodecError, VerificationError
+from ..core.lifecycle import (
+    BLOB_DELETED,
+    BLOB_EXTENDED,
+    MAX_EPOCHS_AHEAD,
+    LifecycleError,
+    LifetimeOp,
+)
 from ..core.log import (
     BLOB_CERTIFIED,
     BLOB_INVALID,
@@ -45,6 +52,7 @@ from ..core.log import (
     decode_entry,
     invalid_payload,
     next_hlc,
+    registration_from_payload,
     sign_entry,
 )
 from ..core.messages import (
@@ -176,6 +184,12 @@ class LogService:
                 if entry.id in problems:
                     results.append((Outcome.REJECTED.value, problems[entry.id]))
                     continue
+                refused = self.state.admission(entry)
+                if refused is not None and entry.id not in self.state.ids:
+                    # Not stored: offered again by its writer or anti-entropy, and admitted
+                    # once this replica holds the grant (or never, past a revocation).
+                    results.append((Outcome.REJECTED.value, refused))
+                    continue
                 outcome, accepted = self.state.apply(entry, checked=True)
                 reason = ""
                 if outcome is Outcome.REJECTED:
@@ -225,10 +239,45 @@ class LogService:
         self._pull_now.set()
 
     async def submit(self, payload: dict[str, Any]) -> Entry:
-        """Author a blob-certified entry for a certificate a writer handed us."""
+        """Author a blob-certified entry for a certificate and registration a writer handed us."""
         certificate, _ = certificate_from_payload(payload)
+        registration = await trio.to_thread.run_sync(registration_from_payload, payload)
         await trio.to_thread.run_sync(verify_certificate, self.committee, certificate)
-        return await self._author(BLOB_CERTIFIED, payload, lambda: self.state.certified_entry(certificate.blob_id))
+        return await self._author(BLOB_CERTIFIED, payload, lambda: self.state.registration_entry(registration.id))
+
+    async def submit_lifetime(self, kind: str, raw: Any) -> Entry:
+        """Author a blob-extended or blob-deleted entry for an owner's signed operation, if the log allows it.
+
+        The fold ignores operations that do not apply, so this check only spares the log
+        entries that would do nothing and tells the owner why.
+        """
+        try:
+            op = await trio.to_thread.run_sync(LifetimeOp.from_wire, raw)
+        except LifecycleError as exc:
+            raise LogError(str(exc)) from exc
+        if (op.op == "extend") != (kind == BLOB_EXTENDED):
+            raise LogError(f"a {kind} entry cannot carry a {op.op} operation")
+        ledger = self.state.ledger
+        if op.at_epoch != ledger.epoch:
+            raise LogError(f"the operation was signed at storage epoch {op.at_epoch}; this member is at "
+                           f"{ledger.epoch}: sign it again")
+        if op.op == "extend" and not ledger.epoch < op.end_epoch <= ledger.epoch + MAX_EPOCHS_AHEAD:
+            raise LogError(f"an extension must end in epochs {ledger.epoch + 1}..{ledger.epoch + MAX_EPOCHS_AHEAD}")
+        for target in op.targets:
+            held = ledger.registration(target)
+            if held is None:
+                raise LogError(f"registration {target.hex()} is not in this member's log")
+            if held.registration.writer.owner != op.writer.owner:
+                raise LogError(f"registration {target.hex()} belongs to another owner")
+            if not held.live(ledger.epoch):
+                raise LogError(f"registration {target.hex()} has already ended (expired or deleted)")
+            if op.op == "delete" and not held.registration.deletable:
+                raise LogError(f"registration {target.hex()} is permanent: it cannot be deleted before it ends")
+            if op.op == "extend" and op.writer.account != held.registration.writer.account:
+                refused = ledger.authorize(op.writer, self.committee.config.encoded_blob_length(held.length))
+                if refused is not None:
+                    raise LogError(f"{refused[0]}: {refused[1]}")
+        return await self._author(kind, {"op": op.to_wire()}, lambda: None)
 
     async def submit_invalid(self, certificate: Certificate) -> Entry:
         """Author a blob-invalid entry for an invalid-blob certificate (unless the log has one)."""
@@ -424,8 +473,14 @@ class LogService:
 
     async def _h_submit(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
+        kind = request.get("kind", BLOB_CERTIFIED)
         try:
-            entry = await self.submit(field(request, "payload", dict))
+            if kind in (BLOB_EXTENDED, BLOB_DELETED):
+                entry = await self.submit_lifetime(kind, field(request, "payload", dict))
+            elif kind == BLOB_CERTIFIED:
+                entry = await self.submit(field(request, "payload", dict))
+            else:
+                return m.error(m.MALFORMED, f"entries of kind {kind!r} are not submitted by writers"), b""
         except LogError as exc:
             return m.error(m.INVALID, str(exc)), b""
         except VerificationError as exc:

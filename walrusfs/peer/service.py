@@ -31,13 +31,16 @@ from ..core import messages as m
 from ..core.certificates import sign_confirmation
 from ..core.committee import Committee
 from ..core.errors import CodecError, VerificationError
+from ..core.lifecycle import Registration
 from ..core.log import CHALLENGE_KINDS
 from ..core.metadata import BlobId, BlobMetadata
 from ..core.redstuff import Axis, Sliver, pair_index, verify_sliver
 from ..core.rounds import recent_rounds
 from ..core.wire import MessageError, decode, encode, field, uint
 from ..identity import Identity
+from .access import Access, AccessError
 from .challenges import DEFAULT_SAMPLE, REMOTE_PEER, Challenges
+from .epochs import Epochs
 from .healing import (
     SCRUB_PAUSE,
     SCRUB_RATE,
@@ -193,7 +196,10 @@ class PeerService:
         #: Verifications blob-status starts run one at a time: one core at most, whoever asks.
         self._verify_limit = trio.CapacityLimiter(1)
         self._guard: Guard | None = None
-        self.log.listeners += [self.healer.on_entry, self.invalid.on_entry, self.challenges.on_entry]
+        self.access = Access(committee, store, self.log)
+        self.epochs = Epochs(identity, committee, self.index, self.log)
+        self.log.listeners += [self.epochs.on_entry, self.healer.on_entry, self.invalid.on_entry, self.challenges.on_entry,
+                               self.access.on_entry]
 
     async def _inconsistent(self, blob_id: BlobId, metadata: BlobMetadata, proof: Any) -> None:
         await self.invalid.report(blob_id, metadata, proof)
@@ -215,6 +221,8 @@ class PeerService:
             nursery.start_soon(self.healer.run, host, self.heal_in_background)
             nursery.start_soon(self.invalid.run, host)
             nursery.start_soon(self.challenges.run, host)
+            nursery.start_soon(self.access.run)
+            nursery.start_soon(self.epochs.run, host)
             if self.fault is Fault.HOSTILE:
                 nursery.start_soon(self._hostile_pushes, host)
 
@@ -249,6 +257,7 @@ class PeerService:
             **self.log.handlers(),
             **self.invalid.handlers(),
             **self.challenges.handlers(),
+            **self.epochs.handlers(),
             m.AUDIT_LOG: self._audit_log,
         }
         for protocol, handler in handlers.items():
@@ -278,7 +287,7 @@ class PeerService:
                 if self.fault is Fault.HOSTILE:
                     return hostile_reply(self._hostile_rng, header, body)
                 return header, body
-            except _Reject as exc:
+            except (_Reject, AccessError) as exc:
                 return m.error(exc.code, str(exc)), b""
             except DiskFull as exc:
                 return m.error(m.DISK_FULL, str(exc)), b""
@@ -305,12 +314,19 @@ class PeerService:
         if shard not in self.shards:
             raise _Reject(m.NOT_ASSIGNED, f"pair {pair} of blob {blob_id} belongs to shard {shard}, not this peer")
 
+    async def _registration(self, request: dict[str, Any]) -> Registration:
+        """The signed registration a storage request carries (signatures checked in a worker thread)."""
+        raw = field(request, "registration", dict)
+        return await trio.to_thread.run_sync(Registration.from_wire, raw)
+
     async def _put_metadata(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
         wire = field(request, "metadata", dict)
         metadata = m.metadata_from_wire(wire, self.n)
+        registration = await self._registration(request)
         await trio.to_thread.run_sync(metadata.verify, blob_id)
+        self.access.admit(registration, blob_id, metadata)
         await trio.to_thread.run_sync(self.store.check_room, 0)
         await trio.to_thread.run_sync(self.store.put_metadata, blob_id, metadata)
         return m.ok(), b""
@@ -320,6 +336,7 @@ class PeerService:
         pair = uint(request, "pair", self.n)
         self._check_pair_is_mine(blob_id, pair)
         self._check_valid(blob_id)
+        self.access.check_receiving(blob_id)
         metadata = await self._metadata(blob_id)
         config = metadata.config
         size = metadata.symbol_size
@@ -392,16 +409,26 @@ class PeerService:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
         self._check_valid(blob_id)
+        registration = await self._registration(request)
+        if registration.blob_id != blob_id:
+            raise _Reject(m.MALFORMED, "the registration is for another blob")
+        self.access.check_confirming(registration)
         epoch = self.committee.epoch
-        signature = await trio.to_thread.run_sync(self.store.get_confirmation, blob_id, epoch)
+        # A permanent blob's confirmation names no registration and is kept; a deletable
+        # one's names its registration (the object ID), so it is signed for each.
+        object_id = registration.object_id
+        signature = None
+        if object_id is None:
+            signature = await trio.to_thread.run_sync(self.store.get_confirmation, blob_id, epoch)
         if signature is None:
             pairs = [blob_id.pair_for_shard(shard, self.n) for shard in sorted(self.shards)]
             stored = await trio.to_thread.run_sync(self.store.stored_pairs, blob_id)
             missing = [p for p in pairs if p not in stored]
             if missing:
                 raise _Reject(m.NOT_FOUND, f"blob {blob_id}: sliver pairs {missing} are not stored here yet")
-            signature = sign_confirmation(self.identity.signing_key, epoch, blob_id)
-            await trio.to_thread.run_sync(self.store.put_confirmation, blob_id, epoch, signature)
+            signature = sign_confirmation(self.identity.signing_key, epoch, blob_id, object_id)
+            if object_id is None:
+                await trio.to_thread.run_sync(self.store.put_confirmation, blob_id, epoch, signature)
         if self.fault is Fault.BAD_CONFIRMATIONS:
             signature = _flip(signature)
         return m.ok(epoch=epoch, signature=signature), b""
@@ -409,6 +436,7 @@ class PeerService:
     async def _get_metadata(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
+        self.access.check_serving(blob_id)
         metadata = m.metadata_to_wire(await self._metadata(blob_id))
         if self.fault is Fault.WRONG_METADATA:
             metadata["hashes"][0][0] = _flip(metadata["hashes"][0][0])
@@ -424,6 +452,7 @@ class PeerService:
         pair = pair_index(axis, index, self.n)
         self._check_pair_is_mine(blob_id, pair)
         self._check_valid(blob_id)
+        self.access.check_serving(blob_id)
         self._check_unchallenged(blob_id)
         data = await trio.to_thread.run_sync(self.store.read_sliver, blob_id, pair, axis)
         if data is None:
@@ -440,6 +469,7 @@ class PeerService:
         pair = uint(request, "pair", self.n)
         self._check_pair_is_mine(blob_id, pair)
         self._check_valid(blob_id)
+        self.access.check_serving(blob_id)
         self._check_unchallenged(blob_id)
         metadata = await self._metadata(blob_id)
         symbol = await trio.to_thread.run_sync(
@@ -461,7 +491,26 @@ class PeerService:
             disk_full=free < self.store.min_free,
             healing=self.healer.counts(pairs), recent_heals=self.healer.recent() if detail else None,
             challenge=self.challenges.status(detail), limits=self._guard.status() if self._guard else None,
+            storage=await self._storage_status(detail),
         ), b""
+
+    async def _storage_status(self, detail: bool) -> dict[str, Any]:
+        """The storage epoch (with the entry proving it), space given back, and (``detail``) usage per account."""
+        state = self.log.state
+        ledger = state.ledger
+        out: dict[str, Any] = {
+            "epoch": ledger.epoch, "epoch_entry": state.epoch_entry.encode() if state.epoch_entry else None,
+            "epoch_seconds": self.committee.epoch_ms // 1000,
+            "reclaimed_bytes": await trio.to_thread.run_sync(self.store.counter, "reclaimed"),
+            "released_blobs": self.access.released_blobs, "pending_uploads": len(self.access.uploads),
+            "grants": len(ledger.grants), "revoked": len(ledger.revoked),
+        }
+        if detail:
+            usage = ledger.usage_by_account()  # on the loop: the ledger changes there
+            accounts = sorted(set(usage) | set(ledger.grants), key=lambda a: -usage.get(a, 0))[:100]
+            out["accounts"] = [{"account": a.hex(), "used": usage.get(a, 0), "quota": ledger.quota(a)}
+                               for a in accounts]
+        return out
 
     async def _audit_log(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)

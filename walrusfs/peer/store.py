@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS confirmations (blob_id BLOB NOT NULL, epoch INTEGER N
                                           PRIMARY KEY (blob_id, epoch));
 CREATE TABLE IF NOT EXISTS log_entries (id BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL,
                                         encoded BLOB NOT NULL, received_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
@@ -193,6 +194,42 @@ class PeerStore:
         for pair in pairs:
             self._pair_path(blob_id, pair).unlink(missing_ok=True)
         return len(pairs)
+
+    @_writes("releasing a blob")
+    def release_blob(self, blob_id: BlobId) -> int:
+        """Delete a blob no registration holds any more (pairs, confirmations, metadata); the bytes freed.
+
+        The freed bytes are added to the ``reclaimed`` counter in the same transaction.
+        """
+        pairs = self.stored_pairs(blob_id)
+        with self._lock:
+            freed = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM pairs WHERE blob_id = ?",
+                                     (blob_id.raw,)).fetchone()[0]
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute("DELETE FROM pairs WHERE blob_id = ?", (blob_id.raw,))
+                self._db.execute("DELETE FROM confirmations WHERE blob_id = ?", (blob_id.raw,))
+                self._db.execute("DELETE FROM metadata WHERE blob_id = ?", (blob_id.raw,))
+                self._db.execute("INSERT INTO counters (name, value) VALUES ('reclaimed', ?) "
+                                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (freed,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        for pair in pairs:
+            self._pair_path(blob_id, pair).unlink(missing_ok=True)
+        return freed
+
+    def counter(self, name: str) -> int:
+        """A persistent counter (``reclaimed``: bytes freed by released blobs)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else 0
+
+    def blob_ids(self) -> list[BlobId]:
+        """Every blob with stored metadata."""
+        with self._lock:
+            return [BlobId(bytes(row[0])) for row in self._db.execute("SELECT blob_id FROM metadata")]
 
     def all_pairs(self) -> set[tuple[bytes, int]]:
         """Every stored (blob ID bytes, pair) there is a record for."""
