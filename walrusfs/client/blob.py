@@ -29,7 +29,7 @@ from ..core.certificates import Certificate, assemble_certificate, verify_confir
 from ..core.challenge import audit_request_bytes
 from ..core.committee import Committee
 from ..core.errors import CodecError, InconsistentBlob
-from ..core.lifecycle import EPOCH, Authority, Registration
+from ..core.lifecycle import BLOB_DELETED, BLOB_EXTENDED, EPOCH, Authority, Registration
 from ..core.log import (
     BLOB_CERTIFIED,
     BLOB_INVALID,
@@ -38,6 +38,7 @@ from ..core.log import (
     certificate_payload,
     check_entry,
     decode_entry,
+    registration_from_payload,
 )
 from ..core.messages import (
     LOG_CERTIFIED,
@@ -597,6 +598,63 @@ class Client:
                 except CodecError:
                     continue
         return found.get("entry"), found.get("invalid")
+
+    async def registrations(self, blob_id: BlobId) -> tuple[list[Registration], dict[str, dict[str, Any]]]:
+        """The registrations of ``blob_id`` (each from a checked blob-certified entry) and each peer's view of them.
+
+        The view maps a peer ID to ``{"epoch": its storage epoch, "lifetimes": {registration ID
+        hex: [end epoch, deleted]}}``: what that peer's log says, shown as such.
+        """
+        found: dict[bytes, Registration] = {}
+        views: dict[str, dict[str, Any]] = {}
+        for peer, reply, _ in await self._each_peer(LOG_CERTIFIED, check=m.check_certified_reply,
+                                                     blob_id=blob_id.raw):
+            if reply is None:
+                continue
+            views[self.committee.peers[peer].peer_id] = {
+                "epoch": reply.get("epoch", 0),
+                "lifetimes": {rid.hex(): [end, deleted] for rid, end, deleted in reply.get("lifetimes", [])}}
+            for raw in reply.get("registrations", []):
+                try:
+                    entry = await self._check_blob_entry(blob_id, raw, BLOB_CERTIFIED)
+                    registration = registration_from_payload(entry.payload)
+                except CodecError:
+                    continue  # that peer's junk; another peer's copy may be good
+                found.setdefault(registration.id, registration)
+        return sorted(found.values(), key=lambda r: r.id), views
+
+    async def lifetime(self, op: str, targets: Sequence[bytes], epochs: int = 0) -> Entry:
+        """Extend (by ``epochs`` from now) or delete this client's registrations ``targets``; the logged entry.
+
+        Signed at the current storage epoch and handed to peers until one records it; an
+        answer saying why it cannot be done (not the owner, permanent, already ended) is
+        final, not asked of others.
+        """
+        if self.authority is None:
+            raise AccessDenied(m.NOT_AUTHORIZED, "this client has no writer key")
+        epoch = await self.storage_epoch(fresh=True)
+        signed = self.authority.operation(op, targets, epoch, epoch + epochs if op == "extend" else 0)
+        kind = BLOB_EXTENDED if op == "extend" else BLOB_DELETED
+
+        async def submit(peer: int) -> Entry:
+            try:
+                reply, _ = await self._call(peer, LOG_SUBMIT, kind=kind, payload=signed.to_wire())
+            except m.RemoteError as exc:
+                if exc.code == m.INVALID and "not in this member's log" not in exc.message \
+                        and "sign it again" not in exc.message:
+                    raise StoreError(exc.message) from exc  # a verdict about the operation itself
+                raise
+            entry = decode_entry(wire_field(reply, "entry", bytes))
+            await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
+            if entry.kind != kind or entry.payload.get("op") != signed.to_wire():
+                raise LogError("peer returned another entry than the operation asked for")
+            return entry
+
+        entry, problems = await self.hedged(submit)
+        if entry is not None:
+            return entry
+        detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
+        raise StoreError(f"no peer recorded the {op}: {detail}")
 
     # ------------------------------------------------------------------ read
 

@@ -377,9 +377,28 @@ def check_push_reply(reply: dict[str, Any], count: int) -> list[str]:
     return [r[0] for r in results]
 
 
+#: Registrations of one blob a ``log-certified`` reply lists at most.
+MAX_REGISTRATIONS = 256
+
+
 def check_certified_reply(reply: dict[str, Any]) -> dict[str, Any]:
-    """A ``log-certified`` reply: ``entry`` and ``invalid`` each an encoded entry or null."""
+    """A ``log-certified`` reply: ``entry`` and ``invalid`` each an encoded entry or null; optionally
+    ``registrations`` (encoded blob-certified entries) and ``lifetimes`` ([registration ID, end epoch,
+    deleted] as that peer's log has them) and ``epoch``."""
     for name in ("entry", "invalid"):
         if reply.get(name) is not None and not isinstance(reply.get(name), bytes):
             raise MessageError(f"log-certified reply: {name!r} must be an encoded entry or null")
+    registrations = reply.get("registrations", [])
+    if (not isinstance(registrations, list) or len(registrations) > MAX_REGISTRATIONS
+            or not all(isinstance(r, bytes) for r in registrations)):
+        raise MessageError(f"log-certified reply: 'registrations' must be at most {MAX_REGISTRATIONS} entries")
+    lifetimes = reply.get("lifetimes", [])
+    if (not isinstance(lifetimes, list) or len(lifetimes) > MAX_REGISTRATIONS
+            or not all(isinstance(x, list) and len(x) == 3 and isinstance(x[0], bytes) and len(x[0]) == 32
+                       and isinstance(x[1], int) and not isinstance(x[1], bool) and 0 <= x[1] < 2**32
+                       and isinstance(x[2], bool) for x in lifetimes)):
+        raise MessageError("log-certified reply: 'lifetimes' must be [32-byte ID, epoch, deleted] triples")
+    epoch = reply.get("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**32:
+        raise MessageError("log-certified reply: 'epoch' must be a storage epoch")
     return reply

@@ -469,7 +469,13 @@ class LogService:
         invalid = self.state.invalid_entry(blob_id)
         if entry is None and invalid is None:
             return m.error(m.NOT_FOUND, f"blob {blob_id} is not certified in this peer's log"), b""
-        return m.ok(entry=entry.encode() if entry else None, invalid=invalid.encode() if invalid else None), b""
+        ledger = self.state.ledger
+        held = ledger.registrations(blob_id)[: m.MAX_REGISTRATIONS]
+        carried = [self.state.registration_entry(h.registration.id) for h in held]
+        return m.ok(entry=entry.encode() if entry else None, invalid=invalid.encode() if invalid else None,
+                    registrations=[e.encode() for e in carried if e is not None],
+                    lifetimes=[[h.registration.id, h.end_epoch, h.deleted] for h in held],
+                    epoch=ledger.epoch), b""
 
     async def _h_submit(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
