@@ -427,8 +427,9 @@ class PeerService:
             if missing:
                 raise _Reject(m.NOT_FOUND, f"blob {blob_id}: sliver pairs {missing} are not stored here yet")
             signature = sign_confirmation(self.identity.signing_key, epoch, blob_id, object_id)
-            if object_id is None:
-                await trio.to_thread.run_sync(self.store.put_confirmation, blob_id, epoch, signature)
+            # Recorded either way: blob-status reports that this peer confirmed the blob (a
+            # deletable one's record is only re-handed-out for that same registration, never).
+            await trio.to_thread.run_sync(self.store.put_confirmation, blob_id, epoch, signature)
         if self.fault is Fault.BAD_CONFIRMATIONS:
             signature = _flip(signature)
         return m.ok(epoch=epoch, signature=signature), b""
