@@ -414,22 +414,17 @@ class PeerService:
             raise _Reject(m.MALFORMED, "the registration is for another blob")
         self.access.check_confirming(registration)
         epoch = self.committee.epoch
-        # A permanent blob's confirmation names no registration and is kept; a deletable
-        # one's names its registration (the object ID), so it is signed for each.
+        # Signed afresh for each request (microseconds): a deletable blob's confirmation names
+        # its registration (the object ID), so a recorded one may be for another registration.
         object_id = registration.object_id
-        signature = None
-        if object_id is None:
-            signature = await trio.to_thread.run_sync(self.store.get_confirmation, blob_id, epoch)
-        if signature is None:
-            pairs = [blob_id.pair_for_shard(shard, self.n) for shard in sorted(self.shards)]
-            stored = await trio.to_thread.run_sync(self.store.stored_pairs, blob_id)
-            missing = [p for p in pairs if p not in stored]
-            if missing:
-                raise _Reject(m.NOT_FOUND, f"blob {blob_id}: sliver pairs {missing} are not stored here yet")
-            signature = sign_confirmation(self.identity.signing_key, epoch, blob_id, object_id)
-            # Recorded either way: blob-status reports that this peer confirmed the blob (a
-            # deletable one's record is only re-handed-out for that same registration, never).
-            await trio.to_thread.run_sync(self.store.put_confirmation, blob_id, epoch, signature)
+        pairs = [blob_id.pair_for_shard(shard, self.n) for shard in sorted(self.shards)]
+        stored = await trio.to_thread.run_sync(self.store.stored_pairs, blob_id)
+        missing = [p for p in pairs if p not in stored]
+        if missing:
+            raise _Reject(m.NOT_FOUND, f"blob {blob_id}: sliver pairs {missing} are not stored here yet")
+        signature = sign_confirmation(self.identity.signing_key, epoch, blob_id, object_id)
+        # Recorded so blob-status can say this peer confirmed the blob.
+        await trio.to_thread.run_sync(self.store.put_confirmation, blob_id, epoch, signature)
         if self.fault is Fault.BAD_CONFIRMATIONS:
             signature = _flip(signature)
         return m.ok(epoch=epoch, signature=signature), b""
