@@ -249,10 +249,36 @@ class Client:
                 raise CodecError(f"peer {peer}'s epoch entry is a {entry.kind} entry")
             return int(entry.payload["epoch"])
 
-        epoch, problems = await self.hedged(ask)
-        if epoch is None:
+        # A peer may answer with an old (validly signed) epoch entry: registering from it
+        # would give a blob fewer epochs than asked, or none (already expired). Nobody can
+        # sign a later epoch than the committee reached, so the highest answer of peers
+        # holding f + 1 shards (one of them honest and up to date enough) is taken.
+        answers: dict[int, int] = {}
+        problems: dict[str, str] = {}
+        enough = trio.Event()
+
+        async def one(peer: int) -> None:
+            try:
+                answers[peer] = await ask(peer)
+            except (PeerUnavailable, CodecError) as exc:
+                problems[self.committee.peers[peer].peer_id] = _describe(exc)
+            except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
+                problems[self.committee.peers[peer].peer_id] = member_fault(peer, exc)
+            finally:
+                if (self.committee.weight(answers) >= self.committee.validity_threshold
+                        or len(answers) + len(problems) == len(self.committee.peers)):
+                    enough.set()
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.responsive_first():
+                nursery.start_soon(one, peer)
+            with trio.move_on_after(STATUS_LIMIT):
+                await enough.wait()
+            nursery.cancel_scope.cancel()
+        if not answers:
             detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
             raise StoreError(f"no peer told the storage epoch: {detail}")
+        epoch = max(answers.values())
         # Never go back: a lagging peer's older entry must not shorten what we register.
         epoch = max(epoch, self._epoch[1] if self._epoch else 0)
         self._epoch = (trio.current_time(), epoch)

@@ -398,6 +398,7 @@ class Held:
     length: int  # the blob's unencoded length, from its certificate
     extensions: dict[tuple[int, int], None] = field(default_factory=dict)  # (at_epoch, end_epoch)
     deleted: bool = False
+    encoded: int = 0  # the bytes it is charged: the blob's encoded length
 
     @property
     def end_epoch(self) -> int:
@@ -420,7 +421,13 @@ class Held:
 
 @dataclass
 class Ledger:
-    """Grants, revocations, the storage epoch and registrations folded from counted entries (order-independent)."""
+    """Grants, revocations, the storage epoch and registrations folded from counted entries (order-independent).
+
+    Peers ask it on every storage request (``authorize``) and after every epoch or deletion
+    (``released``), so those answers are kept up to date as entries are applied instead of
+    summed over every registration: usage per account is a histogram of encoded bytes by
+    end epoch, and each blob's latest live end is kept beside its registrations.
+    """
 
     committee: Committee
     epoch: int = 0
@@ -430,6 +437,13 @@ class Ledger:
     #: Operations on registrations not known yet (their certificate may arrive later).
     _waiting: dict[bytes, list[LifetimeOp]] = field(default_factory=dict)
     _by_registration: dict[bytes, Held] = field(default_factory=dict)
+    #: account -> end epoch -> encoded bytes of its undeleted registrations ending then.
+    _charges: dict[bytes, dict[int, int]] = field(default_factory=dict)
+    #: blob -> the latest end of its undeleted registrations (0: none).
+    _blob_end: dict[BlobId, int] = field(default_factory=dict)
+    #: Bumped whenever a registration, an operation or the epoch changes what is live.
+    _changes: int = 0
+    _released: tuple[int, list[BlobId]] = (-1, [])
 
     # -- applying
 
@@ -447,15 +461,18 @@ class Ledger:
 
     def advance(self, epoch: int) -> None:
         """Apply an epoch entry: the storage epoch is the highest one signed."""
-        self.epoch = max(self.epoch, epoch)
+        if epoch > self.epoch:
+            self.epoch = epoch
+            self._changes += 1
 
     def registered(self, registration: Registration, length: int) -> None:
         """Apply a certified registration (from a blob-certified entry)."""
         if registration.id in self._by_registration:
             return
-        held = Held(registration, length)
+        held = Held(registration, length, encoded=self.committee.config.encoded_blob_length(length))
         self.held.setdefault(registration.blob_id, {})[registration.id] = held
         self._by_registration[registration.id] = held
+        self._charge(held, +1)
         for op in self._waiting.pop(registration.id, []):
             self._operate(op, held)
 
@@ -470,15 +487,33 @@ class Ledger:
                 continue
             self._operate(op, held)
 
-    @staticmethod
-    def _operate(op: LifetimeOp, held: Held) -> None:
+    def _operate(self, op: LifetimeOp, held: Held) -> None:
         if op.writer.owner != held.registration.writer.owner:
             return  # only the owner changes its registration
         if op.op == "delete":
-            if held.registration.deletable:
+            if held.registration.deletable and not held.deleted:
+                self._charge(held, -1)
                 held.deleted = True
-        elif op.end_epoch <= op.at_epoch + MAX_EPOCHS_AHEAD:
+                self._changes += 1
+        elif op.end_epoch <= op.at_epoch + MAX_EPOCHS_AHEAD and (op.at_epoch, op.end_epoch) not in held.extensions:
+            if not held.deleted:
+                self._charge(held, -1)
             held.extensions[(op.at_epoch, op.end_epoch)] = None
+            if not held.deleted:
+                self._charge(held, +1)
+
+    def _charge(self, held: Held, sign: int) -> None:
+        """Add (+1) or take back (-1) ``held``'s bytes at its current end; refresh its blob's end."""
+        account = held.registration.writer.account
+        end = held.end_epoch
+        charges = self._charges.setdefault(account, {})
+        charges[end] = charges.get(end, 0) + sign * held.encoded
+        if charges[end] == 0:
+            del charges[end]
+        blob_id = held.registration.blob_id
+        self._blob_end[blob_id] = max((h.end_epoch for h in self.held[blob_id].values()
+                                       if not h.deleted and not (h is held and sign < 0)), default=0)
+        self._changes += 1
 
     # -- reading
 
@@ -503,21 +538,12 @@ class Ledger:
         return max((g.end_epoch for g in self.grants.get(account, {}).values() if g.end_epoch > self.epoch), default=0)
 
     def usage(self, account: bytes) -> int:
-        """Encoded bytes of the live registrations charged to ``account``."""
-        config = self.committee.config
-        return sum(config.encoded_blob_length(h.length) for regs in self.held.values() for h in regs.values()
-                   if h.registration.writer.account == account and h.live(self.epoch))
+        """Encoded bytes of the live registrations charged to ``account`` (cost: its distinct end epochs)."""
+        return sum(size for end, size in self._charges.get(account, {}).items() if end > self.epoch)
 
     def usage_by_account(self) -> dict[bytes, int]:
         """Encoded bytes of live registrations, per account."""
-        config = self.committee.config
-        out: dict[bytes, int] = {}
-        for regs in self.held.values():
-            for h in regs.values():
-                if h.live(self.epoch):
-                    account = h.registration.writer.account
-                    out[account] = out.get(account, 0) + config.encoded_blob_length(h.length)
-        return out
+        return {account: used for account in self._charges if (used := self.usage(account))}
 
     def authorize(self, writer: Writer, extra: int = 0) -> tuple[str, str] | None:
         """Why ``writer`` may not store ``extra`` more encoded bytes now: (error code, reason), or None."""
@@ -545,15 +571,23 @@ class Ledger:
     def live(self, blob_id: BlobId, epoch: int | None = None) -> bool:
         """Whether some registration holds ``blob_id`` during ``epoch`` (now by default)."""
         at = self.epoch if epoch is None else epoch
-        return any(h.live(at) for h in self.held.get(blob_id, {}).values())
+        return self._blob_end.get(blob_id, 0) > at
 
     def end_epoch(self, blob_id: BlobId) -> int:
         """The latest end of ``blob_id``'s live registrations (0: none)."""
-        return max((h.end_epoch for h in self.held.get(blob_id, {}).values() if h.live(self.epoch)), default=0)
+        end = self._blob_end.get(blob_id, 0)
+        return end if end > self.epoch else 0
 
     def released(self) -> list[BlobId]:
-        """Registered blobs no live registration holds any more: peers delete their slivers."""
-        return sorted((b for b in self.held if not self.live(b)), key=lambda b: b.raw)
+        """Registered blobs no live registration holds any more: peers delete their slivers.
+
+        Asked after every epoch and deletion entry (and periodically): computed again only
+        once something changed, so a quiet log costs nothing however many blobs it holds.
+        """
+        if self._released[0] != self._changes:
+            out = sorted((b for b, end in self._blob_end.items() if end <= self.epoch), key=lambda b: b.raw)
+            self._released = (self._changes, out)
+        return list(self._released[1])
 
 
 @dataclass(frozen=True)

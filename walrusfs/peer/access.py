@@ -35,6 +35,9 @@ log = logging.getLogger("walrusfs.peer.access")
 #: and its data is kept; after it, an uncertified upload is dropped.
 UPLOAD_WINDOW = 3600.0
 WINDOW_ENV = "WALRUSFS_UPLOAD_WINDOW"
+#: Uploads one account may have under way on one peer. Quota bounds their bytes; this bounds
+#: the peer's memory for them (about 1 KiB each) against a writer uploading many tiny blobs.
+MAX_UPLOADS = 10_000
 
 
 def upload_window() -> float:
@@ -63,7 +66,13 @@ class Upload:
 
 
 class Access:
-    """Authorizes uploads against the log's grants and quotas; deletes what nothing holds."""
+    """Authorizes uploads against the log's grants and quotas; deletes what nothing holds.
+
+    Every request is refused as cheaply as possible: an account with no grant (or a revoked
+    key) before any signature is checked, a confirmation by registration ID alone. Uploads
+    under way are indexed by account and by blob, so a request costs the same however many
+    other uploads are in flight, and one account has at most ``MAX_UPLOADS`` of them here.
+    """
 
     def __init__(self, committee: Committee, store: PeerStore, log_service: LogService,
                  window: float | None = None) -> None:
@@ -72,6 +81,8 @@ class Access:
         self.log = log_service
         self.window = upload_window() if window is None else window
         self.uploads: dict[bytes, Upload] = {}  # registration ID -> upload
+        self._by_account: dict[bytes, dict[bytes, Upload]] = {}
+        self._by_blob: dict[BlobId, dict[bytes, Upload]] = {}
         self._wake = trio.Event()
         self.released_blobs = 0
 
@@ -80,11 +91,47 @@ class Access:
         """The ledger of this peer's log."""
         return self.log.state.ledger
 
+    def _add(self, rid: bytes, upload: Upload) -> None:
+        self._drop(rid)
+        self.uploads[rid] = upload
+        self._by_account.setdefault(upload.registration.writer.account, {})[rid] = upload
+        self._by_blob.setdefault(upload.registration.blob_id, {})[rid] = upload
+
+    def _drop(self, rid: bytes) -> None:
+        upload = self.uploads.pop(rid, None)
+        if upload is None:
+            return
+        for index, key in ((self._by_account, upload.registration.writer.account),
+                           (self._by_blob, upload.registration.blob_id)):
+            group = index.get(key)
+            if group is not None:
+                group.pop(rid, None)
+                if not group:
+                    del index[key]
+
     # ------------------------------------------------------------------ requests
 
     def _pending_bytes(self, account: bytes, now: float, besides: bytes = b"") -> int:
-        return sum(u.encoded for rid, u in self.uploads.items()
-                   if rid != besides and u.deadline > now and u.registration.writer.account == account)
+        return sum(u.encoded for rid, u in self._by_account.get(account, {}).items()
+                   if rid != besides and u.deadline > now)
+
+    def precheck(self, registration: Registration) -> None:
+        """Refuse, before any signature is checked, a registration whose account could not store anyway.
+
+        Costs a few dictionary lookups: an outsider's made-up registrations are turned away
+        without the two signature checks and the metadata hashing a real upload costs.
+        """
+        writer = registration.writer
+        ledger = self.ledger
+        if ledger.registration(registration.id) is not None or registration.id in self.uploads:
+            return
+        revoked = ledger.is_revoked(writer.keys())
+        if revoked is not None:
+            raise AccessError(m.NOT_AUTHORIZED, f"key {revoked.hex()[:16]}... was revoked by an operator")
+        if ledger.quota(writer.account) == 0:
+            raise AccessError(m.NOT_AUTHORIZED, f"no storage grant for account {writer.account.hex()[:16]}... in "
+                                                f"epoch {ledger.epoch}; an operator grants one with "
+                                                "`walrusfs grant create`")
 
     def admit(self, registration: Registration, blob_id: BlobId, metadata: BlobMetadata) -> None:
         """Record an authorized upload of ``blob_id``, or raise ``AccessError`` saying why not."""
@@ -98,17 +145,23 @@ class Access:
             raise AccessError(m.INVALID, f"the registration ends at epoch {registration.end_epoch}; the storage "
                                          f"epoch is {epoch}, so it must end in {epoch + 1}..{epoch + MAX_EPOCHS_AHEAD}")
         now = trio.current_time()
+        account = registration.writer.account
+        mine = self._by_account.get(account, {})
+        if registration.id not in mine and len(mine) >= MAX_UPLOADS:
+            live = sum(1 for u in mine.values() if u.deadline > now)
+            if live >= MAX_UPLOADS:
+                raise AccessError(m.QUOTA_EXCEEDED, f"account {account.hex()[:16]}... has {live} uploads under way "
+                                                    f"here (at most {MAX_UPLOADS}); finish or abandon some first")
         encoded = self.committee.config.encoded_blob_length(metadata.unencoded_length)
-        refused = ledger.authorize(registration.writer,
-                                   encoded + self._pending_bytes(registration.writer.account, now, registration.id))
+        refused = ledger.authorize(registration.writer, encoded + self._pending_bytes(account, now, registration.id))
         if refused is not None:
             raise AccessError(*refused)
-        self.uploads[registration.id] = Upload(registration, encoded, now + self.window)
+        self._add(registration.id, Upload(registration, encoded, now + self.window))
 
     def check_receiving(self, blob_id: BlobId) -> None:
         """Raise ``AccessError`` unless pairs of ``blob_id`` are expected: an upload under way, or a live blob."""
         now = trio.current_time()
-        if any(u.registration.blob_id == blob_id and u.deadline > now for u in self.uploads.values()):
+        if any(u.deadline > now for u in self._by_blob.get(blob_id, {}).values()):
             return
         if self.ledger.live(blob_id):
             return
@@ -116,7 +169,11 @@ class Access:
                                             "send its metadata with a registration first")
 
     def check_confirming(self, registration: Registration) -> None:
-        """Raise ``AccessError`` unless this registration's upload was admitted here (or is certified)."""
+        """Raise ``AccessError`` unless this registration's upload was admitted here (or is certified).
+
+        Compared by ID (the hash of the whole signed registration), so a registration that
+        passes was checked when it was admitted: no signature needs checking again.
+        """
         upload = self.uploads.get(registration.id)
         if upload is not None and upload.deadline > trio.current_time():
             return
@@ -128,7 +185,7 @@ class Access:
     def check_serving(self, blob_id: BlobId) -> None:
         """Raise ``AccessError`` (``expired``) for a blob every registration of which has ended."""
         if self.ledger.registrations(blob_id) and not self.ledger.live(blob_id):
-            if any(u.registration.blob_id == blob_id for u in self.uploads.values()):
+            if blob_id in self._by_blob:
                 return  # stored again under a new registration
             raise AccessError(m.EXPIRED, f"blob {blob_id} has expired or was deleted (storage epoch "
                                          f"{self.ledger.epoch}); its slivers are gone")
@@ -145,17 +202,15 @@ class Access:
         ledger = self.ledger
         for rid, upload in list(self.uploads.items()):
             if ledger.registration(rid) is not None or upload.deadline <= now:
-                del self.uploads[rid]
-        protected = {u.registration.blob_id for u in self.uploads.values()}
-        return [b for b in ledger.released() if b not in protected]
+                self._drop(rid)
+        return [b for b in ledger.released() if b not in self._by_blob]
 
     async def _orphans(self) -> list[BlobId]:
         """Stored blobs the log does not hold and no upload protects (left by uploads that never certified)."""
         stored = await trio.to_thread.run_sync(self.store.blob_ids)
-        protected = {u.registration.blob_id for u in self.uploads.values()}
         ledger = self.ledger
         state = self.log.state
-        return [b for b in stored if b not in protected and not ledger.registrations(b)
+        return [b for b in stored if b not in self._by_blob and not ledger.registrations(b)
                 and state.certified_entry(b) is None and state.invalid_entry(b) is None]
 
     async def run(self) -> None:

@@ -38,6 +38,7 @@ from ..core.lifecycle import (
     MAX_EPOCHS_AHEAD,
     LifecycleError,
     LifetimeOp,
+    Registration,
 )
 from ..core.log import (
     BLOB_CERTIFIED,
@@ -241,7 +242,28 @@ class LogService:
     async def submit(self, payload: dict[str, Any]) -> Entry:
         """Author a blob-certified entry for a certificate and registration a writer handed us."""
         certificate, _ = certificate_from_payload(payload)
-        registration = await trio.to_thread.run_sync(registration_from_payload, payload)
+        try:  # parsed only, for the cheap checks; verified below
+            registration = Registration.from_wire(payload.get("registration"), verify=False)
+        except LifecycleError as exc:
+            raise LogError(f"blob-certified entry: {exc}") from exc
+        existing = self.state.registration_entry(registration.id)
+        if existing is not None:
+            return existing
+        # A permanent blob's certificate binds no registration (Walrus's permanent type), so
+        # anyone could pair a logged one with a registration of their own making: an
+        # outsider's key, or an end epoch decades ahead, keeping the blob for good and adding
+        # an entry to every log per request. Only what honest peers would have admitted is
+        # recorded: a granted, unrevoked account, an end within reach of the storage epoch.
+        ledger = self.state.ledger
+        writer = registration.writer
+        revoked = ledger.is_revoked(writer.keys())
+        if revoked is not None or ledger.quota(writer.account) == 0:
+            raise LogError(f"not-authorized: account {writer.account.hex()[:16]}... has no storage grant here "
+                           "(or a key of its writer was revoked)")
+        if not ledger.epoch < registration.end_epoch <= ledger.epoch + MAX_EPOCHS_AHEAD:
+            raise LogError(f"the registration ends at epoch {registration.end_epoch}; the storage epoch is "
+                           f"{ledger.epoch}, so it must end in {ledger.epoch + 1}..{ledger.epoch + MAX_EPOCHS_AHEAD}")
+        await trio.to_thread.run_sync(registration_from_payload, payload)
         await trio.to_thread.run_sync(verify_certificate, self.committee, certificate)
         return await self._author(BLOB_CERTIFIED, payload, lambda: self.state.registration_entry(registration.id))
 

@@ -314,17 +314,19 @@ class PeerService:
         if shard not in self.shards:
             raise _Reject(m.NOT_ASSIGNED, f"pair {pair} of blob {blob_id} belongs to shard {shard}, not this peer")
 
-    async def _registration(self, request: dict[str, Any]) -> Registration:
-        """The signed registration a storage request carries (signatures checked in a worker thread)."""
-        raw = field(request, "registration", dict)
-        return await trio.to_thread.run_sync(Registration.from_wire, raw)
+    def _registration(self, request: dict[str, Any]) -> Registration:
+        """The registration a storage request carries, parsed (its signatures are not checked yet)."""
+        return Registration.from_wire(field(request, "registration", dict), verify=False)
 
     async def _put_metadata(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
         wire = field(request, "metadata", dict)
         metadata = m.metadata_from_wire(wire, self.n)
-        registration = await self._registration(request)
+        registration = self._registration(request)
+        # An account that could not store anyway is refused before the costly checks.
+        self.access.precheck(registration)
+        await trio.to_thread.run_sync(Registration.from_wire, request["registration"])  # the signatures
         await trio.to_thread.run_sync(metadata.verify, blob_id)
         self.access.admit(registration, blob_id, metadata)
         await trio.to_thread.run_sync(self.store.check_room, 0)
@@ -409,9 +411,11 @@ class PeerService:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
         self._check_valid(blob_id)
-        registration = await self._registration(request)
+        registration = self._registration(request)
         if registration.blob_id != blob_id:
             raise _Reject(m.MALFORMED, "the registration is for another blob")
+        # Matched by ID against an admitted upload or a certified registration: both were
+        # verified, and the ID hashes every signed byte, so no signature is checked here.
         self.access.check_confirming(registration)
         epoch = self.committee.epoch
         # Signed afresh for each request (microseconds): a deletable blob's confirmation names
