@@ -2,7 +2,7 @@
 
 Exit codes scripts can rely on: 0 success, 1 the operation failed (peers unreachable,
 too few valid answers), 2 usage error, 3 the blob is invalid (inconsistently encoded),
-4 the blob does not exist.
+4 the blob does not exist (or expired, or was deleted), 5 refused: no grant, over quota.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import click
 from .. import __version__
 from ..allocator import tune_allocator
 from .audit import audit
-from .blobs import blob_id, blob_status, read, store
+from .blobs import blob_id, blob_status, delete, extend, read, store
 from .devnet import devnet
 from .log import log_command
 from .mounts import mount, status, umount
@@ -56,6 +56,6 @@ def main() -> None:
 
 # One module per command group (as borgbackup's archiver does); each defines its commands
 # and main collects them here.
-for _command in (audit, blob_id, blob_status, devnet, health, init, log_command, mount, peer, read, status, store,
-                 umount, volume):
+for _command in (audit, blob_id, blob_status, delete, devnet, extend, health, init, log_command, mount, peer, read,
+                 status, store, umount, volume):
     main.add_command(_command)

@@ -1,4 +1,4 @@
-"""Blob commands: blob-id, store, read, blob-status."""
+"""Blob commands: blob-id, store, read, blob-status, extend, delete."""
 
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def store(file: str, epochs: int, permanent: bool, deletable: bool, committee_pa
 @committee_option
 def read(blob: BlobId, output: Path | None, offset: int, length: int | None, strict: bool, committee_path: Path | None) -> None:
     """Read blob BLOB_ID back, verified against its commitments."""
-    from ..client.blob import InvalidBlobError, ReadError
+    from ..client.blob import BlobGone, InvalidBlobError, ReadError
 
     committee = load_committee(committee_path)
     if output is not None and not output.parent.is_dir():
@@ -199,6 +199,8 @@ def read(blob: BlobId, output: Path | None, offset: int, length: int | None, str
         data = with_client(committee, job)
     except InvalidBlobError as exc:
         raise Failure(str(exc), EXIT_INVALID) from exc
+    except BlobGone as exc:
+        raise Failure(str(exc), EXIT_NOT_FOUND) from exc
     except ReadError as exc:
         code = EXIT_NOT_FOUND if "does not exist" in str(exc) else EXIT_FAILED
         raise Failure(str(exc), code) from exc
@@ -221,16 +223,31 @@ def read(blob: BlobId, output: Path | None, offset: int, length: int | None, str
 @committee_option
 @json_option
 def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> None:
-    """Show which peers hold which slivers of BLOB_ID and who confirmed it."""
+    """Show which peers hold which slivers of BLOB_ID, who confirmed it, its owners and lifetime."""
+    from ..client.blob import StoreError
     from ..core.log import shown_millis
 
     committee = load_committee(committee_path)
 
-    async def job(client: Any) -> tuple[Any, Any, Any]:
-        status, entries = await at_once(lambda: client.blob_status(blob), lambda: client.blob_entries(blob))
-        return (status, *entries)
+    async def job(client: Any) -> tuple[Any, ...]:
+        async def epoch() -> int | None:
+            try:
+                return await client.storage_epoch(fresh=True)
+            except StoreError:
+                return None  # no peer told it: the lifetimes are shown without a state
 
-    status, entry, invalid = with_client(committee, job)
+        status, entries, (registrations, views), storage_epoch = await at_once(
+            lambda: client.blob_status(blob), lambda: client.blob_entries(blob),
+            lambda: client.registrations(blob), epoch)
+        return (status, *entries, registrations, views, storage_epoch)
+
+    status, entry, invalid, registrations, views, storage_epoch = with_client(committee, job)
+    report = lifetimes(committee, registrations, views, storage_epoch if storage_epoch is not None else -1)
+    if storage_epoch is None:
+        for r in report:
+            r["state"] = None
+    state = blob_state(report) if storage_epoch is not None else None
+    end = max((r["endEpoch"] for r in report if r["state"] == "live"), default=None)
     valid_shards = sum(len(s["shards"]) for s in status if s.get("reachable")
                        and sorted(s.get("valid_pairs") or []) == s["pairs_expected"])
     confirmed = [s for s in status if s.get("confirmed")]
@@ -247,7 +264,10 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
         click.echo(json.dumps({"blobId": str(blob), "confirmedShards": weight, "quorum": committee.quorum,
                                "certified": poa is not None, "pointOfAvailability": poa,
                                "validShards": valid_shards,
-                               "invalid": invalid.id.hex() if invalid else None, "peers": status}, indent=2))
+                               "invalid": invalid.id.hex() if invalid else None, "peers": status,
+                               "storageEpoch": storage_epoch, "state": state, "endEpoch": end,
+                               "owners": sorted({r["owner"] for r in report if r["state"] == "live"}),
+                               "registrations": report}, indent=2))
         _exit_unknown(status, poa, invalid)
         return
     if invalid is not None:
@@ -261,6 +281,16 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
     click.echo(f"Blob {blob}: confirmed by peers holding {weight} of {committee.n_shards} shards "
                f"({'certifiable' if weight >= committee.quorum else 'below quorum ' + str(committee.quorum)})")
     click.echo(f"Blob {blob}: valid slivers verified now on {valid_shards} of {committee.n_shards} shards")
+    if report:
+        now = f"storage epoch {storage_epoch}" if storage_epoch is not None else "storage epoch unknown"
+        summary = {"live": f"live until storage epoch {end}", "expired": "EXPIRED: its slivers are deleted",
+                   "deleted": "DELETED by its owners: its slivers are deleted"}.get(state or "", "state unknown")
+        click.echo(f"Blob {blob}: {summary} ({now}; {len(report)} registration(s))")
+        for r in report:
+            kind = "deletable" if r["deletable"] else "permanent"
+            extended = f", extended from {r['registeredEndEpoch']}" if r["endEpoch"] != r["registeredEndEpoch"] else ""
+            click.echo(f"  registration {r['registrationId'][:16]}...: owner {r['owner'][:16]}..., {kind}, "
+                       f"ends at epoch {r['endEpoch']}{extended}: {r['state'] or 'state unknown'}")
     for s in status:
         if not s["reachable"]:
             click.echo(f"  {s['peer_id']}: unreachable ({s['error']})")
@@ -280,3 +310,211 @@ def _exit_unknown(status: list[dict[str, Any]], poa: Any, invalid: Any) -> None:
     if not known:
         click.echo("walrusfs: no peer and no log entry knows this blob", err=True)
         sys.exit(EXIT_NOT_FOUND)
+
+
+# ---------------------------------------------------------------------------- lifetimes
+
+
+def lifetimes(committee: Any, registrations: list[Any], views: dict[str, dict[str, Any]], epoch: int) -> list[dict[str, Any]]:
+    """Each registration's owner, kind, end epoch and state (live, expired, deleted) at storage epoch ``epoch``.
+
+    A registration itself comes from a checked blob-certified entry; its extensions and
+    deletion only from peers' views (``Client.registrations``). So the end shown is the
+    latest one peers holding f + 1 shards report (at least one of them honest, and an
+    honest peer's log holds only validly signed extensions), never below the registered
+    end; it is deleted when peers holding f + 1 shards say so.
+    """
+    weights = {p.peer_id: len(p.shards) for p in committee.peers}
+    out = []
+    for registration in registrations:
+        key = registration.id.hex()
+        seen = [(view["lifetimes"][key], weights.get(peer, 0)) for peer, view in views.items()
+                if key in view.get("lifetimes", {})]
+        agreed, weight = registration.end_epoch, 0
+        for (end, _), shards in sorted(seen, key=lambda item: -item[0][0]):
+            weight += shards
+            if weight >= committee.validity_threshold:
+                agreed = max(agreed, end)
+                break
+        deleted = sum(shards for (_, gone), shards in seen if gone) >= committee.validity_threshold
+        state = "deleted" if deleted else "expired" if agreed <= epoch else "live"
+        out.append({
+            "registrationId": key, "owner": registration.writer.owner.hex(),
+            "account": registration.writer.account.hex(), "deletable": registration.deletable,
+            "registeredEndEpoch": registration.end_epoch, "endEpoch": agreed, "state": state,
+            "reportedBy": {peer: view["lifetimes"][key] for peer, view in sorted(views.items())
+                           if key in view.get("lifetimes", {})},
+        })
+    return out
+
+
+def blob_state(report: list[dict[str, Any]]) -> str | None:
+    """The blob's state from its registrations': live if any is, else expired or deleted (None: never registered)."""
+    states = {r["state"] for r in report}
+    for state in ("live", "expired", "deleted"):
+        if state in states:
+            return state
+    return None
+
+
+def _select(report: list[dict[str, Any]], owner: bytes, chosen: tuple[str, ...]) -> list[dict[str, Any]]:
+    """This owner's registrations, or the ones named in ``chosen`` (full IDs or unique prefixes of 8+ hex digits)."""
+    mine = [r for r in report if r["owner"] == owner.hex()]
+    if not chosen:
+        return mine
+    picked = []
+    for prefix in chosen:
+        prefix = prefix.lower()
+        if len(prefix) < 8:
+            raise click.BadParameter(f"{prefix!r}: give at least 8 hex digits of a registration ID",
+                                     param_hint="--registration")
+        matches = [r for r in report if r["registrationId"].startswith(prefix)]
+        if len(matches) != 1:
+            raise Failure(f"registration {prefix} is {'not one of' if not matches else 'ambiguous among'} "
+                          f"this blob's {len(report)} registrations", EXIT_NOT_FOUND if not matches else EXIT_FAILED)
+        if matches[0]["owner"] != owner.hex():
+            raise Failure(f"registration {prefix} belongs to owner {matches[0]['owner'][:16]}..., not to this writer "
+                          f"({owner.hex()[:16]}...)")
+        picked.append(matches[0])
+    return picked
+
+
+async def _lifetime_report(client: Any, blob: BlobId) -> tuple[list[dict[str, Any]], int]:
+    """The registrations report and the (verified) storage epoch, asked at once."""
+    (registrations, views), epoch = await at_once(lambda: client.registrations(blob),
+                                                  lambda: client.storage_epoch(fresh=True))
+    return lifetimes(client.committee, registrations, views, epoch), epoch
+
+
+registration_option = click.option(
+    "--registration", "registration_ids", multiple=True, metavar="ID",
+    help="Only this registration (its ID or a unique prefix of 8+ hex digits; repeatable). "
+         "Default: every registration of the blob this writer owns.")
+
+
+@click.command()
+@click.argument("blob", metavar="BLOB_ID", callback=parse_blob_id)
+@click.option("--epochs", required=True, callback=parse_epochs, metavar="N|max",
+              help="Keep the blob until N storage epochs from the current one (max: 53).")
+@registration_option
+@committee_option
+@writer_key_option
+@json_option
+def extend(blob: BlobId, epochs: int, registration_ids: tuple[str, ...], committee_path: Path | None,
+           writer_key: Path | None, as_json: bool) -> None:
+    """Extend this writer's live registrations of BLOB_ID to N epochs from now; print the new end epoch."""
+    from ..client.blob import AccessDenied, StoreError
+
+    committee = load_committee(committee_path)
+    authority = load_writer(committee_path, writer_key)
+    owner = authority.writer.owner
+
+    async def job(client: Any) -> dict[str, Any]:
+        report, epoch = await _lifetime_report(client, blob)
+        if not report:
+            raise Failure(f"no peer's log holds a registration of blob {blob}", EXIT_NOT_FOUND)
+        mine = _select(report, owner, registration_ids)
+        if not mine:
+            raise Failure(f"none of blob {blob}'s {len(report)} registrations is owned by this writer "
+                          f"({owner.hex()[:16]}...); `walrusfs store` the file to hold it under your own")
+        ended = [r for r in mine if r["state"] != "live"]
+        if ended and (registration_ids or len(ended) == len(mine)):
+            r = ended[0]
+            how = "been deleted" if r["state"] == "deleted" else f"expired (it ended at epoch {r['endEpoch']})"
+            raise Failure(f"registration {r['registrationId'][:16]}... has {how}; the storage epoch is {epoch}: "
+                          f"an ended registration cannot be extended; store the blob again")
+        target_end = epoch + epochs
+        todo = [r for r in mine if r["state"] == "live" and r["endEpoch"] < target_end]
+        result: dict[str, Any] = {"blobId": str(blob), "storageEpoch": epoch, "extended": [], "entryId": None,
+                                  "unchanged": [r["registrationId"] for r in mine
+                                                if r["state"] == "live" and r not in todo]}
+        if todo:
+            entry = await client.lifetime("extend", [bytes.fromhex(r["registrationId"]) for r in todo], epochs)
+            target_end = entry.payload["op"]["end_epoch"]
+            result.update(extended=[r["registrationId"] for r in todo], entryId=entry.id.hex())
+        live = [r for r in mine if r["state"] == "live"]
+        result["endEpoch"] = max([target_end if todo else 0, *(r["endEpoch"] for r in live)])
+        return result
+
+    try:
+        result = with_client(committee, job, authority=authority)
+    except AccessDenied as exc:
+        raise Failure(str(exc), EXIT_DENIED) from exc
+    except StoreError as exc:
+        raise Failure(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    if result["extended"]:
+        click.echo(f"Blob {blob}: {len(result['extended'])} registration(s) extended to storage epoch "
+                   f"{result['endEpoch']} (now {result['storageEpoch']}; log entry {result['entryId'][:16]}...)")
+    else:
+        click.echo(f"Blob {blob}: already kept until storage epoch {result['endEpoch']} "
+                   f"(now {result['storageEpoch']}); nothing to extend")
+    click.echo(f"End epoch: {result['endEpoch']}")
+
+
+@click.command()
+@click.argument("blob", metavar="BLOB_ID", callback=parse_blob_id)
+@registration_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@committee_option
+@writer_key_option
+@json_option
+def delete(blob: BlobId, registration_ids: tuple[str, ...], yes: bool, committee_path: Path | None,
+           writer_key: Path | None, as_json: bool) -> None:
+    """Delete this writer's deletable registrations of BLOB_ID; peers drop it once no owner holds it."""
+    from ..client.blob import AccessDenied, StoreError
+
+    committee = load_committee(committee_path)
+    authority = load_writer(committee_path, writer_key)
+    owner = authority.writer.owner
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("deleting asks for confirmation; pass --yes when not run from a terminal")
+        click.confirm(f"Delete your registrations of blob {blob}? Once no owner holds it, its data is gone", abort=True)
+
+    async def job(client: Any) -> dict[str, Any]:
+        report, epoch = await _lifetime_report(client, blob)
+        if not report:
+            raise Failure(f"no peer's log holds a registration of blob {blob}", EXIT_NOT_FOUND)
+        mine = [r for r in _select(report, owner, registration_ids) if r["state"] == "live"]
+        if not mine:
+            raise Failure(f"this writer ({owner.hex()[:16]}...) holds no live registration of blob {blob}"
+                          + (" (it expired or was deleted already)" if any(r["owner"] == owner.hex() for r in report)
+                             else ""), EXIT_NOT_FOUND)
+        permanent = [r for r in mine if not r["deletable"]]
+        todo = [r for r in mine if r["deletable"]]
+        refused = [{"registrationId": r["registrationId"], "endEpoch": r["endEpoch"],
+                    "reason": f"permanent: it cannot be deleted before epoch {r['endEpoch']}"} for r in permanent]
+        if not todo:
+            r = permanent[0]
+            raise Failure(f"blob {blob}: registration {r['registrationId'][:16]}... is permanent: it cannot be "
+                          f"deleted before epoch {r['endEpoch']} (the storage epoch is {epoch})")
+        entry = await client.lifetime("delete", [bytes.fromhex(r["registrationId"]) for r in todo])
+        gone = {r["registrationId"] for r in todo}
+        held = [{"registrationId": r["registrationId"], "owner": r["owner"], "endEpoch": r["endEpoch"],
+                 "deletable": r["deletable"]}
+                for r in report if r["state"] == "live" and r["registrationId"] not in gone]
+        return {"blobId": str(blob), "storageEpoch": epoch, "deleted": sorted(gone), "entryId": entry.id.hex(),
+                "refused": refused, "released": not held, "heldBy": held}
+
+    try:
+        result = with_client(committee, job, authority=authority)
+    except AccessDenied as exc:
+        raise Failure(str(exc), EXIT_DENIED) from exc
+    except StoreError as exc:
+        raise Failure(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"Blob {blob}: deleted {len(result['deleted'])} registration(s) (log entry {result['entryId'][:16]}...)")
+    for r in result["refused"]:
+        click.echo(f"  kept registration {r['registrationId'][:16]}...: {r['reason']}")
+    if result["released"]:
+        click.echo(f"Blob {blob}: released: no owner holds it any more; peers delete its slivers and give the space back")
+    else:
+        until = max(r["endEpoch"] for r in result["heldBy"])
+        owners = sorted({r["owner"][:16] + "..." for r in result["heldBy"]})
+        click.echo(f"Blob {blob}: still held by {len(result['heldBy'])} other registration(s) (owner "
+                   f"{', '.join(owners)}) until epoch {until}: its slivers stay")

@@ -145,6 +145,10 @@ class ChallengedError(ReadError):
 CHALLENGE_WAIT = 300.0
 
 
+class BlobGone(ReadError):
+    """Peers holding f + 1 shards (so at least one honest) say the blob's lifetime ended: expired or deleted."""
+
+
 class InvalidBlobError(ReadError):
     """The blob's encoding is inconsistent: no honest reader returns bytes for it.
 
@@ -233,7 +237,10 @@ class Client:
     async def storage_epoch(self, fresh: bool = False) -> int:
         """The storage epoch, from a verified epoch entry a responsive peer holds (0 before the first)."""
         if not fresh and self._epoch is not None and trio.current_time() - self._epoch[0] < EPOCH_CACHE:
-            return self._epoch[1]
+            # Not past the next boundary by our clock either: with short epochs (a devnet's
+            # few seconds) a cached epoch would register fewer epochs than the writer asked.
+            if _now_ms() < self.committee.genesis_ms + (self._epoch[1] + 1) * self.committee.epoch_ms:
+                return self._epoch[1]
 
         async def ask(peer: int) -> int:
             status, _ = await self._call(peer, m.GET_STATUS)
@@ -704,8 +711,8 @@ class Client:
                     invalid.append(await self._check_blob_entry(blob_id, reply["invalid"]))
             except (PeerUnavailable, CodecError) as exc:
                 failures[peer_id] = _describe(exc)
-                if self._not_found_weight(failures) >= self.committee.quorum:
-                    cancel.cancel()  # 2f + 1 shards say it does not exist: nobody else is waited for
+                if self._weight_saying(failures, m.NOT_FOUND, m.EXPIRED) >= self.committee.quorum:
+                    cancel.cancel()  # 2f + 1 shards say it does not exist (or no more): nobody else is waited for
                 return
             except InvalidBlobError:
                 raise
@@ -723,15 +730,32 @@ class Client:
             raise _certified_invalid(blob_id, invalid[0])
         if found:
             return found[0]
-        not_found = self._not_found_weight(failures)
+        self._raise_if_gone(blob_id, failures)
+        not_found = self._weight_saying(failures, m.NOT_FOUND, m.EXPIRED)
         if not_found >= self.committee.quorum:
             raise ReadError(f"blob {blob_id} does not exist: peers holding {not_found} shards do not know it")
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(failures.items()))
         raise ReadError(f"no peer returned metadata that matches blob {blob_id}. {detail}")
 
-    def _not_found_weight(self, failures: dict[str, str]) -> int:
-        return sum(len(self.committee.peers[self.committee.index_of(p)].shards)
-                   for p, why in failures.items() if why.startswith(m.NOT_FOUND))
+    def _weight_saying(self, failures: dict[str, str], *codes: str) -> int:
+        """Shards of the distinct peers whose failure is an error reply with one of ``codes``.
+
+        Keys are peer IDs, optionally followed by what was asked (``"ID (primary sliver 3)"``).
+        """
+        peers = {who.split(" ", 1)[0] for who, why in failures.items()
+                 if any(why.startswith(code + ":") for code in codes)}
+        return self.committee.weight(self.committee.index_of(p) for p in peers)
+
+    def _raise_if_gone(self, blob_id: BlobId, failures: dict[str, str]) -> None:
+        """Raise ``BlobGone`` if peers holding f + 1 shards refused ``blob_id`` as expired or deleted.
+
+        f + 1 shards include an honest peer, whose log holds the end of every registration:
+        f lying peers cannot make a live blob look gone.
+        """
+        gone = self._weight_saying(failures, m.EXPIRED)
+        if gone >= self.committee.validity_threshold:
+            raise BlobGone(f"blob {blob_id} has expired or was deleted: peers holding {gone} of "
+                           f"{self.committee.n_shards} shards say its lifetime ended and its slivers are gone")
 
     async def _check_blob_entry(self, blob_id: BlobId, encoded: Any, kind: str = BLOB_INVALID) -> Entry:
         """A ``kind`` entry about ``blob_id`` a peer sent, checked (signatures and certificate) here."""
@@ -974,6 +998,7 @@ class Client:
             entry = await self.invalid_entry(blob_id)
             if entry is not None:
                 raise _certified_invalid(blob_id, entry)
+        self._raise_if_gone(blob_id, failures)
         detail = "; ".join(f"{who}: {why}" for who, why in sorted(failures.items()))
         error = ChallengedError if any(why.startswith(m.CHALLENGED) for why in failures.values()) else ReadError
         raise error(

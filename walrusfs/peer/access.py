@@ -205,6 +205,13 @@ class Access:
                 self._drop(rid)
         return [b for b in ledger.released() if b not in self._by_blob]
 
+    def _still_doomed(self, blob_id: BlobId) -> bool:
+        """Whether ``blob_id`` may still be deleted: the deletions before it awaited threads, and
+        meanwhile a writer may have begun storing it again or the log certified a new registration."""
+        if self.ledger.live(blob_id):
+            return False
+        return not any(u.registration.blob_id == blob_id for u in self.uploads.values())
+
     async def _orphans(self) -> list[BlobId]:
         """Stored blobs the log does not hold and no upload protects (left by uploads that never certified)."""
         stored = await trio.to_thread.run_sync(self.store.blob_ids)
@@ -226,7 +233,7 @@ class Access:
                 next_orphan_check = now + max(self.window / 4, 1.0)
             stored = set(await trio.to_thread.run_sync(self.store.blob_ids)) if doomed else set()
             for blob_id in doomed:
-                if blob_id not in stored:
+                if blob_id not in stored or not self._still_doomed(blob_id):
                     continue
                 freed = await trio.to_thread.run_sync(self.store.release_blob, blob_id)
                 self.released_blobs += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -51,8 +52,12 @@ def _now_ms() -> int:
 class Epochs:
     """One member's part in advancing the storage epoch."""
 
-    def __init__(self, identity: Identity, committee: Committee, index: int, log_service: LogService) -> None:
+    def __init__(self, identity: Identity, committee: Committee, index: int, log_service: LogService,
+                 clock: Callable[[], int] = _now_ms) -> None:
         self.identity = identity
+        #: Wall clock in ms: this member's own, and nobody else's, opinion of the time
+        #: (tests give members clocks that are off).
+        self.clock = clock
         self.committee = committee
         self.index = index
         self.log = log_service
@@ -72,7 +77,7 @@ class Epochs:
     async def _h_sign(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await reader.body_length(0)
         epoch = uint(request, "epoch", MAX_EPOCH + 1)
-        due = due_epoch(self.committee, _now_ms())
+        due = due_epoch(self.committee, self.clock())
         if epoch > due:
             return m.error(m.TOO_EARLY, f"storage epoch {epoch} has not begun by this member's clock "
                                         f"(it is in epoch {due})"), b""
@@ -120,7 +125,7 @@ class Epochs:
         self.pool = SessionPool(host, self.committee)
         while True:
             ledger_epoch = self.log.state.ledger.epoch
-            due = due_epoch(self.committee, _now_ms())
+            due = due_epoch(self.committee, self.clock())
             if due > ledger_epoch:
                 with trio.move_on_after(self._stagger()):
                     await self._wait_for_epoch(due)
@@ -135,7 +140,7 @@ class Epochs:
                 continue
             # Sleep until the next boundary by our clock, or until an epoch entry arrives.
             next_start = self.committee.genesis_ms + (max(due, ledger_epoch) + 1) * self.committee.epoch_ms
-            wait = min(POLL, max(0.05, (next_start - _now_ms()) / 1000))
+            wait = min(POLL, max(0.05, (next_start - self.clock()) / 1000))
             self._wake = trio.Event()
             with trio.move_on_after(wait):
                 await self._wake.wait()
