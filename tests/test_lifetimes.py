@@ -480,3 +480,38 @@ def test_epoch_advances_with_a_hostile_member_and_a_slow_clock(wired: Any) -> No
     members[2].clock = members[0].clock
     assert trio.run(members[0].advance, 10) is not None
     assert check_epoch(committee, members[0].log.authored[0][1]) == 10
+
+
+# ---------------------------------------------------------------------------- a stale upload holds nothing
+
+
+def test_an_upload_whose_registration_ended_stops_counting() -> None:
+    """A writer re-registers when the epoch moves on mid-upload; the stale upload must not keep the blob."""
+    from walrusfs.core.lifecycle import Ledger, register, writer_for
+    from walrusfs.core.redstuff import compute_metadata
+    from walrusfs.peer.access import Access, AccessError
+
+    committee, _ = _members([0, 0, 0, 0])
+    ledger = Ledger(committee)
+    key = SigningKey(os.urandom(32))
+    ledger.grant(bytes(32), Grant(bytes(key.verify_key), 1 << 30, 0, MAX_EPOCH))
+    log = type("Log", (), {})()
+    log.state = type("State", (), {"ledger": ledger})()
+    access = Access(committee, None, log, window=3600)  # type: ignore[arg-type]
+    metadata = compute_metadata(b"x" * 10_000, committee.config)
+    blob_id = metadata.blob_id()
+    stale = register(key, writer_for(key), blob_id, 1, True)
+
+    async def main() -> None:
+        access.admit(stale, blob_id, metadata)
+        access.check_receiving(blob_id)  # under way
+        assert access._pending_bytes(bytes(key.verify_key), trio.current_time()) > 0
+        ledger.advance(1)  # the registration's end: it can never be certified live now
+        with pytest.raises(AccessError):
+            access.check_receiving(blob_id)
+        with pytest.raises(AccessError):
+            access.check_confirming(stale)
+        assert access._pending_bytes(bytes(key.verify_key), trio.current_time()) == 0
+        assert access._sweep(trio.current_time()) == [] and access.uploads == {}
+
+    trio.run(main)

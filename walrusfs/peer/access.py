@@ -111,9 +111,22 @@ class Access:
 
     # ------------------------------------------------------------------ requests
 
+    def _active(self, upload: Upload, now: float) -> bool:
+        """Whether an upload still counts: within its window, and its registration has not ended.
+
+        A writer whose registration went stale (the epoch moved on while it uploaded)
+        registers again; the stale upload could only ever be certified dead, so it must
+        not keep the blob's data, count against the quota or protect a released blob.
+        """
+        return upload.deadline > now and upload.registration.end_epoch > self.ledger.epoch
+
+    def _uploading(self, blob_id: BlobId, now: float) -> bool:
+        """Whether an upload of ``blob_id`` that still counts is under way here."""
+        return any(self._active(u, now) for u in self._by_blob.get(blob_id, {}).values())
+
     def _pending_bytes(self, account: bytes, now: float, besides: bytes = b"") -> int:
         return sum(u.encoded for rid, u in self._by_account.get(account, {}).items()
-                   if rid != besides and u.deadline > now)
+                   if rid != besides and self._active(u, now))
 
     def precheck(self, registration: Registration) -> None:
         """Refuse, before any signature is checked, a registration whose account could not store anyway.
@@ -161,7 +174,7 @@ class Access:
     def check_receiving(self, blob_id: BlobId) -> None:
         """Raise ``AccessError`` unless pairs of ``blob_id`` are expected: an upload under way, or a live blob."""
         now = trio.current_time()
-        if any(u.deadline > now for u in self._by_blob.get(blob_id, {}).values()):
+        if self._uploading(blob_id, now):
             return
         if self.ledger.live(blob_id):
             return
@@ -175,7 +188,7 @@ class Access:
         passes was checked when it was admitted: no signature needs checking again.
         """
         upload = self.uploads.get(registration.id)
-        if upload is not None and upload.deadline > trio.current_time():
+        if upload is not None and self._active(upload, trio.current_time()):
             return
         if self.ledger.registration(registration.id) is not None:
             return
@@ -185,7 +198,7 @@ class Access:
     def check_serving(self, blob_id: BlobId) -> None:
         """Raise ``AccessError`` (``expired``) for a blob every registration of which has ended."""
         if self.ledger.registrations(blob_id) and not self.ledger.live(blob_id):
-            if blob_id in self._by_blob:
+            if self._uploading(blob_id, trio.current_time()):
                 return  # stored again under a new registration
             raise AccessError(m.EXPIRED, f"blob {blob_id} has expired or was deleted (storage epoch "
                                          f"{self.ledger.epoch}); its slivers are gone")
@@ -201,7 +214,7 @@ class Access:
         """Forget ended uploads; the stored blobs to delete now (on the trio thread: reads state only)."""
         ledger = self.ledger
         for rid, upload in list(self.uploads.items()):
-            if ledger.registration(rid) is not None or upload.deadline <= now:
+            if ledger.registration(rid) is not None or not self._active(upload, now):
                 self._drop(rid)
         return [b for b in ledger.released() if b not in self._by_blob]
 
@@ -210,7 +223,7 @@ class Access:
         meanwhile a writer may have begun storing it again or the log certified a new registration."""
         if self.ledger.live(blob_id):
             return False
-        return not any(u.registration.blob_id == blob_id for u in self.uploads.values())
+        return not self._uploading(blob_id, trio.current_time())
 
     async def _orphans(self) -> list[BlobId]:
         """Stored blobs the log does not hold and no upload protects (left by uploads that never certified)."""
