@@ -107,9 +107,10 @@ class Mount:
 class MountedVolume:
     """A devnet of ``peers`` processes, one volume, and the mounts made of it (all stopped in ``close``)."""
 
-    def __init__(self, root: Path, peers: int = 7, faults: dict[int, str] | None = None) -> None:
+    def __init__(self, root: Path, peers: int = 7, faults: dict[int, str] | None = None,
+                 devnet_options: tuple[str, ...] = ()) -> None:
         self.root = root
-        self.net = Devnet(root / "net", peers, faults)
+        self.net = Devnet(root / "net", peers, faults, *devnet_options)
         self.config = root / "config"
         self.mounts: list[Mount] = []
         try:

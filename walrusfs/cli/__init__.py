@@ -21,7 +21,7 @@ from .devnet import devnet
 from .log import log_command
 from .mounts import mount, status, umount
 from .peers import health, init, peer
-from .volumes import volume
+from .volumes import gc, volume
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -34,8 +34,8 @@ class _Main(click.Group):
         """Run the command; an unexpected exception becomes one line (WALRUSFS_DEBUG=1 keeps the traceback)."""
         try:
             return super().invoke(ctx)
-        except click.ClickException:
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: --help of a group exits through Exit(0)
         except Exception as exc:
             if os.environ.get("WALRUSFS_DEBUG"):
                 raise
@@ -56,6 +56,6 @@ def main() -> None:
 
 # One module per command group (as borgbackup's archiver does); each defines its commands
 # and main collects them here.
-for _command in (audit, blob_id, blob_status, delete, devnet, extend, health, init, log_command, mount, peer, read,
-                 status, store, umount, volume):
+for _command in (audit, blob_id, blob_status, delete, devnet, extend, gc, health, init, log_command, mount, peer,
+                 read, status, store, umount, volume):
     main.add_command(_command)

@@ -35,13 +35,16 @@ from .common import (
                    "used before comes up after 5 s without peers, serving what it has).")
 @click.option("--keep-owners", is_flag=True,
               help="Show the uid and gid the writing device recorded (default: every file is the mounting user's).")
+@click.option("--trash-time", "trash_time", default=None,
+              help="How long deleted and overwritten files stay restorable before their chunks are released "
+                   "(e.g. 30s, 2h, 7d; default: $WALRUSFS_TRASH_SECONDS, else the volume's setting, else 7d).")
 @click.option("--debug", is_flag=True, help="Log every warning and info message.")
 @click.option("--fault", type=click.Choice(["inconsistent-writer"]), hidden=True,
               help="TEST ONLY: encode chunks the way a malicious writer would.")
 @writer_key_option
 def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_only: bool, state_dir: Path | None,
           chunk_size: int, cache_size: int, startup_timeout: float, keep_owners: bool, debug: bool,
-          fault: str | None, writer_key: Path | None) -> None:
+          trash_time: str | None, fault: str | None, writer_key: Path | None) -> None:
     """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u)."""
     import trio
 
@@ -54,6 +57,12 @@ def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_o
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     configure_logging(logging.INFO if debug else logging.CRITICAL)
+    from ..mount.lifecycle import parse_duration
+
+    try:
+        trash_seconds = parse_duration(trash_time) if trash_time is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trash-time") from None
     committee = load_committee(committee_path)
     try:
         vol = resolve_volume(volume_ref)
@@ -77,7 +86,7 @@ def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_o
             mountpoint, vol, committee, state_dir or default_state_dir(vol), read_only=read_only,
             chunk_size=chunk_size, cache_bytes=cache_size, announce=lambda text: click.echo(text, err=True),
             inconsistent_writer=fault == "inconsistent-writer", startup_limit=startup_timeout,
-            keep_owners=keep_owners, account=account,
+            keep_owners=keep_owners, account=account, trash_seconds=trash_seconds,
         ))
     except (MountError, StateError) as exc:
         raise Failure(str(exc)) from None

@@ -1,17 +1,30 @@
-"""volume: creating and listing volumes."""
+"""volume: creating and listing volumes, their usage and trash; gc: releasing what they no longer use."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from .common import (
     EXIT_FAILED,
+    EXIT_NOT_FOUND,
     Failure,
+    committee_option,
+    default_committee_path,
+    iso_time,
     json_option,
+    load_committee,
+    writer_key_option,
 )
+
+_T = TypeVar("_T")
 
 
 @click.group()
@@ -56,4 +69,176 @@ def volume_list(as_json: bool) -> None:
     for problem in problems:
         click.echo(f"walrusfs: skipped unreadable key file of volume {problem}", err=True)
     if problems:
+        sys.exit(EXIT_FAILED)
+
+
+def _run_on_volume(volume_ref: str, committee_path: Path | None, writer_key: Path | None, needs_key: bool,
+                   job: Callable[[Any], Awaitable[_T]]) -> _T:
+    """Follow a volume's log as a command and run ``job(view)`` on it (signing as the command's device)."""
+    import tempfile
+
+    import trio
+
+    from p2p.host import configure_logging, running_host
+
+    from ..client.blob import StoreError
+    from ..mount.lifecycle import command_state_dir, volume_view
+    from ..mount.staging import MountState, StateError
+    from ..mount.volumes import VolumeError, resolve_volume
+
+    configure_logging(logging.CRITICAL)
+    committee = load_committee(committee_path)
+    try:
+        vol = resolve_volume(volume_ref)
+    except VolumeError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    if needs_key and not vol.writable:
+        raise Failure(f"volume {volume_ref} is not yours here: this needs its key (volumes/NAME.key)")
+    account = None
+    if vol.writable:
+        from ..client.writer import WriterKeyError, load_key, writer_key_path
+
+        try:
+            account = load_key(writer_key or writer_key_path(committee_path or default_committee_path()), create=True)
+        except WriterKeyError as exc:
+            raise Failure(str(exc)) from None
+
+    async def main(directory: Path) -> _T:
+        failure: Exception | None = None
+        state = await trio.to_thread.run_sync(MountState, directory)
+        try:
+            async with running_host(os.urandom(32)) as host:
+                try:
+                    async with volume_view(host, committee, vol, account, state) as view:
+                        result = await job(view)
+                except Exception as exc:  # re-raised after the host closed, as itself
+                    failure = exc
+        finally:
+            await trio.to_thread.run_sync(state.close)
+        if failure is not None:
+            raise failure
+        return result
+
+    try:
+        if vol.writable:
+            return trio.run(main, command_state_dir(vol))
+        with tempfile.TemporaryDirectory(prefix="walrusfs-volume-") as scratch:
+            return trio.run(main, Path(scratch))
+    except (StoreError, StateError) as exc:
+        raise Failure(str(exc)) from None
+
+
+def _when(millis: int | None) -> str:
+    return iso_time(millis) if millis is not None else "-"
+
+
+@volume.command("du")
+@click.argument("name")
+@committee_option
+@writer_key_option
+@json_option
+def volume_du(name: str, committee_path: Path | None, writer_key: Path | None, as_json: bool) -> None:
+    """Show a volume's logical size, its chunks' encoded size on the peers and what waits in the trash."""
+    from ..mount.lifecycle import summary
+
+    async def job(view: Any) -> dict[str, Any]:
+        usage, decided = await view.keeper.survey()
+        return summary(usage, decided, view.keeper.trash_seconds(usage.namespace))
+
+    info = _run_on_volume(name, committee_path, writer_key, False, job)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(f"{info['files']} files, {info['logicalBytes']} bytes in {info['chunks']} chunks")
+    click.echo(f"on the peers: {info['encodedBytes']} encoded bytes in {info['liveRegistrationChunks']} "
+               f"registered chunks (storage epoch {info['epoch']})")
+    click.echo(f"pending release: {info['pendingReleaseBytes']} encoded bytes in {info['pendingReleaseChunks']} "
+               f"chunks, next at {_when(info['nextReleaseMs'])} (trash time {info['trashSeconds']:.0f} s)")
+    if info["missingChunks"]:
+        click.echo(f"MISSING: {len(info['missingChunks'])} chunks the tree uses are held by no live registration, "
+                   f"e.g. {info['missingChunks'][0]}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@volume.command("trash")
+@click.argument("name")
+@committee_option
+@writer_key_option
+@json_option
+def volume_trash(name: str, committee_path: Path | None, writer_key: Path | None, as_json: bool) -> None:
+    """List a volume's deleted (and overwritten) files that can still be restored."""
+    from ..mount.lifecycle import trash_rows
+
+    async def job(view: Any) -> list[dict[str, Any]]:
+        _, decided = await view.keeper.survey()
+        return trash_rows(decided)
+
+    rows = _run_on_volume(name, committee_path, writer_key, False, job)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("the trash is empty")
+    for row in rows:
+        click.echo(f"{row['path']}  {row['size']} bytes  {row['kind']} at {_when(row['removedMs'])}")
+
+
+@volume.command("restore")
+@click.argument("name")
+@click.argument("path")
+@click.option("--as", "as_path", default=None, help="Restore under this path instead (the original may exist again).")
+@committee_option
+@writer_key_option
+@json_option
+def volume_restore(name: str, path: str, as_path: str | None, committee_path: Path | None, writer_key: Path | None,
+                   as_json: bool) -> None:
+    """Bring back the latest removed version of PATH from the trash (while its chunks are held)."""
+    from ..mount.lifecycle import find_trash, restore_ops
+
+    async def job(view: Any) -> dict[str, Any]:
+        usage, decided = await view.keeper.survey()
+        item = find_trash(decided.restorable, path)
+        if item is None:
+            raise Failure(f"{path} is not in the trash of volume {name} (or its chunks were released); "
+                          f"see `walrusfs volume trash {name}`", EXIT_NOT_FOUND)
+        target = "/" + (as_path or item.path).strip("/")
+        try:
+            ops = restore_ops(usage, item, target)
+        except ValueError as exc:
+            raise Failure(str(exc)) from None
+        await view.append_published(ops)
+        return {"path": target, "size": item.content.size, "from": item.path, "removedMs": item.removed_ms}
+
+    info = _run_on_volume(name, committee_path, writer_key, True, job)
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(f"restored {info['from']} as {info['path']} ({info['size']} bytes)")
+
+
+@click.command("gc")
+@click.argument("name")
+@click.option("--now", "ignore_trash", is_flag=True,
+              help="Release every chunk nothing references, without waiting for the trash time.")
+@committee_option
+@writer_key_option
+@json_option
+def gc(name: str, ignore_trash: bool, committee_path: Path | None, writer_key: Path | None, as_json: bool) -> None:
+    """Renew what volume NAME uses and release the chunks whose trash time has passed, now."""
+
+    async def job(view: Any) -> dict[str, Any]:
+        report = await view.keeper.run_pass(ignore_trash=ignore_trash)
+        return {"epoch": report.epoch, "extended": report.extended, "deleted": report.deleted,
+                "pendingReleaseBytes": report.pending_bytes, "pendingReleaseChunks": report.pending_chunks,
+                "nextReleaseMs": report.next_release_ms, "missing": report.missing, "error": report.error}
+
+    info = _run_on_volume(name, committee_path, writer_key, True, job)
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(f"storage epoch {info['epoch']}: extended {info['extended']}, released {info['deleted']} "
+                   f"registrations; {info['pendingReleaseBytes']} encoded bytes wait in the trash "
+                   f"(next release {_when(info['nextReleaseMs'])})")
+    if info["error"]:
+        click.echo(f"walrusfs: {info['error']}", err=True)
         sys.exit(EXIT_FAILED)

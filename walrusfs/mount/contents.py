@@ -579,8 +579,9 @@ class Contents:
         blob_id = encoded.blob_id
         while blob_id.raw in self._storing:  # the same chunk is on its way already
             await self._storing[blob_id.raw].wait()
-        # Certified by this mount (its certificate was checked) or in the log as followed.
-        if blob_id.raw not in self._certified_here and not self._held_by_volume(blob_id):
+        # Held by a live registration of the volume (this mount's own stores are applied to
+        # the ledger at once): one released or expired since must be stored again.
+        if not self._held_by_volume(blob_id):
             done = self._storing[blob_id.raw] = trio.Event()
             try:
                 result = await self.client.store_encoded(encoded, len(data), publish=True, wait_logged=False,

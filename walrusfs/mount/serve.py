@@ -21,6 +21,7 @@ from ..core import messages as m
 from ..core.committee import Committee
 from ..core.lifecycle import device_authority
 from .contents import Contents
+from .lifecycle import Keeper
 from .operations import WalrusFS
 from .staging import ChunkCache, MountState
 from .volumelog import LogUnavailable, VolumeLog
@@ -69,12 +70,13 @@ async def serve_mount(
     mountpoint: Path, volume: Volume, committee: Committee, state_dir: Path, *, read_only: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE, cache_bytes: int = DEFAULT_CACHE, announce: Callable[[str], None] = print,
     inconsistent_writer: bool = False, startup_limit: float = STARTUP_LIMIT, keep_owners: bool = False,
-    account: SigningKey | None = None,
+    account: SigningKey | None = None, trash_seconds: float | None = None,
 ) -> None:
     """Mount ``volume`` at ``mountpoint`` until it is unmounted or the process is signalled.
 
     ``account`` is the granted writer key the volume stores on (it sponsors the volume); without
-    it the volume key itself must hold a grant. ``keep_owners`` shows the uid and gid the writing device recorded instead of the
+    it the volume key itself must hold a grant. ``trash_seconds`` overrides the volume's trash time
+    (``lifecycle``). ``keep_owners`` shows the uid and gid the writing device recorded instead of the
     mounting user's. ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
     would (one parity row tampered yet committed to).
     """
@@ -86,7 +88,8 @@ async def serve_mount(
             try:
                 await _serve(host, mountpoint, volume, committee, state, cache, read_only=read_only,
                              chunk_size=chunk_size, announce=announce, inconsistent_writer=inconsistent_writer,
-                             startup_limit=startup_limit, keep_owners=keep_owners, account=account)
+                             startup_limit=startup_limit, keep_owners=keep_owners, account=account,
+                             trash_seconds=trash_seconds)
             except MountError as exc:
                 # Raised after the host closed, so it reaches the caller as itself rather
                 # than inside the host's exception groups (the CLI prints it as one line).
@@ -100,7 +103,7 @@ async def serve_mount(
 async def _serve(
     host: Any, mountpoint: Path, volume: Volume, committee: Committee, state: MountState, cache: ChunkCache, *,
     read_only: bool, chunk_size: int, announce: Callable[[str], None], inconsistent_writer: bool, startup_limit: float,
-    keep_owners: bool = False, account: SigningKey | None = None,
+    keep_owners: bool = False, account: SigningKey | None = None, trash_seconds: float | None = None,
 ) -> None:
     """Serve one mount on an open libp2p host until it is unmounted."""
     authority = device_authority(account, volume.key, state.device) if volume.key is not None else None
@@ -134,8 +137,10 @@ async def _serve(
                  "staged and cached; uploads and the log resume when peers answer")
     started = time.time()
     capacity: dict[str, int] = {}
+    keeper = Keeper(client, vlog, contents, trash_seconds)
     fs = WalrusFS(vlog, contents, read_only,
-                  status=lambda: {"pid": os.getpid(), "mountpoint": str(mountpoint), "since": started},
+                  status=lambda: {"pid": os.getpid(), "mountpoint": str(mountpoint), "since": started,
+                                  **keeper.status()},
                   keep_owners=keep_owners)
     fs.statfs_source = lambda: capacity.get("free", 0)
     vlog.on_change = fs.remote_change
@@ -148,6 +153,9 @@ async def _serve(
             nursery.start_soon(vlog.run)
             nursery.start_soon(contents.run)
             nursery.start_soon(_capacity, client, committee, chunk_size, capacity)
+            if keeper.can_write and not fs.read_only:
+                # Renews what the tree uses, releases what the trash time let go.
+                nursery.start_soon(keeper.run)
             nursery.start_soon(_stop_on_signal)
             mode = "read-only" if fs.read_only else "read-write"
             announce(f"mounted volume {volume.volume_id} at {mountpoint} ({mode}); "
