@@ -355,6 +355,8 @@ class Keeper:
         self._usage: Usage | None = None
         self._lock = trio.Lock()
         self.passes = 0
+        #: Since start: registrations extended, deleted, chunks stored again.
+        self.totals: Counter[str] = Counter()
 
     @property
     def can_write(self) -> bool:
@@ -424,6 +426,7 @@ class Keeper:
                 log.warning("volume pass: %s", report.error)
             self.report = report
             self.passes += 1
+            self.totals.update(extended=report.extended, deleted=report.deleted, stored_again=report.restored)
             return report
 
     async def _lifetime(self, op: str, targets: list[bytes], errors: list[str]) -> int:
@@ -490,8 +493,9 @@ class Keeper:
     def status(self) -> dict[str, Any]:
         """The last pass, for the mount's status."""
         r = self.report
-        return {"lifecycle": {"passes": self.passes, "epoch": r.epoch, "extended": r.extended, "deleted": r.deleted,
-                              "stored_again": r.restored, "missing": r.missing[:10],
+        return {"lifecycle": {"passes": self.passes, "epoch": r.epoch, "extended": self.totals["extended"],
+                              "deleted": self.totals["deleted"], "stored_again": self.totals["stored_again"],
+                              "missing": r.missing[:10],
                               "pending_release_bytes": r.pending_bytes, "pending_release_chunks": r.pending_chunks,
                               "next_release_ms": r.next_release_ms, "trash_seconds": self.trash_seconds(),
                               "error": r.error}}
