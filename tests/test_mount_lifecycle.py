@@ -206,6 +206,19 @@ def test_deleted_file_released_after_trash_time_shared_chunk_survives_restore_is
         gone = cli(mv, "volume", "restore", "vol", "/big.bin", trash=TRASH_SECONDS, check=False)
         assert gone.returncode == 4 and "not in the trash" in gone.stderr
 
+        # gc --now releases at once what nothing references, without waiting for the trash time.
+        (a.path / "now.bin").write_bytes(rng.randbytes(MIB))
+        fsync(a.path)
+        now_chunks = set(blob_ids(a.path / "now.bin"))
+        os.unlink(a.path / "now.bin")
+        fsync(a.path)
+        gc_at = time.time()
+        gc = json.loads(cli(mv, "gc", "vol", "--now", "--json").stdout)
+        assert gc["deleted"] == len(now_chunks), gc
+        assert wait_for(lambda: all(sliver_bytes(p, now_chunks) == 0 for p in peer_dirs(mv)), limit=30, step=0.5)
+        print(f"gc --now: released {gc} in {time.time() - gc_at:.1f} s")
+        assert time.time() - gc_at < TRASH_SECONDS
+
         # After a remount the restored file is still there, bit-exact.
         a.stop()
         a.start()

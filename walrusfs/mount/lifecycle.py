@@ -59,6 +59,8 @@ UPLOAD_GRACE_MS = 120_000
 #: Longest pause between passes (a pass also follows every new storage epoch).
 MAX_PASS_INTERVAL = 60.0
 MIN_PASS_INTERVAL = 1.0
+#: Seconds after a pass before a change of the tree brings the next one.
+CHANGE_DELAY = 5.0
 
 
 def parse_duration(text: str) -> float:
@@ -477,17 +479,26 @@ class Keeper:
         interval = min(max(epoch_seconds / 3, MIN_PASS_INTERVAL), MAX_PASS_INTERVAL)
         await self.vlog.synced_once.wait()
         last_epoch = -1
-        next_pass = 0.0
+        last_tree: Any = None
+        next_pass = last_pass = 0.0
         while True:
             epoch = self.vlog.state.ledger.epoch
-            if epoch != last_epoch or trio.current_time() >= next_pass:
+            tree = self.vlog.namespace.last
+            # A changed tree (a delete starts a release clock) is looked at soon, not at once:
+            # a burst of changes costs one refold.
+            changed = tree != last_tree and trio.current_time() >= last_pass + CHANGE_DELAY
+            if epoch != last_epoch or changed or trio.current_time() >= next_pass:
                 try:
                     await self.run_pass()
                 except Exception as exc:  # noqa: BLE001 - a mount never exits because a pass failed
                     log.exception("volume pass failed (next one soon)")
                     self.report.error = f"{type(exc).__name__}: {exc}"
-                last_epoch = epoch
-                next_pass = trio.current_time() + interval
+                last_epoch, last_tree, last_pass = epoch, tree, trio.current_time()
+                wait = interval
+                if self.report.next_release_ms is not None:
+                    # Release on time rather than up to a whole interval late.
+                    wait = min(wait, max(self.report.next_release_ms / 1000 - time.time() + 0.5, MIN_PASS_INTERVAL))
+                next_pass = trio.current_time() + wait
             await trio.sleep(MIN_PASS_INTERVAL)
 
     def status(self) -> dict[str, Any]:
@@ -606,7 +617,13 @@ async def volume_view(host: Any, committee: Any, volume: Any, account: Any, stat
                 await trio.sleep(1.0)
     if not vlog.synced_once.is_set():
         raise StoreError(f"could not read the volume's log within {limit:.0f} s: {problem[:300]}")
+    failure: Exception | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(vlog._publisher)  # own entries of earlier runs too
-        yield VolumeView(client, vlog, Keeper(client, vlog), nursery)
+        try:
+            yield VolumeView(client, vlog, Keeper(client, vlog), nursery)
+        except Exception as exc:  # re-raised below as itself, not inside the nursery's group
+            failure = exc
         nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
