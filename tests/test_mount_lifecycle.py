@@ -5,7 +5,8 @@ The fold and the plan are pure and tested here directly. The rest runs on real d
 once the (shortened) trash time passed, a chunk another volume also uses survives, a file
 restored from the trash before then comes back bit-exactly; and a mount that stays up
 across several short storage epochs keeps its live files readable (from a fresh mount too)
-while it releases its deleted files' chunks. A stalled peer (SIGSTOP) during each.
+while it releases its deleted files' chunks; chunks that expired while no mount ran are
+stored again from a mount's cache. A stalled peer (SIGSTOP) during the first two.
 
 The large-file test deletes 24 MiB by default; WALRUSFS_LIFECYCLE_MIB=100 runs it with the
 issue's 100 MiB.
@@ -236,7 +237,9 @@ def test_mount_up_across_epochs_renews_live_files_and_reclaims_deleted(tmp_path:
     mv = MountedVolume(tmp_path, peers=4, devnet_options=("--epoch-seconds", "3"))
     stalled_pid = None
     try:
-        a = mv.mount("a", "--trash-time", "4s", "--chunk-size", "1MiB")
+        a = mv.mount("a", "--chunk-size", "1MiB")
+        # The volume's own trash time, in the log like any xattr (no --trash-time here).
+        os.setxattr(a.path, "user.walrusfs.trash-seconds", b"4s")
         rng = random.Random(5)
         files = {f"live-{k}.bin": rng.randbytes(rng.randrange(MIB // 2, 3 * MIB)) for k in range(3)}
         doomed = {f"doomed-{k}.bin": rng.randbytes(2 * MIB + k) for k in range(2)}
@@ -259,6 +262,7 @@ def test_mount_up_across_epochs_renews_live_files_and_reclaims_deleted(tmp_path:
         assert wait_for(lambda: a.status()["lifecycle"]["epoch"] >= start + 7, limit=90, step=1)
         status = a.status()["lifecycle"]
         print(f"\nepochs {start} -> {status['epoch']}: {status}")
+        assert status["trash_seconds"] == 4
         assert status["extended"] > 0 and status["deleted"] >= len(doomed_chunks) and not status["missing"]
         for name, data in files.items():
             assert (a.path / name).read_bytes() == data
@@ -279,4 +283,34 @@ def test_mount_up_across_epochs_renews_live_files_and_reclaims_deleted(tmp_path:
     finally:
         if stalled_pid is not None:
             os.kill(stalled_pid, signal.SIGCONT)
+        mv.close()
+
+
+def test_expired_chunks_are_stored_again_from_the_cache_after_a_long_absence(tmp_path: Path) -> None:
+    mv = MountedVolume(tmp_path, peers=4, devnet_options=("--epoch-seconds", "3"))
+    try:
+        a = mv.mount("a", "--chunk-size", "1MiB")
+        data = random.Random(9).randbytes(3 * MIB + 17)
+        (a.path / "kept.bin").write_bytes(data)
+        fsync(a.path)
+        chunks = set(blob_ids(a.path / "kept.bin"))
+        a.stop()  # before its first renewal: the chunks end 5 epochs after they were stored
+        def expired() -> bool:
+            result = cli(mv, "volume", "du", "vol", "--json", check=False)
+            return result.returncode == 1 and len(json.loads(result.stdout)["missingChunks"]) == len(chunks)
+        assert wait_for(expired, limit=90, step=2), "the chunks did not expire while no mount renewed them"
+        assert wait_for(lambda: all(sliver_bytes(p, chunks) == 0 for p in peer_dirs(mv)), limit=60, step=1)
+        a.start()  # its cache still holds the verified chunks
+        assert wait_for(lambda: a.status()["lifecycle"]["stored_again"] >= len(chunks), limit=60, step=1), \
+            a.status()["lifecycle"]
+        print(f"\nafter the absence: {a.status()['lifecycle']}")
+        fresh = mv.mount("fresh")
+        try:
+            assert wait_for(lambda: (fresh.path / "kept.bin").exists(), limit=30)
+            assert (fresh.path / "kept.bin").read_bytes() == data
+        finally:
+            fresh.stop()
+        du = json.loads(cli(mv, "volume", "du", "vol", "--json").stdout)
+        assert not du["missingChunks"] and du["files"] == 1
+    finally:
         mv.close()

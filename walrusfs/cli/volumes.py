@@ -148,7 +148,7 @@ def volume_du(name: str, committee_path: Path | None, writer_key: Path | None, a
     info = _run_on_volume(name, committee_path, writer_key, False, job)
     if as_json:
         click.echo(json.dumps(info))
-        return
+        sys.exit(EXIT_FAILED if info["missingChunks"] else 0)
     click.echo(f"{info['files']} files, {info['logicalBytes']} bytes in {info['chunks']} chunks")
     click.echo(f"on the peers: {info['encodedBytes']} encoded bytes in {info['liveRegistrationChunks']} "
                f"registered chunks (storage epoch {info['epoch']})")
