@@ -41,13 +41,14 @@ def cli(*args: str, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,
 async def store(directory: Path, count: int, size: int) -> None:
     from p2p.host import configure_logging, running_host
     from walrusfs.client.blob import Client
+    from walrusfs.client.writer import load_authority
     from walrusfs.core.committee import parse_committee
 
     configure_logging(logging.CRITICAL)
     committee = parse_committee((directory / "committee.toml").read_text())
     started = time.monotonic()
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=load_authority(directory / "committee.toml"))
         done = 0
         limiter = trio.Semaphore(4)
 

@@ -52,6 +52,7 @@ async def healing_status(client: Any, victim: int) -> dict[str, Any] | None:
 async def run(directory: Path, gib: float, blob_mib: int) -> None:
     from p2p.host import configure_logging, running_host
     from walrusfs.client.blob import Client
+    from walrusfs.client.writer import load_authority
     from walrusfs.core.committee import parse_committee
     from walrusfs.core.redstuff import encode_blob
 
@@ -63,7 +64,7 @@ async def run(directory: Path, gib: float, blob_mib: int) -> None:
     count = max(1, round(gib * (1 << 30) / per_blob_pair))
     victim = 3
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=load_authority(directory / "committee.toml"))
         print(f"storing {count} blobs of {blob_mib} MiB ({count * blob_size / 1e9:.2f} GB) on n = {committee.n_shards}...",
               flush=True)
         started = time.monotonic()

@@ -16,6 +16,7 @@ Targets: median latency under 100 ms on loopback; 100,000 entries synced in unde
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import statistics
@@ -42,12 +43,29 @@ def certificate(keys: list, blob_id: object) -> object:
     return Certificate(blob_id, 0, signers, tuple(sign_confirmation(keys[i], 0, blob_id) for i in signers))
 
 
+@functools.lru_cache(maxsize=4)
+def writer_of(directory: Path) -> object:
+    """The devnet's writer key (its operator granted it storage) as an authority."""
+    from walrusfs.client.writer import load_key
+    from walrusfs.core.lifecycle import own_authority
+
+    return own_authority(load_key(directory / "writer.key"))
+
+
+def certified(directory: Path, cert: object) -> dict:
+    """A blob-certified payload: ``cert`` with a permanent registration by the devnet's writer key."""
+    from walrusfs.core.lifecycle import MAX_EPOCHS_AHEAD
+    from walrusfs.core.log import certificate_payload
+
+    authority = writer_of(directory)
+    return certificate_payload(cert, 1, authority.register(cert.blob_id, MAX_EPOCHS_AHEAD, deletable=False))
+
+
 async def measure_latency(directory: Path, keys: list, rate: float, seconds: float) -> list[float]:
     """Latencies (ms) of entries appended at ``rate`` per second."""
     from p2p.host import running_host
     from walrusfs.client.blob import Client
     from walrusfs.core.committee import parse_committee
-    from walrusfs.core.log import certificate_payload
     from walrusfs.core.messages import LOG_SUBMIT, LOG_TIMES
     from walrusfs.core.metadata import BlobId
 
@@ -59,7 +77,7 @@ async def measure_latency(directory: Path, keys: list, rate: float, seconds: flo
 
         async def append(cert: object) -> None:
             start = time.time() * 1000
-            reply, _ = await client._call(random.randrange(7), LOG_SUBMIT, payload=certificate_payload(cert, 1))
+            reply, _ = await client._call(random.randrange(7), LOG_SUBMIT, payload=certified(directory, cert))
             sent[reply["entry_id"]] = start
 
         async with trio.open_nursery() as nursery:
@@ -81,7 +99,6 @@ def populate(directory: Path, keys: list, count: int) -> None:
     from walrusfs.core.log import (
         BLOB_CERTIFIED,
         GENESIS,
-        certificate_payload,
         next_hlc,
         sign_entry,
     )
@@ -99,7 +116,7 @@ def populate(directory: Path, keys: list, count: int) -> None:
         hlc = next_hlc(hlc, now)
         seq[author] += 1
         entry = sign_entry(keys[author], seq[author], prev[author], hlc, BLOB_CERTIFIED,
-                           certificate_payload(certificate(keys, BlobId(os.urandom(32))), 1))
+                           certified(directory, certificate(keys, BlobId(os.urandom(32)))))
         prev[author] = entry.id
         rows.append((entry.id, entry.author, entry.seq, entry.encode(), now))
     for peer in range(6):

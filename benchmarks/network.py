@@ -94,12 +94,13 @@ async def blob_round_trip(committee_path: Path, size: int) -> tuple[float, float
     """Seconds to store and to read back a ``size``-byte blob."""
     from p2p.host import running_host
     from walrusfs.client.blob import Client
+    from walrusfs.client.writer import load_authority
     from walrusfs.core.committee import parse_committee
 
     committee = parse_committee(committee_path.read_text())
     data = os.urandom(size)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=load_authority(committee_path))
         start = time.perf_counter()
         result = await client.store(data, grace=0)
         stored = time.perf_counter() - start

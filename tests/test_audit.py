@@ -115,7 +115,7 @@ def honest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
 async def test_every_peer_passes_and_the_certificates_are_in_every_log(honest: Devnet) -> None:
     committee = committee_of(honest)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=honest.authority)
         await store_all(client, blobs(20, 100))
         await wait_settled(client)
         code, info = audit(honest, "start", "--sample", "8")
@@ -146,7 +146,7 @@ async def test_every_peer_passes_and_the_certificates_are_in_every_log(honest: D
 async def test_the_challenged_set_is_computed_from_the_log_alone(honest: Devnet) -> None:
     committee = committee_of(honest)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=honest.authority)
         await store_all(client, blobs(6, 300))
         await wait_settled(client)
         code, info = audit(honest, "start", "--sample", "5")
@@ -177,7 +177,7 @@ def _signed_pass(committee: Committee, keys: list[SigningKey], start: bytes, num
 async def test_forged_outsider_and_replayed_pass_certificates_are_rejected(honest: Devnet) -> None:
     committee = committee_of(honest)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=honest.authority)
         rounds = (await client.audit_rounds()).ordered()
         assert len(rounds) >= 2, "needs the rounds of the tests above"
         old, new = rounds[-2], rounds[-1]
@@ -231,7 +231,7 @@ async def test_peers_start_rounds_by_the_cadence_in_turn(tmp_path: Path) -> None
     try:
         committee = committee_of(net)
         async with running_host(os.urandom(32)) as host:
-            client = Client(host, committee)
+            client = Client(host, committee, authority=net.authority)
             for batch in range(2):
                 # Nobody asks for a round: three more certified blobs make one.
                 await store_all(client, blobs(3, 700 + 10 * batch))
@@ -284,7 +284,7 @@ async def stored(net: Devnet) -> list[BlobId]:
     committee = committee_of(net)
     if net.directory not in _stored:
         async with running_host(os.urandom(32)) as host:
-            client = Client(host, committee)
+            client = Client(host, committee, authority=net.authority)
             await store_all(client, FAULTY_BLOBS)
             await wait_settled(client)  # before peer 6 discards anything (at its first round)
         _stored.add(net.directory)
@@ -295,7 +295,7 @@ async def stored(net: Devnet) -> list[BlobId]:
         # peer never heals what it dropped).
         fresh = os.urandom(3_000)
         async with running_host(os.urandom(32)) as host:
-            client = Client(host, committee)
+            client = Client(host, committee, authority=net.authority)
             await store_all(client, [fresh])
             blob_id = blob_id_of(fresh, committee.n_shards)
             _fresh.add(blob_id)
@@ -370,7 +370,7 @@ async def test_reads_of_unchallenged_blobs_go_on_during_a_round_and_challenged_o
     committee = committee_of(faulty)
     ids, contents = await stored(faulty), FAULTY_BLOBS
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=faulty.authority)
         with holding(faulty):
             code, info = audit(faulty, "start", "--sample", "3", "--no-wait")
             assert code == 0, info
@@ -405,7 +405,7 @@ async def test_a_peer_fetching_its_missing_data_mid_round_is_refused_and_fails(f
     restart(faulty, 5, "discard-tenth-fetch")
     committee = committee_of(faulty)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=faulty.authority)
         before = sum([(await peer_status(client, k))["challenge"]["refused_reads"] for k in range(5)])
         code, info = audit(faulty, "start", "--sample", "30")
         assert code == 1 and info["phase"] == CLOSED
@@ -435,7 +435,7 @@ async def test_filesystem_reads_of_unchallenged_files_go_on_during_a_round(fault
         assert wait_for(lambda: sorted(os.listdir(reader.path)) == sorted(files), limit=60)
         blob_of = {name: os.getxattr(reader.path / name, "user.walrus.blob_ids").decode().strip() for name in files}
         async with running_host(os.urandom(32)) as host:
-            client = Client(host, committee)
+            client = Client(host, committee, authority=faulty.authority)
             with holding(faulty):
                 code, info = audit(faulty, "start", "--sample", "3", "--no-wait")
                 assert code == 0, info

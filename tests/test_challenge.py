@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from tests.conftest import blob_bytes
+from tests.ledgerkit import certified_payload
 from walrusfs.client.members import ask_others
 from walrusfs.core.certificates import assemble_certificate, sign_confirmation
 from walrusfs.core.challenge import (
@@ -41,7 +42,6 @@ from walrusfs.core.log import (
     Entry,
     LogError,
     LogState,
-    certificate_payload,
     check_entry,
     sign_entry,
 )
@@ -189,7 +189,7 @@ def _round_entries(sample: int = 2) -> tuple[list[Entry], LogState, bytes]:
         blob = BlobId(bytes([b + 1]) * 32)
         signatures = [(k, sign_confirmation(KEYS[k], 0, blob)) for k in range(5)]
         certificate = assemble_certificate(COMMITTEE, blob, signatures)
-        author(b, "blob-certified", certificate_payload(certificate, 100))
+        author(b, "blob-certified", certified_payload(certificate, 100))
     nonce = b"n" * 16
     secrets = {k: round_secret(bytes([k]) * 32, 1, nonce) for k in range(5)}
     heads = [[k, seqs[k]] for k in range(7)]
@@ -209,7 +209,7 @@ def _round_entries(sample: int = 2) -> tuple[list[Entry], LogState, bytes]:
         author(k, "challenge-close", {"start": start.id, "verdicts": [[j, "attested"] for j in range(7) if j != k]})
     # A blob certified after the start is not eligible.
     late = BlobId(b"\x09" * 32)
-    author(3, "blob-certified", certificate_payload(
+    author(3, "blob-certified", certified_payload(
         assemble_certificate(COMMITTEE, late, [(k, sign_confirmation(KEYS[k], 0, late)) for k in range(5)]), 1))
     return entries, state, start.id
 
@@ -342,7 +342,7 @@ class _Log:
             self.blobs += 1
             blob = BlobId(self.blobs.to_bytes(32, "big"))
             cert = assemble_certificate(COMMITTEE, blob, [(k, sign_confirmation(KEYS[k], 0, blob)) for k in range(5)])
-            self.author(0, "blob-certified", certificate_payload(cert, 10))
+            self.author(0, "blob-certified", certified_payload(cert, 10))
 
     def heads(self) -> list[list[int]]:
         return [[k, self.seqs[k]] for k in range(7)]

@@ -23,6 +23,7 @@ import trio
 from nacl.signing import SigningKey
 
 from p2p.host import running_host
+from tests.ledgerkit import certified_payload
 from tests.mounting import MountedVolume
 from tests.test_network import walrusfs
 from walrusfs.client.blob import Client
@@ -36,7 +37,6 @@ from walrusfs.core.log import (
     NAMESPACE,
     Entry,
     LogState,
-    certificate_payload,
     decode_entry,
     delegate_device,
     hlc_millis,
@@ -146,7 +146,7 @@ def test_an_outsiders_far_future_stamps_poison_nobody(tmp_path: Path) -> None:
             head = own_head(peer)
             return sign_entry(load_identity(peer_dir(vol.net.directory, peer)).signing_key,
                               (head.seq if head else 0) + 1, head.id if head else GENESIS, hlc,
-                              BLOB_CERTIFIED, certificate_payload(certificate(vol), 1))
+                              BLOB_CERTIFIED, certified_payload(certificate(vol), 1))
 
         beyond = own_next(0, 2**63)
         ahead = own_next(1, (int(time.time() * 1000) + YEAR_MS) << 16)
@@ -179,7 +179,7 @@ def test_an_outsiders_far_future_stamps_poison_nobody(tmp_path: Path) -> None:
             async with running_host(os.urandom(32)) as host:
                 client = Client(host, committee)
                 for peer, stale in ((0, beyond), (1, ahead)):
-                    reply, _ = await client._call(peer, LOG_SUBMIT, payload=certificate_payload(certificate(vol), 1))
+                    reply, _ = await client._call(peer, LOG_SUBMIT, payload=certified_payload(certificate(vol), 1))
                     entry = decode_entry(reply["entry"])
                     assert entry.seq >= stale.seq and hlc_millis(entry.hlc) <= int(time.time() * 1000) + FOLLOW_LIMIT_MS
                     author = committee.peers[peer].public_key.hex()

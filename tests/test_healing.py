@@ -97,7 +97,7 @@ async def test_wiped_peer_heals_every_blob_downloading_about_one_pair_each(net: 
     committee = committee_of(net)
     blobs = [blob_bytes(seed, size) for seed, size in enumerate([200_000, 700_000, 1 << 20, 3 << 20, 5_000_123])]
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         ids = await store_all(client, blobs)
         victim = 2
         net.stop(victim)
@@ -129,7 +129,7 @@ async def test_peer_down_during_20_stores_heals_them_all(net: Devnet) -> None:
     victim = 4
     net.stop(victim)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         blobs = [blob_bytes(100 + k, 50_000 + 37_000 * k) for k in range(20)]
         ids = await store_all(client, blobs)
         net.start(victim)
@@ -146,7 +146,7 @@ async def test_scrubber_finds_a_flipped_byte_and_heals_it(net: Devnet) -> None:
     committee = committee_of(net)
     data = blob_bytes(7, 900_000)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         [blob_id] = await store_all(client, [data])
         victim = owner_of(committee, blob_id, 1)
         pair = blob_id.pair_for_shard(committee.peers[victim].shards[0], N)
@@ -175,7 +175,7 @@ async def test_inconsistent_writer_is_certified_invalid_and_every_reader_agrees(
     config = committee.config
     p = config.primary_source_symbols
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         # Blob A: a parity row is tampered yet committed to. Its owner is down during the
         # store, heals on restart, and its rebuilt row contradicts the commitment.
         data_a = blob_bytes(11, 400_000)
@@ -228,7 +228,7 @@ async def test_forged_inconsistency_proofs_are_rejected_and_change_nothing(net: 
     config = committee.config
     data = blob_bytes(21, 250_000)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         [blob_id] = await store_all(client, [data])
         encoded = encode_blob(data, config)
         # Genuine symbols of a consistent blob: they rebuild the target exactly.

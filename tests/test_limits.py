@@ -26,6 +26,7 @@ from p2p.framing import FrameReader
 from p2p.host import peer_info, running_host
 from p2p.limits import Guard, Limits, Overloaded
 from tests.faultnet import DelayProxy, point_at, port_of
+from tests.ledgerkit import registration
 from tests.procstat import cpu_seconds, rss_mib
 from tests.test_network import Devnet
 from walrusfs.client.blob import Client
@@ -105,7 +106,7 @@ async def honest_store_and_read(net: Devnet, tag: str, peers: int = 4) -> None:
     data = random.Random(tag).randbytes(200_000)
     with trio.fail_after(60):
         async with running_host(os.urandom(32)) as host:
-            client = Client(host, committee_of(net))
+            client = Client(host, committee_of(net), authority=net.authority)
             stored = await client.store(data)
             assert await client.read(stored.blob_id) == data
 
@@ -232,7 +233,9 @@ async def test_pair_uploads_that_stall_or_trickle_are_reset_and_release_memory_a
         info = peer_info(target.peer_id, target.addrs)
         await host.connect(info)
         stream = await host.new_stream(info.peer_id, [m.PUT_METADATA])
-        await stream.write(frame(m.request(blob_id=blob_id.raw, metadata=m.metadata_to_wire(metadata))))
+        # A granted writer's upload (an outsider's would be refused before any pair).
+        await stream.write(frame(m.request(blob_id=blob_id.raw, metadata=m.metadata_to_wire(metadata),
+                                           registration=registration(blob_id, authority=net.authority).to_wire())))
         assert await until_ended(stream, 10) == "answered"
 
         async def upload(send_first: int, trickle: bool, delay: float) -> None:
@@ -404,7 +407,7 @@ async def test_repeated_blob_status_costs_little_cpu(net: Devnet) -> None:
     committee = committee_of(net)
     pid = running(net.directory)[0]
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         blob_id = (await client.store(random.Random(11).randbytes(24 * MIB))).blob_id
         for _ in range(100):  # the store may return before peer 0 has its pair (it confirms once it has)
             try:
@@ -435,13 +438,15 @@ async def test_a_slow_but_steady_upload_is_not_cut_off(net: Devnet, tmp_path: Pa
         blob_id = encoded.blob_id
         pair = encoded.pairs[blob_id.pair_for_shard(committee.peers[0].shards[0], committee.n_shards)]
         async with running_host(os.urandom(32)) as host:
-            client = Client(host, committee)
-            await client._call(0, m.PUT_METADATA, blob_id=blob_id.raw, metadata=m.metadata_to_wire(encoded.metadata))
+            client = Client(host, committee, authority=net.authority)
+            registration = (await client.registration(blob_id, 5, True)).to_wire()
+            await client._call(0, m.PUT_METADATA, blob_id=blob_id.raw, metadata=m.metadata_to_wire(encoded.metadata),
+                               registration=registration)
             started = time.monotonic()
             await client._call(0, m.PUT_PAIR, (pair.primary.data, pair.secondary.data), blob_id=blob_id.raw,
                                pair=pair.index)
             took = time.monotonic() - started
-            reply, _ = await client._call(0, m.GET_CONFIRMATION, blob_id=blob_id.raw)
+            reply, _ = await client._call(0, m.GET_CONFIRMATION, blob_id=blob_id.raw, registration=registration)
         size = len(pair.primary.data) + len(pair.secondary.data)
         print(f"\nslow upload: {size / 1024:.0f} KiB in {took:.1f} s ({size / took / 1024:.0f} KiB/s)")
         assert reply["ok"] and took > LIMITS.rate_window

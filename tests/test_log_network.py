@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from p2p.host import running_host
+from tests.ledgerkit import certified_payload
 from tests.test_network import Devnet, walrusfs
 from walrusfs.client.blob import Client
 from walrusfs.core.certificates import Certificate, sign_confirmation
@@ -18,7 +19,6 @@ from walrusfs.core.committee import Committee, parse_committee
 from walrusfs.core.log import (
     BLOB_CERTIFIED,
     GENESIS,
-    certificate_payload,
     decode_entry,
     sign_entry,
 )
@@ -53,7 +53,7 @@ async def submit_all(client: Client, certificates: list[Certificate], peers: lis
 
     async def one(cert: Certificate) -> None:
         async with limiter:
-            reply, _ = await client._call(random.choice(peers), LOG_SUBMIT, payload=certificate_payload(cert, 1))
+            reply, _ = await client._call(random.choice(peers), LOG_SUBMIT, payload=certified_payload(cert, 1))
             assert reply["ok"]
 
     async with trio.open_nursery() as nursery:
@@ -77,7 +77,7 @@ async def test_burst_of_1000_reaches_every_peer_once(net: Devnet) -> None:
     committee = committee_of(net)
     certs = [certificate(net) for _ in range(1000)]
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         before = {p: r["entries"] for p, r, _ in await client.log_heads()}
         await submit_all(client, certs, list(range(7)))
         heads = await converged(client, list(range(7)), before[0] + 1000)
@@ -87,7 +87,7 @@ async def test_burst_of_1000_reaches_every_peer_once(net: Devnet) -> None:
 async def test_stopped_peer_catches_up_and_wiped_peer_syncs_everything(net: Devnet) -> None:
     committee = committee_of(net)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         before = max(r["entries"] for _, r, _ in await client.log_heads() if r is not None)
         await trio.to_thread.run_sync(net.stop, 6)
         await submit_all(client, [certificate(net) for _ in range(200)], list(range(6)))
@@ -103,7 +103,7 @@ async def test_stopped_peer_catches_up_and_wiped_peer_syncs_everything(net: Devn
 def invalid_entries(net: Devnet, head: int) -> dict[str, bytes]:
     """Invalid entries signed with peer 3's key; ``head`` is its chain's length in the log."""
     key = load_identity(peer_dir(net.directory, 3)).signing_key
-    good = certificate_payload(certificate(net), 1)
+    good = certified_payload(certificate(net), 1)
     first = sign_entry(key, 1000, b"\x01" * 32, 1, BLOB_CERTIFIED, good)
     from nacl.signing import SigningKey
 
@@ -112,9 +112,9 @@ def invalid_entries(net: Devnet, head: int) -> dict[str, bytes]:
         # The next position, linked to an entry that is not the author's last: a broken chain.
         # (At a taken position it would be equivocation, which is kept as proof instead.)
         "broken chain": sign_entry(key, head + 1, b"\x05" * 32, 1, BLOB_CERTIFIED, good).encode(),
-        "too few signers": sign_entry(key, 1, GENESIS, 1, BLOB_CERTIFIED, certificate_payload(certificate(net, (0, 1, 2, 3)), 1)).encode(),
+        "too few signers": sign_entry(key, 1, GENESIS, 1, BLOB_CERTIFIED, certified_payload(certificate(net, (0, 1, 2, 3)), 1)).encode(),
         "duplicate signers": sign_entry(key, 1, GENESIS, 1, BLOB_CERTIFIED,
-                                        certificate_payload(certificate(net, (0, 1, 2, 3, 3)), 1)).encode(),
+                                        certified_payload(certificate(net, (0, 1, 2, 3, 3)), 1)).encode(),
         "unknown author": sign_entry(SigningKey(os.urandom(32)), 1, GENESIS, 1, BLOB_CERTIFIED, good).encode(),
     }
 
@@ -123,9 +123,9 @@ def invalid_entries(net: Devnet, head: int) -> dict[str, bytes]:
 async def test_invalid_entries_are_rejected_and_never_relayed(case: str, net: Devnet) -> None:
     committee = committee_of(net)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         # Peer 3 authors one entry first, so "the next position" is past its first one.
-        await client._call(3, LOG_SUBMIT, payload=certificate_payload(certificate(net), 1))
+        await client._call(3, LOG_SUBMIT, payload=certified_payload(certificate(net), 1))
         await converged(client, list(range(7)), (await client._call(3, LOG_HEADS))[0]["entries"])
         reply, _ = await client._call(0, LOG_HEADS)
         head = reply["heads"][committee.peers[3].public_key.hex()][0]
@@ -144,13 +144,13 @@ async def test_equivocation_is_detected_everywhere_and_shown_by_walrusfs_log(net
     committee = committee_of(net)
     key = load_identity(peer_dir(net.directory, 4)).signing_key
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
-        reply, _ = await client._call(4, LOG_SUBMIT, payload=certificate_payload(certificate(net), 1))
+        client = Client(host, committee, authority=net.authority)
+        reply, _ = await client._call(4, LOG_SUBMIT, payload=certified_payload(certificate(net), 1))
         first = decode_entry(reply["entry"])
         # Two different entries at peer 4's next position, signed with its key, sent to
         # two different peers: each peer alone sees nothing wrong.
-        a = sign_entry(key, first.seq + 1, first.id, first.hlc + 1, BLOB_CERTIFIED, certificate_payload(certificate(net), 1))
-        b = sign_entry(key, first.seq + 1, first.id, first.hlc + 2, BLOB_CERTIFIED, certificate_payload(certificate(net), 1))
+        a = sign_entry(key, first.seq + 1, first.id, first.hlc + 1, BLOB_CERTIFIED, certified_payload(certificate(net), 1))
+        b = sign_entry(key, first.seq + 1, first.id, first.hlc + 2, BLOB_CERTIFIED, certified_payload(certificate(net), 1))
         await converged(client, list(range(7)), (await client._call(4, LOG_HEADS))[0]["entries"])
         await client._call(1, LOG_PUSH, entries=[a.encode()])
         await client._call(2, LOG_PUSH, entries=[b.encode()])
@@ -187,7 +187,7 @@ async def test_namespace_entries_from_a_mount_device_replicate_to_every_peer(net
     entry = sign_entry(device, 1, GENESIS, 1 << 40, NAMESPACE, payload)
     stranger = sign_entry(SigningKey(os.urandom(32)), 1, GENESIS, 1 << 40, NAMESPACE, payload)
     async with running_host(os.urandom(32)) as host:
-        client = Client(host, committee)
+        client = Client(host, committee, authority=net.authority)
         reply, _ = await client._call(0, LOG_PUSH, entries=[entry.encode(), stranger.encode()])
         assert [r[0] for r in reply["results"]] == ["accepted", "rejected"]
         assert "not authorized" in reply["results"][1][1]

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import blob_bytes
+from tests.ledgerkit import devnet_authority
 from walrusfs.core.committee import parse_committee
+from walrusfs.core.lifecycle import Authority
 
 EXE = shutil.which("walrusfs", path=str(Path(sys.executable).parent))
 
@@ -71,6 +73,11 @@ class Devnet:
 
     def down(self) -> None:
         walrusfs("devnet", "down", str(self.directory))
+
+    @property
+    def authority(self) -> Authority:
+        """The devnet's writer key (granted storage by its operator) as a client's authority."""
+        return devnet_authority(self.directory)
 
 
 @pytest.fixture(scope="module")

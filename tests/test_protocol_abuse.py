@@ -16,6 +16,7 @@ import pytest
 
 from p2p.framing import FrameReader
 from p2p.host import peer_info, running_host
+from tests.ledgerkit import registration
 from tests.procstat import cpu_seconds
 from tests.test_network import Devnet
 from walrusfs.core import messages as m
@@ -108,7 +109,9 @@ async def test_wrong_sliver_pair_is_rejected_and_not_confirmed(net: Devnet, tmp_
     blob_id = encoded.blob_id
     shard0 = committee.peers[0].shards[0]
     pair = encoded.pairs[blob_id.pair_for_shard(shard0, committee.n_shards)]
-    reply, _ = await exchange(committee, m.PUT_METADATA, frame(m.request(blob_id=blob_id.raw, metadata=m.metadata_to_wire(encoded.metadata))))
+    registered = registration(blob_id, authority=net.authority).to_wire()
+    reply, _ = await exchange(committee, m.PUT_METADATA, frame(m.request(blob_id=blob_id.raw, metadata=m.metadata_to_wire(encoded.metadata),
+                                                                         registration=registered)))
     assert reply and reply["ok"]
     oversized = frame(m.request(blob_id=blob_id.raw, pair=pair.index), declared_body=1 << 40)
     reply, _ = await exchange(committee, m.PUT_PAIR, oversized)
@@ -123,12 +126,12 @@ async def test_wrong_sliver_pair_is_rejected_and_not_confirmed(net: Devnet, tmp_
     wrong_shard = encoded.pairs[(pair.index + 1) % committee.n_shards]
     reply, _ = await exchange(committee, m.PUT_PAIR, frame(m.request(blob_id=blob_id.raw, pair=wrong_shard.index), b"x"))
     assert reply and reply["error"]["code"] == m.NOT_ASSIGNED
-    reply, _ = await exchange(committee, m.GET_CONFIRMATION, frame(m.request(blob_id=blob_id.raw)))
+    reply, _ = await exchange(committee, m.GET_CONFIRMATION, frame(m.request(blob_id=blob_id.raw, registration=registered)))
     assert reply and reply["error"]["code"] == m.NOT_FOUND
     # The honest pair is accepted and confirmed.
     reply, _ = await exchange(committee, m.PUT_PAIR, frame(m.request(blob_id=blob_id.raw, pair=pair.index), pair.primary.data + pair.secondary.data))
     assert reply and reply["ok"]
-    reply, _ = await exchange(committee, m.GET_CONFIRMATION, frame(m.request(blob_id=blob_id.raw)))
+    reply, _ = await exchange(committee, m.GET_CONFIRMATION, frame(m.request(blob_id=blob_id.raw, registration=registered)))
     assert reply and reply["ok"] and len(reply["signature"]) == 64
 
 

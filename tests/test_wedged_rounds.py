@@ -175,7 +175,7 @@ async def test_hostile_starts_wedge_nothing_and_a_restart_keeps_it_so(tmp_path: 
         stop_peers(net.directory, [HOSTILE])
         member = Member(net, committee)
         async with running_host(os.urandom(32)) as host:
-            client = Client(host, committee)
+            client = Client(host, committee, authority=net.authority)
             blobs = await store_many(client, 2, 0)
             await member.sync(client)
             heads, last, prev = await heads_and_last(client, committee)
