@@ -368,9 +368,10 @@ def check_epoch(committee: Committee, payload: Mapping[str, Any]) -> int:
     raw = _map(payload, "epoch", {"epoch", "signers", "signatures"})
     epoch = _uint(raw, "epoch", MAX_EPOCH + 1)
     signers, signatures = raw["signers"], raw["signatures"]
+    # Element types before the set: an unhashable signer must fail as malformed, not TypeError.
     if (not isinstance(signers, list) or not isinstance(signatures, list) or len(signers) != len(signatures)
-            or len(set(signers)) != len(signers)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < len(committee.peers) for s in signers)):
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < len(committee.peers) for s in signers)
+            or len(set(signers)) != len(signers)):
         raise LifecycleError("epoch entry must list distinct member indices and one signature each")
     for index, signature in zip(signers, signatures):
         _verify(committee.peers[index].public_key, epoch_bytes(epoch), signature, f"member {index}'s epoch signature")
@@ -481,9 +482,10 @@ class Ledger:
         for target in op.targets:
             held = self._by_registration.get(target)
             if held is None:
-                waiting = self._waiting.setdefault(target, [])
-                if len(waiting) < 64:  # bounded: unknown targets cost a little memory, never much
-                    waiting.append(op)
+                # Kept whatever their number: a cap would make the fold depend on arrival order
+                # (anyone's ops naming a registration first could crowd out its owner's). The
+                # memory is bounded by the log's own size: each op names at most MAX_TARGETS.
+                self._waiting.setdefault(target, []).append(op)
                 continue
             self._operate(op, held)
 
