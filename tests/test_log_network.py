@@ -174,23 +174,33 @@ async def test_equivocation_is_detected_everywhere_and_shown_by_walrusfs_log(net
 async def test_namespace_entries_from_a_mount_device_replicate_to_every_peer(net: Devnet) -> None:
     from nacl.signing import SigningKey
 
+    from walrusfs.core.lifecycle import sponsor
     from walrusfs.core.log import NAMESPACE, delegate_device
     from walrusfs.core.namespace import ROOT
 
     committee = committee_of(net)
     volume, device = SigningKey(os.urandom(32)), SigningKey(os.urandom(32))
-    payload = {
+    unsponsored = {
         "volume": bytes(volume.verify_key),
         "delegation": delegate_device(volume, bytes(device.verify_key)),
         "op": {"kind": "mkdir", "args": {"parent": ROOT, "name": "photos", "node": os.urandom(32)}},
     }
+    # The volume writes on the devnet writer's grant, which sponsors it.
+    account = net.authority.key
+    payload = {**unsponsored, "account": bytes(account.verify_key),
+               "sponsorship": sponsor(account, bytes(volume.verify_key))}
     entry = sign_entry(device, 1, GENESIS, 1 << 40, NAMESPACE, payload)
     stranger = sign_entry(SigningKey(os.urandom(32)), 1, GENESIS, 1 << 40, NAMESPACE, payload)
+    other_device = SigningKey(os.urandom(32))
+    ungranted = sign_entry(other_device, 1, GENESIS, 1 << 40, NAMESPACE,
+                           {**unsponsored, "delegation": delegate_device(volume, bytes(other_device.verify_key))})
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee, authority=net.authority)
-        reply, _ = await client._call(0, LOG_PUSH, entries=[entry.encode(), stranger.encode()])
-        assert [r[0] for r in reply["results"]] == ["accepted", "rejected"]
+        reply, _ = await client._call(0, LOG_PUSH, entries=[entry.encode(), stranger.encode(), ungranted.encode()])
+        assert [r[0] for r in reply["results"]] == ["accepted", "rejected", "rejected"]
         assert "not authorized" in reply["results"][1][1]
+        # Without a sponsoring account the volume itself needs a grant, which it does not have.
+        assert reply["results"][2][1].startswith("not-authorized") and "no storage grant" in reply["results"][2][1]
         total = (await client._call(0, LOG_HEADS))[0]["entries"]
         await converged(client, list(range(7)), total)
         for peer in (3, 6):

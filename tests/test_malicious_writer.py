@@ -26,7 +26,9 @@ from p2p.host import running_host
 from tests.mounting import Mount, MountedVolume, fsync, wait_for
 from walrusfs.client.blob import Client
 from walrusfs.client.members import call_member
+from walrusfs.client.writer import load_key
 from walrusfs.core.committee import parse_committee
+from walrusfs.core.lifecycle import sponsor
 from walrusfs.core.log import (
     GENESIS,
     NAMESPACE,
@@ -45,10 +47,15 @@ HONEST = {"a.txt": b"hello from the honest mount\n", "dir/b.bin": random.Random(
 
 
 class Writer:
-    """A delegated device signing whatever namespace entries it likes, in one chain."""
+    """A delegated device signing whatever namespace entries it likes, in one chain.
 
-    def __init__(self, volume_key: SigningKey) -> None:
+    It writes on ``account``'s grant (the devnet's writer key, which sponsors the volume as
+    a mount's user would), so peers admit its entries and only their values are judged.
+    """
+
+    def __init__(self, volume_key: SigningKey, account: SigningKey) -> None:
         self.volume_key = volume_key
+        self.account = account
         self.key = SigningKey(os.urandom(32))
         self.entries: list[Entry] = []
         self.hlc = 0
@@ -56,7 +63,9 @@ class Writer:
     def sign(self, kind: str, **args: Any) -> Entry:
         payload = {"volume": bytes(self.volume_key.verify_key),
                    "delegation": delegate_device(self.volume_key, bytes(self.key.verify_key)),
-                   "op": {"kind": kind, "args": args}}
+                   "op": {"kind": kind, "args": args},
+                   "account": bytes(self.account.verify_key),
+                   "sponsorship": sponsor(self.account, bytes(self.volume_key.verify_key))}
         self.hlc = next_hlc(self.hlc, int(time.time() * 1000))
         prev = self.entries[-1].id if self.entries else GENESIS
         entry = sign_entry(self.key, len(self.entries) + 1, prev, self.hlc, NAMESPACE, payload)
@@ -74,6 +83,7 @@ async def honest_node(client: Client, name: str) -> bytes:
 async def attack(committee_path: Path, volume_key: SigningKey) -> dict[str, list[str]]:
     """Push the writer's entries to every peer; return each entry's outcomes, by label."""
     committee = parse_committee(committee_path.read_text())
+    account = load_key(committee_path.parent / "writer.key")
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee)
         honest = await honest_node(client, "a.txt")
@@ -94,9 +104,9 @@ async def attack(committee_path: Path, volume_key: SigningKey) -> dict[str, list
         }
         labelled: dict[str, Entry] = {}
         for label, (kind, args) in out_of_range.items():
-            labelled[label] = Writer(volume_key).sign(kind, **args)
+            labelled[label] = Writer(volume_key, account).sign(kind, **args)
         # One device's chain of values that pass (the extremes in range) and attacks on the root.
-        writer = Writer(volume_key)
+        writer = Writer(volume_key, account)
         for label, kind, args in [
             ("own file, largest values", "create", {"parent": ROOT, "name": "evil", "node": EVIL_FILE,
                                                     "mode": 0o7777, "uid": 2**32 - 2, "gid": 2**32 - 2,
