@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,10 +13,11 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from tests.test_log import COMMITTEE
+from tests.test_log import COMMITTEE as MEMBERS_ONLY
 from walrusfs.client import logpages
 from walrusfs.client.logpages import RoundBudget, check_ranges, heads_pages, range_pages
 from walrusfs.core import messages as m
+from walrusfs.core.lifecycle import GRANT, Grant, sponsor
 from walrusfs.core.log import GENESIS, NAMESPACE, Entry, delegate_device, sign_entry
 from walrusfs.core.namespace import ROOT
 from walrusfs.core.wire import MessageError
@@ -23,15 +26,28 @@ from walrusfs.mount import volumelog
 from walrusfs.peer.replication import LogService
 from walrusfs.peer.store import PeerStore
 
+#: Peers admit namespace entries only on a granted account: the flooding writer has a
+#: grant (an outsider without one is refused before anything is stored).
+OPERATOR = SigningKey(b"\x0e" * 32)
+ACCOUNT = SigningKey(b"\x0d" * 32)
+COMMITTEE = dataclasses.replace(MEMBERS_ONLY, operators=(bytes(OPERATOR.verify_key),))
+GRANTED = sign_entry(OPERATOR, 1, GENESIS, 1 << 40, GRANT, Grant(bytes(ACCOUNT.verify_key), 1 << 40, 0, 1000).to_wire())
+
+
+def sponsored(volume: SigningKey) -> dict[str, bytes]:
+    """The payload fields that put ``volume``'s entries on the granted account."""
+    return {"account": bytes(ACCOUNT.verify_key), "sponsorship": sponsor(ACCOUNT, bytes(volume.verify_key))}
+
 
 def outsider_authors(count: int, rng: random.Random) -> list[Entry]:
-    """One namespace entry from each of ``count`` fresh device keys of a self-made volume (an outsider's flood)."""
+    """One namespace entry from each of ``count`` fresh device keys of a self-made volume (a granted writer's flood)."""
     volume = SigningKey(rng.randbytes(32))
     out = []
     for _ in range(count):
         device = SigningKey(rng.randbytes(32))
         payload = {"volume": bytes(volume.verify_key), "delegation": delegate_device(volume, bytes(device.verify_key)),
-                   "op": {"kind": "mkdir", "args": {"parent": ROOT, "name": "d", "node": rng.randbytes(32)}}}
+                   "op": {"kind": "mkdir", "args": {"parent": ROOT, "name": "d", "node": rng.randbytes(32)}},
+                   **sponsored(volume)}
         out.append(sign_entry(device, 1, GENESIS, 1 << 40, NAMESPACE, payload))
     return out
 
@@ -43,7 +59,8 @@ def maximal_chain(count: int, rng: random.Random, pad: int = 60_000) -> list[Ent
     out: list[Entry] = []
     for seq in range(1, count + 1):
         args = {"parent": ROOT, "name": f"f{seq}", "node": rng.randbytes(32), "pad": rng.randbytes(pad)}
-        payload = {"volume": bytes(volume.verify_key), "delegation": delegation, "op": {"kind": "mkdir", "args": args}}
+        payload = {"volume": bytes(volume.verify_key), "delegation": delegation, "op": {"kind": "mkdir", "args": args},
+                   **sponsored(volume)}
         out.append(sign_entry(device, seq, out[-1].id if out else GENESIS, (1 << 40) + seq, NAMESPACE, payload))
     return out
 
@@ -68,9 +85,10 @@ def serving(service: LogService) -> logpages.Call:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> LogService:
+async def service(tmp_path: Path) -> AsyncIterator[LogService]:
     store = PeerStore(tmp_path / "peer", min_free=0)
     service = LogService(Identity(bytes([1]) * 32), COMMITTEE, store, 0)
+    assert await service.receive([GRANTED]) == [("accepted", "")]
     yield service
     store.close()
 
@@ -124,7 +142,7 @@ async def test_a_flood_of_authors_and_maximal_entries_pages_within_the_budget(
         pages += 1
         authors += page.heads
         assert call.sizes[-1] <= 16384 + 1024
-    assert pages >= 4 and authors == sorted({e.author for e in flood + big})
+    assert pages >= 4 and authors == sorted({e.author for e in [GRANTED, *flood, *big]})
     before = len(call.sizes)
     wants = [(e.author, 1, 1) for e in flood] + [(big[0].author, 1, 20)]
     entries = [e async for batch in range_pages(call, wants) for e in batch]
@@ -218,7 +236,7 @@ async def test_the_mount_follower_holds_one_rounds_budget_and_resumes(
         if complete:
             break
         assert rounds < 50
-    assert rounds >= 5 and total == len(flood) + len(big) == vlog.state.size
+    assert rounds >= 5 and total == len([GRANTED, *flood, *big]) == vlog.state.size
     assert vlog._cursor is None
     assert await vlog.sync_from(0) == (0, True)  # nothing new: one cheap pass
 
@@ -237,6 +255,7 @@ async def test_anti_entropy_pulls_a_flood_over_several_bounded_rounds(
     store = PeerStore(tmp_path / "other", min_free=0)
     try:
         other = LogService(Identity(bytes([2]) * 32), COMMITTEE, store, 1)
+        await other.receive([GRANTED])  # held before the flood, as on a peer that saw the grant long ago
         call = serving(service)
 
         async def to_first(peer: int, protocol: str, **fields: Any) -> dict[str, Any]:
