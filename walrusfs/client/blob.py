@@ -291,12 +291,12 @@ class Client:
         self._epoch = (trio.current_time(), epoch)
         return epoch
 
-    async def registration(self, blob_id: BlobId, epochs: int, deletable: bool) -> Registration:
-        """A registration of ``blob_id`` by this client's authority for ``epochs`` epochs from now."""
+    async def registration(self, blob_id: BlobId, epochs: int, deletable: bool, length: int) -> Registration:
+        """A registration of ``blob_id`` (``length`` unencoded bytes) by this client's authority for ``epochs`` epochs from now."""
         if self.authority is None:
             raise AccessDenied(m.NOT_AUTHORIZED, "this client has no writer key; storing needs one")
         epoch = await self.storage_epoch()
-        return await trio.to_thread.run_sync(self.authority.register, blob_id, epoch + epochs, deletable)
+        return await trio.to_thread.run_sync(self.authority.register, blob_id, epoch + epochs, deletable, length)
 
     async def store(
         self, data: bytes, progress: Progress | None = None, grace: float = GRACE_PERIOD, publish: bool = True,
@@ -318,14 +318,14 @@ class Client:
         a refusal because the epoch moved on is retried once with a fresh registration.
         """
         if registration is None:
-            registration = await self.registration(encoded.blob_id, epochs, deletable)
+            registration = await self.registration(encoded.blob_id, epochs, deletable, length)
         try:
             return await self._store_registered(encoded, length, registration, progress, grace, publish,
                                                 wait_logged, background)
         except StaleRegistration:
             self._epoch = None  # learn the epoch again, from a peer that has moved on
             await self.storage_epoch(fresh=True)
-            registration = await self.registration(encoded.blob_id, epochs, deletable)
+            registration = await self.registration(encoded.blob_id, epochs, deletable, length)
             return await self._store_registered(encoded, length, registration, progress, grace, publish,
                                                 wait_logged, background)
 

@@ -178,7 +178,7 @@ def writer_for(key: SigningKey) -> Writer:
 
 @dataclass(frozen=True)
 class Registration:
-    """An owner's signed claim on a blob until ``end_epoch`` (exclusive)."""
+    """An owner's signed claim on a blob of ``length`` bytes until ``end_epoch`` (exclusive)."""
 
     blob_id: BlobId
     nonce: bytes
@@ -186,11 +186,15 @@ class Registration:
     deletable: bool
     writer: Writer
     signature: bytes
+    #: The blob's unencoded length (the blob ID commits to it; peers check it against the
+    #: metadata before confirming), so what an account is charged is signed, not told.
+    length: int = 0
 
     def body(self) -> dict[str, Any]:
         """The signed fields."""
         return {"blob_id": self.blob_id.raw, "nonce": self.nonce, "end_epoch": self.end_epoch,
-                "deletable": self.deletable, "account": self.writer.account, "owner": self.writer.owner}
+                "deletable": self.deletable, "length": self.length, "account": self.writer.account,
+                "owner": self.writer.owner}
 
     def signed_bytes(self) -> bytes:
         """Domain-separated canonical bytes the signer signs."""
@@ -199,7 +203,8 @@ class Registration:
     def to_wire(self) -> dict[str, Any]:
         """Canonical wire map."""
         return {"blob_id": self.blob_id.raw, "nonce": self.nonce, "end_epoch": self.end_epoch,
-                "deletable": self.deletable, "writer": self.writer.to_wire(), "signature": self.signature}
+                "deletable": self.deletable, "length": self.length, "writer": self.writer.to_wire(),
+                "signature": self.signature}
 
     @cached_property
     def id(self) -> bytes:
@@ -207,33 +212,41 @@ class Registration:
         return merkle.blake2b256(REGISTRATION_DOMAIN + wire.encode(self.to_wire()))
 
     @property
-    def object_id(self) -> bytes | None:
-        """What confirmations bind: the ID for a deletable registration, nothing for a permanent one."""
-        return self.id if self.deletable else None
+    def object_id(self) -> bytes:
+        """What confirmations bind: the registration's ID, permanent or deletable.
+
+        Walrus confirms a permanent blob without an object (any certificate of it is as good
+        as another); here a certificate also grants a lifetime and charges an account, so
+        every confirmation names the one registration it was given for (Walrus's deletable
+        layout). A member cannot attach another registration to someone's certificate.
+        """
+        return self.id
 
     @classmethod
     def from_wire(cls, value: Any, verify: bool = True) -> Registration:
         """Parse and (``verify``) check a registration (shape and signatures, not grants); ``LifecycleError`` if bad."""
-        raw = _map(value, "registration", {"blob_id", "nonce", "end_epoch", "deletable", "writer", "signature"})
+        raw = _map(value, "registration",
+                   {"blob_id", "nonce", "end_epoch", "deletable", "length", "writer", "signature"})
         nonce = raw["nonce"]
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
             raise LifecycleError(f"registration nonce must be {NONCE_SIZE} bytes")
         if not isinstance(raw["deletable"], bool):
             raise LifecycleError("registration deletable must be true or false")
         registration = cls(BlobId(_key(raw, "blob_id")), nonce, _uint(raw, "end_epoch", MAX_EPOCH + 1),
-                           raw["deletable"], Writer.from_wire(raw["writer"], verify), raw["signature"])
+                           raw["deletable"], Writer.from_wire(raw["writer"], verify), raw["signature"],
+                           _uint(raw, "length", 2**63))
         if verify:
             _verify(registration.writer.signer, registration.signed_bytes(), registration.signature, "registration")
         return registration
 
 
 def register(signer: SigningKey, writer: Writer, blob_id: BlobId, end_epoch: int, deletable: bool,
-             nonce: bytes | None = None) -> Registration:
-    """A registration of ``blob_id`` signed by ``signer`` (the writer's signer)."""
+             nonce: bytes | None = None, length: int = 0) -> Registration:
+    """A registration of ``blob_id`` (``length`` unencoded bytes) signed by ``signer`` (the writer's signer)."""
     unsigned = Registration(blob_id, nonce if nonce is not None else os.urandom(NONCE_SIZE), end_epoch, deletable,
-                            writer, b"")
+                            writer, b"", length)
     return Registration(unsigned.blob_id, unsigned.nonce, end_epoch, deletable, writer,
-                        signer.sign(unsigned.signed_bytes()).signature)
+                        signer.sign(unsigned.signed_bytes()).signature, length)
 
 
 @dataclass(frozen=True)
@@ -599,9 +612,9 @@ class Authority:
     key: SigningKey
     writer: Writer
 
-    def register(self, blob_id: BlobId, end_epoch: int, deletable: bool) -> Registration:
-        """A fresh registration of ``blob_id`` until ``end_epoch``."""
-        return register(self.key, self.writer, blob_id, end_epoch, deletable)
+    def register(self, blob_id: BlobId, end_epoch: int, deletable: bool, length: int = 0) -> Registration:
+        """A fresh registration of ``blob_id`` (``length`` unencoded bytes) until ``end_epoch``."""
+        return register(self.key, self.writer, blob_id, end_epoch, deletable, length=length)
 
     def operation(self, op: str, targets: Iterable[bytes], at_epoch: int, end_epoch: int = 0) -> LifetimeOp:
         """An extension (to ``end_epoch``) or deletion of this owner's registrations ``targets``."""

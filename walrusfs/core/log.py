@@ -203,11 +203,13 @@ def registration_from_payload(payload: Mapping[str, Any]) -> Registration:
         registration = Registration.from_wire(payload.get("registration"))
     except LifecycleError as exc:
         raise LogError(f"blob-certified entry: {exc}") from exc
-    certificate, _ = certificate_from_payload(payload)
+    certificate, length = certificate_from_payload(payload)
     if registration.blob_id != certificate.blob_id:
         raise LogError("blob-certified entry: the registration is for another blob")
     if registration.object_id != certificate.object_id:
         raise LogError("blob-certified entry: the certificate was not gathered for this registration")
+    if registration.length != length:
+        raise LogError("blob-certified entry: the length differs from the one the owner registered")
     return registration
 
 

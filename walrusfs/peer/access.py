@@ -150,6 +150,11 @@ class Access:
         """Record an authorized upload of ``blob_id``, or raise ``AccessError`` saying why not."""
         if registration.blob_id != blob_id:
             raise AccessError(m.MALFORMED, "the registration is for another blob")
+        if registration.length != metadata.unencoded_length:
+            # The metadata is verified against the blob ID, which commits to the length: the
+            # registration (what the account is charged for) must say the same.
+            raise AccessError(m.MALFORMED, f"the registration says {registration.length} bytes; the blob is "
+                                           f"{metadata.unencoded_length}")
         ledger = self.ledger
         if self.ledger.registration(registration.id) is not None:
             return  # certified already: a writer re-sending, nothing more to charge
