@@ -15,7 +15,7 @@ from nacl.signing import SigningKey
 from tests.conftest import blob_bytes
 from tests.ledgerkit import certified_payload
 from walrusfs.client.members import ask_others
-from walrusfs.core.certificates import assemble_certificate, sign_confirmation
+from walrusfs.core.certificates import sign_confirmation
 from walrusfs.core.challenge import (
     NO_ROUND,
     PassCertificate,
@@ -133,7 +133,7 @@ def test_pass_certificates_reject_forgeries_outsiders_and_replays() -> None:
         # An outsider's signature in a member's slot, and a storage confirmation passed off as one.
         "invalid": dataclasses.replace(good, signatures=(sign_pass(outsider, 3, b"s" * 32, 2), *good.signatures[1:])),
         "invalid for": dataclasses.replace(
-            good, signatures=(sign_confirmation(KEYS[0], 0, BlobId(b"s" * 32)), *good.signatures[1:])),
+            good, signatures=(sign_confirmation(KEYS[0], 0, BlobId(b"s" * 32), b"o" * 32), *good.signatures[1:])),
     }
     for reason, bad in cases.items():
         with pytest.raises(VerificationError, match=reason):
@@ -186,10 +186,7 @@ def _round_entries(sample: int = 2) -> tuple[list[Entry], LogState, bytes]:
         return entry
 
     for b in range(3):
-        blob = BlobId(bytes([b + 1]) * 32)
-        signatures = [(k, sign_confirmation(KEYS[k], 0, blob)) for k in range(5)]
-        certificate = assemble_certificate(COMMITTEE, blob, signatures)
-        author(b, "blob-certified", certified_payload(certificate, 100))
+        author(b, "blob-certified", certified_payload(bytes([b + 1]) * 32, 100, KEYS, range(5)))
     nonce = b"n" * 16
     secrets = {k: round_secret(bytes([k]) * 32, 1, nonce) for k in range(5)}
     heads = [[k, seqs[k]] for k in range(7)]
@@ -208,9 +205,7 @@ def _round_entries(sample: int = 2) -> tuple[list[Entry], LogState, bytes]:
     for k in range(5):
         author(k, "challenge-close", {"start": start.id, "verdicts": [[j, "attested"] for j in range(7) if j != k]})
     # A blob certified after the start is not eligible.
-    late = BlobId(b"\x09" * 32)
-    author(3, "blob-certified", certified_payload(
-        assemble_certificate(COMMITTEE, late, [(k, sign_confirmation(KEYS[k], 0, late)) for k in range(5)]), 1))
+    author(3, "blob-certified", certified_payload(b"\x09" * 32, 1, KEYS, range(5)))
     return entries, state, start.id
 
 
@@ -340,9 +335,7 @@ class _Log:
     def certify(self, count: int) -> None:
         for _ in range(count):
             self.blobs += 1
-            blob = BlobId(self.blobs.to_bytes(32, "big"))
-            cert = assemble_certificate(COMMITTEE, blob, [(k, sign_confirmation(KEYS[k], 0, blob)) for k in range(5)])
-            self.author(0, "blob-certified", certified_payload(cert, 10))
+            self.author(0, "blob-certified", certified_payload(self.blobs.to_bytes(32, "big"), 10, KEYS, range(5)))
 
     def heads(self) -> list[list[int]]:
         return [[k, self.seqs[k]] for k in range(7)]

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from tests.ledgerkit import certified_payload, registration
+from tests.ledgerkit import certificate_for, registered_payload, registration
 from walrusfs.core import wire
 from walrusfs.core.certificates import Certificate, sign_confirmation
 from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key
@@ -162,15 +162,17 @@ MOUNT = device_authority(ACCOUNT, VOLUME, DEVICE)
 
 def test_registrations_operations_grants_and_revocations_round_trip() -> None:
     for deletable in (True, False):
-        reg = MOUNT.register(blob(3), 17, deletable)
+        reg = MOUNT.register(blob(3), 17, deletable, 5000)
         back = Registration.from_wire(_round_trip(reg.to_wire()))
-        assert back == reg and back.id == reg.id
-        assert (reg.object_id == reg.id) is deletable and (reg.object_id is None) is not deletable
-    # The ID is the whole signed registration's: a new nonce, end or kind is a new ID.
-    ids = {MOUNT.register(blob(3), 17, True).id for _ in range(3)} | {registration(blob(3), 17, True).id,
-                                                                      registration(blob(3), 18, True).id,
-                                                                      registration(blob(3), 17, False).id}
-    assert len(ids) == 6
+        assert back == reg and back.id == reg.id and back.length == 5000
+        # Confirmations name the registration whatever its kind, so no member can attach
+        # another registration to a certificate gathered for this one.
+        assert reg.object_id == reg.id
+    # The ID is the whole signed registration's: a new nonce, end, kind or length is a new ID.
+    ids = {MOUNT.register(blob(3), 17, True, 1).id for _ in range(3)} | {
+        registration(blob(3), 17, True, length=1).id, registration(blob(3), 18, True, length=1).id,
+        registration(blob(3), 17, False, length=1).id, registration(blob(3), 17, True, length=2).id}
+    assert len(ids) == 7
     for op in (MOUNT.operation("extend", [b"\x01" * 32, b"\x02" * 32], 4, 20), MOUNT.operation("delete", [b"\x03" * 32], 4)):
         assert LifetimeOp.from_wire(_round_trip(op.to_wire())) == op
     grant = Grant(pub(ACCOUNT), 1 << 40, 2, 9)
@@ -180,8 +182,8 @@ def test_registrations_operations_grants_and_revocations_round_trip() -> None:
 
 
 def test_signed_fields_cannot_be_changed() -> None:
-    reg = MOUNT.register(blob(3), 17, True)
-    for change in ({"end_epoch": 18}, {"deletable": False}, {"nonce": bytes(16)}, {"blob_id": blob(4)},
+    reg = MOUNT.register(blob(3), 17, True, 100)
+    for change in ({"end_epoch": 18}, {"deletable": False}, {"nonce": bytes(16)}, {"blob_id": blob(4)}, {"length": 101},
                    {"writer": device_authority(OTHER, VOLUME, DEVICE).writer}):
         with pytest.raises(LifecycleError):
             Registration.from_wire(dataclasses.replace(reg, **change).to_wire())
@@ -207,7 +209,7 @@ cbor = st.recursive(
 
 
 def _valid_forms() -> dict[str, tuple[Any, dict[str, Any]]]:
-    reg = MOUNT.register(blob(3), 17, True)
+    reg = MOUNT.register(blob(3), 17, True, 100)
     return {
         "writer": (Writer.from_wire, MOUNT.writer.to_wire()),
         "registration": (Registration.from_wire, reg.to_wire()),
@@ -300,10 +302,10 @@ ENCODED = COMMITTEE.config.encoded_blob_length(LENGTH)
 OWN = own_authority(ACCOUNT)
 OTHER_OWN = own_authority(OTHER)
 
-R1 = OWN.register(blob(1), 3, True)  # A, deletable, ends 3
-R2 = OTHER_OWN.register(blob(1), 5, False)  # B on the same blob, permanent, ends 5
-R3 = MOUNT.register(blob(2), 4, True)  # volume sponsored by A, signed by its device
-R4 = OWN.register(blob(3), 2, False)  # A, permanent, ends 2
+R1 = OWN.register(blob(1), 3, True, LENGTH)  # A, deletable, ends 3
+R2 = OTHER_OWN.register(blob(1), 5, False, LENGTH)  # B on the same blob, permanent, ends 5
+R3 = MOUNT.register(blob(2), 4, True, LENGTH)  # volume sponsored by A, signed by its device
+R4 = OWN.register(blob(3), 2, False, LENGTH)  # A, permanent, ends 2
 REGISTRATIONS = [R1, R2, R3, R4]
 
 #: Each event is (kind, argument); the fold of any subset must not depend on their order.
@@ -382,7 +384,7 @@ def test_the_whole_fold_gives_what_the_rules_say() -> None:
 
 
 def test_an_extension_counts_only_if_signed_before_the_end_it_extends() -> None:
-    reg = OWN.register(blob(7), 5, True)
+    reg = OWN.register(blob(7), 5, True, LENGTH)
 
     def end(*extensions: tuple[int, int]) -> int:
         ledger = Ledger(COMMITTEE)
@@ -403,7 +405,7 @@ def test_an_extension_counts_only_if_signed_before_the_end_it_extends() -> None:
 
 
 def test_operations_that_arrive_before_their_registration_apply_when_it_does() -> None:
-    reg = OWN.register(blob(8), 5, True)
+    reg = OWN.register(blob(8), 5, True, LENGTH)
     owner_op = OWN.operation("extend", [reg.id], 2, 20)
     # Many foreign operations naming the registration first (anyone with a writer key can
     # sign one, and a member can author the entries): the owner's must still count, or
@@ -436,7 +438,7 @@ def test_quota_usage_and_authorize() -> None:
     assert code == "quota-exceeded" and f"holds 0 of its {3 * ENCODED}" in reason
     # Registrations charge their account: the volume's (signed by its device) charges the sponsor.
     for k, authority in enumerate((OWN, MOUNT)):
-        ledger.registered(authority.register(blob(20 + k), 5, True), LENGTH)
+        ledger.registered(authority.register(blob(20 + k), 5, True, LENGTH), LENGTH)
     assert ledger.usage(pub(ACCOUNT)) == 2 * ENCODED and ledger.usage(pub(VOLUME)) == 0
     assert ledger.usage_by_account() == {pub(ACCOUNT): 2 * ENCODED}
     assert ledger.authorize(MOUNT.writer, ENCODED) is None
@@ -472,8 +474,8 @@ def test_a_revoked_key_anywhere_in_a_writer_ends_its_authority(revoked: str) -> 
 def test_released_blobs_are_those_no_live_registration_holds() -> None:
     ledger = Ledger(COMMITTEE)
     assert ledger.released() == []
-    a, b = OWN.register(blob(30), 3, True), OTHER_OWN.register(blob(30), 6, True)
-    permanent = OWN.register(blob(31), 4, False)
+    a, b = OWN.register(blob(30), 3, True, LENGTH), OTHER_OWN.register(blob(30), 6, True, LENGTH)
+    permanent = OWN.register(blob(31), 4, False, LENGTH)
     ledger.registered(a, LENGTH)
     ledger.registered(b, LENGTH)
     ledger.registered(permanent, LENGTH)
@@ -489,7 +491,7 @@ def test_released_blobs_are_those_no_live_registration_holds() -> None:
     assert ledger.released() == [blob(30), blob(31)]
     assert not ledger.live(blob(31)) and ledger.live(blob(31), 3)
     # A new registration of a released blob holds it again.
-    ledger.registered(OWN.register(blob(31), 9, True), LENGTH)
+    ledger.registered(OWN.register(blob(31), 9, True, LENGTH), LENGTH)
     assert ledger.released() == [blob(30)]
 
 
@@ -497,31 +499,43 @@ def test_released_blobs_are_those_no_live_registration_holds() -> None:
 
 
 def _cert(blob_id: BlobId, object_id: bytes | None) -> Certificate:
+    """A certificate of ``blob_id`` by members 0-2 whose confirmations name ``object_id`` (None: the old permanent form)."""
     return Certificate(blob_id, 0, (0, 1, 2), tuple(sign_confirmation(MEMBERS[k], 0, blob_id, object_id)
                                                     for k in range(3)), False, object_id)
 
 
 def test_a_blob_certified_entry_carries_the_registration_its_certificate_binds() -> None:
-    deletable = registration(blob(40), 9, deletable=True)
-    permanent = registration(blob(40), 9, deletable=False)
+    deletable = registration(blob(40), 9, deletable=True, length=1)
+    permanent = registration(blob(40), 9, deletable=False, length=1)
 
-    def entry(certificate: Certificate, reg: Registration) -> Entry:
-        return sign_entry(MEMBERS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certificate_payload(certificate, 1, reg))
+    def entry(certificate: Certificate, reg: Registration, length: int = 1) -> Entry:
+        return sign_entry(MEMBERS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certificate_payload(certificate, length, reg))
 
-    check_entry(entry(_cert(blob(40), deletable.id), deletable), COMMITTEE)
-    check_entry(entry(_cert(blob(40), None), permanent), COMMITTEE)
+    for reg in (deletable, permanent):
+        check_entry(entry(certificate_for(reg, MEMBERS, range(3)), reg), COMMITTEE)
     wrong = {
-        "a deletable registration, a permanent certificate": (_cert(blob(40), None), deletable),
-        "a permanent registration, a deletable certificate": (_cert(blob(40), permanent.id), permanent),
-        "another registration's certificate": (_cert(blob(40), registration(blob(40), 8, True).id), deletable),
-        "a registration of another blob": (_cert(blob(40), None), registration(blob(41))),
+        "a deletable registration, a certificate naming no registration": (_cert(blob(40), None), deletable),
+        # A permanent certificate is not anyone's to claim: a member cannot log one with a
+        # registration of its own making (for good, charged to whoever it likes).
+        "a permanent registration, a certificate naming no registration": (_cert(blob(40), None), permanent),
+        "a permanent registration, a deletable one's certificate": (certificate_for(deletable, MEMBERS, range(3)),
+                                                                    permanent),
+        "another registration's certificate": (_cert(blob(40), registration(blob(40), 8, True, length=1).id),
+                                               deletable),
+        "a registration of another blob": (certificate_for(deletable, MEMBERS, range(3)),
+                                           registration(blob(41), length=1)),
     }
     for why, (certificate, reg) in wrong.items():
         with pytest.raises(LogError, match="registration|another blob"):
             check_entry(entry(certificate, reg), COMMITTEE)
-    payload = certificate_payload(_cert(blob(40), None), 1, permanent)
+    # The entry's length is what the account is charged for: it must be the signed one.
+    for reg in (deletable, permanent):
+        with pytest.raises(LogError, match="length differs from the one the owner registered"):
+            check_entry(entry(certificate_for(reg, MEMBERS, range(3)), reg, length=2), COMMITTEE)
+    payload = registered_payload(permanent, MEMBERS, range(3))
     for broken in ({k: v for k, v in payload.items() if k != "registration"},
                    {**payload, "registration": {**permanent.to_wire(), "end_epoch": 10}},
+                   {**payload, "registration": {**permanent.to_wire(), "length": 2}, "length": 2},
                    {**payload, "registration": b"junk"}):
         with pytest.raises(LogError, match="blob-certified entry"):
             check_entry(sign_entry(MEMBERS[0], 1, GENESIS, 5, BLOB_CERTIFIED, broken), COMMITTEE)
@@ -610,9 +624,9 @@ def _member_log() -> tuple[Chains, dict[str, Any]]:
     """Members certifying blobs 50 (ends 2), 51 (ends 10), 52 (deletable, deleted later), then epoch 3."""
     log = Chains()
     log.add(OPERATOR, GRANT, Grant(pub(ACCOUNT), 1 << 40, 0, 100).to_wire())
-    short, long_ = OWN.register(blob(50), 2, False), OWN.register(blob(51), 10, False)
-    gone = OWN.register(blob(52), 10, True)
-    certified = [log.add(MEMBERS[k], BLOB_CERTIFIED, certified_payload(_cert(reg.blob_id, reg.object_id), 1, reg))
+    short, long_ = OWN.register(blob(50), 2, False, LENGTH), OWN.register(blob(51), 10, False, LENGTH)
+    gone = OWN.register(blob(52), 10, True, LENGTH)
+    certified = [log.add(MEMBERS[k], BLOB_CERTIFIED, registered_payload(reg, MEMBERS, range(3)))
                  for k, reg in enumerate((short, long_, gone))]
     marks = {"certified": {e.author: e.seq for e in certified}}
     deleted = log.add(MEMBERS[3], BLOB_DELETED, {"op": OWN.operation("delete", [gone.id], 0).to_wire()})

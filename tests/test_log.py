@@ -40,9 +40,9 @@ COMMITTEE = Committee(
 OUTSIDER = SigningKey(b"\x99" * 32)
 
 
-def certificate(blob: bytes, signers: tuple[int, ...] = (0, 1, 2)) -> Certificate:
-    blob_id = BlobId(blob)
-    return Certificate(blob_id, 0, signers, tuple(sign_confirmation(KEYS[i], 0, blob_id) for i in signers))
+def payload(blob: bytes, length: int, signers: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """A blob-certified payload: the test writer's registration and a certificate ``signers`` gathered for it."""
+    return certified_payload(blob, length, KEYS, signers)
 
 
 def chain(key: SigningKey, blobs: list[bytes], start_hlc: int = 1000) -> list[Entry]:
@@ -50,7 +50,7 @@ def chain(key: SigningKey, blobs: list[bytes], start_hlc: int = 1000) -> list[En
     prev, hlc = GENESIS, start_hlc
     for seq, blob in enumerate(blobs, 1):
         hlc = next_hlc(hlc, 0)
-        entry = sign_entry(key, seq, prev, hlc, BLOB_CERTIFIED, certified_payload(certificate(blob), 10))
+        entry = sign_entry(key, seq, prev, hlc, BLOB_CERTIFIED, payload(blob, 10))
         entries.append(entry)
         prev = entry.id
     return entries
@@ -72,8 +72,8 @@ def test_round_trip_and_validation() -> None:
         (lambda e: dataclasses.replace(e, signature=bytes(64)), "signature is invalid"),
         (lambda e: dataclasses.replace(e, hlc=e.hlc + 1), "signature is invalid"),
         (lambda e: sign_entry(OUTSIDER, 1, GENESIS, 5, BLOB_CERTIFIED, e.payload), "not a committee member"),
-        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certified_payload(certificate(b"\x02" * 32, (0, 1)), 1)), "needs 3"),
-        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, certified_payload(certificate(b"\x02" * 32, (0, 1, 1)), 1)), "signer twice"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, payload(b"\x02" * 32, 1, (0, 1))), "needs 3"),
+        (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, payload(b"\x02" * 32, 1, (0, 1, 1))), "signer twice"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, BLOB_CERTIFIED, {**e.payload, "signatures": [bytes(64)] * 3}), "signature is invalid"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "committee-change", {}), "reserved"),
         (lambda e: sign_entry(KEYS[0], 1, GENESIS, 5, "namespace", {}), "delegation"),
@@ -114,7 +114,7 @@ def test_broken_chain_is_rejected_and_gaps_wait() -> None:
 
 def test_equivocation_is_detected_kept_and_excludes_the_rest() -> None:
     honest = chain(KEYS[2], [b"\x01" * 32, b"\x02" * 32, b"\x03" * 32])
-    other = sign_entry(KEYS[2], 2, honest[0].id, honest[1].hlc, BLOB_CERTIFIED, certified_payload(certificate(b"\x09" * 32), 1))
+    other = sign_entry(KEYS[2], 2, honest[0].id, honest[1].hlc, BLOB_CERTIFIED, payload(b"\x09" * 32, 1))
     state = LogState(COMMITTEE)
     for entry in honest:
         state.apply(entry)
@@ -139,11 +139,11 @@ def entry_sets(draw: st.DrawFn) -> list[Entry]:
             at = draw(st.integers(1, len(mine)))
             prev = mine[at - 2].id if at > 1 else GENESIS
             fork = sign_entry(key, at, prev, draw(st.integers(0, 9999)), BLOB_CERTIFIED,
-                              certified_payload(certificate(draw(st.sampled_from(blobs))), 3))
+                              payload(draw(st.sampled_from(blobs)), 3))
             entries.append(fork)
             if draw(st.booleans()):
                 entries.append(sign_entry(key, at + 1, fork.id, 10**6, BLOB_CERTIFIED,
-                                          certified_payload(certificate(blobs[0]), 3)))
+                                          payload(blobs[0], 3)))
     return entries
 
 
@@ -247,14 +247,16 @@ def test_blob_invalid_entries_need_f_plus_1_attestations_with_their_own_intent()
         "not a committee member": {**invalid_payload(invalid_certificate(b"\x06" * 32, (0, 1))), "signers": [0, 9]},
         "unexpected fields": {**invalid_payload(invalid_certificate(b"\x06" * 32)), "length": 3},
     }
-    for reason, payload in bad.items():
-        entry = sign_entry(KEYS[2], 1, GENESIS, 9, BLOB_INVALID, payload)
+    for reason, refused in bad.items():
+        entry = sign_entry(KEYS[2], 1, GENESIS, 9, BLOB_INVALID, refused)
         with pytest.raises(LogError, match=reason):
             check_entry(entry, COMMITTEE)
         assert LogState(COMMITTEE).apply(entry)[0] is Outcome.REJECTED
-    # An attestation never passes as a storage confirmation either.
+    # An attestation never passes as a storage confirmation either (in a payload whose
+    # registration matches, so the signatures are what is refused).
+    attestations = invalid_certificate(b"\x06" * 32, (0, 1, 2)).signatures
     forged = sign_entry(KEYS[2], 1, GENESIS, 9, BLOB_CERTIFIED,
-                        certified_payload(invalid_certificate(b"\x06" * 32, (0, 1, 2)), 1))
+                        {**payload(b"\x06" * 32, 1), "signatures": list(attestations)})
     with pytest.raises(LogError, match="signature is invalid"):
         check_entry(forged, COMMITTEE)
 
@@ -310,7 +312,7 @@ def test_own_chain_signed_after_a_poisoned_stamp_passes_everyone_elses_check(see
     prev, last = GENESIS, 0
     for seq in range(1, 4):
         last = next_hlc(last, NOW + seq, seen)
-        entry = sign_entry(KEYS[0], seq, prev, last, BLOB_CERTIFIED, certified_payload(certificate(bytes([seq]) * 32), 1))
+        entry = sign_entry(KEYS[0], seq, prev, last, BLOB_CERTIFIED, payload(bytes([seq]) * 32, 1))
         check_entry(entry, COMMITTEE, NOW + seq + skew)
         assert state.apply(entry, now_ms=NOW + seq + skew)[0] is Outcome.ACCEPTED
         prev = entry.id
