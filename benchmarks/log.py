@@ -36,13 +36,6 @@ def walrusfs(*args: str) -> None:
     subprocess.run([str(Path(sys.executable).parent / "walrusfs"), *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def certificate(keys: list, blob_id: object) -> object:
-    from walrusfs.core.certificates import Certificate, sign_confirmation
-
-    signers = tuple(range(5))
-    return Certificate(blob_id, 0, signers, tuple(sign_confirmation(keys[i], 0, blob_id) for i in signers))
-
-
 @functools.lru_cache(maxsize=4)
 def writer_of(directory: Path) -> object:
     """The devnet's writer key (its operator granted it storage) as an authority."""
@@ -52,13 +45,18 @@ def writer_of(directory: Path) -> object:
     return own_authority(load_key(directory / "writer.key"))
 
 
-def certified(directory: Path, cert: object) -> dict:
-    """A blob-certified payload: ``cert`` with a permanent registration by the devnet's writer key."""
+def certified(directory: Path, keys: list, blob_id: object) -> dict:
+    """A blob-certified payload: a permanent registration of ``blob_id`` by the devnet's
+    writer key and a certificate peers 0-4 signed for it (confirmations name its ID)."""
+    from walrusfs.core.certificates import Certificate, sign_confirmation
     from walrusfs.core.lifecycle import MAX_EPOCHS_AHEAD
     from walrusfs.core.log import certificate_payload
 
-    authority = writer_of(directory)
-    return certificate_payload(cert, 1, authority.register(cert.blob_id, MAX_EPOCHS_AHEAD, deletable=False))
+    registration = writer_of(directory).register(blob_id, MAX_EPOCHS_AHEAD, deletable=False, length=1)
+    signers = tuple(range(5))
+    cert = Certificate(blob_id, 0, signers, tuple(sign_confirmation(keys[i], 0, blob_id, registration.object_id)
+                                                  for i in signers), False, registration.object_id)
+    return certificate_payload(cert, registration.length, registration)
 
 
 async def measure_latency(directory: Path, keys: list, rate: float, seconds: float) -> list[float]:
@@ -71,18 +69,18 @@ async def measure_latency(directory: Path, keys: list, rate: float, seconds: flo
 
     committee = parse_committee((directory / "committee.toml").read_text())
     sent: dict[bytes, float] = {}
-    certs = [certificate(keys, BlobId(os.urandom(32))) for _ in range(int(rate * seconds))]
+    payloads = [certified(directory, keys, BlobId(os.urandom(32))) for _ in range(int(rate * seconds))]
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee)
 
-        async def append(cert: object) -> None:
+        async def append(payload: dict) -> None:
             start = time.time() * 1000
-            reply, _ = await client._call(random.randrange(7), LOG_SUBMIT, payload=certified(directory, cert))
+            reply, _ = await client._call(random.randrange(7), LOG_SUBMIT, payload=payload)
             sent[reply["entry_id"]] = start
 
         async with trio.open_nursery() as nursery:
-            for cert in certs:
-                nursery.start_soon(append, cert)
+            for payload in payloads:
+                nursery.start_soon(append, payload)
                 await trio.sleep(1 / rate)
         await trio.sleep(3)
         ids = list(sent)
@@ -116,7 +114,7 @@ def populate(directory: Path, keys: list, count: int) -> None:
         hlc = next_hlc(hlc, now)
         seq[author] += 1
         entry = sign_entry(keys[author], seq[author], prev[author], hlc, BLOB_CERTIFIED,
-                           certified(directory, certificate(keys, BlobId(os.urandom(32)))))
+                           certified(directory, keys, BlobId(os.urandom(32))))
         prev[author] = entry.id
         rows.append((entry.id, entry.author, entry.seq, entry.encode(), now))
     for peer in range(6):

@@ -13,6 +13,7 @@ storage request in microseconds with 20,000 registrations.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -23,13 +24,14 @@ import trio
 from nacl.signing import SigningKey
 
 from p2p.host import running_host
+from tests import ledgerkit
 from tests.procstat import cpu_seconds
 from tests.test_log import COMMITTEE, KEYS
 from tests.test_network import Devnet
 from walrusfs.client.blob import AccessDenied, Client, StoreError
 from walrusfs.client.writer import load_authority, load_key, publish_operator_entry
 from walrusfs.core import messages as m
-from walrusfs.core.certificates import Certificate, sign_confirmation
+from walrusfs.core.certificates import Certificate
 from walrusfs.core.committee import parse_committee
 from walrusfs.core.lifecycle import (
     BLOB_DELETED,
@@ -39,6 +41,7 @@ from walrusfs.core.lifecycle import (
     MAX_EPOCH,
     Grant,
     Ledger,
+    Registration,
     Writer,
     epoch_payload,
     own_authority,
@@ -56,7 +59,8 @@ from walrusfs.core.log import (
 )
 from walrusfs.core.metadata import BlobId
 from walrusfs.core.redstuff import encode_blob
-from walrusfs.devnet import running
+from walrusfs.devnet import peer_dir, running
+from walrusfs.identity import load_identity
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +113,9 @@ async def test_an_outsider_flood_is_refused_cheaply_and_leaves_nothing(net: Devn
         codes: dict[str, set[str]] = {}
         started = time.monotonic()
         for k in range(rounds):
-            own = own_authority(SigningKey.generate()).register(blob_id, epoch + 2, k % 2 == 0)
-            fake = own_authority(junk_key).register(blob_id, epoch + 2, True)
-            fake = type(fake)(fake.blob_id, fake.nonce, fake.end_epoch, fake.deletable, forged, fake.signature)
+            own = own_authority(SigningKey.generate()).register(blob_id, epoch + 2, k % 2 == 0, 5000)
+            fake = own_authority(junk_key).register(blob_id, epoch + 2, True, 5000)
+            fake = dataclasses.replace(fake, writer=forged)
             junk = {**own.to_wire(), "nonce": os.urandom(1 << 12)}
             for name, protocol, fields, body in (
                 ("self-signed metadata", m.PUT_METADATA, {"registration": own.to_wire()}, b""),
@@ -123,19 +127,23 @@ async def test_an_outsider_flood_is_refused_cheaply_and_leaves_nothing(net: Devn
                 extra = {"metadata": metadata} if protocol == m.PUT_METADATA else {}
                 code = await refused(outsider, 0, protocol, body, blob_id=blob_id.raw, **fields, **extra)
                 codes.setdefault(name, set()).add(code)
-            # A permanent certificate binds no registration: paired with the outsider's own
-            # (or an end epoch decades ahead), a member must still not log it.
-            payload = certificate_payload(stored.certificate, 20_000,
-                                          own_authority(SigningKey.generate()).register(stored.blob_id, MAX_EPOCH, False))
+            # The writer's permanent certificate paired with the outsider's own registration
+            # (to keep the blob for good, on an account of its choosing): refused.
+            payload = certificate_payload(stored.certificate, 20_000, own_authority(SigningKey.generate()).register(
+                stored.blob_id, MAX_EPOCH, False, 20_000))
             code = await refused(outsider, 0, m.LOG_SUBMIT, kind=BLOB_CERTIFIED, payload=payload)
             codes.setdefault("log-submit", set()).add(code)
         elapsed = time.monotonic() - started
         spent = cpu_seconds(pids[0]) - before_cpu
-        # The granted writer's own registration decades ahead: refused as well.
-        far = granted.register(stored.blob_id, epoch + 10_000, False)
-        code = await refused(honest, 0, m.LOG_SUBMIT, kind=BLOB_CERTIFIED,
-                             payload=certificate_payload(stored.certificate, 20_000, far))
-        assert code == m.INVALID
+        # The granted writer's own second registration, decades ahead, on the same certificate:
+        # refused as well.
+        far = granted.register(stored.blob_id, epoch + 10_000, False, 20_000)
+        far_payload = certificate_payload(stored.certificate, 20_000, far)
+        try:
+            await honest._call(0, m.LOG_SUBMIT, kind=BLOB_CERTIFIED, payload=far_payload)
+            raise AssertionError("a registration decades ahead was logged")
+        except m.RemoteError as exc:
+            assert exc.code == m.INVALID and "must end in" in exc.message, exc
         after_status = await status(outsider, 0)
         after_disk = disk_bytes(net.directory / "peer-0")
         registrations, _ = await honest.registrations(stored.blob_id)
@@ -148,6 +156,15 @@ async def test_an_outsider_flood_is_refused_cheaply_and_leaves_nothing(net: Devn
     assert codes["junk registration"] == {m.MALFORMED}
     assert codes["pair"] == {m.NOT_AUTHORIZED} and codes["confirmation"] == {m.NOT_AUTHORIZED}
     assert codes["log-submit"] == {m.INVALID}
+    # Both refusals hold even for a malicious member that skips the checks a member makes
+    # before authoring (grant, end epoch): every confirmation names the registration it was
+    # given for, so every replica refuses the entry: the certificate is not for that registration.
+    member = load_identity(peer_dir(net.directory, 3)).signing_key
+    for attached in (payload, far_payload):
+        with pytest.raises(LogError, match="not gathered for this registration"):
+            check_entry(sign_entry(member, 1, GENESIS, 5, BLOB_CERTIFIED, attached), committee)
+    check_entry(sign_entry(member, 1, GENESIS, 5, BLOB_CERTIFIED,
+                           certificate_payload(stored.certificate, 20_000, stored.registration)), committee)
     assert after_status["pending_uploads"] == before_status["pending_uploads"]
     assert after_disk - before_disk < 256 << 10, "refused requests left data behind"
     assert [r.id for r in registrations] == [stored.registration.id], "a made-up registration was logged"
@@ -195,12 +212,17 @@ async def test_a_granted_writer_cannot_race_past_its_quota(net: Devnet) -> None:
         # The same registration for another blob is refused.
         first = encode_blob(os.urandom(size), committee.config)
         other = encode_blob(os.urandom(size), committee.config)
-        registration = client.authority.register(first.blob_id, (await client.storage_epoch()) + 2, True)
+        registration = client.authority.register(first.blob_id, (await client.storage_epoch()) + 2, True, size)
         code = await refused(client, 1, m.PUT_METADATA, blob_id=other.blob_id.raw,
                              metadata=m.metadata_to_wire(other.metadata),
                              registration=registration.to_wire())
         assert code == m.MALFORMED
-        far = client.authority.register(first.blob_id, (await client.storage_epoch()) + 1000, True)
+        # A registration of the blob with another length (what the account is charged for): refused.
+        short = client.authority.register(first.blob_id, (await client.storage_epoch()) + 2, True, size // 2)
+        code = await refused(client, 1, m.PUT_METADATA, blob_id=first.blob_id.raw,
+                             metadata=m.metadata_to_wire(first.metadata), registration=short.to_wire())
+        assert code == m.MALFORMED
+        far = client.authority.register(first.blob_id, (await client.storage_epoch()) + 1000, True, size)
         code = await refused(client, 1, m.PUT_METADATA, blob_id=first.blob_id.raw,
                              metadata=m.metadata_to_wire(first.metadata), registration=far.to_wire())
         assert code == m.INVALID
@@ -232,10 +254,9 @@ def member_chain(key: SigningKey, items: list[tuple[str, dict]]) -> list:
     return entries
 
 
-def certificate_for(registration, signers=(0, 1, 2)) -> Certificate:
-    blob_id = registration.blob_id
-    return Certificate(blob_id, 0, signers, tuple(sign_confirmation(KEYS[i], 0, blob_id, registration.object_id)
-                                                  for i in signers), object_id=registration.object_id)
+def certificate_for(registration: Registration) -> Certificate:
+    """A certificate members 0-2 gathered for ``registration``."""
+    return ledgerkit.certificate_for(registration, KEYS, (0, 1, 2))
 
 
 def test_a_member_alone_cannot_advance_the_epoch_or_log_another_owners_registration() -> None:
@@ -247,22 +268,26 @@ def test_a_member_alone_cannot_advance_the_epoch_or_log_another_owners_registrat
             check_entry(entry, COMMITTEE)
     victim, thief = own_authority(SigningKey.generate()), own_authority(SigningKey.generate())
     blob = BlobId(os.urandom(32))
-    theirs = victim.register(blob, 5, True)
-    mine = thief.register(blob, 50, True)
-    # A deletable certificate binds its registration: another one cannot ride on it.
-    for registration in (mine, None):
-        payload = certificate_payload(certificate_for(theirs), 100, mine)
-        if registration is None:
-            payload.pop("registration")
-        entry = member_chain(MEMBER, [(BLOB_CERTIFIED, payload)])[0]
-        with pytest.raises(LogError):
-            check_entry(entry, COMMITTEE)
+    # A certificate binds its registration, deletable or permanent: another one (or none)
+    # cannot ride on it.
+    for deletable in (True, False):
+        theirs = victim.register(blob, 5, deletable, 100)
+        mine = thief.register(blob, 50, deletable, 100)
+        check_entry(member_chain(MEMBER, [(BLOB_CERTIFIED, certificate_payload(certificate_for(theirs), 100, theirs))])[0],
+                    COMMITTEE)
+        for registration in (mine, None):
+            payload = certificate_payload(certificate_for(theirs), 100, mine)
+            if registration is None:
+                payload.pop("registration")
+            entry = member_chain(MEMBER, [(BLOB_CERTIFIED, payload)])[0]
+            with pytest.raises(LogError, match="not gathered for this registration" if registration else "registration"):
+                check_entry(entry, COMMITTEE)
 
 
 def test_an_old_deletion_replayed_does_not_touch_a_new_registration() -> None:
     owner = own_authority(SigningKey.generate())
     blob = BlobId(os.urandom(32))
-    old, new = owner.register(blob, 5, True), owner.register(blob, 9, True)
+    old, new = owner.register(blob, 5, True, 100), owner.register(blob, 9, True, 100)
     delete_old = owner.operation("delete", [old.id], 0)
     items = [(BLOB_CERTIFIED, certificate_payload(certificate_for(old), 100, old)),
              (BLOB_DELETED, {"op": delete_old.to_wire()}),
@@ -292,7 +317,7 @@ def test_a_backdated_extension_revives_only_what_its_owner_signed() -> None:
     """
     owner = own_authority(SigningKey.generate())
     blob = BlobId(os.urandom(32))
-    registration = owner.register(blob, 3, True)
+    registration = owner.register(blob, 3, True, 100)
     ledger = Ledger(COMMITTEE)
     ledger.grant(b"g" * 32, Grant(owner.writer.account, 1 << 40, 0, MAX_EPOCH))
     ledger.registered(registration, 100)
@@ -338,7 +363,7 @@ def test_twenty_thousand_registrations_still_authorize_in_microseconds() -> None
     ledger = Ledger(COMMITTEE)
     ledger.grant(b"g" * 32, Grant(account.writer.account, 1 << 50, 0, MAX_EPOCH))
     for k in range(20_000):
-        registration = account.register(BlobId(os.urandom(32)), 5 + k % 40, True, )
+        registration = account.register(BlobId(os.urandom(32)), 5 + k % 40, True, 1000)
         ledger.registered(registration, 1000)
     started = time.perf_counter()
     for _ in range(1000):
@@ -380,5 +405,5 @@ async def test_a_peer_with_an_old_epoch_entry_does_not_shorten_what_a_client_reg
     for _ in range(5):
         client._epoch = None
         assert await client.storage_epoch() == 9, asked
-    registration = await client.registration(BlobId(os.urandom(32)), 5, True)
+    registration = await client.registration(BlobId(os.urandom(32)), 5, True, 1000)
     assert registration.end_epoch == 14

@@ -27,7 +27,6 @@ from tests.ledgerkit import certified_payload
 from tests.mounting import MountedVolume
 from tests.test_network import walrusfs
 from walrusfs.client.blob import Client
-from walrusfs.core.certificates import Certificate, sign_confirmation
 from walrusfs.core.committee import parse_committee
 from walrusfs.core.log import (
     BLOB_CERTIFIED,
@@ -52,11 +51,11 @@ YEAR_MS = 365 * 24 * 3600 * 1000
 PEERS = (0, 1, 2, 3)
 
 
-def certificate(vol: MountedVolume) -> Certificate:
-    """A valid certificate for a random blob ID, signed with 3 devnet peers' own keys."""
-    blob_id = BlobId(os.urandom(32))
+def certified(vol: MountedVolume) -> dict:
+    """A blob-certified payload for a random blob ID: a registration and a certificate 3
+    devnet peers signed for it with their own keys."""
     keys = [load_identity(peer_dir(vol.net.directory, i)).signing_key for i in (0, 1, 2)]
-    return Certificate(blob_id, 0, (0, 1, 2), tuple(sign_confirmation(k, 0, blob_id) for k in keys))
+    return certified_payload(os.urandom(32), 1, keys)
 
 
 def outsider_entry(hlc: int) -> Entry:
@@ -146,7 +145,7 @@ def test_an_outsiders_far_future_stamps_poison_nobody(tmp_path: Path) -> None:
             head = own_head(peer)
             return sign_entry(load_identity(peer_dir(vol.net.directory, peer)).signing_key,
                               (head.seq if head else 0) + 1, head.id if head else GENESIS, hlc,
-                              BLOB_CERTIFIED, certified_payload(certificate(vol), 1))
+                              BLOB_CERTIFIED, certified(vol))
 
         beyond = own_next(0, 2**63)
         ahead = own_next(1, (int(time.time() * 1000) + YEAR_MS) << 16)
@@ -179,7 +178,7 @@ def test_an_outsiders_far_future_stamps_poison_nobody(tmp_path: Path) -> None:
             async with running_host(os.urandom(32)) as host:
                 client = Client(host, committee)
                 for peer, stale in ((0, beyond), (1, ahead)):
-                    reply, _ = await client._call(peer, LOG_SUBMIT, payload=certified_payload(certificate(vol), 1))
+                    reply, _ = await client._call(peer, LOG_SUBMIT, payload=certified(vol))
                     entry = decode_entry(reply["entry"])
                     assert entry.seq >= stale.seq and hlc_millis(entry.hlc) <= int(time.time() * 1000) + FOLLOW_LIMIT_MS
                     author = committee.peers[peer].public_key.hex()

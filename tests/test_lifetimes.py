@@ -500,7 +500,7 @@ def test_an_upload_whose_registration_ended_stops_counting() -> None:
     access = Access(committee, None, log, window=3600)  # type: ignore[arg-type]
     metadata = compute_metadata(b"x" * 10_000, committee.config)
     blob_id = metadata.blob_id()
-    stale = register(key, writer_for(key), blob_id, 1, True)
+    stale = register(key, writer_for(key), blob_id, 1, True, length=10_000)
 
     async def main() -> None:
         access.admit(stale, blob_id, metadata)

@@ -235,7 +235,8 @@ async def test_pair_uploads_that_stall_or_trickle_are_reset_and_release_memory_a
         stream = await host.new_stream(info.peer_id, [m.PUT_METADATA])
         # A granted writer's upload (an outsider's would be refused before any pair).
         await stream.write(frame(m.request(blob_id=blob_id.raw, metadata=m.metadata_to_wire(metadata),
-                                           registration=registration(blob_id, authority=net.authority).to_wire())))
+                                           registration=registration(blob_id, length=metadata.unencoded_length,
+                                                                     authority=net.authority).to_wire())))
         assert await until_ended(stream, 10) == "answered"
 
         async def upload(send_first: int, trickle: bool, delay: float) -> None:
@@ -439,7 +440,7 @@ async def test_a_slow_but_steady_upload_is_not_cut_off(net: Devnet, tmp_path: Pa
         pair = encoded.pairs[blob_id.pair_for_shard(committee.peers[0].shards[0], committee.n_shards)]
         async with running_host(os.urandom(32)) as host:
             client = Client(host, committee, authority=net.authority)
-            registration = (await client.registration(blob_id, 5, True)).to_wire()
+            registration = (await client.registration(blob_id, 5, True, 1 * MIB)).to_wire()
             await client._call(0, m.PUT_METADATA, blob_id=blob_id.raw, metadata=m.metadata_to_wire(encoded.metadata),
                                registration=registration)
             started = time.monotonic()

@@ -14,7 +14,6 @@ from p2p.host import running_host
 from tests.ledgerkit import certified_payload
 from tests.test_network import Devnet, walrusfs
 from walrusfs.client.blob import Client
-from walrusfs.core.certificates import Certificate, sign_confirmation
 from walrusfs.core.committee import Committee, parse_committee
 from walrusfs.core.log import (
     BLOB_CERTIFIED,
@@ -23,7 +22,6 @@ from walrusfs.core.log import (
     sign_entry,
 )
 from walrusfs.core.messages import LOG_HEADS, LOG_PUSH, LOG_SUBMIT
-from walrusfs.core.metadata import BlobId
 from walrusfs.devnet import peer_dir
 from walrusfs.identity import load_identity
 
@@ -41,24 +39,24 @@ def committee_of(net: Devnet) -> Committee:
     return parse_committee(net.committee.read_text())
 
 
-def certificate(net: Devnet, signers: tuple[int, ...] = (0, 1, 2, 3, 4), blob: bytes | None = None) -> Certificate:
-    """A valid certificate for a random blob ID, signed with the devnet peers' own keys."""
-    blob_id = BlobId(blob or os.urandom(32))
-    keys = [load_identity(peer_dir(net.directory, i)).signing_key for i in signers]
-    return Certificate(blob_id, 0, signers, tuple(sign_confirmation(k, 0, blob_id) for k in keys))
+def certified(net: Devnet, signers: tuple[int, ...] = (0, 1, 2, 3, 4), blob: bytes | None = None) -> dict:
+    """A blob-certified payload for a random blob ID: a registration and a certificate the
+    devnet peers ``signers`` signed for it with their own keys."""
+    keys = {i: load_identity(peer_dir(net.directory, i)).signing_key for i in set(signers)}
+    return certified_payload(blob or os.urandom(32), 1, keys, signers)
 
 
-async def submit_all(client: Client, certificates: list[Certificate], peers: list[int], concurrency: int = 16) -> None:
+async def submit_all(client: Client, payloads: list[dict], peers: list[int], concurrency: int = 16) -> None:
     limiter = trio.Semaphore(concurrency)
 
-    async def one(cert: Certificate) -> None:
+    async def one(payload: dict) -> None:
         async with limiter:
-            reply, _ = await client._call(random.choice(peers), LOG_SUBMIT, payload=certified_payload(cert, 1))
+            reply, _ = await client._call(random.choice(peers), LOG_SUBMIT, payload=payload)
             assert reply["ok"]
 
     async with trio.open_nursery() as nursery:
-        for cert in certificates:
-            nursery.start_soon(one, cert)
+        for payload in payloads:
+            nursery.start_soon(one, payload)
 
 
 async def converged(client: Client, peers: list[int], entries: int) -> dict[int, dict]:
@@ -75,7 +73,7 @@ async def converged(client: Client, peers: list[int], entries: int) -> dict[int,
 
 async def test_burst_of_1000_reaches_every_peer_once(net: Devnet) -> None:
     committee = committee_of(net)
-    certs = [certificate(net) for _ in range(1000)]
+    certs = [certified(net) for _ in range(1000)]
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee, authority=net.authority)
         before = {p: r["entries"] for p, r, _ in await client.log_heads()}
@@ -90,7 +88,7 @@ async def test_stopped_peer_catches_up_and_wiped_peer_syncs_everything(net: Devn
         client = Client(host, committee, authority=net.authority)
         before = max(r["entries"] for _, r, _ in await client.log_heads() if r is not None)
         await trio.to_thread.run_sync(net.stop, 6)
-        await submit_all(client, [certificate(net) for _ in range(200)], list(range(6)))
+        await submit_all(client, [certified(net) for _ in range(200)], list(range(6)))
         await trio.to_thread.run_sync(net.start, 6)
         await converged(client, list(range(7)), before + 200)
         # A peer that lost everything but its identity syncs the whole log from the others.
@@ -103,7 +101,7 @@ async def test_stopped_peer_catches_up_and_wiped_peer_syncs_everything(net: Devn
 def invalid_entries(net: Devnet, head: int) -> dict[str, bytes]:
     """Invalid entries signed with peer 3's key; ``head`` is its chain's length in the log."""
     key = load_identity(peer_dir(net.directory, 3)).signing_key
-    good = certified_payload(certificate(net), 1)
+    good = certified(net)
     first = sign_entry(key, 1000, b"\x01" * 32, 1, BLOB_CERTIFIED, good)
     from nacl.signing import SigningKey
 
@@ -112,9 +110,9 @@ def invalid_entries(net: Devnet, head: int) -> dict[str, bytes]:
         # The next position, linked to an entry that is not the author's last: a broken chain.
         # (At a taken position it would be equivocation, which is kept as proof instead.)
         "broken chain": sign_entry(key, head + 1, b"\x05" * 32, 1, BLOB_CERTIFIED, good).encode(),
-        "too few signers": sign_entry(key, 1, GENESIS, 1, BLOB_CERTIFIED, certified_payload(certificate(net, (0, 1, 2, 3)), 1)).encode(),
+        "too few signers": sign_entry(key, 1, GENESIS, 1, BLOB_CERTIFIED, certified(net, (0, 1, 2, 3))).encode(),
         "duplicate signers": sign_entry(key, 1, GENESIS, 1, BLOB_CERTIFIED,
-                                        certified_payload(certificate(net, (0, 1, 2, 3, 3)), 1)).encode(),
+                                        certified(net, (0, 1, 2, 3, 3))).encode(),
         "unknown author": sign_entry(SigningKey(os.urandom(32)), 1, GENESIS, 1, BLOB_CERTIFIED, good).encode(),
     }
 
@@ -125,7 +123,7 @@ async def test_invalid_entries_are_rejected_and_never_relayed(case: str, net: De
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee, authority=net.authority)
         # Peer 3 authors one entry first, so "the next position" is past its first one.
-        await client._call(3, LOG_SUBMIT, payload=certified_payload(certificate(net), 1))
+        await client._call(3, LOG_SUBMIT, payload=certified(net))
         await converged(client, list(range(7)), (await client._call(3, LOG_HEADS))[0]["entries"])
         reply, _ = await client._call(0, LOG_HEADS)
         head = reply["heads"][committee.peers[3].public_key.hex()][0]
@@ -145,12 +143,12 @@ async def test_equivocation_is_detected_everywhere_and_shown_by_walrusfs_log(net
     key = load_identity(peer_dir(net.directory, 4)).signing_key
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee, authority=net.authority)
-        reply, _ = await client._call(4, LOG_SUBMIT, payload=certified_payload(certificate(net), 1))
+        reply, _ = await client._call(4, LOG_SUBMIT, payload=certified(net))
         first = decode_entry(reply["entry"])
         # Two different entries at peer 4's next position, signed with its key, sent to
         # two different peers: each peer alone sees nothing wrong.
-        a = sign_entry(key, first.seq + 1, first.id, first.hlc + 1, BLOB_CERTIFIED, certified_payload(certificate(net), 1))
-        b = sign_entry(key, first.seq + 1, first.id, first.hlc + 2, BLOB_CERTIFIED, certified_payload(certificate(net), 1))
+        a = sign_entry(key, first.seq + 1, first.id, first.hlc + 1, BLOB_CERTIFIED, certified(net))
+        b = sign_entry(key, first.seq + 1, first.id, first.hlc + 2, BLOB_CERTIFIED, certified(net))
         await converged(client, list(range(7)), (await client._call(4, LOG_HEADS))[0]["entries"])
         await client._call(1, LOG_PUSH, entries=[a.encode()])
         await client._call(2, LOG_PUSH, entries=[b.encode()])

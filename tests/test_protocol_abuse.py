@@ -109,7 +109,7 @@ async def test_wrong_sliver_pair_is_rejected_and_not_confirmed(net: Devnet, tmp_
     blob_id = encoded.blob_id
     shard0 = committee.peers[0].shards[0]
     pair = encoded.pairs[blob_id.pair_for_shard(shard0, committee.n_shards)]
-    registered = registration(blob_id, authority=net.authority).to_wire()
+    registered = registration(blob_id, length=5000, authority=net.authority).to_wire()
     reply, _ = await exchange(committee, m.PUT_METADATA, frame(m.request(blob_id=blob_id.raw, metadata=m.metadata_to_wire(encoded.metadata),
                                                                          registration=registered)))
     assert reply and reply["ok"]

@@ -94,7 +94,8 @@ class Certificate:
     signers: tuple[int, ...]  # indices into the committee's peer list, ascending
     signatures: tuple[bytes, ...]
     invalid: bool = False
-    #: A deletable blob's object ID (its registration's ID); None for a permanent one.
+    #: The object ID the confirmations name: the registration's ID (deletable or permanent).
+    #: None only in Walrus's permanent form, which no walrusfs peer signs any more.
     object_id: bytes | None = None
 
     def to_wire(self) -> dict[str, object]:

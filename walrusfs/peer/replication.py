@@ -249,11 +249,10 @@ class LogService:
         existing = self.state.registration_entry(registration.id)
         if existing is not None:
             return existing
-        # A permanent blob's certificate binds no registration (Walrus's permanent type), so
-        # anyone could pair a logged one with a registration of their own making: an
-        # outsider's key, or an end epoch decades ahead, keeping the blob for good and adding
-        # an entry to every log per request. Only what honest peers would have admitted is
-        # recorded: a granted, unrevoked account, an end within reach of the storage epoch.
+        # Only what honest peers would have admitted is recorded: a granted, unrevoked
+        # account, an end within reach of the storage epoch. Checked before any signature, so
+        # made-up registrations (an outsider's key, an end decades ahead) cost next to nothing;
+        # a registration other than the one the certificate was gathered for is refused below.
         ledger = self.state.ledger
         writer = registration.writer
         revoked = ledger.is_revoked(writer.keys())

@@ -560,12 +560,11 @@ class PeerService:
         invalid = self.log.state.invalid_entry(blob_id)
         held = confirmed is not None
         if not held and metadata is not None:
-            # A deletable registration's confirmation names it and is signed afresh for each
-            # (never kept): this peer confirms such a live blob whenever it holds its pairs.
+            # A confirmation names its registration and is signed afresh for each (a recorded
+            # one may be another's): this peer confirms a live blob whenever it holds its pairs.
             ledger = self.log.state.ledger
             assigned = {blob_id.pair_for_shard(shard, self.n) for shard in self.shards}
-            held = assigned <= set(valid) and any(h.registration.deletable and h.live(ledger.epoch)
-                                                  for h in ledger.registrations(blob_id))
+            held = assigned <= set(valid) and any(h.live(ledger.epoch) for h in ledger.registrations(blob_id))
         return m.ok(metadata=metadata is not None, pairs=pairs, valid_pairs=valid, confirmed=held,
                     healing=self.healer.is_healing(blob_id), invalid=invalid.id if invalid else None), b""
 
