@@ -52,10 +52,11 @@ PEERS = (0, 1, 2, 3)
 
 
 def certified(vol: MountedVolume) -> dict:
-    """A blob-certified payload for a random blob ID: a registration and a certificate 3
-    devnet peers signed for it with their own keys."""
+    """A blob-certified payload for a random blob ID: a registration by the devnet's writer
+    (members log only granted accounts' registrations) and a certificate 3 devnet peers
+    signed for it with their own keys."""
     keys = [load_identity(peer_dir(vol.net.directory, i)).signing_key for i in (0, 1, 2)]
-    return certified_payload(os.urandom(32), 1, keys)
+    return certified_payload(os.urandom(32), 1, keys, authority=vol.net.authority)
 
 
 def outsider_entry(hlc: int) -> Entry:

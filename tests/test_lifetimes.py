@@ -90,10 +90,13 @@ def peer_status(net: Devnet, limit: float = 5.0) -> list[dict[str, Any] | None]:
 
 
 def storage(status: dict[str, Any] | None) -> tuple[int, int, int]:
-    """(storage epoch, stored bytes, reclaimed bytes) from a status reply ((-1, -1, -1): no reply)."""
+    """(storage epoch, stored bytes, reclaimed bytes) from a status reply ((-1, -1, -1): no usable reply)."""
     if status is None or not isinstance(status.get("storage"), dict):
         return -1, -1, -1
-    return status["storage"]["epoch"], status["stored_bytes"], status["storage"]["reclaimed_bytes"]
+    try:
+        return status["storage"]["epoch"], status["stored_bytes"], status["storage"]["reclaimed_bytes"]
+    except KeyError:  # a hostile member's tampered reply (every peer is asked, the chosen ones read)
+        return -1, -1, -1
 
 
 def wait_epoch(net: Devnet, epoch: int, peers: tuple[int, ...] | None = None, limit: float = 40.0) -> list[tuple[int, int, int]]:

@@ -40,10 +40,11 @@ def committee_of(net: Devnet) -> Committee:
 
 
 def certified(net: Devnet, signers: tuple[int, ...] = (0, 1, 2, 3, 4), blob: bytes | None = None) -> dict:
-    """A blob-certified payload for a random blob ID: a registration and a certificate the
-    devnet peers ``signers`` signed for it with their own keys."""
+    """A blob-certified payload for a random blob ID: a registration by the devnet's writer
+    (members log only granted accounts' registrations) and a certificate the devnet peers
+    ``signers`` signed for it with their own keys."""
     keys = {i: load_identity(peer_dir(net.directory, i)).signing_key for i in set(signers)}
-    return certified_payload(blob or os.urandom(32), 1, keys, signers)
+    return certified_payload(blob or os.urandom(32), 1, keys, signers, authority=net.authority)
 
 
 async def submit_all(client: Client, payloads: list[dict], peers: list[int], concurrency: int = 16) -> None:
