@@ -18,6 +18,7 @@ from ..allocator import tune_allocator
 from .audit import audit
 from .blobs import blob_id, blob_status, delete, extend, read, store
 from .devnet import devnet
+from .grants import grant
 from .log import log_command
 from .mounts import mount, status, umount
 from .peers import health, init, peer
@@ -56,6 +57,6 @@ def main() -> None:
 
 # One module per command group (as borgbackup's archiver does); each defines its commands
 # and main collects them here.
-for _command in (audit, blob_id, blob_status, delete, devnet, extend, gc, health, init, log_command, mount, peer,
-                 read, status, store, umount, volume):
+for _command in (audit, blob_id, blob_status, delete, devnet, extend, gc, grant, health, init, log_command, mount,
+                 peer, read, status, store, umount, volume):
     main.add_command(_command)

@@ -151,7 +151,7 @@ def iso_time(millis: int) -> str:
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     """Click callback: a size such as 4MiB in bytes."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     text = value.strip().lower().removesuffix("ib").removesuffix("b")
     try:
         number = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)

@@ -586,6 +586,14 @@ class LogState:
         except (LifecycleError, KeyError, TypeError, ValueError):
             pass  # accepted before these kinds were checked (a replayed store): it holds nothing
 
+    def resting_on(self, key: bytes) -> dict[bytes, int]:
+        """Non-member authors whose namespace entries rest on ``key`` (as device, volume or account), with their heads.
+
+        What a revocation of ``key`` names as its heads, so the entries those authors
+        published so far keep counting and later ones stop.
+        """
+        return {author: self.head(author) for author, keys in self._namespace_keys.items() if key in keys}
+
     def registration_entry(self, registration_id: bytes) -> Entry | None:
         """The blob-certified entry that carried a registration, if any."""
         return self._by_registration.get(registration_id)
