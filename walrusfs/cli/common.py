@@ -165,3 +165,11 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 def megabytes(count: int) -> str:
     """Bytes as megabytes for display."""
     return f"{count / 1e6:.1f} MB"
+
+
+def human_size(count: int) -> str:
+    """Bytes in binary units for display (4.4 KiB, 1.0 TiB)."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"

@@ -20,6 +20,7 @@ from .common import (
     Failure,
     committee_option,
     default_committee_path,
+    human_size,
     json_option,
     load_committee,
     parse_size,
@@ -89,13 +90,6 @@ def parse_epochs(ctx: click.Context, param: click.Parameter, value: str | None) 
     if not 0 <= first < end <= MAX_EPOCH:
         raise click.BadParameter(f"need 0 <= FIRST < END <= {MAX_EPOCH}", ctx=ctx, param=param)
     return first, end
-
-
-def _size(count: int) -> str:
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count} B"
 
 
 def _epochs(first: int, end: int) -> str:
@@ -183,7 +177,7 @@ def grant_create(writer: str, quota: int, epoch_range: tuple[int, int] | None, u
         click.echo(json.dumps({"writer": public.hex(), "quota": quota, "firstEpoch": first, "endEpoch": end,
                                "entryId": entry.id.hex()}))
     else:
-        click.echo(f"granted {public.hex()} ({named}) {_size(quota)} of encoded storage in epochs "
+        click.echo(f"granted {public.hex()} ({named}) {human_size(quota)} of encoded storage in epochs "
                    f"{_epochs(first, end)}: entry {entry.id.hex()[:16]}...")
 
 
@@ -219,9 +213,9 @@ def grant_list(committee_path: Path | None, as_json: bool) -> None:
     click.echo(f"storage epoch {ledger.epoch}; {len(accounts)} accounts, {len(revocations)} revocations")
     for a in accounts:
         flag = "  REVOKED" if a["revoked"] else ""
-        click.echo(f"{a['account']}  used {_size(a['used'])} of {_size(a['quota'])} now{flag}")
+        click.echo(f"{a['account']}  used {human_size(a['used'])} of {human_size(a['quota'])} now{flag}")
         for g in a["grants"]:
-            click.echo(f"    grant {g['entryId'][:16]}...  {_size(g['quota'])}  epochs {_epochs(g['firstEpoch'], g['endEpoch'])}")
+            click.echo(f"    grant {g['entryId'][:16]}...  {human_size(g['quota'])}  epochs {_epochs(g['firstEpoch'], g['endEpoch'])}")
     for r in revocations:
         click.echo(f"revoked {r['key']}  (entries of {len(r['heads'])} authors resting on it count up to their "
                    f"heads then): entry {r['entryId'][:16]}...")
@@ -264,7 +258,7 @@ def grant_revoke(key_text: str, operator_key: Path | None, committee_path: Path 
                                "authors": roles}))
         return
     click.echo(f"revoked {public.hex()} ({named}): entry {entry.id.hex()[:16]}...")
-    click.echo("  it may store nothing more" + (f" (its grants of {_size(quota)} end)" if quota else ""))
+    click.echo("  it may store nothing more" + (f" (its grants of {human_size(quota)} end)" if quota else ""))
     if not roles:
         click.echo("  no namespace entries rest on it")
     for r in roles:

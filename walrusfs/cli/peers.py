@@ -16,6 +16,7 @@ from .common import (
     Failure,
     at_once,
     committee_option,
+    human_size,
     json_option,
     load_committee,
     megabytes,
@@ -97,7 +98,8 @@ def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_
 @click.command()
 @committee_option
 @json_option
-@click.option("--detail", is_flag=True, help="Also list each peer's recent heals and what each cost.")
+@click.option("--detail", is_flag=True, help="Also list each peer's recent heals and what each cost, its storage "
+                                            "epoch, space given back, pending uploads and usage per account.")
 def health(committee_path: Path | None, as_json: bool, detail: bool) -> None:
     """Show each peer: reachable, blobs held, missing, healing, healed, scrub progress.
 
@@ -137,6 +139,15 @@ def health(committee_path: Path | None, as_json: bool, detail: bool) -> None:
                 click.echo(f"    storage challenge round {audit['round']}: {audit['result'].upper()}")
             if h.get("last_error"):
                 click.echo(f"    last healing problem: {h['last_error']}")
+            storage = s.get("storage")
+            if detail and storage is not None:
+                click.echo(f"    storage epoch {storage.get('epoch')}  free {megabytes(s.get('free_bytes') or 0)}  "
+                           f"reclaimed {human_size(storage.get('reclaimed_bytes', 0))} "
+                           f"({storage.get('released_blobs', 0)} blobs)  pending uploads {storage.get('pending_uploads')}  "
+                           f"grants {storage.get('grants')}  revoked {storage.get('revoked')}")
+                for account in storage.get("accounts", []):
+                    click.echo(f"    account {account['account'][:16]}...  used {human_size(account['used'])} of "
+                               f"{human_size(account['quota'])}")
             for record in s.get("recent_heals") or []:
                 click.echo(f"    healed {record['blob_id']} pairs {record['pairs']}: {record['pair_bytes']} bytes "
                            f"from {record['downloaded']} downloaded (+{record['metadata_bytes']} metadata) "

@@ -1085,7 +1085,7 @@ class Client:
         return any(not getattr(c, "is_closed", False) for c in connections)
 
     async def health(self, detail: bool = False) -> list[dict[str, Any]]:
-        """Each peer's status (with ``detail``, its recent heals), or why it could not be reached."""
+        """Each peer's status (with ``detail``, its recent heals and usage per account), or why it could not be reached."""
         out = []
         for peer, reply, problem in await self._each_peer(m.GET_STATUS, check=m.check_status_reply, detail=detail):
             info = self.committee.peers[peer]
@@ -1099,6 +1099,9 @@ class Client:
                 )
                 if reply.get("recent_heals") is not None:
                     entry["recent_heals"] = reply["recent_heals"]
+                storage = m.storage_status(reply)
+                if storage is not None:
+                    entry["storage"] = storage
             else:
                 entry["error"] = problem
             out.append(entry)

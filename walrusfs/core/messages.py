@@ -286,6 +286,34 @@ def check_status_reply(reply: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+_STORAGE_COUNTS = ("epoch", "epoch_seconds", "reclaimed_bytes", "released_blobs", "pending_uploads", "grants",
+                   "revoked")
+
+
+def storage_status(reply: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``storage`` map of a status reply, keeping only fields of the right type (None if absent or not a map).
+
+    What a peer says about its own storage: shown, never acted on, so a field of the wrong
+    type is dropped rather than failing the whole status.
+    """
+    raw = reply.get("storage")
+    if not isinstance(raw, dict):
+        return None
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63
+
+    out: dict[str, Any] = {name: raw[name] for name in _STORAGE_COUNTS if count(raw.get(name))}
+    accounts = raw.get("accounts")
+    if isinstance(accounts, list):
+        out["accounts"] = [
+            {"account": a["account"], "used": a["used"], "quota": a["quota"]} for a in accounts[:1000]
+            if isinstance(a, dict) and isinstance(a.get("account"), str) and len(a["account"]) == 64
+            and count(a.get("used")) and count(a.get("quota"))
+        ]
+    return out
+
+
 def check_blob_status_reply(reply: dict[str, Any]) -> dict[str, Any]:
     """A ``get-blob-status`` reply whose fields have the types clients show; ``MessageError`` otherwise."""
     _shape(reply, {"metadata": (bool,), "pairs": (list,), "valid_pairs": (list,), "confirmed": (bool,),
