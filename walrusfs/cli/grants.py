@@ -123,24 +123,53 @@ def _publish(committee: Any, key: Any, path: Path, kind: str, payload: dict[str,
         raise Failure(f"could not publish the {kind} entry: {exc}") from None
 
 
-def _folded_log(committee: Any) -> Any:
-    """The fullest log any peer serves, every entry checked here, folded into a ``LogState``."""
+def _folded_log(committee: Any, every_peer: bool = False) -> Any:
+    """The log folded into a ``LogState``, every entry checked here: the fullest peer's, or (``every_peer``) all peers' merged.
+
+    A revocation's heads are read from every peer's log merged, so an entry a writer
+    published to some peers only still counts: no one peer's lag cuts it off.
+    """
     import trio
 
     from ..core.log import LogState
 
-    def fold(entries: list[Any]) -> Any:
+    def fold(logs: list[list[Any]]) -> Any:
         state = LogState(committee)
         now = int(time.time() * 1000)
-        for entry in entries:
-            state.apply(entry, now_ms=now)  # checked like a peer checks it: a forged grant is dropped
+        for entries in logs:
+            for entry in entries:
+                state.apply(entry, now_ms=now)  # checked like a peer checks it: a forged grant is dropped
         return state
 
     async def job(client: Any) -> Any:
-        entries = await client.fullest_log()
-        if entries is None:
-            raise Failure("no peer answered with its log (are the peers up?)")
-        return await trio.to_thread.run_sync(fold, entries)
+        from p2p.rpc import PeerUnavailable
+
+        from ..client.members import member_fault
+        from ..core.errors import CodecError
+
+        if every_peer:
+            logs: list[list[Any]] = []
+
+            async def one(peer: int) -> None:
+                try:
+                    logs.append(await client.log_entries(peer))
+                except (PeerUnavailable, CodecError):
+                    pass
+                except Exception as exc:  # noqa: BLE001 - one peer's odd answer is its own failure
+                    member_fault(peer, exc)
+
+            with trio.move_on_after(120):
+                async with trio.open_nursery() as nursery:
+                    for peer in range(len(committee.peers)):
+                        nursery.start_soon(one, peer)
+            if not logs:
+                raise Failure("no peer answered with its log (are the peers up?)")
+        else:
+            entries = await client.fullest_log()
+            if entries is None:
+                raise Failure("no peer answered with its log (are the peers up?)")
+            logs = [entries]
+        return await trio.to_thread.run_sync(fold, logs)
 
     return with_client(committee, job)
 
@@ -241,7 +270,7 @@ def grant_revoke(key_text: str, operator_key: Path | None, committee_path: Path 
     if bytes(key.verify_key) not in committee.operators:
         raise Failure(f"key {path} ({bytes(key.verify_key).hex()[:16]}...) is not an operator of this committee "
                       "(operators = [...] in the committee file)")
-    state = _folded_log(committee)
+    state = _folded_log(committee, every_peer=True)
     heads = state.resting_on(public)
     if len(heads) > MAX_REVOKE_HEADS:
         raise Failure(f"{len(heads)} authors rest on this key; one revocation names at most {MAX_REVOKE_HEADS}")

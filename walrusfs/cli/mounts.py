@@ -147,6 +147,8 @@ def status(mountpoint: Path, as_json: bool) -> None:
     if info.get("log_error"):
         synced = "" if info.get("log_synced") else " (not read since this mount started: showing only local state)"
         click.echo(f"log: {info['log_error']}{synced}")
+    if info.get("storage_refused"):
+        click.echo(f"storage refused (Disk quota exceeded; files stay staged and are retried): {info['storage_refused']}")
     if not info["pending"]:
         click.echo("no pending uploads")
     for item in info["pending"]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from ..client.blob import Client, InvalidBlobError, ReadError, StoreError
+from ..client.blob import AccessDenied, Client, InvalidBlobError, ReadError, StoreError
 from ..core.config import EncodingConfig
 from ..core.metadata import BlobId, BlobMetadata
 from ..core.namespace import Node
@@ -60,6 +60,12 @@ class UploadProgress:
     error: str | None = None
     #: chunk index -> why its store failed in the last attempt
     failed_chunks: dict[int, str] = field(default_factory=dict)
+    #: a chunk's store the peers refused for want of a grant or quota (the file fails with EDQUOT)
+    denied: AccessDenied | None = None
+
+
+class QuotaRefused(Exception):
+    """Peers refuse a file's upload for want of a grant or quota; the mount fails fsync and close with EDQUOT."""
 
 
 class Contents:
@@ -85,6 +91,10 @@ class Contents:
         self._attempts: Counter[bytes] = Counter()
         self._retry_at: dict[bytes, float] = {}
         self._last_error: dict[bytes, str] = {}
+        #: Files whose last upload the peers refused for a grant or quota (kept staged, retried
+        #: with backoff: a new grant lets them through), and how many refusals each had.
+        self.denied: dict[bytes, str] = {}
+        self._denials: Counter[bytes] = Counter()
         self._memory: OrderedDict[bytes, bytes] = OrderedDict()
         #: Chunk blobs a read here found invalid (the log certifies it soon after), with why.
         self._invalid: dict[bytes, str] = {}
@@ -406,21 +416,55 @@ class Contents:
             self._published.notify_all()
 
     async def sync(self, node: bytes) -> None:
-        """fsync: return once the file's chunks are certified and its namespace entry is in the log."""
+        """fsync: return once the file's chunks are certified and its namespace entry is in the log.
+
+        Raises ``QuotaRefused`` if the peers refuse the upload started for it (no grant, or
+        over quota): waiting would never end, and the file stays staged.
+        """
+        refusals = self._denials[node]
         await self.commit(node, upload_now=True)
         staged = self.staged.get(node)
         if staged is not None:
             generation = staged.generation
             async with self._published:
                 while node in self.staged and self.published_generation.get(node, -1) < generation:
+                    if self._denials[node] != refusals:
+                        raise QuotaRefused(self.denied.get(node) or "refused by the peers")
                     await self._published.wait()
         await self.vlog.wait_published()
 
     async def sync_all(self) -> None:
-        """Wait until every staged file is uploaded and every namespace entry published."""
+        """Wait until every staged file is uploaded and every namespace entry published (``QuotaRefused`` after all others)."""
+        refused: QuotaRefused | None = None
         for node in list(self.staged):
-            await self.sync(node)
+            try:
+                await self.sync(node)
+            except QuotaRefused as exc:
+                refused = refused or exc
         await self.vlog.wait_published()
+        if refused is not None:
+            raise refused
+
+    def quota_problem(self, node: bytes) -> str | None:
+        """Why the peers will refuse (or last refused) this file's staged bytes for a grant or quota, or None.
+
+        Checked at close against the grants and usage in the log this mount follows (what
+        every peer checks), so `cp` past the quota fails at once instead of after the upload.
+        Chunks that turn out to be holes or already held count here, so near the limit it
+        may refuse a little early; the file stays staged either way.
+        """
+        staged = self.staged.get(node)
+        if staged is None or self.published_generation.get(node, -1) >= staged.generation:
+            return None
+        authority = self.client.authority
+        cs, config = staged.chunk_size, self.client.config
+        extra = sum(config.encoded_blob_length(min(cs, staged.size - i * cs)) for i in staged.dirty
+                    if i * cs < staged.size)
+        if authority is not None and extra:
+            refused = self.vlog.state.ledger.authorize(authority.writer, extra)
+            if refused is not None:
+                return f"{refused[0]}: {refused[1]}"
+        return self.denied.get(node)
 
     # ------------------------------------------------------------------ uploading
 
@@ -478,6 +522,7 @@ class Contents:
                 self._attempts.pop(node, None)
                 self._retry_at.pop(node, None)
                 self._last_error.pop(node, None)
+                self.denied.pop(node, None)
 
     def _failed(self, node: bytes, exc: Exception) -> None:
         """Record why an upload failed and queue it again after a backoff (never give up: the data is staged)."""
@@ -487,11 +532,22 @@ class Contents:
         if progress is not None:
             progress.error = str(exc)
         self._last_error[node] = str(exc)
+        if isinstance(exc, AccessDenied):
+            self.denied[node] = str(exc)
+            self._denials[node] += 1
+            self._wake_published()  # a waiting fsync fails now (EDQUOT) rather than forever
         log.warning("upload of %s failed (attempt %d, retry in %.0f s): %s",
                     node.hex()[:16], self._attempts[node], delay, exc)
         self._retry_at[node] = trio.current_time() + delay
         if self._nursery is not None:
             self._nursery.start_soon(self._retry_later, node, delay)
+
+    def _wake_published(self) -> None:
+        async def notify() -> None:
+            async with self._published:
+                self._published.notify_all()
+        if self._nursery is not None:
+            self._nursery.start_soon(notify)
 
     async def _retry_later(self, node: bytes, delay: float) -> None:
         await trio.sleep(delay)
@@ -533,6 +589,10 @@ class Contents:
                     limit = self._small_store_limit if length <= SMALL_CHUNK else self._store_limit
                     async with limit:
                         chunks[index] = await self._store_chunk(data)
+            except AccessDenied as exc:
+                progress.failed_chunks[index] = str(exc)
+                progress.denied = exc
+                return
             except (StoreError, ReadError, OSError) as exc:
                 progress.failed_chunks[index] = str(exc)
                 return
@@ -541,6 +601,9 @@ class Contents:
         async with trio.open_nursery() as nursery:
             for index in dirty:
                 nursery.start_soon(upload_chunk, index)
+        if progress.denied is not None:
+            raise AccessDenied(progress.denied.code, f"{len(progress.failed_chunks)} of {len(dirty)} chunks "
+                                                     f"refused: {progress.denied}")
         if progress.failed_chunks:
             first = min(progress.failed_chunks)
             raise StoreError(f"{len(progress.failed_chunks)} of {len(dirty)} chunks not certified "
@@ -619,7 +682,9 @@ class Contents:
                 "attempts": self._attempts.get(node, 0),
                 "retry_in": round(max(0.0, retry_at - trio.current_time()), 1) if retry_at is not None else None,
                 "failed_chunks": {str(i): why for i, why in sorted(progress.failed_chunks.items())} if progress else {},
+                "refused": self.denied.get(node),
             })
-        return {"pending": pending, "uploaded_chunks": self.uploaded_chunks,
+        refused = next((why for node, why in self.denied.items() if node in self.staged), None)
+        return {"pending": pending, "storage_refused": refused, "uploaded_chunks": self.uploaded_chunks,
                 "deduplicated_chunks": self.deduplicated_chunks, "cache_bytes": self.cache.total}
 

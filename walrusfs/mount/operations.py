@@ -34,7 +34,7 @@ from ..core.namespace import (
     Node,
     in_range,
 )
-from .contents import Contents
+from .contents import Contents, QuotaRefused
 from .volumelog import VolumeLog
 
 log = logging.getLogger("walrusfs.fs")
@@ -483,6 +483,11 @@ class WalrusFS(pyfuse3.Operations):
         log.debug("flush fh=%d", fh)
         if handle is not None and handle.writable:
             await self.contents.commit(handle.node)
+            refused = self.contents.quota_problem(handle.node)
+            if refused is not None:
+                # Kept staged (nothing lost) and retried; close tells the writer now.
+                log.warning("close of %s: Disk quota exceeded: %s", handle.node.hex()[:16], refused)
+                raise _error(errno.EDQUOT)
 
     async def release(self, fh: int) -> None:
         """Last close of a handle."""
@@ -507,11 +512,19 @@ class WalrusFS(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         """Return once the file's chunks are certified and its namespace entry is in the log."""
         handle = self._handles[fh]
-        await self._until_signalled(handle.pid, lambda: self.contents.sync(handle.node))
+        try:
+            await self._until_signalled(handle.pid, lambda: self.contents.sync(handle.node))
+        except QuotaRefused as exc:
+            log.warning("fsync of %s: Disk quota exceeded: %s", handle.node.hex()[:16], exc)
+            raise _error(errno.EDQUOT) from None
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         """Return once every pending upload and namespace entry of this mount is in the log."""
-        await self._until_signalled(self._dir_pids.get(fh, 0), self.contents.sync_all)
+        try:
+            await self._until_signalled(self._dir_pids.get(fh, 0), self.contents.sync_all)
+        except QuotaRefused as exc:
+            log.warning("fsync of the volume: Disk quota exceeded: %s", exc)
+            raise _error(errno.EDQUOT) from None
 
     async def _until_signalled(self, pid: int, job: Callable[[], Awaitable[None]]) -> None:
         """Run ``job``; if the caller gets a signal first, fail with EINTR (it must never see success).
