@@ -30,7 +30,7 @@ from ..core.metadata import BlobId, BlobMetadata
 from ..core.namespace import Node
 from ..core.redstuff import EncodedBlob, encode_blob
 from .staging import ChunkCache, MountState, StagedFile
-from .volumelog import VolumeLog
+from .volumelog import PublishRefused, VolumeLog
 
 log = logging.getLogger("walrusfs.contents")
 
@@ -431,7 +431,10 @@ class Contents:
                     if self._denials[node] != refusals:
                         raise QuotaRefused(self.denied.get(node) or "refused by the peers")
                     await self._published.wait()
-        await self.vlog.wait_published()
+        try:
+            await self.vlog.wait_published(fail_refused=True)
+        except PublishRefused as exc:
+            raise QuotaRefused(str(exc)) from None
 
     async def sync_all(self) -> None:
         """Wait until every staged file is uploaded and every namespace entry published (``QuotaRefused`` after all others)."""
@@ -441,7 +444,10 @@ class Contents:
                 await self.sync(node)
             except QuotaRefused as exc:
                 refused = refused or exc
-        await self.vlog.wait_published()
+        try:
+            await self.vlog.wait_published(fail_refused=True)
+        except PublishRefused as exc:
+            refused = refused or QuotaRefused(str(exc))
         if refused is not None:
             raise refused
 
@@ -684,7 +690,7 @@ class Contents:
                 "failed_chunks": {str(i): why for i, why in sorted(progress.failed_chunks.items())} if progress else {},
                 "refused": self.denied.get(node),
             })
-        refused = next((why for node, why in self.denied.items() if node in self.staged), None)
+        refused = next((why for node, why in self.denied.items() if node in self.staged), None) or self.vlog.refused
         return {"pending": pending, "storage_refused": refused, "uploaded_chunks": self.uploaded_chunks,
                 "deduplicated_chunks": self.deduplicated_chunks, "cache_bytes": self.cache.total}
 

@@ -65,6 +65,15 @@ class PublishError(Exception):
     """Too few peers accepted the device's entries."""
 
 
+class PublishRefused(PublishError):
+    """So many peers refused the device's entries as not authorized (no grant, or a key revoked) that none can count."""
+
+
+#: Seconds between attempts to publish entries the peers refuse as not authorized (a grant
+#: may still arrive; until then, retrying every second only fills the log with warnings).
+REFUSED_RETRY = 10.0
+
+
 class LogUnavailable(Exception):
     """No peer served the log (all unreachable, or every answer was unusable)."""
 
@@ -99,6 +108,8 @@ class VolumeLog:
         self._cursor: bytes | None = None  # where the next sync round resumes its walk of the heads
         self.synced_once = trio.Event()
         self.last_error: str | None = None
+        #: Why the peers refuse this device's entries (no grant, a revoked key), while they do.
+        self.refused: str | None = None
         self.sync_error: str | None = None
         self.sync_summary = ""
 
@@ -142,11 +153,17 @@ class VolumeLog:
             self._unpublished.set()
             return Op(entry.id, entry.hlc, entry.author, kind, args)
 
-    async def wait_published(self, seq: int | None = None) -> None:
-        """Return once entries up to ``seq`` (default: all signed so far) are held by f + 1 shards."""
+    async def wait_published(self, seq: int | None = None, fail_refused: bool = False) -> None:
+        """Return once entries up to ``seq`` (default: all signed so far) are held by f + 1 shards.
+
+        With ``fail_refused``, raise ``PublishRefused`` instead of waiting while the peers
+        refuse this device's entries as not authorized (fsync must not wait forever).
+        """
         target = self.head if seq is None else seq
         async with self._published_changed:
             while self.published < target:
+                if fail_refused and self.refused is not None:
+                    raise PublishRefused(self.refused)
                 await self._published_changed.wait()
 
     async def _publisher(self) -> None:
@@ -163,9 +180,13 @@ class VolumeLog:
                 except PublishError as exc:
                     self.last_error = str(exc)
                     log.warning("%s; retrying", exc)
-                    await trio.sleep(1.0)
+                    if isinstance(exc, PublishRefused):
+                        async with self._published_changed:
+                            self._published_changed.notify_all()  # a waiting fsync fails now
+                    await trio.sleep(REFUSED_RETRY if isinstance(exc, PublishRefused) else 1.0)
                     continue
                 self.last_error = None
+                self.refused = None
                 await trio.to_thread.run_sync(self.store.mark_published, batch[-1].seq)
                 async with self._published_changed:
                     self.published = batch[-1].seq
@@ -175,6 +196,7 @@ class VolumeLog:
         encoded = [e.encode() for e in batch]
         holders: list[int] = []
         problems: dict[int, str] = {}
+        refusals: dict[int, str] = {}  # peers that refused an entry as not authorized, and why
         settled = trio.Event()  # enough peers hold the entries, or every peer answered
 
         async def push(peer: int) -> None:
@@ -186,7 +208,12 @@ class VolumeLog:
                        for o in outcomes):
                     holders.append(peer)
                 else:
-                    problems[peer] = f"rejected: {field(reply, 'results', list)[:1]}"
+                    results = field(reply, 'results', list)
+                    problems[peer] = f"rejected: {results[:1]}"
+                    reason = next((r[1] for r in results if isinstance(r, list) and len(r) == 2
+                                   and isinstance(r[1], str) and r[1].startswith("not-authorized")), None)
+                    if reason is not None:
+                        refusals[peer] = reason
             except (PeerUnavailable, CodecError) as exc:
                 problems[peer] = str(exc)
             except Exception as exc:  # noqa: BLE001 - one peer's odd answer is its own failure
@@ -204,6 +231,11 @@ class VolumeLog:
             await settled.wait()
             nursery.cancel_scope.cancel()
         if self.committee.weight(holders) < self.committee.validity_threshold:
+            if self.committee.n_shards - self.committee.weight(refusals) < self.committee.validity_threshold:
+                # Honest peers among them refused too: it will not count until a grant changes.
+                self.refused = next(iter(refusals.values()))
+                raise PublishRefused(f"namespace entries refused by peers holding {self.committee.weight(refusals)} "
+                                     f"of {self.committee.n_shards} shards: {self.refused}")
             raise PublishError(f"only {len(holders)} peers accepted namespace entries: {problems}")
 
     # ------------------------------------------------------------------ following
