@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import trio
 from nacl.signing import SigningKey
 
 from p2p.host import running_host
-from tests.mounting import MountedVolume, fsync, wait_for
+from tests.mounting import MountedVolume, create_volume, fsync, wait_for
 from tests.test_network import walrusfs
 from walrusfs.client.blob import Client
 from walrusfs.client.writer import load_key
@@ -32,7 +33,7 @@ from walrusfs.core.config import RS2
 from walrusfs.core.lifecycle import own_authority
 from walrusfs.core.metadata import BlobMetadata, SliverPairHashes
 from walrusfs.core.redstuff import encode_blob
-from walrusfs.devnet import peer_dir
+from walrusfs.devnet import peer_dir, running
 from walrusfs.identity import write_seed_file
 from walrusfs.peer.access import WINDOW_ENV
 
@@ -296,12 +297,39 @@ def test_revocation_ends_a_writer_and_a_device_but_keeps_what_they_wrote(vol: Mo
         counts = author_entries(vol, device)
         print(f"device signed {writer.status()['entries_signed']} entries; each peer's log holds {counts}")
         assert counts == [signed] * vol.net.peers
-        # A fresh mount of the volume (a new device) still writes: only that device was revoked.
+        # Another device of the volume still writes: only that device was revoked.
         (reader.path / "later").write_bytes(b"new device")
         reader.sync()
     finally:
         writer.stop()
         reader.stop()
+
+    # A volume's revocation covers every device of it.
+    other = create_volume(vol.config, "revoked-volume")
+    first = vol.mount("volume-a", volume="revoked-volume")
+    second = vol.mount("volume-b", volume="revoked-volume")
+    try:
+        (first.path / "kept").write_bytes(b"before the revocation")
+        first.sync()
+        assert wait_for(lambda: (second.path / "kept").exists(), 30)
+        result = walrusfs("grant", "revoke", other, "--json", committee=vol.net.committee, check=True)
+        roles = sorted(a["role"] for a in json.loads(result.stdout)["authors"])
+        print(f"volume revocation covers {roles}")
+        assert roles == ["device of volume"]  # only the first mount had written
+        for mount, name in ((first, "late-a"), (second, "late-b")):
+            fd = os.open(mount.path / name, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, name.encode())
+            with pytest.raises(OSError) as refused:
+                os.fsync(fd)
+            assert refused.value.errno == errno.EDQUOT
+            with pytest.raises(OSError):
+                os.close(fd)
+        time.sleep(3)
+        assert (second.path / "kept").read_bytes() == b"before the revocation"
+        assert not (second.path / "late-a").exists() and not (first.path / "late-b").exists()
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_an_upload_never_certified_is_dropped_after_its_window(vol: MountedVolume) -> None:
@@ -326,6 +354,8 @@ def test_an_upload_never_certified_is_dropped_after_its_window(vol: MountedVolum
           f"{time.monotonic() - started:.1f} s later (window {WINDOW} s); disk {disk_before} -> {disk(vol)}")
     health = json.loads(walrusfs("health", "--detail", "--json", committee=vol.net.committee).stdout)
     assert all(p["storage"]["pending_uploads"] == 0 for p in health)
+    # The slivers' bytes left the disk too (SQLite keeps a few freed pages).
+    assert all(a - b < d[0] // 4 for a, b, d in zip(disk(vol), disk_before, during))
 
 
 def test_an_outsider_sending_500_made_up_metadata_records_is_refused_every_one(vol: MountedVolume) -> None:
@@ -334,7 +364,7 @@ def test_an_outsider_sending_500_made_up_metadata_records_is_refused_every_one(v
     stranger = own_authority(SigningKey.generate())  # a random key: no operator granted it
     records = []
     for k in range(500):
-        metadata = BlobMetadata(RS2, rng.randrange(1, 1 << 30), tuple(
+        metadata = BlobMetadata(RS2, rng.randrange(1, committee.config.max_blob_size), tuple(
             SliverPairHashes(rng.randbytes(32), rng.randbytes(32)) for _ in range(committee.n_shards)))
         records.append((metadata, k % 2 == 0))
     before, disk_before = storage(vol), disk(vol)
@@ -374,3 +404,28 @@ def test_an_outsider_sending_500_made_up_metadata_records_is_refused_every_one(v
     assert after == before
     assert all(a - b < 1 << 20 for a, b in zip(disk_after, disk_before))
 
+
+
+def test_grant_commands_with_a_stalled_peer_take_about_as_long(vol: MountedVolume, tmp_path: Path) -> None:
+    keys = [tmp_path / f"k{k}.key" for k in range(2)]
+    publics = [new_key(key) for key in keys]
+
+    def timed(*args: str) -> float:
+        started = time.monotonic()
+        walrusfs("grant", *args, committee=vol.net.committee, check=True, timeout=120)
+        return time.monotonic() - started
+
+    up = [timed("create", publics[0], "--quota", "1MiB"), timed("list"), timed("revoke", publics[0])]
+    pid = running(vol.net.directory)[3]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stalled = [timed("create", publics[1], "--quota", "1MiB"), timed("list"), timed("revoke", publics[1])]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    print(f"grant create/list/revoke: all peers up {[round(t, 1) for t in up]} s; "
+          f"peer 3 stopped {[round(t, 1) for t in stalled]} s")
+    # The stalled peer costs a hedge or a short grace, never a whole timeout.
+    assert all(s < 2 * u + 2 for s, u in zip(stalled, up))
+    listed = json.loads(walrusfs("grant", "list", "--json", committee=vol.net.committee, check=True).stdout)
+    revoked = {r["key"] for r in listed["revocations"]}
+    assert set(publics) <= revoked

@@ -91,9 +91,51 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+#: Once enough peers answered, how long the others still get (liveness only: a stalled
+#: peer must not hold an operator's command for the whole limit).
+STRAGGLER_GRACE = 0.5
+
+
+async def each_peer_until(client: Any, ask: Any, enough: Any, limit: float) -> None:
+    """Run ``ask(peer)`` on every peer; stop when all finished, ``STRAGGLER_GRACE`` s after ``enough()`` held, or at ``limit``."""
+    count = len(client.committee.peers)
+    finished = 0
+    all_done, enough_seen = trio.Event(), trio.Event()
+
+    async def one(peer: int) -> None:
+        nonlocal finished
+        try:
+            await ask(peer)
+        finally:
+            finished += 1
+            if finished == count:
+                all_done.set()
+            if enough():
+                enough_seen.set()
+
+    with trio.move_on_after(limit):
+        async with trio.open_nursery() as nursery:
+
+            async def grace() -> None:
+                await enough_seen.wait()
+                await trio.sleep(STRAGGLER_GRACE)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(grace)
+            for peer in range(count):
+                nursery.start_soon(one, peer)
+            await all_done.wait()
+            nursery.cancel_scope.cancel()
+
+
 async def _chain_from_peers(client: Any, author: bytes) -> list[Entry]:
-    """The longest valid chain of ``author`` any reachable peer holds (operators' chains are short)."""
+    """The longest valid chain of ``author`` peers holding 2f + 1 shards serve (operators' chains are short).
+
+    Peers a quorum answered with intersect every f + 1 that accepted an entry, and the
+    operator's own record of its chain covers the rest.
+    """
     best: list[Entry] = []
+    answered: list[int] = []
 
     async def ask(peer: int) -> None:
         nonlocal best
@@ -108,15 +150,13 @@ async def _chain_from_peers(client: Any, author: bytes) -> list[Entry]:
                 chain.append(entry)
             if len(chain) > len(best):
                 best = chain
+            answered.append(peer)
         except (PeerUnavailable, CodecError):
             pass
         except Exception as exc:  # noqa: BLE001 - one peer's odd answer is its own failure
             member_fault(peer, exc)
 
-    with trio.move_on_after(15):
-        async with trio.open_nursery() as nursery:
-            for peer in range(len(client.committee.peers)):
-                nursery.start_soon(ask, peer)
+    await each_peer_until(client, ask, lambda: client.committee.weight(answered) >= client.committee.quorum, 15)
     return best
 
 
@@ -163,10 +203,8 @@ async def publish_operator_entry(client: Any, key: SigningKey, key_path: Path, k
         except Exception as exc:  # noqa: BLE001 - one peer's odd answer is its own failure
             problems[peer] = member_fault(peer, exc)
 
-    with trio.move_on_after(30):
-        async with trio.open_nursery() as nursery:
-            for peer in range(len(client.committee.peers)):
-                nursery.start_soon(push, peer)
+    # Peers that answer late get the entry by relay and anti-entropy.
+    await each_peer_until(client, push, lambda: client.committee.weight(holders) >= client.committee.quorum, 30)
     if client.committee.weight(holders) < client.committee.validity_threshold:
         detail = "; ".join(f"peer {k}: {why}" for k, why in sorted(problems.items()))
         raise LogError(f"the {kind} entry reached too few peers ({len(holders)}): {detail}")
