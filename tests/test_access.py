@@ -379,7 +379,7 @@ def test_an_outsider_sending_500_made_up_metadata_records_is_refused_every_one(v
                     blob_id = metadata.blob_id()
                     fields = {"blob_id": blob_id.raw, "metadata": m.metadata_to_wire(metadata)}
                     if signed:  # a registration signed by a key no operator granted
-                        fields["registration"] = stranger.register(blob_id, 3, True).to_wire()
+                        fields["registration"] = stranger.register(blob_id, 3, True, metadata.unencoded_length).to_wire()
                     try:
                         await client._call(peer, m.PUT_METADATA, **fields)
                         outcomes["accepted"] = outcomes.get("accepted", 0) + 1
