@@ -37,6 +37,12 @@ class _Main(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own: --help of a group exits through Exit(0)
+        except BrokenPipeError:
+            # `walrusfs log | head`: the reader left; say nothing more (and let the interpreter's
+            # final flush go to /dev/null instead of raising again).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(1) from None
         except Exception as exc:
             if os.environ.get("WALRUSFS_DEBUG"):
                 raise

@@ -357,6 +357,18 @@ def blob_state(report: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _as_writer(committee: Any, job: Any, authority: Any) -> Any:
+    """Run ``job(client)`` storing as ``authority``; a refusal for grant or quota exits 5, any other failure 1."""
+    from ..client.blob import AccessDenied, StoreError
+
+    try:
+        return with_client(committee, job, authority=authority)
+    except AccessDenied as exc:
+        raise Failure(str(exc), EXIT_DENIED) from exc
+    except StoreError as exc:
+        raise Failure(str(exc)) from exc
+
+
 def _select(report: list[dict[str, Any]], owner: bytes, chosen: tuple[str, ...]) -> list[dict[str, Any]]:
     """This owner's registrations, or the ones named in ``chosen`` (full IDs or unique prefixes of 8+ hex digits)."""
     mine = [r for r in report if r["owner"] == owner.hex()]
@@ -403,8 +415,6 @@ registration_option = click.option(
 def extend(blob: BlobId, epochs: int, registration_ids: tuple[str, ...], committee_path: Path | None,
            writer_key: Path | None, as_json: bool) -> None:
     """Extend this writer's live registrations of BLOB_ID to N epochs from now; print the new end epoch."""
-    from ..client.blob import AccessDenied, StoreError
-
     committee = load_committee(committee_path)
     authority = load_writer(committee_path, writer_key)
     owner = authority.writer.owner
@@ -436,12 +446,7 @@ def extend(blob: BlobId, epochs: int, registration_ids: tuple[str, ...], committ
         result["endEpoch"] = max([target_end if todo else 0, *(r["endEpoch"] for r in live)])
         return result
 
-    try:
-        result = with_client(committee, job, authority=authority)
-    except AccessDenied as exc:
-        raise Failure(str(exc), EXIT_DENIED) from exc
-    except StoreError as exc:
-        raise Failure(str(exc)) from exc
+    result = _as_writer(committee, job, authority)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -464,8 +469,6 @@ def extend(blob: BlobId, epochs: int, registration_ids: tuple[str, ...], committ
 def delete(blob: BlobId, registration_ids: tuple[str, ...], yes: bool, committee_path: Path | None,
            writer_key: Path | None, as_json: bool) -> None:
     """Delete this writer's deletable registrations of BLOB_ID; peers drop it once no owner holds it."""
-    from ..client.blob import AccessDenied, StoreError
-
     committee = load_committee(committee_path)
     authority = load_writer(committee_path, writer_key)
     owner = authority.writer.owner
@@ -499,12 +502,7 @@ def delete(blob: BlobId, registration_ids: tuple[str, ...], yes: bool, committee
         return {"blobId": str(blob), "storageEpoch": epoch, "deleted": sorted(gone), "entryId": entry.id.hex(),
                 "refused": refused, "released": not held, "heldBy": held}
 
-    try:
-        result = with_client(committee, job, authority=authority)
-    except AccessDenied as exc:
-        raise Failure(str(exc), EXIT_DENIED) from exc
-    except StoreError as exc:
-        raise Failure(str(exc)) from exc
+    result = _as_writer(committee, job, authority)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
