@@ -9,6 +9,7 @@ one member's address is replaced, so only the clients that use the copy see the 
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -99,4 +100,8 @@ def point_at(committee: Path, index: int, port: int, out: Path) -> Path:
     text = committee.read_text()
     assert text.count(old) == 1, old
     out.write_text(text.replace(old, f"/ip4/127.0.0.1/tcp/{port}\""))
+    # Commands store with the writer key beside their committee file: the devnet's, granted.
+    writer = committee.parent / "writer.key"
+    if writer.exists() and out.parent != committee.parent:
+        shutil.copy2(writer, out.parent / "writer.key")
     return out

@@ -1,8 +1,10 @@
-"""An outsider floods the log with authors and maximal entries (issue 15, finding 5): log sync keeps working.
+"""A flood of authors and maximal entries (issue 15, finding 5): log sync keeps working.
 
 Real peer processes (n = 4) with the listing-reply budget lowered to 16 KiB, so a few
 hundred self-made authors and a chain of maximal entries need several pages each (at the
 real 1 MiB budget it takes about 10,500 authors, or 17 maximal entries in one range).
+Since issue 16 an outsider's flood is refused outright (its account holds no grant, and
+nothing is stored); the same flood by a granted writer is what log sync must survive.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from p2p.host import running_host
 from p2p.rpc import PeerUnavailable
 from tests.mounting import MountedVolume, wait_for, walrusfs
 from tests.procstat import rss_mib
-from tests.test_log_paging import maximal_chain, outsider_authors
+from tests.test_log_paging import ACCOUNT, maximal_chain, outsider_authors
 from walrusfs.client.blob import Client
 from walrusfs.client.logpages import heads_pages
 from walrusfs.core.committee import Committee, parse_committee
@@ -34,8 +36,9 @@ AUTHORS = 400
 MAXIMAL = 17  # each above the budget: one per range reply
 
 
-async def push_flood(committee: Committee, entries: list[Entry]) -> None:
-    """Push entries to peer 0 as an outsider (a fresh key, no membership), in requests that fit the budget."""
+async def push_flood(committee: Committee, entries: list[Entry]) -> set[str]:
+    """Push entries to peer 0 from a fresh key (no membership), in requests that fit the budget; the outcomes."""
+    outcomes: set[str] = set()
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee)
         encoded = [e.encode() for e in entries]
@@ -43,7 +46,8 @@ async def push_flood(committee: Committee, entries: list[Entry]) -> None:
             batch = entries_within(encoded, BUDGET, 500)
             del encoded[: len(batch)]
             reply, _ = await client._call(0, LOG_PUSH, entries=batch)
-            assert {r[0] for r in reply["results"]} <= {"accepted", "duplicate"}, reply["results"][:3]
+            outcomes |= {r[0] for r in reply["results"]}
+    return outcomes
 
 
 def all_heads(committee: Committee, peers: list[int]) -> dict[int, tuple[int, dict[bytes, Any]]]:
@@ -71,7 +75,7 @@ def all_heads(committee: Committee, peers: list[int]) -> dict[int, tuple[int, di
     return trio.run(walk)
 
 
-def test_an_outsiders_flood_leaves_mounts_stores_log_and_catch_up_working(
+def test_a_writers_flood_leaves_mounts_stores_log_and_catch_up_working(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WALRUSFS_REPLY_BUDGET", str(BUDGET))  # the peers, mounts and CLI started below
@@ -92,9 +96,17 @@ def test_an_outsiders_flood_leaves_mounts_stores_log_and_catch_up_working(
 
         rng = random.Random(15)
         flood = outsider_authors(AUTHORS, rng) + maximal_chain(MAXIMAL, rng)
-        trio.run(push_flood, committee, flood)
         flooded = {e.author for e in flood}
-        stage("flood pushed")
+        # Its account holds no grant yet: an outsider's flood, refused and not stored.
+        assert trio.run(push_flood, committee, flood) == {"rejected"}
+        assert not flooded & set(all_heads(committee, [0])[0][1])
+        stage("an outsider's flood refused")
+        # Granted, the same writer floods: that is what log sync must survive.
+        walrusfs("grant", "create", bytes(ACCOUNT.verify_key).hex(), "--quota", "1GiB",
+                 committee=volume.net.committee, check=True)
+        assert wait_for(lambda: trio.run(push_flood, committee, flood[:1]) <= {"accepted", "duplicate"}, 30)
+        assert trio.run(push_flood, committee, flood) <= {"accepted", "duplicate"}
+        stage("a granted writer's flood pushed")
 
         # The stopped honest peer restarts now and catches up (checked below) while the rest goes on.
         volume.net.start(3)
