@@ -130,6 +130,9 @@ def _grant_writer(directory: Path, committee: Committee) -> None:
 
     if (directory / dn.GRANTED_MARK).exists():
         return
+    if not committee.operators or not (directory / dn.OPERATOR_FILE).exists():
+        raise Failure(f"{directory} was made by a walrusfs without write access (no operator in its committee "
+                      f"file): stop it with `walrusfs devnet down {directory}`, remove the directory and start again")
     operator = load_key(directory / dn.OPERATOR_FILE)
     writer = load_key(directory / dn.WRITER_FILE, create=True)
     grant = Grant(bytes(writer.verify_key), dn.DEVNET_QUOTA, 0, MAX_EPOCH)
