@@ -519,21 +519,33 @@ class Client:
         """
         payload = certificate_payload(certificate, length, registration)
 
-        async def submit(peer: int) -> Entry:
-            reply, _ = await self._call(peer, LOG_SUBMIT, payload=payload)
-            entry = decode_entry(wire_field(reply, "entry", bytes))
-            await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
+        def expected(entry: Entry) -> str | None:
             if entry.payload.get("blob_id") != certificate.blob_id.raw:
-                raise LogError("peer returned an entry for another blob")
+                return "peer returned an entry for another blob"
             if entry.payload.get("registration") != registration.to_wire():
-                raise LogError("peer returned an entry for another registration")
-            return entry
+                return "peer returned an entry for another registration"
+            return None
 
-        entry, problems = await self.hedged(submit)
-        if entry is not None:
-            return entry
-        detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
-        raise StoreError(f"no peer recorded the certificate of {certificate.blob_id} in the log: {detail}")
+        return await self._first(
+            lambda peer: self._submitted(peer, expected, payload=payload),
+            lambda detail: StoreError(f"no peer recorded the certificate of {certificate.blob_id} in the log: {detail}"))
+
+    async def _submitted(self, peer: int, expected: Callable[[Entry], str | None], **fields: Any) -> Entry:
+        """Ask ``peer`` to log what ``fields`` submit; the entry it returns, checked here and by ``expected``."""
+        reply, _ = await self._call(peer, LOG_SUBMIT, **fields)
+        entry = decode_entry(wire_field(reply, "entry", bytes))
+        await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
+        why = expected(entry)
+        if why is not None:
+            raise LogError(why)
+        return entry
+
+    async def _first(self, attempt: Callable[[int], Awaitable[_T]], failure: Callable[[str], Exception]) -> _T:
+        """The first result ``attempt`` gets from a peer (see ``hedged``), or ``failure(each peer's problem)`` raised."""
+        found, problems = await self.hedged(attempt)
+        if found is not None:
+            return found
+        raise failure("; ".join(f"{p}: {why}" for p, why in sorted(problems.items())))
 
     async def wait_logged(self, entry_id: bytes, limit: float = LOG_WAIT) -> list[str]:
         """Wait until the logs of peers holding f + 1 shards hold the entry; return those peers."""
@@ -669,25 +681,21 @@ class Client:
         signed = self.authority.operation(op, targets, epoch, epoch + epochs if op == "extend" else 0)
         kind = BLOB_EXTENDED if op == "extend" else BLOB_DELETED
 
+        def expected(entry: Entry) -> str | None:
+            if entry.kind != kind or entry.payload.get("op") != signed.to_wire():
+                return "peer returned another entry than the operation asked for"
+            return None
+
         async def submit(peer: int) -> Entry:
             try:
-                reply, _ = await self._call(peer, LOG_SUBMIT, kind=kind, payload=signed.to_wire())
+                return await self._submitted(peer, expected, kind=kind, payload=signed.to_wire())
             except m.RemoteError as exc:
                 if exc.code == m.INVALID and "not in this member's log" not in exc.message \
                         and "sign it again" not in exc.message:
                     raise StoreError(exc.message) from exc  # a verdict about the operation itself
                 raise
-            entry = decode_entry(wire_field(reply, "entry", bytes))
-            await trio.to_thread.run_sync(check_entry, entry, self.committee, _now_ms())
-            if entry.kind != kind or entry.payload.get("op") != signed.to_wire():
-                raise LogError("peer returned another entry than the operation asked for")
-            return entry
 
-        entry, problems = await self.hedged(submit)
-        if entry is not None:
-            return entry
-        detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
-        raise StoreError(f"no peer recorded the {op}: {detail}")
+        return await self._first(submit, lambda detail: StoreError(f"no peer recorded the {op}: {detail}"))
 
     # ------------------------------------------------------------------ read
 
@@ -779,11 +787,7 @@ class Client:
             reply, _ = await self._call(peer, m.REPORT_INVALID, body, blob_id=blob_id.raw, **fields)
             return await self._check_blob_entry(blob_id, reply.get("entry"))
 
-        entry, problems = await self.hedged(report)
-        if entry is not None:
-            return entry
-        detail = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
-        raise ReadError(f"no peer certified blob {blob_id} invalid: {detail}")
+        return await self._first(report, lambda detail: ReadError(f"no peer certified blob {blob_id} invalid: {detail}"))
 
     async def _inconsistent(self, blob_id: BlobId, metadata: BlobMetadata, slivers: list[Sliver], why: str) -> InvalidBlobError:
         """Build the proof from the slivers that decoded inconsistently and report it; the error to raise."""

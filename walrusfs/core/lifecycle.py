@@ -560,15 +560,32 @@ class Ledger:
         """Encoded bytes of live registrations, per account."""
         return {account: used for account in self._charges if (used := self.usage(account))}
 
-    def authorize(self, writer: Writer, extra: int = 0) -> tuple[str, str] | None:
-        """Why ``writer`` may not store ``extra`` more encoded bytes now: (error code, reason), or None."""
+    def barred(self, writer: Writer) -> tuple[str, str] | None:
+        """Why ``writer`` may not store at all now (a revoked key, no grant): (error code, reason), or None.
+
+        A few dictionary lookups: what peers check before any signature or byte.
+        """
         revoked = self.is_revoked(writer.keys())
         if revoked is not None:
             return "not-authorized", f"key {revoked.hex()[:16]}... was revoked by an operator"
-        quota = self.quota(writer.account)
-        if quota == 0:
+        if self.quota(writer.account) == 0:
             return "not-authorized", (f"no storage grant for account {writer.account.hex()[:16]}... in epoch "
                                       f"{self.epoch}; an operator grants one with `walrusfs grant create`")
+        return None
+
+    def end_problem(self, end_epoch: int) -> str | None:
+        """Why a registration ending at ``end_epoch`` cannot be admitted now (None: it is within reach)."""
+        if self.epoch < end_epoch <= self.epoch + MAX_EPOCHS_AHEAD:
+            return None
+        return (f"the registration ends at epoch {end_epoch}; the storage epoch is {self.epoch}, so it must end in "
+                f"{self.epoch + 1}..{self.epoch + MAX_EPOCHS_AHEAD}")
+
+    def authorize(self, writer: Writer, extra: int = 0) -> tuple[str, str] | None:
+        """Why ``writer`` may not store ``extra`` more encoded bytes now: (error code, reason), or None."""
+        barred = self.barred(writer)
+        if barred is not None:
+            return barred
+        quota = self.quota(writer.account)
         used = self.usage(writer.account)
         if used + extra > quota:
             return "quota-exceeded", (f"account {writer.account.hex()[:16]}... holds {used} of its {quota} "

@@ -22,7 +22,7 @@ import trio
 
 from ..core import messages as m
 from ..core.committee import Committee
-from ..core.lifecycle import BLOB_DELETED, EPOCH, MAX_EPOCHS_AHEAD, Registration
+from ..core.lifecycle import BLOB_DELETED, EPOCH, Registration
 from ..core.log import Entry
 from ..core.metadata import BlobId, BlobMetadata
 from .replication import LogService
@@ -134,17 +134,12 @@ class Access:
         Costs a few dictionary lookups: an outsider's made-up registrations are turned away
         without the two signature checks and the metadata hashing a real upload costs.
         """
-        writer = registration.writer
         ledger = self.ledger
         if ledger.registration(registration.id) is not None or registration.id in self.uploads:
             return
-        revoked = ledger.is_revoked(writer.keys())
-        if revoked is not None:
-            raise AccessError(m.NOT_AUTHORIZED, f"key {revoked.hex()[:16]}... was revoked by an operator")
-        if ledger.quota(writer.account) == 0:
-            raise AccessError(m.NOT_AUTHORIZED, f"no storage grant for account {writer.account.hex()[:16]}... in "
-                                                f"epoch {ledger.epoch}; an operator grants one with "
-                                                "`walrusfs grant create`")
+        refused = ledger.barred(registration.writer)
+        if refused is not None:
+            raise AccessError(*refused)
 
     def admit(self, registration: Registration, blob_id: BlobId, metadata: BlobMetadata) -> None:
         """Record an authorized upload of ``blob_id``, or raise ``AccessError`` saying why not."""
@@ -156,12 +151,11 @@ class Access:
             raise AccessError(m.MALFORMED, f"the registration says {registration.length} bytes; the blob is "
                                            f"{metadata.unencoded_length}")
         ledger = self.ledger
-        if self.ledger.registration(registration.id) is not None:
+        if ledger.registration(registration.id) is not None:
             return  # certified already: a writer re-sending, nothing more to charge
-        epoch = ledger.epoch
-        if not epoch < registration.end_epoch <= epoch + MAX_EPOCHS_AHEAD:
-            raise AccessError(m.INVALID, f"the registration ends at epoch {registration.end_epoch}; the storage "
-                                         f"epoch is {epoch}, so it must end in {epoch + 1}..{epoch + MAX_EPOCHS_AHEAD}")
+        why = ledger.end_problem(registration.end_epoch)
+        if why is not None:
+            raise AccessError(m.INVALID, why)
         now = trio.current_time()
         account = registration.writer.account
         mine = self._by_account.get(account, {})
@@ -230,9 +224,8 @@ class Access:
             return False
         return not self._uploading(blob_id, trio.current_time())
 
-    async def _orphans(self) -> list[BlobId]:
+    def _orphans(self, stored: set[BlobId]) -> list[BlobId]:
         """Stored blobs the log does not hold and no upload protects (left by uploads that never certified)."""
-        stored = await trio.to_thread.run_sync(self.store.blob_ids)
         ledger = self.ledger
         state = self.log.state
         return [b for b in stored if b not in self._by_blob and not ledger.registrations(b)
@@ -246,10 +239,12 @@ class Access:
         while True:
             now = trio.current_time()
             doomed = self._sweep(now)
-            if now >= next_orphan_check:
-                doomed += await self._orphans()
+            orphan_check = now >= next_orphan_check
+            # One read of the stored blobs serves both the orphan check and the deletions.
+            stored = set(await trio.to_thread.run_sync(self.store.blob_ids)) if doomed or orphan_check else set()
+            if orphan_check:
+                doomed += self._orphans(stored)
                 next_orphan_check = now + max(self.window / 4, 1.0)
-            stored = set(await trio.to_thread.run_sync(self.store.blob_ids)) if doomed else set()
             for blob_id in doomed:
                 if blob_id not in stored or not self._still_doomed(blob_id):
                     continue

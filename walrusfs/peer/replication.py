@@ -254,14 +254,12 @@ class LogService:
         # made-up registrations (an outsider's key, an end decades ahead) cost next to nothing;
         # a registration other than the one the certificate was gathered for is refused below.
         ledger = self.state.ledger
-        writer = registration.writer
-        revoked = ledger.is_revoked(writer.keys())
-        if revoked is not None or ledger.quota(writer.account) == 0:
-            raise LogError(f"not-authorized: account {writer.account.hex()[:16]}... has no storage grant here "
-                           "(or a key of its writer was revoked)")
-        if not ledger.epoch < registration.end_epoch <= ledger.epoch + MAX_EPOCHS_AHEAD:
-            raise LogError(f"the registration ends at epoch {registration.end_epoch}; the storage epoch is "
-                           f"{ledger.epoch}, so it must end in {ledger.epoch + 1}..{ledger.epoch + MAX_EPOCHS_AHEAD}")
+        refused = ledger.barred(registration.writer)
+        if refused is not None:
+            raise LogError(f"{refused[0]}: {refused[1]}")
+        why = ledger.end_problem(registration.end_epoch)
+        if why is not None:
+            raise LogError(why)
         await trio.to_thread.run_sync(registration_from_payload, payload)
         await trio.to_thread.run_sync(verify_certificate, self.committee, certificate)
         return await self._author(BLOB_CERTIFIED, payload, lambda: self.state.registration_entry(registration.id))
