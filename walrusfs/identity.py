@@ -44,12 +44,15 @@ class SeedFileError(ValueError):
     """A key file is readable by others or does not hold a 32-byte seed."""
 
 
-def write_seed_file(path: Path) -> bytes:
-    """Write a new random Ed25519 seed to ``path`` (hex, mode 0600, fsynced); ``FileExistsError`` if present."""
-    seed = os.urandom(32)
+def write_seed_file(path: Path, seed: bytes | None = None, text: str | None = None) -> bytes:
+    """Write ``seed`` (default: a new random one; or ``text`` instead) to ``path`` (hex, mode 0600, fsynced).
+
+    ``FileExistsError`` if the file is present: keys are never overwritten.
+    """
+    seed = os.urandom(32) if seed is None and text is None else seed or b""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(seed.hex().encode() + b"\n")
+        f.write((seed.hex() if text is None else text).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
     return seed

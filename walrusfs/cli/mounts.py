@@ -23,7 +23,9 @@ from .common import (
 
 @click.command()
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--volume", "volume_ref", required=True, help="Volume name (key held here) or volume ID (read-only).")
+@click.option("--volume", "volume_ref", help="Volume name (keys held here), or a volume ID (a public volume, read-only).")
+@click.option("--cap", "cap", help="A write or read capability (from 'walrusfs volume share'); a read capability "
+                                   "mounts read-only.")
 @committee_option
 @click.option("--read-only", is_flag=True, help="Refuse every change (EROFS), even with the volume key.")
 @click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -42,7 +44,7 @@ from .common import (
 @click.option("--fault", type=click.Choice(["inconsistent-writer"]), hidden=True,
               help="TEST ONLY: encode chunks the way a malicious writer would.")
 @writer_key_option
-def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_only: bool, state_dir: Path | None,
+def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_path: Path | None, read_only: bool, state_dir: Path | None,
           chunk_size: int, cache_size: int, startup_timeout: float, keep_owners: bool, debug: bool,
           trash_time: str | None, fault: str | None, writer_key: Path | None) -> None:
     """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u)."""
@@ -63,11 +65,19 @@ def mount(mountpoint: Path, volume_ref: str, committee_path: Path | None, read_o
         trash_seconds = parse_duration(trash_time) if trash_time is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--trash-time") from None
-    committee = load_committee(committee_path)
+    if (volume_ref is None) == (cap is None):
+        raise click.UsageError("give the volume with --volume NAME or --cap CAPABILITY (one of them)")
     try:
-        vol = resolve_volume(volume_ref)
+        vol = resolve_volume(volume_ref or cap or "")
     except VolumeError as exc:
-        raise click.BadParameter(str(exc), param_hint="--volume") from None
+        raise click.BadParameter(str(exc), param_hint="--cap" if cap else "--volume") from None
+    if cap is not None and not cap.startswith("walrusfs-"):
+        raise click.BadParameter("not a capability (they start with walrusfs-write:, walrusfs-read: "
+                                 "or walrusfs-verify:)", param_hint="--cap")
+    if not vol.readable and cap is not None:
+        raise Failure("a verify capability reads nothing, so it cannot be mounted; list and check the volume's "
+                      "blobs with: walrusfs volume blobs CAP")
+    committee = load_committee(committee_path)
     account = None
     if vol.writable and not read_only:
         # The volume stores on the grant of this user's writer key (it sponsors the volume).
@@ -139,7 +149,13 @@ def status(mountpoint: Path, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     mode = "read-only" if info["read_only"] else "read-write"
-    click.echo(f"volume {info['volume']} at {info['mountpoint']} ({mode}), pid {info['pid']}")
+    kind = {"private": "private: peers hold only ciphertext", "public": "public: peers hold plaintext",
+            "unknown": "no read key: a private volume's names and contents cannot be read"}.get(
+                info.get("volume_kind", "public"), info.get("volume_kind"))
+    click.echo(f"volume {info['volume']} at {info['mountpoint']} ({mode}; {kind}), pid {info['pid']}")
+    if info.get("unreadable_entries"):
+        click.echo(f"{info['unreadable_entries']} namespace entries could not be opened (sealed under a read key "
+                   "this mount does not hold, or damaged by their writer): what they did is not shown")
     click.echo(f"namespace entries: {info['entries_signed']} signed, {info['entries_published']} in the log"
                + (f" (publishing fails: {info['publish_error']})" if info.get("publish_error") else ""))
     click.echo(f"chunks uploaded {info['uploaded_chunks']}, deduplicated {info['deduplicated_chunks']}, "

@@ -34,21 +34,99 @@ def volume() -> None:
 
 @volume.command("create")
 @click.argument("name")
+@click.option("--public", is_flag=True,
+              help="Store names and contents in the clear (for public data); by default they are sealed and "
+                   "peers hold only ciphertext.")
+@click.option("--from-cap", "from_cap", default=None,
+              help="Keep a volume someone shared with you as a write capability under NAME instead of making one.")
 @json_option
-def volume_create(name: str, as_json: bool) -> None:
-    """Make a new volume NAME and print its ID (share the ID for read-only mounts)."""
+def volume_create(name: str, public: bool, from_cap: str | None, as_json: bool) -> None:
+    """Make a new volume NAME (private unless --public) and print its ID."""
+    from ..core.capabilities import CapabilityError, WriteCap, parse_capability
     from ..mount.volumes import VolumeError, config_dir, create_volume
 
+    cap = None
+    if from_cap is not None:
+        try:
+            cap = parse_capability(from_cap)
+        except CapabilityError as exc:
+            raise click.BadParameter(str(exc), param_hint="--from-cap") from None
+        if not isinstance(cap, WriteCap):
+            raise click.BadParameter("only a write capability can be kept as a volume (mount read and verify "
+                                     "capabilities with --cap)", param_hint="--from-cap")
+        if public:
+            raise click.UsageError("--public and --from-cap do not go together: the capability says which kind it is")
     try:
-        made = create_volume(name)
+        made = create_volume(name, public=public, cap=cap)
     except VolumeError as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"name": made.name, "volumeId": made.volume_id,
+        click.echo(json.dumps({"name": made.name, "volumeId": made.volume_id, "kind": made.kind,
                                "keyFile": str(config_dir() / "volumes" / f"{name}.key")}))
     else:
-        click.echo(f"volume {name}: {made.volume_id}")
+        click.echo(f"volume {name} ({made.kind}): {made.volume_id}")
         click.echo(f"mount it with: walrusfs mount DIR --volume {name}")
+        click.echo(f"share it with: walrusfs volume share {name} --read   (or --verify, --write)")
+
+
+@volume.command("share")
+@click.argument("name")
+@click.option("--read", "kind", flag_value="read", help="Reads everything, changes nothing: mounts read-only.")
+@click.option("--verify", "kind", flag_value="verify",
+              help="Lists the volume's blobs and checks their availability; reads no name and no byte.")
+@click.option("--write", "kind", flag_value="write", help="Everything the volume key can do: treat it like the key.")
+def volume_share(name: str, kind: str | None) -> None:
+    """Print a capability for volume NAME that you can give to someone."""
+    from ..mount.volumes import VolumeError, resolve_volume
+
+    if kind is None:
+        raise click.UsageError("say which capability to print: --read, --verify or --write")
+    try:
+        cap = resolve_volume(name).capability(kind)
+    except VolumeError as exc:
+        raise Failure(str(exc)) from None
+    click.echo(str(cap))
+
+
+@volume.command("blobs")
+@click.argument("name")
+@click.option("--check", is_flag=True, help="Ask the peers for each blob's availability too.")
+@committee_option
+@json_option
+def volume_blobs(name: str, check: bool, committee_path: Path | None, as_json: bool) -> None:
+    """List the blobs volume NAME (a name, ID or any capability) holds, from the log alone; reads no content."""
+    from ..core.metadata import BlobId
+    from ..mount.lifecycle import volume_holdings
+
+    async def job(view: Any) -> list[dict[str, Any]]:
+        rows: dict[bytes, dict[str, Any]] = {}
+        for held in volume_holdings(view.vlog):
+            row = rows.setdefault(held.blob, {"blobId": str(BlobId(held.blob)), "length": held.length,
+                                              "endEpoch": held.end_epoch, "live": held.live})
+            row["endEpoch"] = max(row["endEpoch"], held.end_epoch)
+            row["live"] = row["live"] or held.live
+        quorum = view.client.committee.quorum
+        if check:
+            for blob, row in rows.items():
+                status = await view.client.blob_status(BlobId(blob))
+                shards = sum(len(s["shards"]) for s in status if s.get("reachable")
+                             and sorted(s.get("valid_pairs") or []) == s["pairs_expected"])
+                row.update(validShards=shards, available=shards >= quorum)
+        return sorted(rows.values(), key=lambda r: r["blobId"])
+
+    rows = _run_on_volume(name, committee_path, None, False, job)
+    if as_json:
+        click.echo(json.dumps(rows))
+    else:
+        for row in rows:
+            line = f"{row['blobId']}  {row['length']:>12} bytes  end epoch {row['endEpoch']}"
+            line += "" if row["live"] else "  (expired or deleted)"
+            if check:
+                line += f"  {row['validShards']} shards hold it: " + ("available" if row["available"] else "AT RISK")
+            click.echo(line)
+        click.echo(f"{len(rows)} blobs")
+    if check and any(r["live"] and not r["available"] for r in rows):
+        sys.exit(EXIT_FAILED)
 
 
 @volume.command("list")
@@ -63,9 +141,9 @@ def volume_list(as_json: bool) -> None:
     except VolumeError as exc:
         raise Failure(str(exc)) from None
     if as_json:
-        click.echo(json.dumps([{"name": v.name, "volumeId": v.volume_id} for v in volumes]))
+        click.echo(json.dumps([{"name": v.name, "volumeId": v.volume_id, "kind": v.kind} for v in volumes]))
     for v in volumes if not as_json else ():
-        click.echo(f"{v.name}  {v.volume_id}")
+        click.echo(f"{v.name}  {v.volume_id}  {v.kind}")
     for problem in problems:
         click.echo(f"walrusfs: skipped unreadable key file of volume {problem}", err=True)
     if problems:

@@ -43,6 +43,8 @@ from .lifecycle import (
 )
 from .metadata import BlobId
 from .namespace import LIMITS, Op, in_range
+from .sealing import SEALED_PAYLOAD_MAX as SEALED_MAX
+from .sealing import SEALED_PAYLOAD_MIN as SEALED_MIN
 
 ENTRY_DOMAIN = b"walrusfs/log-entry/v1\x00"
 DEVICE_DOMAIN = b"walrusfs/volume-device/v1\x00"
@@ -319,7 +321,8 @@ def _file_name(value: Any) -> bool:
             and len(value.encode()) <= 255)
 
 
-def _check_op(op: Any) -> None:
+def check_op(op: Any) -> None:
+    """Raise ``LogError`` unless ``op`` is a namespace op map the fold can apply (kinds, types, ranges)."""
     if not isinstance(op, dict) or not isinstance(op.get("kind"), str) or not isinstance(op.get("args"), dict):
         raise LogError("namespace op must be a map with a kind and args")
     schema = NAMESPACE_OPS.get(op["kind"])
@@ -342,13 +345,20 @@ def _check_op(op: Any) -> None:
             raise LogError(f"namespace op {op['kind']}: {name} must be a node or version ID")
     if op["kind"] == "write":
         content = args.get("content")
-        if (not isinstance(content, dict) or set(content) != {"size", "chunk_size", "chunks"}
+        if (not isinstance(content, dict) or not {"size", "chunk_size", "chunks"} <= set(content)
+                or not set(content) <= {"size", "chunk_size", "chunks", "hashes"}
                 or not in_range("size", content["size"]) or not in_range("chunk_size", content["chunk_size"])
                 or content["chunk_size"] == 0
                 or not isinstance(content["chunks"], list)
                 or not all(c is None or (isinstance(c, bytes) and len(c) == 32) for c in content["chunks"])
                 or len(content["chunks"]) != -(-content["size"] // content["chunk_size"])):
             raise LogError("namespace op write: content must give size, chunk_size and one blob ID (or null) per chunk")
+        hashes = content.get("hashes")
+        if hashes is not None and not (
+                isinstance(hashes, list) and len(hashes) == len(content["chunks"])
+                and all((h is None) == (c is None) and (h is None or (isinstance(h, bytes) and len(h) == 32))
+                        for h, c in zip(hashes, content["chunks"]))):
+            raise LogError("namespace op write: hashes must give one 32-byte plaintext hash per stored chunk")
     if args.get("last_name") is not None and not _file_name(args["last_name"]):
         raise LogError(f"namespace op {op['kind']}: last_name must be a file name")
     if op["kind"] == "symlink" and not (isinstance(args.get("target"), str) and "\0" not in args["target"]
@@ -391,7 +401,16 @@ def _check_entry(entry: Entry, committee: Committee) -> None:
             raise LogError("namespace entry must name its volume and carry the device's delegation")
         check_delegation(volume, entry.author, delegation)
         _check_sponsorship(entry.payload)
-        _check_op(entry.payload.get("op"))
+        if ("op" in entry.payload) == ("sealed" in entry.payload):
+            raise LogError("namespace entry must carry exactly one of an op and a sealed op")
+        if "sealed" in entry.payload:
+            # A private volume's op: peers cannot read it, so the fold's range checks run in
+            # the mount after opening it (``check_op`` again); here only its size is bounded.
+            sealed = entry.payload["sealed"]
+            if not isinstance(sealed, bytes) or not SEALED_MIN <= len(sealed) <= SEALED_MAX:
+                raise LogError(f"namespace entry's sealed op must be {SEALED_MIN}-{SEALED_MAX} bytes")
+        else:
+            check_op(entry.payload["op"])
     elif entry.kind in OPERATOR_KINDS:
         if entry.author not in committee.operators:
             raise LogError(f"{entry.kind} entries are authored by an operator named in the committee file")
@@ -722,11 +741,15 @@ class LogState:
         return sorted((b for b in blobs if within(BLOB_CERTIFIED, b) and not within(BLOB_INVALID, b)
                        and ledger.live(b)), key=lambda b: b.raw)
 
+    def namespace_entries(self, volume: bytes) -> list[Entry]:
+        """The counted namespace entries of one volume, sealed or not."""
+        return [e for e in self.counted() if e.kind == NAMESPACE and e.payload.get("volume") == volume]
+
     def namespace_ops(self, volume: bytes) -> list[Op]:
-        """The counted namespace operations of one volume, ready for ``namespace.build``."""
+        """The counted plaintext namespace operations of one volume, ready for ``namespace.build``."""
         ops = []
         for entry in self.counted():
-            if entry.kind == NAMESPACE and entry.payload.get("volume") == volume:
+            if entry.kind == NAMESPACE and entry.payload.get("volume") == volume and "op" in entry.payload:
                 op = entry.payload["op"]
                 ops.append(Op(entry.id, entry.hlc, entry.author, op["kind"], op["args"]))
         return ops

@@ -42,11 +42,20 @@ def in_range(name: str, value: object) -> bool:
 
 @dataclass(frozen=True)
 class Content:
-    """A file's bytes: ``size`` bytes in chunks of ``chunk_size``, each a blob ID (None = a hole)."""
+    """A file's bytes: ``size`` bytes in chunks of ``chunk_size``, each a blob ID (None = a hole).
+
+    In a private volume each chunk is sealed, and ``hashes`` holds its plaintext hash (the
+    chunk's key is derived from it); a public volume's content has no hashes.
+    """
 
     size: int = 0
     chunk_size: int = 4 << 20
     chunks: tuple[bytes | None, ...] = ()
+    hashes: tuple[bytes | None, ...] = ()
+
+    def hash_of(self, index: int) -> bytes | None:
+        """The plaintext hash that opens chunk ``index`` (None in a public volume)."""
+        return self.hashes[index] if index < len(self.hashes) else None
 
 
 @dataclass(frozen=True)
@@ -223,7 +232,8 @@ class Namespace:
             return
         content = args["content"]
         if not isinstance(content, Content):
-            content = Content(content["size"], content["chunk_size"], tuple(content["chunks"]))
+            content = Content(content["size"], content["chunk_size"], tuple(content["chunks"]),
+                              tuple(content.get("hashes", ())))
         if not (in_range("size", content.size) and in_range("chunk_size", content.chunk_size) and content.chunk_size):
             return  # a size no kernel can be told, or chunks that reads would divide by zero for
         base = args.get("base")

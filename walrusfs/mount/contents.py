@@ -29,6 +29,7 @@ from ..core.config import EncodingConfig
 from ..core.metadata import BlobId, BlobMetadata
 from ..core.namespace import Node
 from ..core.redstuff import EncodedBlob, encode_blob
+from ..core.sealing import SealError, open_chunk, seal_chunk
 from .staging import ChunkCache, MountState, StagedFile
 from .volumelog import PublishRefused, VolumeLog
 
@@ -66,6 +67,13 @@ class UploadProgress:
 
 class QuotaRefused(Exception):
     """Peers refuse a file's upload for want of a grant or quota; the mount fails fsync and close with EDQUOT."""
+
+
+def _cache_key(blob: bytes, key_hash: bytes | None) -> tuple[bytes, str]:
+    """Memory and disk cache keys of a chunk's plaintext: the blob, and for a sealed chunk its hash too."""
+    if key_hash is None:
+        return blob, str(BlobId(blob))
+    return blob + key_hash, f"{BlobId(blob)}.{key_hash.hex()[:32]}"
 
 
 class Contents:
@@ -183,9 +191,11 @@ class Contents:
         staged = self.staged.get(node.node_id)
         if staged is not None:
             length, chunk_size, chunks, dirty = staged.size, staged.chunk_size, staged.chunks, staged.dirty
+            hashes = staged.hashes
         else:
             content = node.content
             length, chunk_size, chunks, dirty = content.size, content.chunk_size, list(content.chunks), set()
+            hashes = list(content.hashes)
         end = min(offset + size, length)
         if offset >= end:
             return b""
@@ -203,24 +213,26 @@ class Contents:
                 data = await trio.to_thread.run_sync(self._pread, staged, high - low, start + low)
             elif blob is None:
                 data = b""
-            elif (high - low) <= SMALL_READ and not sequential and not self._cached(blob):
+            elif (high - low) <= SMALL_READ and not sequential and index >= len(hashes) and not self._cached(blob):
+                # Only plaintext chunks: a sealed one opens whole (its tag covers all of it).
                 data = await self._read_range(blob, low, high - low)
             else:
-                chunk = await self.chunk(blob)
+                chunk = await self.chunk(blob, hashes[index] if index < len(hashes) else None)
                 data = chunk[low:high]
             parts.append(data.ljust(high - low, b"\0"))
         if sequential and self._nursery is not None:
             following = last + 1
             if following < len(chunks) and following not in dirty and chunks[following] is not None:
-                self._nursery.start_soon(self._read_ahead, chunks[following])
+                self._nursery.start_soon(self._read_ahead, chunks[following],
+                                         hashes[following] if following < len(hashes) else None)
         return b"".join(parts)
 
     def _cached(self, blob: bytes) -> bool:
         return blob in self._memory or (self.cache.directory / str(BlobId(blob))).exists()
 
-    async def _read_ahead(self, blob: bytes) -> None:
+    async def _read_ahead(self, blob: bytes, key_hash: bytes | None) -> None:
         try:
-            await self.chunk(blob)
+            await self.chunk(blob, key_hash)
         except ReadError as exc:
             log.info("read-ahead of %s failed: %s", BlobId(blob), exc)
 
@@ -241,34 +253,51 @@ class Contents:
             self._invalid[blob] = str(exc)
             raise
 
-    async def chunk(self, blob: bytes) -> bytes:
-        """A whole chunk, verified, from memory, the disk cache or the peers (one fetch at a time per chunk)."""
+    async def chunk(self, blob: bytes, key_hash: bytes | None = None) -> bytes:
+        """A whole chunk's plaintext, verified (and opened, if sealed), from memory, the disk cache or the peers.
+
+        ``key_hash`` is a sealed chunk's plaintext hash. Cached plaintext is keyed by blob
+        and hash together, so one blob named with two hashes is never confused.
+        """
+        ref, name = _cache_key(blob, key_hash)
         while True:
-            data = self._memory.get(blob)
+            data = self._memory.get(ref)
             if data is not None:
-                self._memory.move_to_end(blob)
+                self._memory.move_to_end(ref)
                 return data
-            data = await trio.to_thread.run_sync(self.cache.get, str(BlobId(blob)))
+            data = await trio.to_thread.run_sync(self.cache.get, name)
             if data is not None:
-                self._remember(blob, data)
+                self._remember(ref, data)
                 return data
-            waiting = self._fetching.get(blob)
+            waiting = self._fetching.get(ref)
             if waiting is None:
                 break
             await waiting.wait()
-        done = self._fetching[blob] = trio.Event()
+        done = self._fetching[ref] = trio.Event()
         try:
             try:
                 data = await self.client.read(BlobId(blob), metadata=await self._metadata_of(blob))
             except InvalidBlobError as exc:
                 self._invalid[blob] = str(exc)
                 raise
-            await trio.to_thread.run_sync(self.cache.put, str(BlobId(blob)), data)
-            self._remember(blob, data)
+            if key_hash is not None:
+                data = await trio.to_thread.run_sync(self._open, blob, key_hash, data)
+            await trio.to_thread.run_sync(self.cache.put, name, data)
+            self._remember(ref, data)
             return data
         finally:
-            del self._fetching[blob]
+            del self._fetching[ref]
             done.set()
+
+    def _open(self, blob: bytes, key_hash: bytes, ciphertext: bytes) -> bytes:
+        volume = self.vlog.volume
+        if volume.read_key is None:
+            raise ReadError(f"chunk {BlobId(blob)} is sealed and this mount holds no read key")
+        try:
+            return open_chunk(volume.read_key, volume.public_key, key_hash, ciphertext)
+        except SealError as exc:
+            # The blob itself verified: whoever wrote this version sealed it wrongly.
+            raise ReadError(f"chunk {BlobId(blob)} does not open: {exc}") from None
 
     def _remember(self, blob: bytes, data: bytes) -> None:
         self._memory[blob] = data
@@ -315,6 +344,7 @@ class Contents:
             staged = StagedFile(
                 node.node_id, content.size, content.chunk_size if content.chunks else self.chunk_size,
                 list(content.chunks), set(), node.version, node.mtime_ns, node.parent, node.name or "",
+                hashes=list(content.hashes),
             )
             staged.generation = next(self._generations)
             self.staged[node.node_id] = staged
@@ -326,7 +356,7 @@ class Contents:
         """Copy a stored chunk into the staging file so a partial write can change it."""
         blob = staged.chunks[index] if index < len(staged.chunks) else None
         if blob is not None and index not in staged.dirty:
-            data = await self.chunk(blob)
+            data = await self.chunk(blob, staged.hash_of(index))
             start = index * staged.chunk_size
             data = data[: max(0, min(staged.size - start, staged.chunk_size))]
             await trio.to_thread.run_sync(self._pwrite, staged, data, start)
@@ -382,6 +412,7 @@ class Contents:
                 await self._materialize(staged, size // cs)
             keep = -(-size // cs)
             staged.chunks = staged.chunks[:keep]
+            staged.hashes = staged.hashes[:keep]
             staged.dirty = {i for i in staged.dirty if i < keep}
             await trio.to_thread.run_sync(self._truncate, staged, size)
         else:
@@ -579,6 +610,7 @@ class Contents:
         dirty = sorted(i for i in staged.dirty if i < count)
         progress = self.progress[node] = UploadProgress(node, sum(min(cs, size - i * cs) for i in dirty))
         chunks: list[bytes | None] = [staged.chunks[i] if i < len(staged.chunks) else None for i in range(count)]
+        hashes: list[bytes | None] = [staged.hash_of(i) for i in range(count)]
 
         async def upload_chunk(index: int) -> None:
             # Errors are collected, not raised: a nursery would wrap them in an exception
@@ -589,12 +621,12 @@ class Contents:
                     data = await trio.to_thread.run_sync(self._pread, staged, length, index * cs)
                 data = data.ljust(length, b"\0")
                 if data.count(0) == length:
-                    chunks[index] = None  # all zeros: a hole, stored as nothing
+                    chunks[index] = hashes[index] = None  # all zeros: a hole, stored as nothing
                 else:
                     # Small chunks are latency-bound, large ones CPU- and memory-bound.
                     limit = self._small_store_limit if length <= SMALL_CHUNK else self._store_limit
                     async with limit:
-                        chunks[index] = await self._store_chunk(data)
+                        chunks[index], hashes[index] = await self._store_chunk(data)
             except AccessDenied as exc:
                 progress.failed_chunks[index] = str(exc)
                 progress.denied = exc
@@ -616,8 +648,11 @@ class Contents:
                              f"(chunk {first}: {progress.failed_chunks[first]})")
         if self.staged.get(node) is not staged:
             return  # discarded while uploading
+        content: dict[str, Any] = {"size": size, "chunk_size": cs, "chunks": chunks}
+        if any(h is not None for h in hashes):
+            content["hashes"] = hashes
         args: dict[str, Any] = {
-            "node": node, "content": {"size": size, "chunk_size": cs, "chunks": chunks},
+            "node": node, "content": content,
             "mtime_ns": staged.mtime_ns, "last_name": staged.last_name or "file",
         }
         if staged.base is not None:
@@ -631,6 +666,7 @@ class Contents:
         else:
             # Written again while uploading: this version is published, the next one follows.
             staged.chunks = [*chunks, *staged.chunks[count:]]
+            staged.hashes = [*hashes, *[staged.hash_of(i) for i in range(count, len(staged.chunks))]]
             await trio.to_thread.run_sync(self.state.save_staged, staged, False)
         self.progress.pop(node, None)
         async with self._published:
@@ -643,8 +679,17 @@ class Contents:
         owner = self.vlog.volume.public_key
         return any(h.registration.writer.owner == owner and h.live(ledger.epoch) for h in ledger.registrations(blob_id))
 
-    async def _store_chunk(self, data: bytes) -> bytes:
-        encoded = await trio.to_thread.run_sync(self.encode, data, self.client.config)
+    def _prepare(self, data: bytes) -> tuple[EncodedBlob, bytes | None]:
+        """Seal (in a private volume) and encode one chunk; runs in a worker thread."""
+        volume = self.vlog.volume
+        if volume.read_key is None:
+            return self.encode(data, self.client.config), None
+        sealed = seal_chunk(volume.read_key, volume.public_key, data)
+        return self.encode(sealed.ciphertext, self.client.config), sealed.plaintext_hash
+
+    async def _store_chunk(self, data: bytes) -> tuple[bytes, bytes | None]:
+        """Store one chunk (once per volume); its blob ID and, if sealed, the plaintext hash that opens it."""
+        encoded, key_hash = await trio.to_thread.run_sync(self._prepare, data)
         blob_id = encoded.blob_id
         while blob_id.raw in self._storing:  # the same chunk is on its way already
             await self._storing[blob_id.raw].wait()
@@ -653,8 +698,8 @@ class Contents:
         if not self._held_by_volume(blob_id):
             done = self._storing[blob_id.raw] = trio.Event()
             try:
-                result = await self.client.store_encoded(encoded, len(data), publish=True, wait_logged=False,
-                                                         background=self._nursery)
+                result = await self.client.store_encoded(encoded, encoded.metadata.unencoded_length, publish=True,
+                                                         wait_logged=False, background=self._nursery)
             finally:
                 del self._storing[blob_id.raw]
                 done.set()
@@ -665,9 +710,10 @@ class Contents:
         else:
             self.deduplicated_chunks += 1
         self._metadata[blob_id.raw] = encoded.metadata
-        await trio.to_thread.run_sync(self.cache.put, str(blob_id), data)
-        self._remember(blob_id.raw, data)
-        return blob_id.raw
+        ref, name = _cache_key(blob_id.raw, key_hash)
+        await trio.to_thread.run_sync(self.cache.put, name, data)
+        self._remember(ref, data)
+        return blob_id.raw, key_hash
 
     # ------------------------------------------------------------------ status
 

@@ -374,7 +374,7 @@ class Keeper:
 
     async def usage(self) -> Usage:
         """The fold of the volume's operations, recomputed in a thread when the log brought new ones."""
-        ops = self.vlog.state.namespace_ops(self.vlog.volume.public_key)
+        ops = self.vlog.ops()
         key = (self.vlog.namespace.last, len(ops))
         if self._usage is None or key != self._usage_key:
             self._usage = await trio.to_thread.run_sync(fold_usage, ops)
@@ -523,7 +523,10 @@ def restore_ops(usage: Usage, item: TrashItem, target: str, mtime_ns: int | None
         raise ValueError(f"{target} exists; restore it under another name with --as")
     node = os.urandom(32)
     stamp = mtime_ns if mtime_ns is not None else time.time_ns()
-    content = {"size": item.content.size, "chunk_size": item.content.chunk_size, "chunks": list(item.content.chunks)}
+    content: dict[str, Any] = {"size": item.content.size, "chunk_size": item.content.chunk_size,
+                               "chunks": list(item.content.chunks)}
+    if item.content.hashes:
+        content["hashes"] = list(item.content.hashes)  # a private volume's chunks open with these
     return [("create", {"parent": parent.node_id, "name": name, "node": node, "mode": item.mode & 0o7777,
                         "uid": os.getuid(), "gid": os.getgid(), "mtime_ns": stamp}),
             ("write", {"node": node, "content": content, "mtime_ns": stamp, "last_name": name,

@@ -575,6 +575,7 @@ class WalrusFS(pyfuse3.Operations):
                       "read_only": self.read_only, "entries_signed": self.vlog.head,
                       "entries_published": self.vlog.published, "publish_error": self.vlog.last_error,
                       "log_synced": self.vlog.synced_once.is_set(), "log_error": self.vlog.sync_error,
+                      "volume_kind": self.vlog.volume.kind, "unreadable_entries": self.vlog.unreadable,
                       **self.contents.status(), **self.status_extra()}
             out["status"] = json.dumps(status).encode()
             out["volume"] = self.vlog.volume.volume_id.encode()

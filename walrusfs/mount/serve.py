@@ -135,6 +135,14 @@ async def _serve(
                              f"({vlog.sync_summary})")
         announce(f"no committee peer answered within {limit:.0f} s: serving what this mount has "
                  "staged and cached; uploads and the log resume when peers answer")
+    if vlog.sealed_seen and vlog.unreadable == vlog.sealed_seen:
+        # Not one sealed entry opens: serving an empty tree would look like data loss.
+        if volume.read_key is None:
+            raise MountError(f"volume {volume.volume_id} is private ({vlog.sealed_seen} sealed namespace entries) "
+                             "and this side holds no read key; mount it with a read or write capability "
+                             "(walrusfs volume share NAME --read, then walrusfs mount DIR --cap CAP)")
+        raise MountError(f"the read key given for volume {volume.volume_id} opens none of its {vlog.sealed_seen} "
+                         "sealed namespace entries: it belongs to another volume, or the capability was altered")
     started = time.time()
     capacity: dict[str, int] = {}
     keeper = Keeper(client, vlog, contents, trash_seconds)

@@ -54,13 +54,19 @@ class StagedFile:
     # Each staging of a node gets its own file, so dropping a published one can never
     # remove bytes a newer staging of the same node already wrote.
     file: str = field(default_factory=lambda: os.urandom(12).hex())
+    #: Plaintext hash per chunk of a private volume (what opens its sealed blob); empty if public.
+    hashes: list[bytes | None] = field(default_factory=list)
+
+    def hash_of(self, index: int) -> bytes | None:
+        """The plaintext hash that opens stored chunk ``index`` (None if public or not stored)."""
+        return self.hashes[index] if index < len(self.hashes) else None
 
     def encode(self) -> bytes:
         """Canonical bytes for the state database."""
         return cbor2.dumps({
             "size": self.size, "chunk_size": self.chunk_size, "chunks": list(self.chunks),
             "dirty": sorted(self.dirty), "base": self.base, "mtime_ns": self.mtime_ns,
-            "last_parent": self.last_parent, "last_name": self.last_name,
+            "last_parent": self.last_parent, "last_name": self.last_name, "hashes": list(self.hashes),
         }, canonical=True)
 
     @classmethod
@@ -68,7 +74,8 @@ class StagedFile:
         """Inverse of ``encode``."""
         record = cbor2.loads(data)
         return cls(node, record["size"], record["chunk_size"], list(record["chunks"]), set(record["dirty"]),
-                   record["base"], record["mtime_ns"], record["last_parent"], record["last_name"], file=file)
+                   record["base"], record["mtime_ns"], record["last_parent"], record["last_name"], file=file,
+                   hashes=list(record.get("hashes", [])))
 
 
 class MountState:

@@ -9,6 +9,11 @@ order and rebuilt when one lands earlier in the total order.
 Its own operations are signed at once, recorded in the state database and applied locally;
 a publisher pushes them, in chain order, to every peer and counts one as published once
 peers holding f + 1 shards accepted it (they relay it to the rest).
+
+In a private volume each op is sealed under the read key (bound to its volume, author and
+sequence number), so peers see who wrote when, not what. Peers cannot range-check a
+sealed op; this mount does, after opening it, with the same ``check_op`` peers apply to
+plaintext ops, so a writer's out-of-range value never reaches the fold.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from ..core.log import (
     Outcome,
     TooEarly,
     check_entry,
+    check_op,
     decode_entry,
     delegate_device,
     next_hlc,
@@ -44,6 +50,7 @@ from ..core.log import (
 )
 from ..core.messages import LOG_PUSH, check_push_reply, entries_within, reply_budget
 from ..core.namespace import Namespace, Op, build
+from ..core.sealing import SealError, open_payload, seal_payload
 from ..core.wire import field
 from .staging import MountState
 from .volumes import Volume
@@ -59,6 +66,11 @@ BATCH = 500
 #: before they are checked and applied: an endless or huge log costs rounds, not memory.
 FOLLOW_BYTES = 16 << 20
 HOLD_BYTES = 4 << 20
+
+
+def entry_context(author: bytes, seq: int) -> bytes:
+    """What a sealed op is bound to besides its volume: the entry's author and place in its chain."""
+    return author + seq.to_bytes(8, "big")
 
 
 class PublishError(Exception):
@@ -112,6 +124,12 @@ class VolumeLog:
         self.refused: str | None = None
         self.sync_error: str | None = None
         self.sync_summary = ""
+        #: Entry ID -> its op (None: unreadable), so a refold opens no entry twice.
+        self._ops: dict[bytes, Op | None] = {}
+        #: Sealed entries this side cannot open (no read key, or a wrong one), and ones
+        #: that open to an op the fold may not apply.
+        self.unreadable = 0
+        self.sealed_seen = 0
 
     # ------------------------------------------------------------------ own chain
 
@@ -142,9 +160,19 @@ class VolumeLog:
             chain = self.state.chains.get(self.device_id, [])
             prev = chain[-1].id if chain else GENESIS
             self.last_hlc = next_hlc(self.last_hlc, int(time.time() * 1000), self.max_seen)
-            payload = {"volume": self.volume.public_key, "delegation": self.delegation,
-                       "op": {"kind": kind, "args": args}, **self.sponsor}
-            entry = sign_entry(self.device, len(chain) + 1, prev, self.last_hlc, NAMESPACE, payload)
+            payload: dict[str, Any] = {"volume": self.volume.public_key, "delegation": self.delegation,
+                                       **self.sponsor}
+            op = {"kind": kind, "args": args}
+            seq = len(chain) + 1
+            if self.volume.read_key is not None:
+                payload["sealed"] = seal_payload(self.volume.read_key, self.volume.public_key, op,
+                                                 entry_context(self.device_id, seq))
+            elif self.sealed_seen:
+                # A key file without its read key must not write plaintext into a private volume.
+                raise PermissionError("this volume is private and this mount holds no read key")
+            else:
+                payload["op"] = op
+            entry = sign_entry(self.device, seq, prev, self.last_hlc, NAMESPACE, payload)
             await trio.to_thread.run_sync(self.store.add_own_entry, entry.seq, entry.encode())
             outcome, _ = self.state.apply(entry, checked=True)
             if outcome is not Outcome.ACCEPTED:  # pragma: no cover - our own chain
@@ -368,9 +396,39 @@ class VolumeLog:
 
     # ------------------------------------------------------------------ namespace
 
+    def op_of(self, entry: Entry) -> Op | None:
+        """The namespace op an entry of this volume carries, opened if sealed; None if this side cannot read it."""
+        if entry.id in self._ops:
+            return self._ops[entry.id]
+        op: Op | None = None
+        if "op" in entry.payload:
+            raw = entry.payload["op"]
+            op = Op(entry.id, entry.hlc, entry.author, raw["kind"], raw["args"])
+        else:
+            self.sealed_seen += 1
+            read_key = self.volume.read_key
+            try:
+                if read_key is None:
+                    raise SealError("no read key")
+                raw = open_payload(read_key, self.volume.public_key, entry.payload["sealed"],
+                                   entry_context(entry.author, entry.seq))
+                check_op(raw)  # what peers check for plaintext ops, now that it can be read
+                op = Op(entry.id, entry.hlc, entry.author, raw["kind"], raw["args"])
+            except (SealError, LogError) as exc:
+                self.unreadable += 1
+                if read_key is not None:
+                    log.warning("namespace entry %s of device %s skipped: %s", entry.id.hex()[:12],
+                                entry.author.hex()[:12], exc)
+        self._ops[entry.id] = op
+        return op
+
+    def ops(self) -> list[Op]:
+        """The volume's counted namespace ops this side can read, ready for ``namespace.build``."""
+        return [op for op in map(self.op_of, self.state.namespace_entries(self.volume.public_key)) if op is not None]
+
     def _refresh_namespace(self, accepted: Sequence[Entry]) -> None:
-        ops = [Op(e.id, e.hlc, e.author, e.payload["op"]["kind"], e.payload["op"]["args"])
-               for e in accepted if e.kind == NAMESPACE and e.payload.get("volume") == self.volume.public_key]
+        mine = [e for e in accepted if e.kind == NAMESPACE and e.payload.get("volume") == self.volume.public_key]
+        ops = [op for op in map(self.op_of, mine) if op is not None]
         if not ops:
             return
         # Files another device rewrote: the mount gives them fresh inodes, since a kernel
@@ -382,7 +440,7 @@ class VolumeLog:
                 self.namespace.apply(op)
         else:
             # An operation landed earlier in the total order: refold from scratch.
-            self.namespace = build(self.state.namespace_ops(self.volume.public_key))
+            self.namespace = build(self.ops())
         if self.on_change is not None:
             self.on_change(rewritten)
 

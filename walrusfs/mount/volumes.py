@@ -1,8 +1,15 @@
 """Volumes: a namespace owned by an Ed25519 key, kept in the user's config directory.
 
 A volume's ID is its public key (base64url, like blob IDs). Whoever holds the key can
-delegate mount devices that write the namespace; with only the ID a volume mounts
-read-only. Keys are stored as ``volumes/NAME.key`` (hex seed, mode 0600).
+delegate mount devices that write the namespace. A private volume (the default) also has
+a read key: chunks and namespace ops are sealed under it, so peers hold only ciphertext.
+Keys are stored as ``volumes/NAME.key`` (hex seed) and ``volumes/NAME.readkey`` (hex read
+key, or ``public``), both mode 0600. A volume made before private volumes existed has no
+``.readkey`` file and is public.
+
+Capabilities (``core.capabilities``) carry the same keys as copyable strings: a write
+capability (both keys), a read capability (volume ID and read key) and a verify
+capability (the volume ID alone).
 """
 
 from __future__ import annotations
@@ -10,13 +17,23 @@ from __future__ import annotations
 import base64
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from ..core.capabilities import (
+    CapabilityError,
+    ReadCap,
+    VerifyCap,
+    WriteCap,
+    parse_capability,
+)
+from ..core.sealing import new_key
 from ..identity import SeedFileError, read_seed_file, write_seed_file
 
+#: What NAME.readkey holds for a public volume.
+PUBLIC_MARK = "public"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -51,11 +68,16 @@ def parse_volume_id(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class Volume:
-    """A volume as this machine knows it: its ID, and its key if this user holds it."""
+    """A volume as this machine knows it: its ID, its key if this user holds it, its read key if private."""
 
     public_key: bytes
     name: str | None = None
     key: SigningKey | None = None
+    read_key: bytes | None = field(default=None, repr=False)
+    #: Whether this side knows the volume to be public (plaintext). False with no read key
+    #: means only the ID is known (a verify capability, or an ID alone): names and
+    #: contents of a private volume stay unreadable.
+    public: bool = False
 
     @property
     def volume_id(self) -> str:
@@ -66,6 +88,38 @@ class Volume:
     def writable(self) -> bool:
         """Whether this machine can write the namespace."""
         return self.key is not None
+
+    @property
+    def readable(self) -> bool:
+        """Whether this side can read names and contents."""
+        return self.public or self.read_key is not None
+
+    @property
+    def kind(self) -> str:
+        """``private``, ``public``, or ``unknown`` (no read key: a private volume cannot be read)."""
+        return "private" if self.read_key is not None else "public" if self.public else "unknown"
+
+    def capability(self, kind: str) -> WriteCap | ReadCap | VerifyCap:
+        """The ``write``, ``read`` or ``verify`` capability this side can give; ``VolumeError`` if it holds less."""
+        if kind == "verify":
+            return VerifyCap(self.public_key)
+        if not self.readable:
+            raise VolumeError(f"volume {self.volume_id} is private and this side holds no read key")
+        if kind == "read":
+            return ReadCap(self.public_key, self.read_key)
+        if self.key is None:
+            raise VolumeError(f"volume {self.volume_id}: this side holds no write key")
+        return WriteCap(bytes(self.key), self.read_key)
+
+
+def volume_from_capability(cap: WriteCap | ReadCap | VerifyCap) -> Volume:
+    """The volume a capability gives: writable, read-only or verify-only."""
+    if isinstance(cap, WriteCap):
+        return Volume(cap.volume, key=SigningKey(cap.signing_seed), read_key=cap.read_key,
+                      public=cap.read_key is None)
+    if isinstance(cap, ReadCap):
+        return Volume(cap.volume, read_key=cap.read_key, public=cap.read_key is None)
+    return Volume(cap.volume)
 
 
 def _volumes_dir() -> Path:
@@ -79,18 +133,43 @@ def _read_key(path: Path) -> SigningKey:
         raise VolumeError(str(exc)) from None
 
 
-def create_volume(name: str) -> Volume:
-    """Make a new volume key under ``name``; never overwrite an existing one."""
+def _load(path: Path) -> Volume:
+    """The volume whose signing key is ``path`` (NAME.key), with its read key from NAME.readkey."""
+    key = _read_key(path)
+    read_path = path.with_suffix(".readkey")
+    try:
+        if read_path.read_text().strip() == PUBLIC_MARK:
+            read_key, public = None, True
+        else:
+            read_key, public = read_seed_file(read_path), False
+    except FileNotFoundError:
+        read_key, public = None, True  # made before private volumes: public
+    except (SeedFileError, OSError) as exc:
+        raise VolumeError(str(exc)) from None
+    return Volume(bytes(key.verify_key), path.stem, key, read_key, public)
+
+
+def create_volume(name: str, public: bool = False, cap: WriteCap | None = None) -> Volume:
+    """Make a new volume (private unless ``public``) under ``name``, or keep ``cap``'s; never overwrite one."""
     if not _NAME.match(name):
         raise VolumeError(f"volume name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
     directory = _volumes_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{name}.key"
+    read_path = path.with_suffix(".readkey")
+    if read_path.exists() and not path.exists():
+        raise VolumeError(f"{read_path} exists without its volume key; move it away first")
+    if cap is not None:
+        public = cap.read_key is None
+    read_key = None if public else cap.read_key if cap is not None else new_key()
     try:
-        key = SigningKey(write_seed_file(path))
+        key = SigningKey(write_seed_file(path, cap.signing_seed if cap is not None else None))
     except FileExistsError:
         raise VolumeError(f"a volume named {name!r} already exists ({path})") from None
-    return Volume(bytes(key.verify_key), name, key)
+    # The read key file is written second: a crash between the two leaves a volume key
+    # without one, which would read as public; so write it before anything uses the key.
+    write_seed_file(read_path, read_key, PUBLIC_MARK if read_key is None else None)
+    return Volume(bytes(key.verify_key), name, key, read_key, read_key is None)
 
 
 def list_volumes(problems: list[str] | None = None) -> list[Volume]:
@@ -101,22 +180,27 @@ def list_volumes(problems: list[str] | None = None) -> list[Volume]:
     volumes = []
     for path in sorted(directory.glob("*.key")):
         try:
-            key = _read_key(path)
+            volumes.append(_load(path))
         except VolumeError as exc:
             # One damaged key file must not hide the others.
             if problems is not None:
                 problems.append(f"{path.stem}: {exc}")
-            continue
-        volumes.append(Volume(bytes(key.verify_key), path.stem, key))
     return volumes
 
 
 def resolve_volume(text: str) -> Volume:
-    """A volume by name or ID, with its key if this user holds it (else read-only)."""
+    """A volume by name, ID or capability, with its keys if this user holds them (else read-only)."""
+    if text.startswith("walrusfs-"):
+        try:
+            cap = parse_capability(text)
+        except CapabilityError as exc:
+            raise VolumeError(str(exc)) from None
+        if not isinstance(cap, (WriteCap, ReadCap, VerifyCap)):
+            raise VolumeError("a blob capability names one blob, not a volume (read it with walrusfs read CAP)")
+        return volume_from_capability(cap)
     path = _volumes_dir() / f"{text}.key"
     if _NAME.match(text) and path.is_file():
-        key = _read_key(path)
-        return Volume(bytes(key.verify_key), text, key)
+        return _load(path)
     public_key = parse_volume_id(text)
     for volume in list_volumes():
         if volume.public_key == public_key:

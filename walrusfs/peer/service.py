@@ -98,7 +98,7 @@ def hostile_entry(rng: random.Random, key: Any) -> bytes:
         return rng.randbytes(rng.randrange(0, 200))
     kind = rng.choice(["blob-certified", "blob-invalid", NAMESPACE, *sorted(CHALLENGE_KINDS), "committee-change", "x"])
     payload = {name: rng.choice(_JUNK) for name in rng.sample(
-        ["blob_id", "signers", "signatures", "length", "round", "heads", "commits", "start", "volume", "op",
+        ["blob_id", "signers", "signatures", "length", "round", "heads", "commits", "start", "volume", "op", "sealed",
          "delegation", "verdicts", "secret"], rng.randrange(0, 6))}
     seq = rng.choice([1, 2, 2**62, rng.randrange(1, 1000)])
     stamp = rng.choice([0, 1, 2**63 - 1, rng.randrange(0, 2**63)])
