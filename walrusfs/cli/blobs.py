@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -33,6 +33,9 @@ from .common import (
     with_client,
     writer_key_option,
 )
+
+if TYPE_CHECKING:
+    from ..core.capabilities import BlobCap
 
 
 @click.command("blob-id")
@@ -104,25 +107,40 @@ def parse_epochs(ctx: click.Context, param: click.Parameter, value: str) -> int:
               help="Storage epochs to keep the blob for, from the current one (max: 53).")
 @click.option("--permanent", is_flag=True, help="Cannot be deleted before it expires (default: deletable).")
 @click.option("--deletable", is_flag=True, hidden=True, help="The default: the owner may delete it early.")
+@click.option("--encrypt", is_flag=True,
+              help="Seal FILE under a fresh random key; print a blob capability, the only way to read it.")
 @committee_option
 @writer_key_option
 @json_option
-def store(file: str, epochs: int, permanent: bool, deletable: bool, committee_path: Path | None,
+def store(file: str, epochs: int, permanent: bool, deletable: bool, encrypt: bool, committee_path: Path | None,
           writer_key: Path | None, as_json: bool) -> None:
     """Store FILE as a blob for --epochs storage epochs; print its blob ID, lifetime and certificate."""
     from ..client.blob import AccessDenied, StoreError
+    from ..core import sealing
+    from ..core.capabilities import BlobCap
 
     if permanent and deletable:
         raise click.UsageError("--permanent and --deletable exclude each other")
     committee = load_committee(committee_path)
     authority = load_writer(committee_path, writer_key)
     config = committee.config
-    if file != "-" and os.path.getsize(file) > config.max_blob_size:  # refuse before reading it
-        raise Failure(f"{file} is larger than one blob for {config.n_shards} shards ({config.max_blob_size} bytes)")
+    # A sealed blob is the plaintext plus its nonce and tag, and must fit one blob.
+    limit = config.max_blob_size - (sealing.BLOB_OVERHEAD if encrypt else 0)
+    too_large = (f"{file} is larger than one {'encrypted ' if encrypt else ''}blob for {config.n_shards} shards "
+                 f"({limit} bytes{f' after the {sealing.BLOB_OVERHEAD}-byte nonce and tag' if encrypt else ''})")
+    if file != "-" and os.path.getsize(file) > limit:  # refuse before reading it
+        raise Failure(too_large)
     with click.open_file(file, "rb") as stream:
-        data = stream.read(config.max_blob_size + 1)
-    if len(data) > config.max_blob_size:
-        raise Failure(f"{file} is larger than one blob for {config.n_shards} shards ({config.max_blob_size} bytes)")
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise Failure(too_large)
+    plaintext_length = len(data)
+    key = None
+    if encrypt:
+        # Whole in memory, as a plain store holds it: one AEAD over the blob, so the
+        # capability's key opens exactly these bytes and nothing else.
+        key = sealing.new_key()
+        data = sealing.seal_blob(key, data)
     total = config.encoded_slivers_length(len(data))
     with progress_bar("storing", total) as bar:
         try:
@@ -153,11 +171,17 @@ def store(file: str, epochs: int, permanent: bool, deletable: bool, committee_pa
         "entryId": result.entry.id.hex() if result.entry else None,
         "loggedBy": result.logged_by,
     }
+    capability = str(BlobCap(result.blob_id, key)) if key is not None else None
+    if capability is not None:
+        report.update(encrypted=True, plaintextLength=plaintext_length, capability=capability)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"Blob ID: {result.blob_id}")
-    click.echo(f"Size: {len(data)} bytes on {committee.n_shards} shards")
+    click.echo(f"Blob ID: {result.blob_id}{' (of the ciphertext)' if capability else ''}")
+    if capability:
+        click.echo(f"Size: {len(data)} bytes ({plaintext_length} bytes sealed) on {committee.n_shards} shards")
+    else:
+        click.echo(f"Size: {len(data)} bytes on {committee.n_shards} shards")
     click.echo(f"Lifetime: until storage epoch {registration.end_epoch} "
                f"({'deletable' if registration.deletable else 'permanent'}), registration {registration.id.hex()}")
     click.echo(
@@ -168,31 +192,72 @@ def store(file: str, epochs: int, permanent: bool, deletable: bool, committee_pa
         click.echo(f"  not confirmed by {peer_id}: {why}")
     if result.entry:
         click.echo(f"Log entry: {result.entry.id.hex()} (held by {len(result.logged_by)} peers' logs)")
+    if capability:
+        # Last, on a line of its own, so `tail -n 1` or `grep ^walrusfs-blob:` takes it.
+        click.echo("Capability (the only way to read this blob: keep it secret; losing it loses the data):")
+        click.echo(capability)
+
+
+def parse_blob_or_cap(ctx: click.Context, param: click.Parameter, value: str) -> BlobId | BlobCap:
+    """Click callback: a blob ID, or a blob capability (``walrusfs-blob:...``), with the reason if neither."""
+    # Imported here: the capability code loads PyNaCl, which `walrusfs --help` need not.
+    from ..core.capabilities import BlobCap, CapabilityError, parse_capability
+
+    if ":" not in value:
+        try:
+            return BlobId.parse(value)
+        except CodecError as exc:
+            if not value.strip().startswith("walrusfs-"):
+                raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+            # Else a capability cut before its first ':': say that, not "not a blob ID".
+    try:
+        cap = parse_capability(value)
+    except CapabilityError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    if not isinstance(cap, BlobCap):
+        raise click.BadParameter(
+            "`read` takes a blob ID or a blob capability (walrusfs-blob:...); volume capabilities "
+            "(walrusfs-write, walrusfs-read, walrusfs-verify) are for `walrusfs mount --cap`", ctx=ctx, param=param)
+    return cap
 
 
 @click.command()
-@click.argument("blob", metavar="BLOB_ID", callback=parse_blob_id)
+@click.argument("blob", metavar="BLOB_ID|CAP", callback=parse_blob_or_cap)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
 @click.option("--offset", type=click.IntRange(0), default=0, help="First byte to read.")
 @click.option("--length", type=click.IntRange(0), default=None, help="Bytes to read (default: to the end).")
 @click.option("--strict", is_flag=True, help="Recompute the blob ID from the decoded bytes.")
 @committee_option
-def read(blob: BlobId, output: Path | None, offset: int, length: int | None, strict: bool, committee_path: Path | None) -> None:
-    """Read blob BLOB_ID back, verified against its commitments."""
+def read(blob: BlobId | BlobCap, output: Path | None, offset: int, length: int | None, strict: bool,
+         committee_path: Path | None) -> None:
+    """Read blob BLOB_ID back, verified against its commitments; given a blob capability, its plaintext."""
     from ..client.blob import BlobGone, InvalidBlobError, ReadError
+    from ..core import sealing
+    from ..core.capabilities import BlobCap
 
     committee = load_committee(committee_path)
     if output is not None and not output.parent.is_dir():
         # Checked before the download, which may be long.
         raise click.BadParameter(f"directory {output.parent} does not exist", param_hint="--output")
+    cap = blob if isinstance(blob, BlobCap) else None
+    blob_id = cap.blob_id if cap else blob
+    assert isinstance(blob_id, BlobId)
 
     async def job(client: Any) -> bytes:
-        metadata = await client.get_metadata(blob)
-        if offset > metadata.unencoded_length:
-            raise ReadError(f"offset {offset} is beyond the end of blob {blob} ({metadata.unencoded_length} bytes)")
-        size = metadata.unencoded_length - offset if length is None else length
+        metadata = await client.get_metadata(blob_id)
+        end = metadata.unencoded_length
+        if cap:
+            # The whole ciphertext: the AEAD tag covers all of it, so no range opens alone.
+            end = max(end - sealing.BLOB_OVERHEAD, 0)
+        if offset > end:
+            raise ReadError(f"offset {offset} is beyond the end of blob {blob_id} ({end} bytes"
+                            f"{' of plaintext' if cap else ''})")
+        if cap and length is not None and offset + length > end:
+            # As a plain read refuses a range past the end (checked here, before the download).
+            raise ReadError(f"range {offset}+{length} is outside blob {blob_id} of {end} bytes of plaintext")
+        start, size = (0, metadata.unencoded_length) if cap else (offset, end - offset if length is None else length)
         with progress_bar("reading", max(size, 1)) as bar:
-            return await client.read(blob, offset, size, strict=strict, metadata=metadata,
+            return await client.read(blob_id, start, size, strict=strict, metadata=metadata,
                                      progress=lambda k: bar.update(min(k, size)))
 
     try:
@@ -204,6 +269,13 @@ def read(blob: BlobId, output: Path | None, offset: int, length: int | None, str
     except ReadError as exc:
         code = EXIT_NOT_FOUND if "does not exist" in str(exc) else EXIT_FAILED
         raise Failure(str(exc), code) from exc
+    if cap:
+        try:
+            data = sealing.open_blob(cap.key, data)
+        except sealing.SealError:
+            raise Failure(f"the key in this capability does not open blob {blob_id} (a different key, or the "
+                          "blob is not one `store --encrypt` sealed); copy the capability again") from None
+        data = data[offset:] if length is None else data[offset:offset + length]
     if output:
         tmp = output.with_name(output.name + ".partial")
         try:

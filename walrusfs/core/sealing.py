@@ -57,6 +57,8 @@ MAX_PAYLOAD = 1 << 20
 #: Bounds on a sealed op map's length (random nonce, ciphertext, tag), which peers check.
 SEALED_PAYLOAD_MIN = NONCE_BYTES + TAG_BYTES
 SEALED_PAYLOAD_MAX = MAX_PAYLOAD + NONCE_BYTES + TAG_BYTES
+#: What ``seal_blob`` adds to a blob: its random nonce and the AEAD tag.
+BLOB_OVERHEAD = NONCE_BYTES + TAG_BYTES
 
 # BLAKE2b personalisations (at most 16 bytes each): one per derived value, so no derived
 # key or nonce can ever equal another derived for a different purpose.
