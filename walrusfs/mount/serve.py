@@ -81,9 +81,9 @@ async def serve_mount(
     would (one parity row tampered yet committed to).
     """
     state = await trio.to_thread.run_sync(MountState, state_dir)
-    cache = await trio.to_thread.run_sync(ChunkCache, state_dir / "cache", cache_bytes)
     failure: MountError | None = None
     try:
+        cache = await trio.to_thread.run_sync(ChunkCache, state_dir / "cache", cache_bytes)
         async with running_host(os.urandom(32)) as host:
             try:
                 await _serve(host, mountpoint, volume, committee, state, cache, read_only=read_only,

@@ -9,14 +9,19 @@ Everything here blocks; the mount calls it from worker threads. The state direct
 * ``staging/NODE``: sparse files holding the staged bytes of dirty chunks;
 * ``cache/BLOB``: verified chunks, evicted least recently used beyond a byte budget.
 
-A lock file keeps two mounts from sharing one state directory.
+A lock file keeps two mounts from sharing one state directory. With private volumes the
+cache and staging hold plaintext, so every directory here is 0700 and every file 0600
+(an existing directory of this user that others can enter is fixed, another user's refused).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import pwd
 import sqlite3
+import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,6 +32,8 @@ from nacl.signing import SigningKey
 
 from ..identity import SeedFileError, read_seed_file, write_seed_file
 
+log = logging.getLogger("walrusfs.mount")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS own_entries (seq INTEGER PRIMARY KEY, encoded BLOB NOT NULL, published INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS staged (node BLOB PRIMARY KEY, file TEXT NOT NULL, record BLOB NOT NULL);
@@ -34,7 +41,83 @@ CREATE TABLE IF NOT EXISTS staged (node BLOB PRIMARY KEY, file TEXT NOT NULL, re
 
 
 class StateError(Exception):
-    """The state directory is unusable (in use by another mount, unreadable key)."""
+    """The state directory is unusable (in use by another mount, another user's, unreadable key)."""
+
+
+def _owner(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _refuse_foreign(path: Path, uid: int, what: str = "") -> None:
+    if uid != os.geteuid():
+        raise StateError(f"{what}{path} belongs to {_owner(uid)}, not to this user ({_owner(os.geteuid())}); "
+                         "a mount keeps plaintext in its state directory, so it will not use it: "
+                         "give this mount its own with --state DIR")
+
+
+#: The state directory's own files; its other entries (a user's --state may hold more) are left alone.
+_STATE_FILES = frozenset({"lock", "device.key", "mount.sqlite", "mount.sqlite-wal", "mount.sqlite-shm",
+                          "mount.sqlite-journal"})
+
+
+def private_directory(directory: Path, only: frozenset[str] | None = None) -> tuple[int, int]:
+    """Create ``directory`` 0700 (parents too) or make this user's existing one private; return (dirs, files) fixed.
+
+    The files fixed (group and other bits dropped) are those directly in it, or only those named
+    in ``only``. A directory of another user or a shared (sticky) one is refused with ``StateError``
+    and left as it is; so is one of those files owned by another user (once the directory is 0700).
+    """
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass  # made meanwhile (another process): checked below like any existing directory
+        else:
+            os.chmod(path, 0o700)  # whatever the umask
+    st = directory.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateError(f"state directory {directory} is not a directory")
+    _refuse_foreign(directory, st.st_uid, "state directory ")
+    if st.st_mode & stat.S_ISVTX:
+        raise StateError(f"state directory {directory} is a shared directory (mode {oct(stat.S_IMODE(st.st_mode))}); "
+                         "give this mount its own with --state DIR")
+    dirs = 0
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        # First, so nobody else can swap an entry between the checks below and their chmod.
+        os.chmod(directory, 0o700)
+        dirs += 1
+    loose = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if only is not None and entry.name not in only:
+                continue
+            est = entry.stat(follow_symlinks=False)
+            _refuse_foreign(Path(entry.path), est.st_uid)
+            if stat.S_ISREG(est.st_mode) and stat.S_IMODE(est.st_mode) & 0o077:
+                loose.append((entry.path, stat.S_IMODE(est.st_mode) & 0o700))
+    for path, mode in loose:  # symlinks are never followed, so never chmodded
+        os.chmod(path, mode)
+    return dirs, len(loose)
+
+
+def _report_fixed(directory: Path, fixed: list[tuple[int, int]]) -> None:
+    dirs, files = sum(d for d, _ in fixed), sum(f for _, f in fixed)
+    if dirs or files:
+        log.warning("state directory %s was accessible by other users: made %d directories 0700 and %d files "
+                    "private (0600)", directory, dirs, files)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (sqlite would make it 0644, and its -wal/-shm alike)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 @dataclass
@@ -82,7 +165,10 @@ class MountState:
     """The state directory of one mount."""
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fixed = [private_directory(directory, _STATE_FILES), private_directory(directory / "staging")]
+        if (directory / "cache").exists():
+            fixed.append(private_directory(directory / "cache"))
+        _report_fixed(directory, fixed)
         self.directory = directory
         self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -93,9 +179,9 @@ class MountState:
                 f"state directory {directory} is in use by another mount; give this mount its own with --state DIR"
             ) from None
         self.staging = directory / "staging"
-        self.staging.mkdir(exist_ok=True)
         self.device = self._device_key()
         self._lock = threading.Lock()
+        _private_file(directory / "mount.sqlite")
         self._db = sqlite3.connect(directory / "mount.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a crash of the mount process; fsync() of a file is
@@ -182,7 +268,7 @@ class ChunkCache:
     """Verified chunks on local disk, least recently used evicted beyond ``limit`` bytes."""
 
     def __init__(self, directory: Path, limit: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        _report_fixed(directory, [private_directory(directory)])  # a mount's MountState checked it already
         self.directory = directory
         self.limit = limit
         self._lock = threading.Lock()
@@ -218,7 +304,8 @@ class ChunkCache:
         path = self.directory / key
         # Two uploads of one deduplicated chunk may put it at once: each its own temporary.
         tmp = path.with_name(f"{key}.{os.urandom(6).hex()}.tmp")
-        tmp.write_bytes(data)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
         with self._lock:
             if key in self._entries:
