@@ -383,3 +383,46 @@ def test_a_file_written_by_an_inconsistent_writer_gets_eio_everywhere_with_the_r
         assert (vol.writer.path / "healthy.txt").read_bytes() == b"fine"
     finally:
         liar.stop()
+
+
+def test_state_directory_stays_private_and_another_users_is_refused(vol: Volume, tmp_path: Path) -> None:
+    old = os.umask(0)  # the mount process inherits it: nothing may rely on the umask
+    try:
+        private = vol.mount("private")
+    finally:
+        os.umask(old)
+
+    def loose() -> list[str]:
+        found = []
+        for root, dirs, files in os.walk(private.state):
+            for name in dirs + files:
+                path = Path(root) / name
+                mode = path.lstat().st_mode & 0o777
+                if mode != (0o700 if path.is_dir() else 0o600):
+                    found.append(f"{path.relative_to(private.state)} {oct(mode)}")
+        return found
+
+    try:
+        with open(private.path / "secret", "wb") as f:
+            f.write(b"plaintext " * 1000)
+            f.flush()
+            # Closing a duplicate flushes the pages to staging; no upload while f is open.
+            os.close(os.dup(f.fileno()))
+            assert list((private.state / "staging").iterdir())  # plaintext not yet uploaded
+            assert loose() == []
+        fsync(private.path / "secret")
+        assert list((private.state / "cache").iterdir())  # the uploaded chunk, cached
+        assert loose() == []
+    finally:
+        private.stop()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    (tmp_path / "empty").mkdir()
+    refused = subprocess.run(
+        [EXE, "mount", str(tmp_path / "empty"), "--volume", "vol", "--committee", str(vol.net.committee),
+         "--state", str(theirs)],
+        capture_output=True, text=True, env={**os.environ, "WALRUSFS_CONFIG_DIR": str(vol.config)}, timeout=60,
+    )
+    assert refused.returncode == 1 and f"state directory {theirs} belongs to" in refused.stderr, refused.stderr
+    assert not os.path.ismount(tmp_path / "empty")
