@@ -17,9 +17,16 @@ def volume_env(config: Path, state: Path) -> dict[str, str]:
     return {**os.environ, "WALRUSFS_CONFIG_DIR": str(config), "WALRUSFS_STATE_DIR": str(state)}
 
 
-def create_volume(config: Path, name: str) -> str:
-    """Make a volume whose key lives in ``config``; return its ID."""
-    result = subprocess.run([EXE, "volume", "create", name, "--json"], capture_output=True, text=True,
+def share(config: Path, name: str, kind: str = "read") -> str:
+    """The ``read``, ``verify`` or ``write`` capability of a volume whose keys live in ``config``."""
+    result = subprocess.run([EXE, "volume", "share", name, f"--{kind}"], capture_output=True, text=True,
+                            env=volume_env(config, config), check=True)
+    return result.stdout.strip()
+
+
+def create_volume(config: Path, name: str, *options: str) -> str:
+    """Make a volume (private unless ``--public`` is among ``options``) whose keys live in ``config``; return its ID."""
+    result = subprocess.run([EXE, "volume", "create", name, "--json", *options], capture_output=True, text=True,
                             env={**os.environ, "WALRUSFS_CONFIG_DIR": str(config)}, timeout=60, check=True)
     return json.loads(result.stdout)["volumeId"]
 
@@ -108,13 +115,15 @@ class MountedVolume:
     """A devnet of ``peers`` processes, one volume, and the mounts made of it (all stopped in ``close``)."""
 
     def __init__(self, root: Path, peers: int = 7, faults: dict[int, str] | None = None,
-                 devnet_options: tuple[str, ...] = ()) -> None:
+                 devnet_options: tuple[str, ...] = (), volume_options: tuple[str, ...] = ()) -> None:
         self.root = root
         self.net = Devnet(root / "net", peers, faults, *devnet_options)
         self.config = root / "config"
         self.mounts: list[Mount] = []
         try:
-            self.volume_id = create_volume(self.config, "vol")
+            self.volume_id = create_volume(self.config, "vol", *volume_options)
+            #: What another user mounts read-only (a private volume's ID alone reads nothing).
+            self.read_cap = share(self.config, "vol", "read")
         except BaseException:
             self.net.down()  # never leave peer processes behind a failed setup
             raise

@@ -102,7 +102,7 @@ def test_a_hostile_member_crashes_nobody(tmp_path: Path, monkeypatch: pytest.Mon
             fsync(writer.path / name)
         assert wait_for(lambda: all((second.path / n).exists() and (second.path / n).read_bytes() == d
                                     for n, d in files.items()), limit=60), "the second mount did not see the files"
-        fresh = vol.mount("fresh", volume=vol.volume_id, config=vol.root / "no-keys")
+        fresh = vol.mount("fresh", volume=vol.read_cap, config=vol.root / "no-keys")
         for name, data in files.items():
             assert (fresh.path / name).read_bytes() == data
         for mount in (writer, second, fresh):

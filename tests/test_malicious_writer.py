@@ -3,10 +3,11 @@
 Issue 15, finding 6: a device that set a mode, uid or gid of 2^32 or a size of 2^63 made
 every other mount of the volume die of pyfuse3's OverflowError on ``ls``, and again on
 every remount. Here the writer's entries are built with the pure core and pushed to the
-peers directly: values no mount can show are rejected by every peer, the root cannot be
-chmodded, chowned or replaced, and the values that do pass (the largest in range) only
-change the writer's own files. Both mounts, a remount and a fresh mount keep listing and
-reading the honest files byte for byte.
+peers directly: values no mount can show are rejected by every peer (public volume) or,
+sealed where peers cannot read them (private volume), accepted by the peers and skipped
+by every mount after opening them; the root cannot be chmodded, chowned or replaced, and
+the values that do pass (the largest in range) only change the writer's own files. Both
+mounts, a remount and a fresh mount keep listing and reading the honest files byte for byte.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from nacl.signing import SigningKey
 
@@ -40,7 +42,9 @@ from walrusfs.core.log import (
 )
 from walrusfs.core.messages import LOG_PUSH
 from walrusfs.core.namespace import ROOT
+from walrusfs.core.sealing import open_payload, seal_payload
 from walrusfs.identity import read_seed_file
+from walrusfs.mount.volumelog import entry_context
 
 EVIL_FILE, EVIL_SPARSE = b"\xe1" * 32, b"\xe2" * 32
 HONEST = {"a.txt": b"hello from the honest mount\n", "dir/b.bin": random.Random(6).randbytes(300_000)}
@@ -53,8 +57,9 @@ class Writer:
     a mount's user would), so peers admit its entries and only their values are judged.
     """
 
-    def __init__(self, volume_key: SigningKey, account: SigningKey) -> None:
+    def __init__(self, volume_key: SigningKey, account: SigningKey, read_key: bytes | None) -> None:
         self.volume_key = volume_key
+        self.read_key = read_key
         self.account = account
         self.key = SigningKey(os.urandom(32))
         self.entries: list[Entry] = []
@@ -63,30 +68,41 @@ class Writer:
     def sign(self, kind: str, **args: Any) -> Entry:
         payload = {"volume": bytes(self.volume_key.verify_key),
                    "delegation": delegate_device(self.volume_key, bytes(self.key.verify_key)),
-                   "op": {"kind": kind, "args": args},
                    "account": bytes(self.account.verify_key),
                    "sponsorship": sponsor(self.account, bytes(self.volume_key.verify_key))}
         self.hlc = next_hlc(self.hlc, int(time.time() * 1000))
+        op = {"kind": kind, "args": args}
+        if self.read_key is None:
+            payload["op"] = op
+        else:
+            volume, seq = bytes(self.volume_key.verify_key), len(self.entries) + 1
+            payload["sealed"] = seal_payload(self.read_key, volume, op, entry_context(bytes(self.key.verify_key), seq))
         prev = self.entries[-1].id if self.entries else GENESIS
         entry = sign_entry(self.key, len(self.entries) + 1, prev, self.hlc, NAMESPACE, payload)
         self.entries.append(entry)
         return entry
 
 
-async def honest_node(client: Client, name: str) -> bytes:
+async def honest_node(client: Client, name: str, volume: bytes, read_key: bytes | None) -> bytes:
     """The node ID the honest mount's create of ``name`` gave it, read back from the log."""
     entries = await client.fullest_log() or []
-    return next(e.payload["op"]["args"]["node"] for e in entries
-                if e.kind == NAMESPACE and e.payload["op"]["kind"] == "create" and e.payload["op"]["args"]["name"] == name)
+    for e in entries:
+        if e.kind != NAMESPACE:
+            continue
+        op = e.payload["op"] if read_key is None else open_payload(read_key, volume, e.payload["sealed"],
+                                                                   entry_context(e.author, e.seq))
+        if op["kind"] == "create" and op["args"]["name"] == name:
+            return op["args"]["node"]
+    raise AssertionError(f"no create of {name} in the log")
 
 
-async def attack(committee_path: Path, volume_key: SigningKey) -> dict[str, list[str]]:
+async def attack(committee_path: Path, volume_key: SigningKey, read_key: bytes | None) -> dict[str, list[str]]:
     """Push the writer's entries to every peer; return each entry's outcomes, by label."""
     committee = parse_committee(committee_path.read_text())
     account = load_key(committee_path.parent / "writer.key")
     async with running_host(os.urandom(32)) as host:
         client = Client(host, committee)
-        honest = await honest_node(client, "a.txt")
+        honest = await honest_node(client, "a.txt", bytes(volume_key.verify_key), read_key)
         # Values no mount can show: each from a fresh device of the writer (a rejected entry
         # stops its chain), each to be rejected by every peer.
         out_of_range = {
@@ -104,9 +120,9 @@ async def attack(committee_path: Path, volume_key: SigningKey) -> dict[str, list
         }
         labelled: dict[str, Entry] = {}
         for label, (kind, args) in out_of_range.items():
-            labelled[label] = Writer(volume_key, account).sign(kind, **args)
+            labelled[label] = Writer(volume_key, account, read_key).sign(kind, **args)
         # One device's chain of values that pass (the extremes in range) and attacks on the root.
-        writer = Writer(volume_key, account)
+        writer = Writer(volume_key, account, read_key)
         for label, kind, args in [
             ("own file, largest values", "create", {"parent": ROOT, "name": "evil", "node": EVIL_FILE,
                                                     "mode": 0o7777, "uid": 2**32 - 2, "gid": 2**32 - 2,
@@ -163,9 +179,10 @@ def check_mount(mount: Mount, keep_owners: bool = False) -> None:
     assert mount.process is not None and mount.process.poll() is None, mount.log.read_text()[-3000:]
 
 
-def test_a_malicious_writer_damages_only_its_own_files(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["public", "private"])
+def test_a_malicious_writer_damages_only_its_own_files(tmp_path: Path, kind: str) -> None:
     started = time.monotonic()
-    vol = MountedVolume(tmp_path / "vol", 4)
+    vol = MountedVolume(tmp_path / "vol", 4, volume_options=("--public",) if kind == "public" else ())
     try:
         honest = vol.mount("honest")
         other = vol.mount("other")
@@ -177,24 +194,29 @@ def test_a_malicious_writer_damages_only_its_own_files(tmp_path: Path) -> None:
         print(f"\nset up in {time.monotonic() - started:.1f} s")
 
         volume_key = SigningKey(read_seed_file(vol.config / "volumes" / "vol.key"))
-        outcomes = trio.run(attack, vol.net.committee, volume_key)
+        read_key = None if kind == "public" else read_seed_file(vol.config / "volumes" / "vol.readkey")
+        outcomes = trio.run(attack, vol.net.committee, volume_key, read_key)
         for label, got in outcomes.items():
             print(f"{label}: {got}")
         passing = {"own file, largest values", "own sparse file", "size 2^63 - 1", "chmod 000 root", "chown root",
                    "root as a file", "root as a symlink", "write to root", "root renamed"}
         held = {Outcome.ACCEPTED.value, Outcome.DUPLICATE.value}  # the first peer relays to the others
         for label, got in outcomes.items():
-            if label in passing:
+            if label in passing or kind == "private":
+                # Sealed, the out-of-range values pass the peers; the mounts skip them below.
                 assert set(got) <= held, (label, got)
             else:
                 assert got == [Outcome.REJECTED.value] * 4, (label, got)
 
         for mount in (honest, other):
             check_mount(mount)
+        if kind == "private":
+            # The mounts opened the 9 sealed out-of-range ops and refused to apply them.
+            assert wait_for(lambda: honest.status().get("unreadable_entries") == 9, limit=30), honest.status()
         other.stop()
         other.start()  # the remount that used to die on its first `ls`
         check_mount(other)
-        fresh = vol.mount("fresh", "--keep-owners", volume=vol.volume_id, config=vol.root / "no-keys")
+        fresh = vol.mount("fresh", "--keep-owners", volume=vol.read_cap, config=vol.root / "no-keys")
         check_mount(fresh, keep_owners=True)
         # The honest mount still writes, and the others see it.
         (honest.path / "after.txt").write_bytes(b"still writing")

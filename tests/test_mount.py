@@ -230,7 +230,7 @@ def test_read_only_mount_refuses_writes(vol: Volume) -> None:
     (vol.writer.path / "ro-check.txt").write_bytes(b"readable")
     vol.writer.sync()
     # Only the volume ID, no key: this mount can read and nothing else.
-    reader = vol.mount("readonly", volume=vol.volume_id, config=vol.root / "no-keys")
+    reader = vol.mount("readonly", volume=vol.read_cap, config=vol.root / "no-keys")
     try:
         assert wait_for(lambda: (reader.path / "ro-check.txt").read_bytes() == b"readable")
         for attempt in (

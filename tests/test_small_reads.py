@@ -67,7 +67,7 @@ def read_all(root: Path, order: list[int]) -> list[str]:
 
 
 def test_a_fresh_read_only_mount_reads_every_small_file(volume: MountedVolume) -> None:
-    reader = volume.mount("sequential", volume=volume.volume_id, config=volume.root / "no-keys")
+    reader = volume.mount("sequential", volume=volume.read_cap, config=volume.root / "no-keys")
     started = time.monotonic()
     problems = read_all(reader.path, list(range(COUNT)))
     print(f"read {COUNT} files sequentially in {time.monotonic() - started:.1f} s")
@@ -76,7 +76,7 @@ def test_a_fresh_read_only_mount_reads_every_small_file(volume: MountedVolume) -
 
 
 def test_four_concurrent_readers_of_a_fresh_mount(volume: MountedVolume) -> None:
-    reader = volume.mount("concurrent", volume=volume.volume_id, config=volume.root / "no-keys")
+    reader = volume.mount("concurrent", volume=volume.read_cap, config=volume.root / "no-keys")
     orders = [[(k + start * COUNT // 4) % COUNT for k in range(COUNT)] for start in range(4)]
     started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:

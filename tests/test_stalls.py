@@ -109,7 +109,7 @@ def test_two_of_7_peers_stalled_for_good(tmp_path: Path) -> None:
         print(f"mount at n = 7, 2 stalled: writes + fsyncs {time.monotonic() - started:.1f} s")
         assert wait_for(lambda: all((second.path / n).exists() and (second.path / n).read_bytes() == d
                                     for n, d in files.items()), limit=30), "the second mount did not see the files"
-        fresh = vol.mount("fresh", volume=vol.volume_id, config=vol.root / "no-keys")
+        fresh = vol.mount("fresh", volume=vol.read_cap, config=vol.root / "no-keys")
         for name, data in files.items():
             assert (fresh.path / name).read_bytes() == data
     finally:
@@ -240,7 +240,7 @@ def test_mount_works_with_any_one_peer_paused_and_each_catches_up(vol: MountedVo
             print(f"\npeer {paused} paused: writes + fsyncs {time.monotonic() - started:.1f} s", end="")
             assert wait_for(lambda: all((second.path / n).exists() and (second.path / n).read_bytes() == d
                                         for n, d in files.items()), limit=30), "the second mount did not see the files"
-            fresh = vol.mount(f"fresh-{paused}", volume=vol.volume_id, config=vol.root / "no-keys")
+            fresh = vol.mount(f"fresh-{paused}", volume=vol.read_cap, config=vol.root / "no-keys")
             started = time.monotonic()
             for name, data in files.items():
                 assert (fresh.path / name).read_bytes() == data
