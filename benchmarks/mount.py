@@ -13,8 +13,11 @@ processes on 127.0.0.1 and a mount (all in a temporary directory), then, in one 
 * untar: extract N small files (0.5-3 KB) into the mount; files/s when tar returns
   (staged) and when everything is certified and in the log (fsync of the mount root).
 
+Each is measured on a public volume and on a private one (chunks and names sealed), in
+that order (``--kinds``), and the private/public ratios are printed.
+
 Targets: mount write and read >= 80% of the blob CLI, cached re-read >= 300 MB/s,
-untar >= 100 files/s.
+untar >= 100 files/s; private volumes' write and read >= 0.9x public.
 """
 
 from __future__ import annotations
@@ -73,67 +76,58 @@ def timed(action) -> float:  # noqa: ANN001
     return time.perf_counter() - start
 
 
+def measure(kind: str, committee: Path, config: Path, work: Path, local: Path, archive: Path, files: int,
+            mounts: list[Mount]) -> dict[str, float]:
+    """Seconds taken by each mount measurement on a fresh volume of ``kind`` (public or private)."""
+    name = f"bench-{kind}"
+    create_volume(config, name, *(("--public",) if kind == "public" else ()))
+    writer = Mount(committee, work / f"mnt-{kind}", name, config, work / "state" / f"writer-{kind}").start()
+    mounts.append(writer)
+    out: dict[str, float] = {}
+
+    def write_mount() -> None:
+        with open(local, "rb") as source, open(writer.path / "big.bin", "wb") as target:
+            while block := source.read(1 << 20):
+                target.write(block)
+            target.flush()
+            os.fsync(target.fileno())
+
+    out["write"] = timed(write_mount)
+    # Sequential read through a fresh mount (nothing cached).
+    reader = Mount(committee, work / f"mnt-read-{kind}", name, config, work / "state" / f"reader-{kind}").start()
+    mounts.append(reader)
+    drop_caches()
+    out["read"] = timed(lambda: read_all(reader.path / "big.bin"))
+    out["cached"] = timed(lambda: read_all(reader.path / "big.bin"))
+    drop_caches()  # the mount's own chunk cache
+    out["chunk_cache"] = timed(lambda: read_all(reader.path / "big.bin"))
+    out["untar"] = timed(lambda: subprocess.run(["tar", "-xf", str(archive), "-C", str(writer.path)], check=True))
+    out["certified"] = out["untar"] + timed(writer.sync)
+    return out
+
+
 def main() -> None:
     """Run the benchmark and print a table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256, help="MiB for the sequential runs (default 256)")
     parser.add_argument("--files", type=int, default=1000, help="small files to untar (default 1000)")
+    parser.add_argument("--kinds", default="public,private",
+                        help="volume kinds to measure, in order (default public,private)")
     args = parser.parse_args()
+    kinds = args.kinds.split(",")
     size = args.size << 20
     work = Path(tempfile.mkdtemp(prefix="walrusfs-mount-bench-"))
     net = work / "net"
     run("devnet", "up", str(net))
     committee = net / "committee.toml"
     config = work / "config"
-    create_volume(config, "bench")
     mounts: list[Mount] = []
     try:
-        writer = Mount(committee, work / "mnt", "bench", config, work / "state" / "writer").start()
-        mounts.append(writer)
         local = work / "local.bin"
         with open(local, "wb") as f:
             for _ in range(size >> 20):
                 f.write(os.urandom(1 << 20))
-        rows: list[tuple[str, float, float, str]] = []
         mb = size / 1e6
-
-        # Sequential write + certification.
-        def write_mount() -> None:
-            with open(local, "rb") as source, open(writer.path / "big.bin", "wb") as target:
-                while block := source.read(1 << 20):
-                    target.write(block)
-                target.flush()
-                os.fsync(target.fileno())
-
-        t_mount_write = timed(write_mount)
-        stored: dict = {}
-
-        def store_cli() -> None:
-            stored.update(json.loads(run("store", str(local), "--json", "--committee", str(committee)).stdout))
-
-        t_cli_store = timed(store_cli)
-        rows.append(("sequential write", mb / t_mount_write, mb / t_cli_store, "walrusfs store"))
-
-        # Sequential read through a fresh mount (nothing cached) vs the blob CLI.
-        reader = Mount(committee, work / "mnt-read", "bench", config, work / "state" / "reader").start()
-        mounts.append(reader)
-        drop_caches()
-        t_mount_read = timed(lambda: read_all(reader.path / "big.bin"))
-        out = work / "out.bin"
-        blob_id = stored["blobId"]
-        t_cli_read = timed(lambda: run("read", blob_id, "-o", str(out), "--committee", str(committee)))
-        rows.append(("sequential read", mb / t_mount_read, mb / t_cli_read, "walrusfs read"))
-
-        # Cached re-read vs a local disk file (both already in the page cache).
-        read_all(local)
-        t_local = timed(lambda: read_all(local))
-        t_cached = timed(lambda: read_all(reader.path / "big.bin"))
-        rows.append(("cached re-read", mb / t_cached, mb / t_local, "local disk file"))
-        # And with the kernel's page cache dropped: the mount's own chunk cache.
-        drop_caches()
-        t_chunk_cache = timed(lambda: read_all(reader.path / "big.bin"))
-
-        # Untar of small files.
         archive = io.BytesIO()
         rng = random.Random(2)
         with tarfile.open(fileobj=archive, mode="w") as tar:
@@ -143,19 +137,41 @@ def main() -> None:
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
         (work / "small.tar").write_bytes(archive.getvalue())
-        t_untar = timed(lambda: subprocess.run(["tar", "-xf", str(work / "small.tar"), "-C", str(writer.path)], check=True))
-        t_certified = t_untar + timed(writer.sync)
+
+        results = {kind: measure(kind, committee, config, work, local, work / "small.tar", args.files, mounts)
+                   for kind in kinds}
+
+        stored: dict = {}
+        t_cli_store = timed(lambda: stored.update(json.loads(
+            run("store", str(local), "--json", "--committee", str(committee)).stdout)))
+        out = work / "out.bin"
+        t_cli_read = timed(lambda: run("read", stored["blobId"], "-o", str(out), "--committee", str(committee)))
+        read_all(local)
+        t_local = timed(lambda: read_all(local))
         local_dir = work / "local-untar"
         local_dir.mkdir()
-        t_local_untar = timed(lambda: subprocess.run(["tar", "-xf", str(work / "small.tar"), "-C", str(local_dir)], check=True))
+        t_local_untar = timed(lambda: subprocess.run(["tar", "-xf", str(work / "small.tar"), "-C", str(local_dir)],
+                                                     check=True))
 
         print(f"\nwalrusfs mount benchmark: 7 peers on 127.0.0.1, {args.size} MiB file, {args.files} small files")
-        print(f"{'':<20}{'mount MB/s':>12}{'baseline MB/s':>15}  {'ratio':>6}  baseline")
-        for name, mine, base, label in rows:
-            print(f"{name:<20}{mine:>12.1f}{base:>15.1f}  {mine / base:>6.2f}  {label}")
-        print(f"{'chunk-cache re-read':<20}{mb / t_chunk_cache:>12.1f}{'':>15}  {'':>6}  (page cache dropped)")
-        print(f"{'untar (staged)':<20}{args.files / t_untar:>12.1f} files/s; local disk {args.files / t_local_untar:.0f} files/s")
-        print(f"{'untar (certified)':<20}{args.files / t_certified:>12.1f} files/s (until every file is certified and logged)")
+        print(f"{'':<28}{'mount MB/s':>12}{'baseline MB/s':>15}  {'ratio':>6}  baseline")
+        for kind, r in results.items():
+            for label, mine, base, what in [
+                ("sequential write", mb / r["write"], mb / t_cli_store, "walrusfs store"),
+                ("sequential read", mb / r["read"], mb / t_cli_read, "walrusfs read"),
+                ("cached re-read", mb / r["cached"], mb / t_local, "local disk file"),
+            ]:
+                print(f"{kind + ' ' + label:<28}{mine:>12.1f}{base:>15.1f}  {mine / base:>6.2f}  {what}")
+            print(f"{kind + ' chunk-cache re-read':<28}{mb / r['chunk_cache']:>12.1f}")
+            print(f"{kind + ' untar (staged)':<28}{args.files / r['untar']:>12.1f} files/s; "
+                  f"local disk {args.files / t_local_untar:.0f} files/s")
+            print(f"{kind + ' untar (certified)':<28}{args.files / r['certified']:>12.1f} files/s")
+        if {"public", "private"} <= set(results):
+            pub, priv = results["public"], results["private"]
+            print("private / public (throughput ratio; target >= 0.90 for write and read):")
+            for label, key in [("sequential write", "write"), ("sequential read", "read"),
+                               ("chunk-cache re-read", "chunk_cache"), ("untar (certified)", "certified")]:
+                print(f"  {label:<24}{pub[key] / priv[key]:>6.2f}")
         print("targets: write and read ratio >= 0.80, cached re-read >= 300 MB/s, untar >= 100 files/s")
     finally:
         for mount in mounts:
