@@ -82,7 +82,9 @@ def main() -> None:
                 f.flush()
                 os.fsync(f.fileno())  # returns once certified by 2f+1 peers and in the log
             reader_mnt = base / "mnt-readonly"
-            mounts.append((reader_mnt, start_mount(reader_mnt, volume, committee, base / "state-ro",
+            # Another user holds no keys: the volume is private, so it gets a read capability.
+            read_cap = walrusfs("volume", "share", "demo", "--read", env=env).stdout.strip()
+            mounts.append((reader_mnt, start_mount(reader_mnt, read_cap, committee, base / "state-ro",
                                                    {**env, "WALRUSFS_CONFIG_DIR": str(base / "no-keys")},
                                                    base / "mount-ro.log")))
             for _ in range(300):
@@ -101,7 +103,8 @@ Try, in another terminal:
   cp /etc/services {mnt}/ && cat {mnt}/services | head
   mkdir {mnt}/photos && ls -la {mnt}
   getfattr -d -m user.walrus {mnt}/services        # blob IDs and certificate entries
-  {EXE} status {mnt}                # pending uploads
+  {EXE} status {mnt}                # pending uploads; the volume is private (peers see ciphertext)
+  {EXE} volume share demo --read    # a capability that mounts it read-only elsewhere
   {EXE} health --committee {committee}
   {EXE} audit start --committee {committee} --key {net}/peer-0
       # a storage challenge round now, authorized by member 0 (only members start rounds;
