@@ -122,10 +122,12 @@ def peer_dirs(mv: MountedVolume) -> list[Path]:
 
 
 def test_deleted_file_released_after_trash_time_shared_chunk_survives_restore_is_exact(tmp_path: Path) -> None:
-    mv = MountedVolume(tmp_path, peers=4)
+    # Public volumes: a chunk is shared across volumes only in the clear (private volumes
+    # never share one; tests/test_private_volumes.py shows that).
+    mv = MountedVolume(tmp_path, peers=4, volume_options=("--public",))
     stalled_pid = None
     try:
-        create_volume(mv.config, "vol2")
+        create_volume(mv.config, "vol2", "--public")
         a = mv.mount("a", "--trash-time", f"{TRASH_SECONDS}s")
         b = mv.mount("b", volume="vol2")
         rng = random.Random(16)

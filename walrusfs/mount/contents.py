@@ -69,7 +69,7 @@ class QuotaRefused(Exception):
     """Peers refuse a file's upload for want of a grant or quota; the mount fails fsync and close with EDQUOT."""
 
 
-def _cache_key(blob: bytes, key_hash: bytes | None) -> tuple[bytes, str]:
+def cache_key(blob: bytes, key_hash: bytes | None) -> tuple[bytes, str]:
     """Memory and disk cache keys of a chunk's plaintext: the blob, and for a sealed chunk its hash too."""
     if key_hash is None:
         return blob, str(BlobId(blob))
@@ -259,7 +259,7 @@ class Contents:
         ``key_hash`` is a sealed chunk's plaintext hash. Cached plaintext is keyed by blob
         and hash together, so one blob named with two hashes is never confused.
         """
-        ref, name = _cache_key(blob, key_hash)
+        ref, name = cache_key(blob, key_hash)
         while True:
             data = self._memory.get(ref)
             if data is not None:
@@ -710,7 +710,7 @@ class Contents:
         else:
             self.deduplicated_chunks += 1
         self._metadata[blob_id.raw] = encoded.metadata
-        ref, name = _cache_key(blob_id.raw, key_hash)
+        ref, name = cache_key(blob_id.raw, key_hash)
         await trio.to_thread.run_sync(self.cache.put, name, data)
         self._remember(ref, data)
         return blob_id.raw, key_hash

@@ -42,6 +42,7 @@ from ..core.lifecycle import MAX_TARGETS
 from ..core.log import hlc_millis
 from ..core.metadata import BlobId
 from ..core.namespace import FILE, ROOT, Content, Namespace, Op
+from .contents import cache_key
 
 log = logging.getLogger("walrusfs.lifecycle")
 
@@ -461,17 +462,35 @@ class Keeper:
         """Store a needed chunk again from the verified cache (its registrations all ended); whether it worked."""
         if self.contents is None:
             return False
-        data = self.contents._memory.get(blob)
+        # A private volume's cache keeps plaintext under blob and plaintext hash: find the hash
+        # a file (or a staged version) names the blob with; sealing again gives the same blob.
+        key_hash = self._chunk_hashes().get(blob)
+        ref, name = cache_key(blob, key_hash)
+        data = self.contents._memory.get(ref)
         if data is None:
-            data = await trio.to_thread.run_sync(self.contents.cache.get, str(BlobId(blob)))
+            data = await trio.to_thread.run_sync(self.contents.cache.get, name)
         if data is None:
             return False
         try:
-            stored = await self.contents._store_chunk(data)
+            stored, _ = await self.contents._store_chunk(data)
         except StoreError as exc:
             errors.append(f"storing chunk {BlobId(blob)} again: {exc}")
             return False
         return stored == blob
+
+    def _chunk_hashes(self) -> dict[bytes, bytes]:
+        """Blob -> plaintext hash of every sealed chunk the tree or this mount's staged files name."""
+        out: dict[bytes, bytes] = {}
+        contents = [node.content for node in self.vlog.namespace.nodes.values()]
+        for content in contents:
+            for blob, key_hash in zip(content.chunks, content.hashes):
+                if blob is not None and key_hash is not None:
+                    out[blob] = key_hash
+        for staged in (self.contents.staged.values() if self.contents is not None else ()):
+            for blob, key_hash in zip(staged.chunks, staged.hashes):
+                if blob is not None and key_hash is not None:
+                    out[blob] = key_hash
+        return out
 
     async def run(self) -> None:
         """Pass after every new storage epoch and at least every few seconds, until cancelled."""
