@@ -163,3 +163,24 @@ def test_volume_list_skips_a_damaged_key_and_lists_the_rest(tmp_path: Path) -> N
     assert result.returncode == 1
     assert result.stdout.startswith("good  ")
     assert "bad" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ids_starting_with_a_dash_are_arguments_not_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One blob or volume ID in 64 starts with '-': pasted where an argument goes, it must not
+    # be taken for an unknown option (which made such IDs unusable without a '--').
+    monkeypatch.setenv("WALRUSFS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("WALRUSFS_COMMITTEE", str(tmp_path / "no-committee.toml"))
+    volume_id = "-" + "A" * 42
+    for args in (["volume", "share", volume_id, "--verify"], ["volume", "share", "--verify", volume_id],
+                 ["volume", "share", "--verify", "--", volume_id]):
+        result = walrusfs(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.startswith(f"walrusfs-verify:v1:{volume_id}:"), args
+    for args in (["blob-status", volume_id, "--json"], ["read", volume_id, "-o", str(tmp_path / "out")],
+                 ["read", "-o", str(tmp_path / "out"), volume_id]):
+        result = walrusfs(*args)
+        assert result.returncode == 2 and "no committee file" in result.stderr, (args, result.stderr)
+    # A real unknown option is still one, and an option's value stays its value.
+    assert "No such option '--bogus'" in walrusfs("read", volume_id, "--bogus").stderr
+    result = walrusfs("read", volume_id, "-o", "-" + "B" * 42, "--committee", str(tmp_path / "none.toml"))
+    assert result.returncode == 2 and "none.toml" in result.stderr, result.stderr

@@ -8,7 +8,9 @@ too few valid answers), 2 usage error, 3 the blob is invalid (inconsistently enc
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -66,3 +68,45 @@ def main() -> None:
 for _command in (audit, blob_id, blob_status, delete, devnet, extend, gc, grant, health, init, log_command, mount,
                  peer, read, status, store, umount, volume):
     main.add_command(_command)
+
+
+#: A blob or volume ID: 43 characters of URL-safe base64. One in 64 starts with '-', which
+#: click would take for an option ("No such option: -c") unless the user knew to type "--".
+_ID = re.compile(r"-[A-Za-z0-9_-]{42}")
+
+
+def _ids_first_positional(args: list[str], valued: set[str]) -> list[str]:
+    """``args`` with every ID that starts with '-' kept as an argument: options first, then ``--``, then the arguments in order."""
+    if "--" in args or not any(_ID.fullmatch(a) for a in args):
+        return args
+    options: list[str] = []
+    arguments: list[str] = []
+    k = 0
+    while k < len(args):
+        if args[k] in valued and k + 1 < len(args):
+            options += args[k : k + 2]  # an option's value stays its value, whatever it looks like
+            k += 2
+            continue
+        arg = args[k]
+        (arguments if _ID.fullmatch(arg) or not arg.startswith("-") or arg == "-" else options).append(arg)
+        k += 1
+    return [*options, "--", *arguments]
+
+
+def _take_ids_as_arguments(command: click.Command) -> None:
+    """Make ``command`` and every command under it accept IDs starting with '-' where an argument goes."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _take_ids_as_arguments(sub)
+        return
+    valued = {name for p in command.params if isinstance(p, click.Option) and not p.is_flag and not p.count
+              for name in p.opts}
+    parse: Callable[[click.Context, list[str]], list[str]] = command.parse_args
+
+    def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
+        return parse(ctx, _ids_first_positional(args, valued))
+
+    command.parse_args = parse_args  # type: ignore[method-assign]
+
+
+_take_ids_as_arguments(main)
