@@ -66,6 +66,10 @@ BATCH = 500
 #: before they are checked and applied: an endless or huge log costs rounds, not memory.
 FOLLOW_BYTES = 16 << 20
 HOLD_BYTES = 4 << 20
+#: Entries that do not open are logged one by one up to this many, then only counted (in
+#: ``walrusfs status``): a wrong read key fails every entry of the volume, and a log line
+#: per entry would bury the one error that says so.
+UNREADABLE_WARNINGS = 3
 
 
 def entry_context(author: bytes, seq: int) -> bytes:
@@ -416,9 +420,11 @@ class VolumeLog:
                 op = Op(entry.id, entry.hlc, entry.author, raw["kind"], raw["args"])
             except (SealError, LogError) as exc:
                 self.unreadable += 1
-                if read_key is not None:
-                    log.warning("namespace entry %s of device %s skipped: %s", entry.id.hex()[:12],
-                                entry.author.hex()[:12], exc)
+                if read_key is not None and self.unreadable <= UNREADABLE_WARNINGS:
+                    log.warning("namespace entry %s of device %s skipped: %s%s", entry.id.hex()[:12],
+                                entry.author.hex()[:12], exc,
+                                "; further ones are only counted (walrusfs status MOUNT)"
+                                if self.unreadable == UNREADABLE_WARNINGS else "")
         self._ops[entry.id] = op
         return op
 
