@@ -47,7 +47,10 @@ def fusermount_u(path: Path) -> None:
 
 
 class Mount:
-    """A mount served by its own process (file I/O from the serving process would deadlock)."""
+    """A mount served by its own process (file I/O from the serving process would deadlock).
+
+    ``volume`` is a name or ID (``--volume``), or a capability string (``--cap``).
+    """
 
     def __init__(self, committee: Path, mountpoint: Path, volume: str, config: Path, state: Path,
                  *extra: str) -> None:
@@ -64,9 +67,10 @@ class Mount:
 
     def start(self, limit: float = 90.0) -> Mount:
         """Start the mount process and wait until the kernel shows the mount."""
+        which = "--cap" if self.volume.startswith("walrusfs-") else "--volume"
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [EXE, "mount", str(self.path), "--volume", self.volume, "--committee", str(self.committee),
+                [EXE, "mount", str(self.path), which, self.volume, "--committee", str(self.committee),
                  "--state", str(self.state), *self.extra],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=volume_env(self.config, self.state.parent),
             )
