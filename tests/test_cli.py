@@ -184,3 +184,12 @@ def test_ids_starting_with_a_dash_are_arguments_not_options(tmp_path: Path, monk
     assert "No such option '--bogus'" in walrusfs("read", volume_id, "--bogus").stderr
     result = walrusfs("read", volume_id, "-o", "-" + "B" * 42, "--committee", str(tmp_path / "none.toml"))
     assert result.returncode == 2 and "none.toml" in result.stderr, result.stderr
+
+
+def test_blob_status_with_no_peer_answering_is_a_failure_not_a_missing_blob(tmp_path: Path) -> None:
+    # Peers nobody could reach know nothing about whether a blob exists: exit 1, not 4.
+    committee = _committee_with(tmp_path, 4)
+    result = walrusfs("blob-status", "A" * 43, "--committee", str(committee))
+    assert result.returncode == 1, result
+    last = result.stderr.strip().splitlines()[-1]
+    assert "only peers holding 0 of 4 shards answered (3 are needed to tell that it does not exist)" in last

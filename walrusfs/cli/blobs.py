@@ -340,7 +340,7 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
                                "storageEpoch": storage_epoch, "state": state, "endEpoch": end,
                                "owners": sorted({r["owner"] for r in report if r["state"] == "live"}),
                                "registrations": report}, indent=2))
-        _exit_unknown(status, poa, invalid)
+        _exit_unknown(committee, status, poa, invalid)
         return
     if invalid is not None:
         click.echo(f"Blob {blob}: INVALID, its writer encoded it inconsistently (log entry {invalid.id.hex()[:16]}..., "
@@ -373,15 +373,24 @@ def blob_status(blob: BlobId, committee_path: Path | None, as_json: bool) -> Non
         extra = ", healing" if s.get("healing") else ""
         click.echo(f"  {s['peer_id']}: shards {s['shards']}, pairs {held}, metadata {'yes' if s['metadata'] else 'no'}, "
                    f"{'confirmed' if s['confirmed'] else 'not confirmed'}{extra}")
-    _exit_unknown(status, poa, invalid)
+    _exit_unknown(committee, status, poa, invalid)
 
 
-def _exit_unknown(status: list[dict[str, Any]], poa: Any, invalid: Any) -> None:
-    """Exit 4 (not found) when no log entry and no reachable peer knows the blob."""
+def _exit_unknown(committee: Any, status: list[dict[str, Any]], poa: Any, invalid: Any) -> None:
+    """Exit 4 (not found) when no log entry and no peer knows the blob, 1 when too few peers answered to tell."""
     known = poa is not None or invalid is not None or any(s.get("metadata") or s.get("pairs") for s in status)
-    if not known:
-        click.echo("walrusfs: no peer and no log entry knows this blob", err=True)
-        sys.exit(EXIT_NOT_FOUND)
+    if known:
+        return
+    # A stored blob is held by peers of 2f + 1 shards: only answers from as many shards
+    # are sure to include one of them. Unreachable peers know nothing about existence.
+    answered = sum(len(s["shards"]) for s in status if s.get("reachable"))
+    if answered < committee.quorum:
+        click.echo(f"walrusfs: no peer that answered knows this blob, but only peers holding {answered} of "
+                   f"{committee.n_shards} shards answered ({committee.quorum} are needed to tell that it does "
+                   "not exist)", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo("walrusfs: no peer and no log entry knows this blob", err=True)
+    sys.exit(EXIT_NOT_FOUND)
 
 
 # ---------------------------------------------------------------------------- lifetimes
