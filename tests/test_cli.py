@@ -193,3 +193,19 @@ def test_blob_status_with_no_peer_answering_is_a_failure_not_a_missing_blob(tmp_
     assert result.returncode == 1, result
     last = result.stderr.strip().splitlines()[-1]
     assert "only peers holding 0 of 4 shards answered (3 are needed to tell that it does not exist)" in last
+
+
+def test_a_missing_read_key_file_is_an_error_never_a_public_volume(tmp_path: Path) -> None:
+    # A volume key without its read key must not load as public: a mount would then write
+    # plaintext into a private volume. An orphan read key (a create cut short) is named.
+    env_dir = tmp_path / "config"
+    exe = shutil.which("walrusfs", path=str(Path(sys.executable).parent))
+    env = {**__import__("os").environ, "WALRUSFS_CONFIG_DIR": str(env_dir)}
+    subprocess.run([exe, "volume", "create", "priv"], env=env, check=True, capture_output=True, timeout=60)
+    (env_dir / "volumes" / "priv.readkey").unlink()
+    result = subprocess.run([exe, "volume", "share", "priv", "--read"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0 and "priv.readkey is missing" in result.stderr, result.stderr
+    (env_dir / "volumes" / "orphan.readkey").write_text("public\n")
+    result = subprocess.run([exe, "volume", "create", "orphan"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "exists without its volume key" in result.stderr, result.stderr

@@ -4,8 +4,8 @@ A volume's ID is its public key (base64url, like blob IDs). Whoever holds the ke
 delegate mount devices that write the namespace. A private volume (the default) also has
 a read key: chunks and namespace ops are sealed under it, so peers hold only ciphertext.
 Keys are stored as ``volumes/NAME.key`` (hex seed) and ``volumes/NAME.readkey`` (hex read
-key, or ``public``), both mode 0600. A volume made before private volumes existed has no
-``.readkey`` file and is public.
+key, or ``public``), both mode 0600. A volume made before private volumes existed needs a
+``.readkey`` file holding ``public``; a missing one is an error, never a guess.
 
 Capabilities (``core.capabilities``) carry the same keys as copyable strings: a write
 capability (both keys), a read capability (volume ID and read key) and a verify
@@ -143,7 +143,9 @@ def _load(path: Path) -> Volume:
         else:
             read_key, public = read_seed_file(read_path), False
     except FileNotFoundError:
-        read_key, public = None, True  # made before private volumes: public
+        # Never guessed: reading a private volume's key file as public would write plaintext.
+        raise VolumeError(f"{read_path} is missing: it holds the volume's read key (or, for a volume made "
+                          f"before private volumes existed, the word {PUBLIC_MARK!r}: write that into it)") from None
     except (SeedFileError, OSError) as exc:
         raise VolumeError(str(exc)) from None
     return Volume(bytes(key.verify_key), path.stem, key, read_key, public)
@@ -157,18 +159,23 @@ def create_volume(name: str, public: bool = False, cap: WriteCap | None = None) 
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{name}.key"
     read_path = path.with_suffix(".readkey")
-    if read_path.exists() and not path.exists():
-        raise VolumeError(f"{read_path} exists without its volume key; move it away first")
+    if path.exists():
+        raise VolumeError(f"a volume named {name!r} already exists ({path})")
     if cap is not None:
         public = cap.read_key is None
     read_key = None if public else cap.read_key if cap is not None else new_key()
+    # The read key is written first (exclusively, so two creates of one name cannot mix
+    # keys): a crash before the volume key leaves an orphan read key that a new create
+    # names, never a volume key without its read key.
+    try:
+        write_seed_file(read_path, read_key, PUBLIC_MARK if read_key is None else None)
+    except FileExistsError:
+        raise VolumeError(f"{read_path} exists without its volume key (a create was cut short, or another "
+                          "is running); remove it and create the volume again") from None
     try:
         key = SigningKey(write_seed_file(path, cap.signing_seed if cap is not None else None))
     except FileExistsError:
         raise VolumeError(f"a volume named {name!r} already exists ({path})") from None
-    # The read key file is written second: a crash between the two leaves a volume key
-    # without one, which would read as public; so write it before anything uses the key.
-    write_seed_file(read_path, read_key, PUBLIC_MARK if read_key is None else None)
     return Volume(bytes(key.verify_key), name, key, read_key, read_key is None)
 
 
