@@ -115,6 +115,76 @@ def run_battery(root: Path) -> list[tuple[str, Any]]:
 
     record("listing under change", listing_under_change)
     record("final listing", lambda: sorted(os.listdir(root)))
+    names = root / "names"
+    names.mkdir()
+    out.extend(name_errors(names))
+    return out
+
+
+def name_errors(root: Path) -> list[tuple[str, Any]]:
+    """ENAMETOOLONG and ELOOP from every call that meets a too-long name or a symlink loop."""
+    out: list[tuple[str, Any]] = []
+
+    def record(label: str, action: Callable[[], Any]) -> None:
+        out.append((label, _try(action)))
+
+    (root / "f").write_bytes(b"x")
+    (root / "dir").mkdir()
+    for length in (256, 1025):  # past NAME_MAX; past what the FUSE kernel module forwards
+        long = root / ("n" * length)
+        inner = root / "dir" / ("n" * length) / "x"
+        calls: dict[str, Callable[[], Any]] = {
+            "stat": lambda: os.stat(long), "lstat": lambda: os.lstat(long),
+            "stat inner": lambda: os.stat(inner), "access": lambda: os.access(long, os.R_OK),
+            "chmod": lambda: os.chmod(long, 0o600), "chown": lambda: os.chown(long, 0, 0),
+            "lchown": lambda: os.lchown(long, 0, 0), "truncate": lambda: os.truncate(long, 0),
+            "utime": lambda: os.utime(long, ns=(0, 0)),
+            "open": lambda: os.close(os.open(long, os.O_RDONLY)),
+            "create": lambda: os.close(os.open(long, os.O_CREAT | os.O_WRONLY, 0o644)),
+            "create inner": lambda: os.close(os.open(inner, os.O_CREAT | os.O_WRONLY, 0o644)),
+            "mkdir": lambda: os.mkdir(long), "rmdir": lambda: os.rmdir(long), "unlink": lambda: os.unlink(long),
+            "rename from": lambda: os.rename(long, root / "g"), "rename to": lambda: os.rename(root / "f", long),
+            "symlink": lambda: os.symlink("f", long), "readlink": lambda: os.readlink(long),
+            "link to": lambda: os.link(root / "f", long), "link from": lambda: os.link(long, root / "g"),
+            "mkfifo": lambda: os.mkfifo(long), "mknod": lambda: os.mknod(long, stat.S_IFREG | 0o644),
+            "listdir": lambda: os.listdir(long), "listdir inner": lambda: os.listdir(inner),
+            "setxattr": lambda: os.setxattr(long, "user.k", b"v"), "getxattr": lambda: os.getxattr(long, "user.k"),
+            "listxattr": lambda: os.listxattr(long), "removexattr": lambda: os.removexattr(long, "user.k"),
+        }
+        for label, call in calls.items():
+            record(f"{label} name of {length}", call)
+    just = root / ("m" * 255)
+    record("create name of 255", lambda: just.write_bytes(b"ok"))
+    record("stat name of 255", lambda: just.stat().st_size)
+    record("rename to name of 255", lambda: (os.rename(just, root / "h"), os.rename(root / "h", just))[1])
+    record("unlink name of 255", lambda: os.unlink(just))
+    record("long xattr name", lambda: os.setxattr(root / "f", "user." + "k" * 251, b"v"))
+    record("long symlink target", lambda: os.symlink("t" * 4096, root / "lt"))
+    record("symlink target of 4095", lambda: (os.symlink("t" * 4095, root / "lt"), len(os.readlink(root / "lt")))[1])
+    # ELOOP: a symlink cycle, a chain past the kernel's 40 links, O_NOFOLLOW on a link.
+    record("loop", lambda: (os.symlink("l2", root / "l1"), os.symlink("l1", root / "l2")))
+    record("stat loop", lambda: os.stat(root / "l1"))
+    record("lstat loop", lambda: stat.S_ISLNK(os.lstat(root / "l1").st_mode))
+    record("open loop", lambda: open(root / "l1", "rb"))
+    record("create through loop", lambda: open(root / "l1", "wb"))
+    record("path through loop", lambda: os.stat(root / "l1" / "x"))
+    record("mkdir through loop", lambda: os.mkdir(root / "l1" / "x"))
+    record("chmod loop", lambda: os.chmod(root / "l1", 0o600))
+    record("truncate loop", lambda: os.truncate(root / "l1", 0))
+
+    def chain(count: int) -> Any:
+        os.symlink("f", root / "c0")
+        for i in range(1, count):
+            os.symlink(f"c{i - 1}", root / f"c{i}")
+        return os.stat(root / f"c{count - 1}").st_size
+
+    record("chain of 40", lambda: chain(40))
+    record("chain of 41", lambda: (os.symlink("c39", root / "c40"), os.stat(root / "c40"))[1])
+    record("nofollow open", lambda: os.open(root / "c0", os.O_RDONLY | os.O_NOFOLLOW))
+    record("nofollow create", lambda: os.open(root / "c0", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+    record("nofollow utime", lambda: (os.utime(root / "c0", ns=(0, 5), follow_symlinks=False),
+                                      os.lstat(root / "c0").st_mtime_ns)[1])
+    record("leftovers", lambda: sorted(p for p in os.listdir(root) if not p.startswith("c")))
     return out
 
 

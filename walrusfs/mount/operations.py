@@ -230,10 +230,12 @@ class WalrusFS(pyfuse3.Operations):
             return self._attr(directory)
         if name == b"..":
             return self._attr(self.ns.nodes[directory.parent or ROOT])
+        if len(name) > NAME_MAX:
+            raise _error(errno.ENAMETOOLONG)  # what ext4 says for every call that looks such a name up
         try:
-            text = self._name(name)
-        except pyfuse3.FUSEError:
-            raise _error(errno.ENOENT) from None
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _error(errno.ENOENT) from None  # no name here is anything but UTF-8
         return self._attr(self._existing_child(directory, text))
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
