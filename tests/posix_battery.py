@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,9 @@ def run_battery(root: Path) -> list[tuple[str, Any]]:
     names = root / "names"
     names.mkdir()
     out.extend(name_errors(names))
+    times = root / "times"
+    times.mkdir()
+    out.extend(timestamps(times))
     return out
 
 
@@ -194,3 +199,136 @@ def _pwrite(path: Path, data: bytes, offset: int) -> None:
         os.pwrite(fd, data, offset)
     finally:
         os.close(fd)
+
+
+PAST = 1_000_000_000 * 10**9  # 2001-09-09: older than anything an operation sets
+#: Longer than the coarse clock's tick, so a time set after a pause is later than one before.
+PAUSE = 0.012
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def utimensat(path: Path, atime: int | str, mtime: int | str, follow: bool = True) -> None:
+    """utimensat(2) with nanosecond times, "now" (UTIME_NOW) or "omit" (UTIME_OMIT) for each."""
+
+    def spec(value: int | str) -> _Timespec:
+        if value == "now":
+            return _Timespec(0, UTIME_NOW)
+        if value == "omit":
+            return _Timespec(0, UTIME_OMIT)
+        assert isinstance(value, int)
+        return _Timespec(value // 10**9, value % 10**9)
+
+    times = (_Timespec * 2)(spec(atime), spec(mtime))
+    if _libc.utimensat(-100, os.fsencode(path), times, 0 if follow else 0x100) != 0:  # AT_FDCWD, AT_SYMLINK_NOFOLLOW
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(path))
+
+
+def timestamps(root: Path) -> list[tuple[str, Any]]:
+    """Which of atime, mtime and ctime each operation advances, on the node and its directories; exact utimensat."""
+    out: list[tuple[str, Any]] = []
+
+    def record(label: str, action: Callable[[], Any]) -> None:
+        out.append((label, _try(action)))
+
+    def times(path: Path) -> tuple[int, int, int]:
+        st = os.lstat(path)
+        return st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+
+    def effect(action: Callable[[], Any], *paths: Path | tuple[Path, Path], age: bool = True) -> dict[str, str]:
+        """Age ``paths`` (atime and mtime to PAST), pause, act; per path, which times advanced ("amc").
+
+        A path given as (before, after) is looked at under its new name after the action.
+        """
+        pairs = [p if isinstance(p, tuple) else (p, p) for p in paths]
+        for path, _ in pairs:
+            if age:
+                os.utime(path, ns=(PAST, PAST), follow_symlinks=False)
+        before = [times(path) for path, _ in pairs]
+        time.sleep(PAUSE)
+        action()
+        shown = {}
+        for (old, new), earlier in zip(pairs, before):
+            after = times(new) if os.path.lexists(new) else earlier
+            shown[old.name] = "".join(k for k, b, a in zip("amc", earlier, after) if a > b) or "-"
+        return shown
+
+    d, e, f = root / "d", root / "e", root / "f"
+    d.mkdir()
+    e.mkdir()
+    f.write_bytes(b"0123456789")
+
+    def fresh(path: Path) -> bool:
+        a, m, c = times(path)
+        return a == m == c
+
+    record("new file: one time", lambda: (d / "new").write_bytes(b"") or fresh(d / "new"))
+    record("new dir: one time", lambda: (os.mkdir(d / "newdir"), fresh(d / "newdir"))[1])
+    record("new symlink: one time", lambda: (os.symlink("x", d / "newlink"), fresh(d / "newlink"))[1])
+    record("create", lambda: effect(lambda: os.close(os.open(d / "c", os.O_CREAT | os.O_WRONLY, 0o644)), d))
+    record("create existing", lambda: effect(lambda: os.close(os.open(d / "c", os.O_CREAT | os.O_WRONLY)), d, d / "c"))
+    record("mkdir", lambda: effect(lambda: os.mkdir(d / "m"), d))
+    record("rmdir", lambda: effect(lambda: os.rmdir(d / "m"), d))
+    record("symlink", lambda: effect(lambda: os.symlink("c", d / "s"), d))
+    record("unlink", lambda: effect(lambda: os.unlink(d / "s"), d))
+    record("chmod", lambda: effect(lambda: os.chmod(f, 0o600), f, root))
+    record("chmod dir", lambda: effect(lambda: os.chmod(d, 0o700), d, root))
+    record("chown", lambda: effect(lambda: os.chown(f, 1234, 1234), f))
+    record("truncate", lambda: effect(lambda: os.truncate(f, 4), f, root))
+    record("write", lambda: effect(lambda: _pwrite(f, b"ab", 1), f, root))
+    record("append", lambda: effect(lambda: _append(f, b"cd"), f))
+    record("read", lambda: effect(lambda: f.read_bytes(), f, root))
+    record("read again", lambda: effect(lambda: f.read_bytes(), f, age=False))  # relatime: atime is after mtime now
+    record("list dir", lambda: effect(lambda: os.listdir(d), d))
+    record("list dir again", lambda: effect(lambda: os.listdir(d), d, age=False))
+    record("setxattr", lambda: effect(lambda: os.setxattr(f, "user.k", b"v"), f))
+    record("removexattr", lambda: effect(lambda: os.removexattr(f, "user.k"), f))
+    record("setxattr dir", lambda: effect(lambda: os.setxattr(d, "user.k", b"v"), d))
+    record("rename in dir", lambda: effect(lambda: os.rename(d / "c", d / "c2"), d, (d / "c", d / "c2")))
+    record("rename across", lambda: effect(lambda: os.rename(d / "c2", e / "c"), d, e, (d / "c2", e / "c")))
+    record("rename dir", lambda: effect(lambda: os.rename(d, root / "d2"), root, (d, root / "d2")))
+    (root / "d2").rename(d)
+    (e / "victim").write_bytes(b"v")
+    record("rename over", lambda: effect(lambda: os.rename(e / "c", e / "victim"), e, (e / "c", e / "victim")))
+    record("utime follows link", lambda: (os.symlink("f", root / "lf"), os.utime(root / "lf", ns=(PAST + 1, PAST + 2)),
+                                          times(f)[:2], times(root / "lf")[:2] != (PAST + 1, PAST + 2))[2:])
+
+    def exact(path: Path, follow: bool = True) -> list[Any]:
+        seen: list[Any] = []
+        base = 1_800_000_000 * 10**9
+        utimensat(path, base + 123_456_789, base + 10**17 + 987_654_321, follow)  # the issue: atime took mtime's value
+        seen.append(times(path)[:2])
+        utimensat(path, "omit", base + 2 * 10**17, follow)
+        seen.append(times(path)[:2])
+        utimensat(path, base + 5, "omit", follow)
+        seen.append(times(path)[:2])
+        ctime = times(path)[2]
+        time.sleep(PAUSE)
+        utimensat(path, "omit", "omit", follow)
+        seen.append(times(path)[2] == ctime)  # both omitted: nothing changes, ctime included
+        started = time.time_ns() - 10**9
+        utimensat(path, "now", "omit", follow)
+        a, m, c = times(path)
+        seen.append((a >= started, m == base + 2 * 10**17, c > ctime))
+        utimensat(path, "omit", "now", follow)
+        a2, m2, _ = times(path)
+        seen.append((a2 == a, m2 >= started))
+        utimensat(path, 0, 0, follow)
+        seen.append(times(path)[:2])
+        return seen
+
+    record("utimensat file", lambda: exact(f))
+    record("utimensat dir", lambda: exact(d))
+    record("utimensat symlink", lambda: exact(root / "lf", follow=False))
+    record("utime before 1970", lambda: os.utime(f, ns=(-10**9, -10**9)))
+    return out
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)

@@ -162,3 +162,61 @@ def test_concurrent_writers_converge_in_any_order(rng: random.Random, steps: int
     for node in first.nodes.values():
         if node.parent is not None:
             assert first.children[node.parent][node.name] == node.node_id
+
+
+MS = 1_000_000  # nanoseconds
+
+
+def test_times_come_from_the_operations_as_posix_has_them() -> None:
+    d, f, g = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    ns = build([
+        op(ALICE, 1000 << 16, "mkdir", parent=ROOT, name="d", node=d, mtime_ns=1000 * MS),
+        op(ALICE, 1001 << 16, "create", parent=d, name="f", node=f, mtime_ns=1001 * MS + 7),
+    ])
+    dir_, file_ = ns.nodes[d], ns.nodes[f]
+    assert (file_.atime_ns, file_.mtime_ns, file_.ctime_ns) == (1001 * MS + 7,) * 3
+    assert (dir_.atime_ns, dir_.mtime_ns, dir_.ctime_ns) == (1000 * MS, 1001 * MS + 7, 1001 * MS + 7)
+    assert ns.nodes[ROOT].mtime_ns == ns.nodes[ROOT].ctime_ns == 1000 * MS  # the mkdir changed the root
+
+    # utimensat sets atime and mtime each exactly (the issue: atime took mtime's value); the
+    # change itself is the ctime, never the times it sets.
+    ns.apply(op(ALICE, 1002 << 16, "setattr", node=f, atime_ns=1900 * MS, mtime_ns=1950 * MS, ctime_ns=1002 * MS))
+    assert (file_.atime_ns, file_.mtime_ns, file_.ctime_ns) == (1900 * MS, 1950 * MS, 1002 * MS)
+    ns.apply(op(ALICE, 1003 << 16, "setattr", node=f, mtime_ns=5, ctime_ns=1003 * MS))  # atime omitted
+    assert (file_.atime_ns, file_.mtime_ns, file_.ctime_ns) == (1900 * MS, 5, 1003 * MS)
+    ns.apply(op(ALICE, 1004 << 16, "setattr", node=f, mode=0o600))  # no ctime given: the stamp's
+    assert file_.ctime_ns == 1004 * MS and file_.mtime_ns == 5
+    ns.apply(op(ALICE, 1005 << 16, "setattr", node=f, atime_ns=1005 * MS))  # a read (relatime): atime alone
+    assert (file_.atime_ns, file_.ctime_ns) == (1005 * MS, 1004 * MS)
+    ns.apply(op(ALICE, 1006 << 16, "setxattr", node=f, name="user.k", value=b"v", ctime_ns=1006 * MS))
+    ns.apply(op(ALICE, 1007 << 16, "removexattr", node=f, name="user.absent", ctime_ns=1007 * MS))  # no change
+    assert file_.ctime_ns == 1006 * MS
+
+    # A write signed after its upload: its mtime is the write's, ctime never goes back.
+    ns.apply(op(ALICE, 1010 << 16, "write", node=f, content=content("x"), mtime_ns=1008 * MS))
+    assert (file_.mtime_ns, file_.ctime_ns) == (1008 * MS, 1008 * MS)
+    ns.apply(op(ALICE, 1011 << 16, "setattr", node=f, mode=0o640, ctime_ns=1011 * MS))
+    ns.apply(op(ALICE, 1012 << 16, "write", node=f, content=content("y"), mtime_ns=1009 * MS,
+                base=file_.version))
+    assert (file_.mtime_ns, file_.ctime_ns) == (1009 * MS, 1011 * MS)
+    # ... nor does a future mtime (touch -d tomorrow) move ctime past the write's stamp.
+    ns.apply(op(ALICE, 1013 << 16, "write", node=f, content=content("z"), mtime_ns=9999 * MS, base=file_.version))
+    assert file_.ctime_ns == 1013 * MS + 999_999
+
+    # Entries in and out of a directory: its mtime and ctime; the moved node's ctime.
+    ns.apply(op(ALICE, 1020 << 16, "create", parent=ROOT, name="g", node=g, mtime_ns=1020 * MS))
+    ns.apply(op(ALICE, 1021 << 16, "rename", parent=ROOT, name="g", node=g, new_parent=d, new_name="g",
+                ctime_ns=1021 * MS))
+    root = ns.nodes[ROOT]
+    assert (root.mtime_ns, dir_.mtime_ns, dir_.ctime_ns, ns.nodes[g].ctime_ns) == (1021 * MS,) * 4
+    assert ns.nodes[g].mtime_ns == 1020 * MS
+    ns.apply(op(ALICE, 1022 << 16, "unlink", parent=d, name="g", node=g, ctime_ns=1022 * MS))
+    assert (dir_.mtime_ns, ns.nodes[g].ctime_ns, root.mtime_ns) == (1022 * MS, 1022 * MS, 1021 * MS)
+    ns.apply(op(ALICE, 1023 << 16, "unlink", parent=d, name="g", node=g, ctime_ns=1023 * MS))  # stale: nothing
+    assert dir_.mtime_ns == 1022 * MS
+    ns.apply(op(ALICE, 1024 << 16, "unlink", parent=d, name="f", node=f))
+    ns.apply(op(ALICE, 1025 << 16, "rmdir", parent=ROOT, name="d", node=d, ctime_ns=1025 * MS))
+    assert dir_.ctime_ns == 1024 * MS and (root.mtime_ns, root.ctime_ns) == (1025 * MS, 1025 * MS)
+    # Times before 1970 are times too (ext4 keeps them).
+    ns.apply(op(ALICE, 1026 << 16, "setattr", node=ROOT, mtime_ns=-(10**18), atime_ns=-1))
+    assert (root.atime_ns, root.mtime_ns) == (-1, -(10**18))

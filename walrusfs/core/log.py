@@ -42,7 +42,7 @@ from .lifecycle import (
     check_epoch,
 )
 from .metadata import BlobId
-from .namespace import LIMITS, Op, in_range
+from .namespace import LIMITS, LOWER, Op, in_range
 from .sealing import SEALED_PAYLOAD_MAX as SEALED_MAX
 from .sealing import SEALED_PAYLOAD_MIN as SEALED_MIN
 
@@ -335,11 +335,12 @@ def check_op(op: Any) -> None:
             raise LogError(f"namespace op {op['kind']}: {name} must be a 32-byte node ID")
         if kind == _NAME and not _file_name(value):
             raise LogError(f"namespace op {op['kind']}: {name} must be a file name")
-    for name in ("mode", "uid", "gid", "mtime_ns"):
+    for name in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns"):
         # Values a mount cannot hand the kernel (a mode beyond the permission bits, a uid
         # beyond uid_t, a time beyond 64 bits) would crash every other mount's `ls`.
         if name in args and not in_range(name, args[name]):
-            raise LogError(f"namespace op {op['kind']}: {name} must be a non-negative integer below {LIMITS[name]:#x}")
+            raise LogError(f"namespace op {op['kind']}: {name} must be an integer from {LOWER.get(name, 0):#x} "
+                           f"below {LIMITS[name]:#x}")
     for name in ("base", "replaces", "last_parent"):
         if args.get(name) is not None and not (isinstance(args[name], bytes) and len(args[name]) in (0, 32)):
             raise LogError(f"namespace op {op['kind']}: {name} must be a node or version ID")

@@ -14,6 +14,12 @@ is lost to concurrency:
   is left alone, and a node displaced by a rename is kept as a conflict copy;
 * ``rmdir`` of a directory that gained entries concurrently does nothing;
 * a write to a node another writer unlinked brings it back, under a conflict name.
+
+Times follow POSIX and come from the operations alone, never from the clock of the replica
+applying them: an operation may carry the writer's times (``mtime_ns``, ``atime_ns``, and
+``ctime_ns``, the moment of the change); one that carries none takes its stamp's wall-clock
+part. A change to a node advances its ctime, a change to a directory's entries (create,
+remove, rename in or out) advances the directory's mtime and ctime, all to that moment.
 """
 
 from __future__ import annotations
@@ -24,12 +30,17 @@ from typing import Any
 
 ROOT = bytes(32)
 FILE, DIRECTORY, SYMLINK = "file", "dir", "symlink"
-#: Attribute -> exclusive upper bound (all are non-negative). These are what the kernel can be
-#: told (permission bits only, the file type comes from the node's kind; uid_t and gid_t; a
-#: signed 64-bit nanosecond time and size): the log validator rejects an operation with a
-#: value outside them, and the fold ignores one that got past it, so no writer can hand a
-#: mount a value that it cannot show.
-LIMITS = {"mode": 0o7777 + 1, "uid": 2**32, "gid": 2**32, "mtime_ns": 2**63, "size": 2**63, "chunk_size": 2**63}
+#: Attribute -> exclusive upper bound; the lower bound is 0, or ``LOWER``'s. These are what
+#: the kernel can be told (permission bits only, the file type comes from the node's kind;
+#: uid_t and gid_t; a signed 64-bit nanosecond time, before 1970 too, as on ext4; a size):
+#: the log validator rejects an operation with a value outside them, and the fold ignores
+#: one that got past it, so no writer can hand a mount a value that it cannot show.
+LIMITS = {"mode": 0o7777 + 1, "uid": 2**32, "gid": 2**32, "mtime_ns": 2**63, "atime_ns": 2**63, "ctime_ns": 2**63,
+          "size": 2**63, "chunk_size": 2**63}
+#: The times a node has.
+TIMES = ("mtime_ns", "atime_ns", "ctime_ns")
+#: Attribute -> inclusive lower bound, where it is not 0.
+LOWER = {name: -(2**63) for name in TIMES}
 #: Bits of the volume root's mode nobody can take away: its owner (the mounting user, see
 #: ``WalrusFS``) can always list and enter it, whatever another device's chmod said.
 ROOT_KEPT_BITS = 0o700
@@ -37,7 +48,7 @@ ROOT_KEPT_BITS = 0o700
 
 def in_range(name: str, value: object) -> bool:
     """Whether ``value`` is an integer (not a bool) that attribute ``name`` may hold."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < LIMITS[name]
+    return isinstance(value, int) and not isinstance(value, bool) and LOWER.get(name, 0) <= value < LIMITS[name]
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,16 @@ class Node:
     uid: int = 0
     gid: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    atime_ns: int = 0
+    ctime_ns: int = 0
+
+    def changed(self, when: int) -> None:
+        """The node's attributes or names changed at ``when``: its ctime."""
+        self.ctime_ns = when
+
+    def modified(self, when: int) -> None:
+        """A directory's entries (or a file's bytes) changed at ``when``: mtime and ctime."""
+        self.mtime_ns = self.ctime_ns = when
 
 
 def _attr(args: Mapping[str, Any], name: str, default: int) -> int:
@@ -100,7 +121,12 @@ def _attr(args: Mapping[str, Any], name: str, default: int) -> int:
 
 def _stamp_ns(op: Op) -> int:
     """An operation's stamp as the nanosecond time a node gets when the writer gave none."""
-    return min(max(op.hlc, 0), LIMITS["mtime_ns"] - 1)
+    return min(max(op.hlc >> 16, 0) * 1_000_000, LIMITS["mtime_ns"] - 1)
+
+
+def _when(op: Op, args: Mapping[str, Any]) -> int:
+    """The moment of an operation's change: the writer's ``ctime_ns``, else its ``mtime_ns``, else the stamp."""
+    return _attr(args, "ctime_ns", _attr(args, "mtime_ns", _stamp_ns(op)))
 
 
 def conflict_name(name: str, op: Op) -> str:
@@ -147,7 +173,8 @@ class Namespace:
             for name, node_id in sorted(self.children.get(directory, {}).items()):
                 node = self.nodes[node_id]
                 path = f"{prefix}/{name}"
-                out[path] = (node.kind, node.mode, node.content, node.target, tuple(sorted(node.xattrs.items())))
+                out[path] = (node.kind, node.mode, node.content, node.target, tuple(sorted(node.xattrs.items())),
+                             node.mtime_ns, node.atime_ns, node.ctime_ns)
                 if node.kind == DIRECTORY:
                     walk(node_id, path)
 
@@ -210,12 +237,15 @@ class Namespace:
         if existing is not None and kind == DIRECTORY and self.nodes[existing].kind == DIRECTORY:
             self.aliases[node_id] = existing  # concurrent mkdir of one name: one directory
             return
-        node = Node(node_id, kind, _attr(args, "mode", 0o644), _attr(args, "mtime_ns", _stamp_ns(op)),
-                    target=str(args.get("target", "")), uid=_attr(args, "uid", 0), gid=_attr(args, "gid", 0))
+        mtime = _attr(args, "mtime_ns", _stamp_ns(op))
+        node = Node(node_id, kind, _attr(args, "mode", 0o644), mtime,
+                    target=str(args.get("target", "")), uid=_attr(args, "uid", 0), gid=_attr(args, "gid", 0),
+                    atime_ns=_attr(args, "atime_ns", mtime), ctime_ns=_attr(args, "ctime_ns", mtime))
         self.nodes[node_id] = node
         if kind == DIRECTORY:
             self.children[node_id] = {}
         self._link(directory, name if existing is None else self._free_name(directory, name, op), node_id)
+        self.nodes[directory].modified(_when(op, args))
 
     def _op_create(self, op: Op, args: Mapping[str, Any]) -> None:
         self._create(op, args, FILE)
@@ -241,17 +271,22 @@ class Namespace:
             # Another writer's version landed after the one this write started from: keep it.
             keep = Node(
                 op.op_id, FILE, node.mode, node.mtime_ns, content=node.content, version=node.version,
-                uid=node.uid, gid=node.gid, xattrs=dict(node.xattrs),
+                uid=node.uid, gid=node.gid, xattrs=dict(node.xattrs), atime_ns=node.atime_ns, ctime_ns=node.ctime_ns,
             )
             self.nodes[keep.node_id] = keep
             self._link(node.parent, self._free_name(node.parent, node.name or "file", op), keep.node_id)
+            self.nodes[node.parent].modified(_when(op, {"ctime_ns": args.get("ctime_ns")}))
         if node.parent is None and node.name is None and args.get("last_parent") is not None:
             directory = self._directory(args, "last_parent")
             if directory is not None:  # written after a concurrent unlink: bring it back
                 self._link(directory, self._free_name(directory, str(args.get("last_name", "file")), op), node.node_id)
+                self.nodes[directory].modified(_when(op, {"ctime_ns": args.get("ctime_ns")}))
         node.content = content
         node.version = op.op_id
         node.mtime_ns = _attr(args, "mtime_ns", _stamp_ns(op))
+        # A write is signed when its upload ends, after changes made to the file meanwhile
+        # (a chmod): its change time never moves ctime back, nor past the stamp's millisecond.
+        node.ctime_ns = max(node.ctime_ns, _attr(args, "ctime_ns", min(node.mtime_ns, _stamp_ns(op) + 999_999)))
 
     def _op_unlink(self, op: Op, args: Mapping[str, Any]) -> None:
         directory = self._directory(args)
@@ -264,6 +299,9 @@ class Namespace:
         if node.kind == DIRECTORY:
             return
         self._unlink_node(node_id)
+        when = _when(op, args)
+        node.changed(when)
+        self.nodes[directory].modified(when)
 
     def _op_rmdir(self, op: Op, args: Mapping[str, Any]) -> None:
         directory = self._directory(args)
@@ -273,6 +311,7 @@ class Namespace:
         if node_id is None or node_id != self.resolve(args["node"]) or self.children.get(node_id):
             return  # gone, replaced, or no longer empty
         self._unlink_node(node_id)
+        self.nodes[directory].modified(_when(op, args))
 
     def _op_rename(self, op: Op, args: Mapping[str, Any]) -> None:
         source = self._directory(args, "parent")
@@ -290,6 +329,9 @@ class Namespace:
             ancestor = self.nodes[ancestor].parent
         new_name = str(args["new_name"])
         existing = self.children[target].get(new_name)
+        if existing == node_id:
+            return  # POSIX: a rename onto the same file does nothing
+        when = _when(op, args)
         if existing is not None and existing != node_id:
             replaced = self.nodes[existing]
             if replaced.kind == DIRECTORY and self.children.get(existing):
@@ -300,14 +342,18 @@ class Namespace:
                 # Someone else put it there concurrently: keep it under a conflict name.
                 del self.children[target][new_name]
                 self._link(target, self._free_name(target, new_name, op), existing)
+            replaced.changed(when)
         self._unlink_node(node_id)
         self._link(target, new_name, node_id)
+        self.nodes[node_id].changed(when)
+        self.nodes[source].modified(when)
+        self.nodes[target].modified(when)
 
     def _op_setattr(self, op: Op, args: Mapping[str, Any]) -> None:
         node = self.nodes.get(self.resolve(args["node"]))
         if node is None:
             return
-        updates = {k: args[k] for k in ("mode", "uid", "gid", "mtime_ns") if in_range(k, args.get(k))}
+        updates = {k: args[k] for k in ("mode", "uid", "gid", "mtime_ns", "atime_ns") if in_range(k, args.get(k))}
         if node.node_id == ROOT:
             # The root belongs to every mount of the volume: nobody's chown or chmod may lock
             # the others out of it (ownership is the mounting user's anyway).
@@ -317,17 +363,21 @@ class Namespace:
                 updates["mode"] |= ROOT_KEPT_BITS
         for key, value in updates.items():
             setattr(node, key, value)
+        if set(updates) - {"atime_ns"} or in_range("ctime_ns", args.get("ctime_ns")):
+            # An explicit change (utimensat included) carries its moment; a read's atime does not.
+            node.changed(_when(op, {"ctime_ns": args.get("ctime_ns")}))
 
     def _op_setxattr(self, op: Op, args: Mapping[str, Any]) -> None:
         node = self.nodes.get(self.resolve(args["node"]))
         value = args["value"]
         if node is not None and isinstance(value, bytes):  # bytes(n) of an integer would allocate n bytes
             node.xattrs[str(args["name"])] = value
+            node.changed(_when(op, {"ctime_ns": args.get("ctime_ns")}))
 
     def _op_removexattr(self, op: Op, args: Mapping[str, Any]) -> None:
         node = self.nodes.get(self.resolve(args["node"]))
-        if node is not None:
-            node.xattrs.pop(str(args["name"]), None)
+        if node is not None and node.xattrs.pop(str(args["name"]), None) is not None:
+            node.changed(_when(op, {"ctime_ns": args.get("ctime_ns")}))
 
 
 def build(ops: Iterable[Op]) -> Namespace:

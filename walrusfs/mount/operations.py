@@ -28,6 +28,7 @@ from ..core.namespace import (
     DIRECTORY,
     FILE,
     LIMITS,
+    LOWER,
     ROOT,
     ROOT_KEPT_BITS,
     SYMLINK,
@@ -40,6 +41,9 @@ from .volumelog import VolumeLog
 log = logging.getLogger("walrusfs.fs")
 
 ATTR_TIMEOUT = 1.0
+#: relatime: a read updates a file's atime only if it is not after its mtime or ctime, or
+#: this old (each update is a signed namespace operation, so not on every read).
+RELATIME_NS = 24 * 3600 * 10**9
 XATTR_PREFIX = "user.walrus."
 NAME_MAX = 255
 
@@ -50,7 +54,7 @@ def _error(code: int) -> pyfuse3.FUSEError:
 
 def _fit(value: int, name: str) -> int:
     """``value`` clamped into the range attribute ``name`` may hold (see ``namespace.LIMITS``)."""
-    return min(max(value, 0), LIMITS[name] - 1)
+    return min(max(value, LOWER.get(name, 0)), LIMITS[name] - 1)
 
 
 #: How often a waiting fsync looks for a signal sent to its caller.
@@ -170,12 +174,14 @@ class WalrusFS(pyfuse3.Operations):
         # ends the mount) for one that does not fit its C type: the log validator and the fold
         # keep them in range, this keeps a mount alive should anything else ever get through.
         mode = node.mode & (LIMITS["mode"] - 1)
-        mtime = node.mtime_ns
+        mtime, ctime = node.mtime_ns, node.ctime_ns
         if node.kind == FILE:
             attr.st_mode = stat.S_IFREG | mode
             attr.st_size = _fit(self.contents.size_of(node), "size")
             attr.st_nlink = 1 if node.parent is not None else 0
             mtime = self.contents.mtime_of(node)
+            if mtime != node.mtime_ns and mtime <= time.time_ns():
+                ctime = max(ctime, mtime)  # staged bytes: written (or truncated) then, not yet signed
         elif node.kind == DIRECTORY:
             if node.node_id == ROOT:
                 mode |= ROOT_KEPT_BITS  # nobody's chmod locks this mount's user out of the volume
@@ -193,7 +199,9 @@ class WalrusFS(pyfuse3.Operations):
             attr.st_uid, attr.st_gid = os.getuid(), os.getgid()
         attr.st_blksize = 128 << 10
         attr.st_blocks = -(-attr.st_size // 512)
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = _fit(mtime, "mtime_ns")
+        attr.st_atime_ns = _fit(node.atime_ns, "atime_ns")
+        attr.st_mtime_ns = _fit(mtime, "mtime_ns")
+        attr.st_ctime_ns = _fit(ctime, "ctime_ns")
         return attr
 
     def _open_handle(self, node: bytes, writable: bool, ctx: Any = None) -> int:
@@ -256,6 +264,7 @@ class WalrusFS(pyfuse3.Operations):
         self._next_fh += 1
         self._dirs[fh] = sorted(self.ns.children.get(directory.node_id, {}).items())
         self._dir_pids[fh] = getattr(ctx, "pid", 0)
+        await self._relatime(inode, directory)
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
@@ -340,7 +349,8 @@ class WalrusFS(pyfuse3.Operations):
         child = self._existing_child(parent, text)
         if child.kind == DIRECTORY:
             raise _error(errno.EISDIR)
-        await self.vlog.append("unlink", {"parent": parent.node_id, "name": text, "node": child.node_id})
+        await self.vlog.append("unlink", {"parent": parent.node_id, "name": text, "node": child.node_id,
+                                          "ctime_ns": time.time_ns()})
         await self.contents.discard(child.node_id)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -354,7 +364,8 @@ class WalrusFS(pyfuse3.Operations):
             raise _error(errno.ENOTDIR)
         if self.ns.children.get(child.node_id):
             raise _error(errno.ENOTEMPTY)
-        await self.vlog.append("rmdir", {"parent": parent.node_id, "name": text, "node": child.node_id})
+        await self.vlog.append("rmdir", {"parent": parent.node_id, "name": text, "node": child.node_id,
+                                         "ctime_ns": time.time_ns()})
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: Any) -> None:
@@ -377,7 +388,7 @@ class WalrusFS(pyfuse3.Operations):
                     raise _error(errno.EINVAL)
                 ancestor = self.ns.nodes[ancestor].parent
         args: dict[str, Any] = {"parent": source_dir.node_id, "name": old, "node": node.node_id,
-                                "new_parent": target_dir.node_id, "new_name": new}
+                                "new_parent": target_dir.node_id, "new_name": new, "ctime_ns": time.time_ns()}
         if existing is not None:
             if flags & 1:  # RENAME_NOREPLACE
                 raise _error(errno.EEXIST)
@@ -404,15 +415,15 @@ class WalrusFS(pyfuse3.Operations):
             changes["uid"] = attr.st_uid
         if fields.update_gid and attr.st_gid != node.gid:
             changes["gid"] = attr.st_gid
-        if fields.update_mtime and not in_range("mtime_ns", attr.st_mtime_ns):
-            # Every replica rejects an entry with a time before 1970 (see namespace.LIMITS):
+        if (fields.update_mtime and not in_range("mtime_ns", attr.st_mtime_ns)) or (
+                fields.update_atime and not in_range("atime_ns", attr.st_atime_ns)):
+            # Every replica rejects an entry with a time beyond 64-bit nanoseconds (namespace.LIMITS):
             # signing one would leave this mount's chain stuck behind it for good.
             raise _error(errno.EINVAL)
-        if fields.update_mtime:
-            if node.kind == FILE and node.node_id in self.contents.staged:
-                self.contents.staged[node.node_id].mtime_ns = attr.st_mtime_ns
-            if attr.st_mtime_ns != node.mtime_ns:
-                changes["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_mtime and attr.st_mtime_ns != node.mtime_ns:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_atime and attr.st_atime_ns != node.atime_ns:
+            changes["atime_ns"] = attr.st_atime_ns  # utimensat sets each time exactly, UTIME_OMIT none
         if fields.update_size or changes:
             self._writable()
         if fields.update_size:
@@ -421,10 +432,16 @@ class WalrusFS(pyfuse3.Operations):
             if node.kind != FILE:
                 raise _error(errno.EINVAL)
             await self.contents.truncate(node, attr.st_size)
-            if fh is None:
-                await self.contents.commit(node.node_id)
+        if fields.update_mtime and node.kind == FILE and node.node_id in self.contents.staged:
+            # After the truncation, which stamps its own time: the kernel's time (a truncate
+            # in writeback mode sends the one it shows) or the caller's is the file's.
+            self.contents.staged[node.node_id].mtime_ns = attr.st_mtime_ns
+        if fields.update_size and fh is None:
+            await self.contents.commit(node.node_id)
         if changes:
-            await self.vlog.append("setattr", {"node": node.node_id, **changes})
+            # The kernel tells the change time it keeps for a regular file (writeback cache).
+            when = attr.st_ctime_ns if fields.update_ctime and in_range("ctime_ns", attr.st_ctime_ns) else time.time_ns()
+            await self.vlog.append("setattr", {"node": node.node_id, **changes, "ctime_ns": when})
         return self._attr(self._node(inode))
 
     # ------------------------------------------------------------------ file I/O
@@ -449,7 +466,35 @@ class WalrusFS(pyfuse3.Operations):
         if node.kind == FILE and self.contents.invalid_chunks(node):
             keep = False  # drop pages read before the blob was certified invalid
         self._seen_version[node.node_id] = version
+        if flags & os.O_ACCMODE != os.O_WRONLY and not flags & os.O_NOATIME and node.kind == FILE:
+            await self._relatime(inode, node)
         return pyfuse3.FileInfo(fh=self._open_handle(node.node_id, writable, ctx), keep_cache=keep)
+
+    async def _relatime(self, inode: int, node: Node) -> None:
+        """Record a read's access time the way ``relatime`` does (at open: reads may never reach us).
+
+        The kernel serves cached pages and listings without asking, so opening a file for
+        reading, or a directory, stands for the read. Like relatime, only an atime not after
+        the mtime or ctime, or a day old, is advanced, so a file read again and again costs
+        no operations.
+        """
+        if self.read_only or self.vlog.delegation is None:
+            return
+        now = time.time_ns()
+        atime = node.atime_ns
+        mtime = self.contents.mtime_of(node) if node.kind == FILE else node.mtime_ns
+        if atime > mtime and atime > node.ctime_ns and now - atime < RELATIME_NS:
+            return
+        await self.vlog.append("setattr", {"node": node.node_id, "atime_ns": _fit(now, "atime_ns")})
+        # The kernel would show its cached attributes (atime included) until they time out.
+        await trio.to_thread.run_sync(self._forget_attributes, inode)
+
+    @staticmethod
+    def _forget_attributes(inode: int) -> None:
+        try:
+            pyfuse3.invalidate_inode(inode, attr_only=True)
+        except OSError:
+            pass  # the kernel no longer holds it: nothing cached
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         """Read verified bytes; EIO if they cannot be verified."""
@@ -627,7 +672,8 @@ class WalrusFS(pyfuse3.Operations):
         if len(value) > 16 << 10:
             raise _error(errno.E2BIG)
         node = self._node(inode)
-        await self.vlog.append("setxattr", {"node": node.node_id, "name": text, "value": bytes(value)})
+        await self.vlog.append("setxattr", {"node": node.node_id, "name": text, "value": bytes(value),
+                                            "ctime_ns": time.time_ns()})
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         """Remove a ``user.*`` attribute."""
@@ -638,4 +684,4 @@ class WalrusFS(pyfuse3.Operations):
         if text not in node.xattrs:
             raise _error(errno.ENODATA)
         self._writable()
-        await self.vlog.append("removexattr", {"node": node.node_id, "name": text})
+        await self.vlog.append("removexattr", {"node": node.node_id, "name": text, "ctime_ns": time.time_ns()})

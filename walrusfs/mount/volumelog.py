@@ -439,7 +439,9 @@ class VolumeLog:
             return
         # Files another device rewrote: the mount gives them fresh inodes, since a kernel
         # with the writeback cache keeps trusting its own size and pages for old ones.
-        rewritten = {o.args["node"] for o in ops if o.author != self.device_id and o.kind in ("write", "setattr")}
+        # (A read's atime alone is no rewrite: the kernel takes atime from every getattr.)
+        rewritten = {o.args["node"] for o in ops if o.author != self.device_id and o.kind in ("write", "setattr")
+                     and set(o.args) != {"node", "atime_ns"}}
         ops.sort(key=lambda o: o.order)
         if self.namespace.last is None or ops[0].order > self.namespace.last:
             for op in ops:
