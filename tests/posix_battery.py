@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
 import stat
 import time
 from collections.abc import Callable
@@ -123,6 +124,84 @@ def run_battery(root: Path) -> list[tuple[str, Any]]:
     times = root / "times"
     times.mkdir()
     out.extend(timestamps(times))
+    types = root / "types"
+    types.mkdir()
+    out.extend(file_types(types))
+    return out
+
+
+def file_types(root: Path) -> list[tuple[str, Any]]:
+    """FIFOs, sockets and device nodes: made, shown with their type, mode and device number, used, removed."""
+    out: list[tuple[str, Any]] = []
+
+    def record(label: str, action: Callable[[], Any]) -> None:
+        out.append((label, _try(action)))
+
+    def shown(path: Path) -> tuple[str, int, int, int, int]:
+        st = os.lstat(path)
+        kind = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "char", stat.S_IFBLK: "block",
+                stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link"}[stat.S_IFMT(st.st_mode)]
+        return kind, stat.S_IMODE(st.st_mode), st.st_size, st.st_rdev, st.st_nlink
+
+    os.umask(umask := os.umask(0o022))  # the modes below are what the umask leaves
+    record("umask", lambda: umask)
+    record("mkfifo", lambda: (os.mkfifo(root / "fifo", 0o640), shown(root / "fifo"))[1])
+    record("mkfifo existing", lambda: os.mkfifo(root / "fifo"))
+    record("mknod fifo", lambda: (os.mknod(root / "fifo2", stat.S_IFIFO | 0o600), shown(root / "fifo2"))[1])
+    record("mknod socket", lambda: (os.mknod(root / "sock", stat.S_IFSOCK | 0o644), shown(root / "sock"))[1])
+    record("mknod file", lambda: (os.mknod(root / "plain", stat.S_IFREG | 0o600), shown(root / "plain"))[1])
+    record("mknod no type", lambda: (os.mknod(root / "plain0", 0o644), shown(root / "plain0"))[1])
+    record("mknod dir", lambda: os.mknod(root / "dir", stat.S_IFDIR | 0o755))
+    record("mknod bad type", lambda: os.mknod(root / "bad", 0o170000 | 0o644))
+    # Device nodes need CAP_MKNOD (both sides say EPERM without it).
+    record("mknod char", lambda: (os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3)), shown(root / "null"))[1])
+    record("mknod block", lambda: (os.mknod(root / "disk", stat.S_IFBLK | 0o660, os.makedev(259, 70000)),
+                                   shown(root / "disk"))[1])
+    record("device numbers", lambda: (os.major(os.lstat(root / "disk").st_rdev), os.minor(os.lstat(root / "disk").st_rdev)))
+
+    def fifo_round_trip() -> bytes:
+        reader = os.open(root / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            writer = os.open(root / "fifo", os.O_WRONLY)
+            os.write(writer, b"through the pipe")
+            os.close(writer)
+            return os.read(reader, 100)
+        finally:
+            os.close(reader)
+
+    record("fifo round trip", fifo_round_trip)
+    record("fifo without reader", lambda: os.open(root / "fifo", os.O_WRONLY | os.O_NONBLOCK))
+
+    def unix_socket() -> tuple[Any, ...]:
+        cwd = os.getcwd()
+        os.chdir(root)  # a socket's path must fit in 108 bytes
+        try:
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with server, client:
+                server.bind("agent.sock")
+                server.listen(1)
+                client.connect("agent.sock")
+                conn, _ = server.accept()
+                with conn:
+                    client.sendall(b"hello")
+                    return conn.recv(5), shown(root / "agent.sock")[:3]
+        finally:
+            os.chdir(cwd)
+
+    record("unix socket", unix_socket)
+    record("bind taken", lambda: socket.socket(socket.AF_UNIX).bind(str(root / "fifo")))
+    record("chmod fifo", lambda: (os.chmod(root / "fifo", 0o604), shown(root / "fifo"))[1])
+    record("chmod socket", lambda: (os.chmod(root / "sock", 0o600), shown(root / "sock"))[1])
+    record("truncate fifo", lambda: os.truncate(root / "fifo", 0))
+    record("readlink fifo", lambda: os.readlink(root / "fifo"))
+    record("xattr on fifo", lambda: (os.setxattr(root / "fifo2", "user.k", b"v"), os.getxattr(root / "fifo2", "user.k"))[1])
+    record("rename fifo", lambda: (os.rename(root / "fifo2", root / "fifo3"), shown(root / "fifo3"))[1])
+    record("rename over fifo", lambda: (os.rename(root / "plain", root / "fifo3"), shown(root / "fifo3"))[1])
+    record("unlink socket", lambda: os.unlink(root / "agent.sock"))
+    record("rmdir fifo", lambda: os.rmdir(root / "fifo"))
+    record("listing", lambda: sorted((e.name, e.is_file(), e.is_dir(), e.is_symlink()) for e in os.scandir(root)))
+    record("types", lambda: {e.name: shown(Path(e.path))[0] for e in os.scandir(root)})
     return out
 
 

@@ -117,7 +117,7 @@ def test_member_entries_with_hostile_payloads_raise_only_log_error(kind: str) ->
 VOLUME, DEVICE = SigningKey(b"\x21" * 32), SigningKey(b"\x22" * 32)
 DELEGATION = delegate_device(VOLUME, bytes(DEVICE.verify_key))
 OP_ARGS = ["parent", "name", "node", "new_parent", "new_name", "mode", "uid", "gid", "mtime_ns", "atime_ns",
-           "ctime_ns", "size", "content", "target", "value", "base", "replaces", "last_parent"]
+           "ctime_ns", "size", "content", "target", "value", "base", "replaces", "last_parent", "type", "rdev"]
 
 
 @given(st.sampled_from(["create", "mkdir", "symlink", "write", "unlink", "rmdir", "rename", "setattr", "setxattr",

@@ -220,3 +220,21 @@ def test_times_come_from_the_operations_as_posix_has_them() -> None:
     # Times before 1970 are times too (ext4 keeps them).
     ns.apply(op(ALICE, 1026 << 16, "setattr", node=ROOT, mtime_ns=-(10**18), atime_ns=-1))
     assert (root.atime_ns, root.mtime_ns) == (-1, -(10**18))
+
+
+def test_special_files_are_nodes_with_a_type_and_a_device_number() -> None:
+    ns = build([
+        op(ALICE, 1 << 16, "mknod", parent=ROOT, name="fifo", node=b"\x01" * 32, type="fifo", mode=0o640),
+        op(ALICE, 2 << 16, "mknod", parent=ROOT, name="null", node=b"\x02" * 32, type="chardev", rdev=259),
+        op(ALICE, 3 << 16, "mknod", parent=ROOT, name="sock", node=b"\x03" * 32, type="socket", rdev=7),
+        op(ALICE, 4 << 16, "mknod", parent=ROOT, name="odd", node=b"\x04" * 32, type="dir"),  # not special: nothing
+        op(BOB, 4 << 16, "mknod", parent=ROOT, name="fifo", node=b"\x05" * 32, type="blockdev", rdev=2**32),
+        op(ALICE, 5 << 16, "write", node=b"\x01" * 32, content=content("data")),  # a FIFO holds no bytes
+    ])
+    tree = ns.tree()
+    assert (tree["/fifo"][0], tree["/fifo"][1], tree["/fifo"][2]) == ("fifo", 0o640, Content())
+    assert (tree["/null"][0], tree["/null"][-1]) == ("chardev", 259)
+    assert (tree["/sock"][0], tree["/sock"][-1]) == ("socket", 0)  # only device nodes have a number
+    assert "/odd" not in tree
+    conflict = [v for p, v in tree.items() if p.startswith("/fifo.conflict-")]
+    assert [(v[0], v[-1]) for v in conflict] == [("blockdev", 0)]  # an out-of-range number is not taken

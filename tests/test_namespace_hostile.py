@@ -49,7 +49,7 @@ VOLUME = SigningKey(b"\x51" * 32)
 DEVICE = SigningKey(b"\x52" * 32)
 DELEGATION = delegate_device(VOLUME, bytes(DEVICE.verify_key))
 NODES = [ROOT, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32]
-ATTRS = ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns")
+ATTRS = ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "rdev")
 
 #: The values that crashed mounts, their neighbours, and anything else an integer can be.
 hostile_ints = st.one_of(
@@ -78,6 +78,9 @@ def hostile_ops(draw: st.DrawFn) -> dict[str, Any]:
         args["content"] = {"size": size, "chunk_size": chunk_size, "chunks": [None] * min(max(count, 0), 4)}
     if kind == "symlink":
         args["target"] = "x" * draw(st.sampled_from([1, 4095, 4096]))
+    if kind == "mknod":
+        args["type"] = draw(st.one_of(st.sampled_from(["fifo", "socket", "chardev", "blockdev", "file", "dir"]),
+                                      hostile_values))
     if kind == "setxattr":
         args["value"] = draw(st.one_of(st.binary(max_size=8), st.integers(0, 2**40)))
     return {"kind": kind, "args": args}

@@ -42,7 +42,7 @@ from .lifecycle import (
     check_epoch,
 )
 from .metadata import BlobId
-from .namespace import LIMITS, LOWER, Op, in_range
+from .namespace import LIMITS, LOWER, SPECIAL, Op, in_range
 from .sealing import SEALED_PAYLOAD_MAX as SEALED_MAX
 from .sealing import SEALED_PAYLOAD_MIN as SEALED_MIN
 
@@ -302,6 +302,7 @@ NAMESPACE_OPS: dict[str, dict[str, str]] = {
     "create": {"parent": _NODE, "name": _NAME, "node": _NODE},
     "mkdir": {"parent": _NODE, "name": _NAME, "node": _NODE},
     "symlink": {"parent": _NODE, "name": _NAME, "node": _NODE},
+    "mknod": {"parent": _NODE, "name": _NAME, "node": _NODE},
     "write": {"node": _NODE},
     "unlink": {"parent": _NODE, "name": _NAME, "node": _NODE},
     "rmdir": {"parent": _NODE, "name": _NAME, "node": _NODE},
@@ -335,7 +336,7 @@ def check_op(op: Any) -> None:
             raise LogError(f"namespace op {op['kind']}: {name} must be a 32-byte node ID")
         if kind == _NAME and not _file_name(value):
             raise LogError(f"namespace op {op['kind']}: {name} must be a file name")
-    for name in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns"):
+    for name in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "rdev"):
         # Values a mount cannot hand the kernel (a mode beyond the permission bits, a uid
         # beyond uid_t, a time beyond 64 bits) would crash every other mount's `ls`.
         if name in args and not in_range(name, args[name]):
@@ -365,6 +366,8 @@ def check_op(op: Any) -> None:
     if op["kind"] == "symlink" and not (isinstance(args.get("target"), str) and "\0" not in args["target"]
                                         and len(args["target"].encode()) < PATH_MAX):
         raise LogError("namespace op symlink: target must be a path (no NUL, below PATH_MAX bytes)")
+    if op["kind"] == "mknod" and args.get("type") not in SPECIAL:
+        raise LogError(f"namespace op mknod: type must be one of {', '.join(SPECIAL)}")
     if op["kind"] == "setxattr" and not isinstance(args.get("value"), bytes):
         raise LogError("namespace op setxattr: value must be bytes")
 

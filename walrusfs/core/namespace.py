@@ -30,13 +30,19 @@ from typing import Any
 
 ROOT = bytes(32)
 FILE, DIRECTORY, SYMLINK = "file", "dir", "symlink"
+#: Special files, made by ``mknod``: metadata only (a device node's number is ``rdev``; the
+#: kernel itself serves FIFOs and sockets, and mounts are ``nodev``).
+FIFO, SOCKET, CHARDEV, BLOCKDEV = "fifo", "socket", "chardev", "blockdev"
+SPECIAL = (FIFO, SOCKET, CHARDEV, BLOCKDEV)
+DEVICES = (CHARDEV, BLOCKDEV)
 #: Attribute -> exclusive upper bound; the lower bound is 0, or ``LOWER``'s. These are what
 #: the kernel can be told (permission bits only, the file type comes from the node's kind;
-#: uid_t and gid_t; a signed 64-bit nanosecond time, before 1970 too, as on ext4; a size):
+#: uid_t and gid_t; a signed 64-bit nanosecond time, before 1970 too, as on ext4; a size; a
+#: device number as FUSE carries it, 32 bits):
 #: the log validator rejects an operation with a value outside them, and the fold ignores
 #: one that got past it, so no writer can hand a mount a value that it cannot show.
 LIMITS = {"mode": 0o7777 + 1, "uid": 2**32, "gid": 2**32, "mtime_ns": 2**63, "atime_ns": 2**63, "ctime_ns": 2**63,
-          "size": 2**63, "chunk_size": 2**63}
+          "size": 2**63, "chunk_size": 2**63, "rdev": 2**32}
 #: The times a node has.
 TIMES = ("mtime_ns", "atime_ns", "ctime_ns")
 #: Attribute -> inclusive lower bound, where it is not 0.
@@ -87,7 +93,7 @@ class Op:
 
 @dataclass
 class Node:
-    """A file, directory or symbolic link."""
+    """A file, directory, symbolic link or special file."""
 
     node_id: bytes
     kind: str
@@ -103,6 +109,7 @@ class Node:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     atime_ns: int = 0
     ctime_ns: int = 0
+    rdev: int = 0  # a device node's number
 
     def changed(self, when: int) -> None:
         """The node's attributes or names changed at ``when``: its ctime."""
@@ -174,7 +181,7 @@ class Namespace:
                 node = self.nodes[node_id]
                 path = f"{prefix}/{name}"
                 out[path] = (node.kind, node.mode, node.content, node.target, tuple(sorted(node.xattrs.items())),
-                             node.mtime_ns, node.atime_ns, node.ctime_ns)
+                             node.mtime_ns, node.atime_ns, node.ctime_ns, node.rdev)
                 if node.kind == DIRECTORY:
                     walk(node_id, path)
 
@@ -240,7 +247,8 @@ class Namespace:
         mtime = _attr(args, "mtime_ns", _stamp_ns(op))
         node = Node(node_id, kind, _attr(args, "mode", 0o644), mtime,
                     target=str(args.get("target", "")), uid=_attr(args, "uid", 0), gid=_attr(args, "gid", 0),
-                    atime_ns=_attr(args, "atime_ns", mtime), ctime_ns=_attr(args, "ctime_ns", mtime))
+                    atime_ns=_attr(args, "atime_ns", mtime), ctime_ns=_attr(args, "ctime_ns", mtime),
+                    rdev=_attr(args, "rdev", 0) if kind in DEVICES else 0)
         self.nodes[node_id] = node
         if kind == DIRECTORY:
             self.children[node_id] = {}
@@ -255,6 +263,10 @@ class Namespace:
 
     def _op_symlink(self, op: Op, args: Mapping[str, Any]) -> None:
         self._create(op, args, SYMLINK)
+
+    def _op_mknod(self, op: Op, args: Mapping[str, Any]) -> None:
+        if args.get("type") in SPECIAL:
+            self._create(op, args, str(args["type"]))
 
     def _op_write(self, op: Op, args: Mapping[str, Any]) -> None:
         node = self.nodes.get(self.resolve(args["node"]))

@@ -25,12 +25,17 @@ import trio
 from ..client.blob import ReadError
 from ..core.metadata import BlobId
 from ..core.namespace import (
+    BLOCKDEV,
+    CHARDEV,
+    DEVICES,
     DIRECTORY,
+    FIFO,
     FILE,
     LIMITS,
     LOWER,
     ROOT,
     ROOT_KEPT_BITS,
+    SOCKET,
     SYMLINK,
     Node,
     in_range,
@@ -46,6 +51,11 @@ ATTR_TIMEOUT = 1.0
 RELATIME_NS = 24 * 3600 * 10**9
 XATTR_PREFIX = "user.walrus."
 NAME_MAX = 255
+
+
+#: A special node's kind -> its file type bits, and back.
+SPECIAL_TYPES = {FIFO: stat.S_IFIFO, SOCKET: stat.S_IFSOCK, CHARDEV: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK}
+SPECIAL_KINDS = {bits: kind for kind, bits in SPECIAL_TYPES.items()}
 
 
 def _error(code: int) -> pyfuse3.FUSEError:
@@ -189,10 +199,16 @@ class WalrusFS(pyfuse3.Operations):
             children = self.ns.children.get(node.node_id, {})
             attr.st_nlink = 2 + sum(1 for c in children.values() if self.ns.nodes[c].kind == DIRECTORY)
             attr.st_size = 4096
-        else:
+        elif node.kind == SYMLINK:
             attr.st_mode = stat.S_IFLNK | 0o777
             attr.st_size = len(node.target.encode())
             attr.st_nlink = 1
+        else:
+            attr.st_mode = SPECIAL_TYPES.get(node.kind, stat.S_IFIFO) | mode
+            attr.st_size = 0
+            attr.st_nlink = 1
+            if node.kind in DEVICES:
+                attr.st_rdev = _fit(node.rdev, "rdev")
         if self.keep_owners and node.node_id != ROOT and in_range("uid", node.uid) and in_range("gid", node.gid):
             attr.st_uid, attr.st_gid = node.uid, node.gid
         else:
@@ -304,13 +320,22 @@ class WalrusFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh), self._attr(node)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        """Only regular files can be made here."""
+        """Make a regular file, a FIFO, a socket or a device node (metadata: the mount is ``nodev``)."""
+        self.contents.touch()
         self._writable()
-        if not stat.S_ISREG(mode):
-            raise _error(errno.EPERM)
+        kind = SPECIAL_KINDS.get(stat.S_IFMT(mode))
+        if kind is None and not stat.S_ISREG(mode):
+            raise _error(errno.EINVAL)  # the kernel lets no other type through
         parent = self._directory(parent_inode)
         args = self._new_node_args(parent, self._name(name), mode, ctx)
-        await self.vlog.append("create", args)
+        if kind is None:
+            await self.vlog.append("create", args)
+        else:
+            if kind in DEVICES:
+                if not in_range("rdev", rdev):
+                    raise _error(errno.EINVAL)
+                args["rdev"] = rdev
+            await self.vlog.append("mknod", {**args, "type": kind})
         return self._attr(self.ns.nodes[args["node"]])
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
