@@ -127,6 +127,78 @@ def run_battery(root: Path) -> list[tuple[str, Any]]:
     types = root / "types"
     types.mkdir()
     out.extend(file_types(types))
+    links = root / "links"
+    links.mkdir()
+    out.extend(hard_links(links))
+    return out
+
+
+def hard_links(root: Path) -> list[tuple[str, Any]]:
+    """Several names for one node: counts, shared data and attributes, unlink and rename of one name."""
+    out: list[tuple[str, Any]] = []
+
+    def record(label: str, action: Callable[[], Any]) -> None:
+        out.append((label, _try(action)))
+
+    def counts(*paths: Path) -> list[Any]:
+        return [os.lstat(p).st_nlink if os.path.lexists(p) else None for p in paths]
+
+    def same(*paths: Path) -> bool:
+        return len({os.lstat(p).st_ino for p in paths}) == 1
+
+    a, b, sub = root / "a", root / "b", root / "sub"
+    a.write_bytes(b"shared bytes")
+    sub.mkdir()
+    c = sub / "c"
+    record("link", lambda: (os.link(a, b), counts(a, b), same(a, b))[1:])
+    record("link in another dir", lambda: (os.link(b, c), counts(a, b, c), same(a, c))[1:])
+    record("dir nlink unchanged", lambda: (os.stat(root).st_nlink, os.stat(sub).st_nlink))
+    record("write through one name", lambda: (_pwrite(b, b"SH", 0), a.read_bytes(), c.read_bytes())[1:])
+    record("append through another", lambda: (_append(c, b"!"), a.read_bytes(), os.stat(b).st_size)[1:])
+    record("chmod through one name", lambda: (os.chmod(c, 0o600), stat.S_IMODE(os.stat(a).st_mode))[1])
+    record("xattr through one name", lambda: (os.setxattr(a, "user.k", b"v"), os.getxattr(c, "user.k"))[1])
+    record("truncate through one name", lambda: (os.truncate(b, 6), a.read_bytes(), os.stat(c).st_size)[1:])
+    record("link over a name", lambda: os.link(a, b))
+    record("link a directory", lambda: os.link(sub, root / "sub2"))
+    record("link missing", lambda: os.link(root / "missing", root / "x"))
+    record("link into missing dir", lambda: os.link(a, root / "nodir" / "x"))
+    record("rename onto another link", lambda: (os.rename(a, c), counts(a, b, c))[1])
+    record("rename one name", lambda: (os.rename(a, root / "a2"), counts(root / "a2", b, c), same(b, root / "a2"))[1:])
+    record("unlink one name", lambda: (os.unlink(root / "a2"), counts(b, c), c.read_bytes())[1:])
+    (root / "other").write_bytes(b"other")
+    record("rename over a linked name", lambda: (os.rename(root / "other", b), b.read_bytes(), c.read_bytes(),
+                                                counts(b, c))[1:])
+
+    def unlinked_open() -> list[Any]:
+        fd = os.open(c, os.O_RDONLY)
+        try:
+            os.link(c, root / "d")
+            os.unlink(c)
+            seen: list[Any] = [os.fstat(fd).st_nlink, os.pread(fd, 6, 0)]
+            os.unlink(root / "d")
+            seen += [os.fstat(fd).st_nlink, os.pread(fd, 6, 0)]
+            seen.append(_try(lambda: os.link(f"/proc/self/fd/{fd}", root / "back", follow_symlinks=True)))
+            return seen
+        finally:
+            os.close(fd)
+
+    record("unlink names while open", unlinked_open)
+    record("link a symlink", lambda: (os.symlink("b", root / "s"), os.link(root / "s", root / "s2", follow_symlinks=False),
+                                      os.readlink(root / "s2"), counts(root / "s", root / "s2"))[2:])
+    record("link a fifo", lambda: (os.mkfifo(root / "p"), os.link(root / "p", root / "p2"), counts(root / "p", root / "p2"),
+                                   stat.S_ISFIFO(os.lstat(root / "p2").st_mode))[2:])
+
+    def many() -> list[Any]:  # a `cp -al` tree: every file a link
+        (root / "tree").mkdir()
+        for i in range(3):
+            (root / "tree" / f"f{i}").write_bytes(bytes([i]) * (i + 1))
+        os.mkdir(root / "copy")
+        for i in range(3):
+            os.link(root / "tree" / f"f{i}", root / "copy" / f"f{i}")
+        return [(os.stat(root / "copy" / f"f{i}").st_nlink, (root / "copy" / f"f{i}").read_bytes()) for i in range(3)]
+
+    record("linked tree", many)
+    record("final", lambda: sorted((e.name, e.stat(follow_symlinks=False).st_nlink) for e in os.scandir(root)))
     return out
 
 
@@ -355,6 +427,9 @@ def timestamps(root: Path) -> list[tuple[str, Any]]:
     record("rmdir", lambda: effect(lambda: os.rmdir(d / "m"), d))
     record("symlink", lambda: effect(lambda: os.symlink("c", d / "s"), d))
     record("unlink", lambda: effect(lambda: os.unlink(d / "s"), d))
+    record("mkfifo", lambda: effect(lambda: os.mkfifo(d / "p"), d))
+    record("link", lambda: effect(lambda: os.link(f, d / "fl"), f, d, root))
+    record("unlink a link", lambda: effect(lambda: os.unlink(d / "fl"), f, d))
     record("chmod", lambda: effect(lambda: os.chmod(f, 0o600), f, root))
     record("chmod dir", lambda: effect(lambda: os.chmod(d, 0o700), d, root))
     record("chown", lambda: effect(lambda: os.chown(f, 1234, 1234), f))

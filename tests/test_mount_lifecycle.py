@@ -82,6 +82,33 @@ def test_fold_tracks_references_trash_and_release_times() -> None:
     assert parse_duration("7d") == 7 * 86400 and parse_duration("30") == 30 and parse_duration("2m") == 120
 
 
+def test_a_hard_linked_file_keeps_its_chunks_until_its_last_name_goes() -> None:
+    a, b = b"\xa0" * 32, b"\xb0" * 32
+    f, o, d = b"\xf0" * 32, b"\xf1" * 32, b"\xd0" * 32
+    ops = [
+        _op(1, "create", parent=ROOT, name="f", node=f),
+        _op(2, "write", node=f, content=_content(a)),
+        _op(3, "mkdir", parent=ROOT, name="d", node=d),
+        _op(4, "link", parent=ROOT, name="g", node=f),
+        _op(5, "link", parent=d, name="x", node=f),
+        _op(6, "unlink", parent=ROOT, name="f", node=f),  # two names left
+        _op(7, "create", parent=ROOT, name="o", node=o),
+        _op(8, "write", node=o, content=_content(b)),
+        _op(9, "rename", parent=ROOT, name="o", node=o, new_parent=ROOT, new_name="g", replaces=f),  # d/x left
+    ]
+    usage = fold_usage(ops)
+    assert usage.referenced == {a, b} and usage.unreferenced_since == {} and usage.trash == []
+    assert usage.files == 2 and usage.logical_bytes == 8  # one node, however many names
+    gone = fold_usage([*ops, _op(10, "unlink", parent=d, name="x", node=f)])
+    assert gone.referenced == {b} and gone.unreferenced_since == {a: 10 << 16}
+    assert [(i.path, i.kind, i.chunks) for i in gone.trash] == [("/d/x", "deleted", {a})]
+    # A link made concurrently with that unlink brings the node back: nothing is released.
+    back = fold_usage([*ops, _op(10, "unlink", parent=d, name="x", node=f), _op(11, "link", parent=ROOT, name="y", node=f)])
+    assert back.referenced == {a, b} and back.unreferenced_since == {}
+    registrations = [HeldChunk(a, a, 30, True, True, 4, 1), HeldChunk(b, b, 30, True, True, 4, 1)]
+    assert plan(back, registrations, 10, 10**9, 0, set(), lambda n: n).delete == []
+
+
 # ---------------------------------------------------------------------------- helpers
 
 

@@ -111,29 +111,43 @@ class Writer:
         files = [n for n in nodes if n.kind == FILE]
         names = ["a", "b", "c", "d"]
         fresh = hashlib.blake2b(self.author + self.hlc.to_bytes(8, "big"), digest_size=32).digest()
-        choice = self.rng.choice(["create", "mkdir", "write", "write", "rename", "unlink", "rmdir", "setattr"])
+        choice = self.rng.choice(["create", "mkdir", "write", "write", "rename", "unlink", "rmdir", "setattr",
+                                  "link", "link", "mknod", "times"])
         parent = self.rng.choice(dirs).node_id
+        when = {"ctime_ns": self.hlc * 1000 + self.rng.randrange(1000)} if self.rng.random() < 0.5 else {}
         if choice in ("create", "mkdir"):
-            return op(self.author, self.hlc, choice, parent=parent, name=self.rng.choice(names), node=fresh)
+            return op(self.author, self.hlc, choice, parent=parent, name=self.rng.choice(names), node=fresh, **when)
+        if choice == "mknod":
+            return op(self.author, self.hlc, "mknod", parent=parent, name=self.rng.choice(names), node=fresh,
+                      type=self.rng.choice(["fifo", "chardev"]), rdev=self.rng.randrange(300))
         movable = [n for n in nodes if n.node_id != ROOT]
+        linkable = [n for n in movable if n.kind != DIRECTORY]
         if choice == "write" and files:
             f = self.rng.choice(files)
             return op(self.author, self.hlc, "write", node=f.node_id, base=f.version,
                       content=content(f"{self.author.hex()[:2]}{self.hlc}"), last_parent=f.parent, last_name=f.name)
         if choice == "rename" and movable:
             n = self.rng.choice(movable)
+            where, name = self.rng.choice(n.links)  # any of its names
             new_name = self.rng.choice(names)
             replaces = ns.children[parent].get(new_name, b"")
-            return op(self.author, self.hlc, "rename", parent=n.parent, name=n.name, node=n.node_id,
-                      new_parent=parent, new_name=new_name, replaces=replaces)
-        if choice == "unlink" and files:
-            f = self.rng.choice(files)
-            return op(self.author, self.hlc, "unlink", parent=f.parent, name=f.name, node=f.node_id)
+            return op(self.author, self.hlc, "rename", parent=where, name=name, node=n.node_id,
+                      new_parent=parent, new_name=new_name, replaces=replaces, **when)
+        if choice == "unlink" and linkable:
+            f = self.rng.choice(linkable)
+            where, name = self.rng.choice(f.links)
+            return op(self.author, self.hlc, "unlink", parent=where, name=name, node=f.node_id, **when)
+        if choice == "link" and linkable:
+            return op(self.author, self.hlc, "link", parent=parent, name=self.rng.choice(names),
+                      node=self.rng.choice(linkable).node_id, **when)
         if choice == "rmdir" and len(dirs) > 1:
             d = self.rng.choice([d for d in dirs if d.node_id != ROOT])
-            return op(self.author, self.hlc, "rmdir", parent=d.parent, name=d.name, node=d.node_id)
+            return op(self.author, self.hlc, "rmdir", parent=d.parent, name=d.name, node=d.node_id, **when)
         if choice == "setattr" and movable:
             return op(self.author, self.hlc, "setattr", node=self.rng.choice(movable).node_id, mode=self.rng.choice([0o600, 0o644]))
+        if choice == "times":
+            times = {k: self.rng.randrange(-5, 10**6) for k in ("atime_ns", "mtime_ns") if self.rng.random() < 0.7}
+            return op(self.author, self.hlc, "setattr", node=self.rng.choice(nodes).node_id, **times, **when)
         return None
 
 
@@ -156,12 +170,19 @@ def test_concurrent_writers_converge_in_any_order(rng: random.Random, steps: int
     for order in orders:
         rng.shuffle(order)
     first, second = build(orders[0]), build(orders[1])
-    assert first.tree() == second.tree()
-    # Every file that the final tree still links is reachable from the root, and every
-    # node's recorded place agrees with its directory entry.
+    assert first.tree() == second.tree()  # names, contents, link counts and times alike
+    assert {n: (v.mtime_ns, v.atime_ns, v.ctime_ns) for n, v in first.nodes.items()} == \
+        {n: (v.mtime_ns, v.atime_ns, v.ctime_ns) for n, v in second.nodes.items()}
+    # Every name a node records is its directory's entry and the other way round; a node's
+    # place is its first name; a directory has at most one name.
     for node in first.nodes.values():
-        if node.parent is not None:
-            assert first.children[node.parent][node.name] == node.node_id
+        for directory, name in node.links:
+            assert first.children[directory][name] == node.node_id
+        assert (node.parent, node.name) == (node.links[0] if node.links else (None, None))
+        assert node.kind != DIRECTORY or len(node.links) <= 1
+    for directory, entries in first.children.items():
+        for name, node_id in entries.items():
+            assert (directory, name) in first.nodes[node_id].links
 
 
 MS = 1_000_000  # nanoseconds
@@ -233,8 +254,63 @@ def test_special_files_are_nodes_with_a_type_and_a_device_number() -> None:
     ])
     tree = ns.tree()
     assert (tree["/fifo"][0], tree["/fifo"][1], tree["/fifo"][2]) == ("fifo", 0o640, Content())
-    assert (tree["/null"][0], tree["/null"][-1]) == ("chardev", 259)
-    assert (tree["/sock"][0], tree["/sock"][-1]) == ("socket", 0)  # only device nodes have a number
+    assert (tree["/null"][0], tree["/null"][-2]) == ("chardev", 259)
+    assert (tree["/sock"][0], tree["/sock"][-2]) == ("socket", 0)  # only device nodes have a number
     assert "/odd" not in tree
     conflict = [v for p, v in tree.items() if p.startswith("/fifo.conflict-")]
-    assert [(v[0], v[-1]) for v in conflict] == [("blockdev", 0)]  # an out-of-range number is not taken
+    assert [(v[0], v[-2]) for v in conflict] == [("blockdev", 0)]  # an out-of-range number is not taken
+
+
+def test_hard_links_name_one_node_until_its_last_name_goes() -> None:
+    f, d, g = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    ops = [
+        op(ALICE, 1 << 16, "create", parent=ROOT, name="f", node=f),
+        op(ALICE, 2 << 16, "write", node=f, content=content("data")),
+        op(ALICE, 3 << 16, "mkdir", parent=ROOT, name="d", node=d),
+        op(ALICE, 4 << 16, "link", parent=d, name="x", node=f, ctime_ns=4000),
+        op(ALICE, 5 << 16, "link", parent=ROOT, name="d", node=f),  # taken (by d): a conflict name
+        op(ALICE, 6 << 16, "link", parent=ROOT, name="dl", node=d),  # a directory: nothing
+        op(ALICE, 7 << 16, "link", parent=ROOT, name="f", node=f),  # already its name: nothing
+    ]
+    ns = build(ops)
+    node = ns.nodes[f]
+    assert node.nlink == 3 and (node.parent, node.name) == (ROOT, "f") and node.ctime_ns == 5 * MS
+    assert ns.lookup("d/x") is node and ns.tree()["/d/x"] == ns.tree()["/f"]
+    assert "/dl" not in ns.tree() and ns.nodes[d].nlink == 1
+    # Unlinking one name leaves the others; the node's place moves to its next name.
+    ns.apply(op(ALICE, 8 << 16, "unlink", parent=ROOT, name="f", node=f, ctime_ns=8 * MS))
+    assert node.nlink == 2 and (node.parent, node.name) == (d, "x") and ns.lookup("f") is None
+    assert node.ctime_ns == ns.nodes[ROOT].mtime_ns == 8 * MS
+    # A rename onto another name of the same node does nothing (POSIX).
+    conflict = next(name for name in ns.children[ROOT] if name.startswith("d.conflict-"))
+    ns.apply(op(ALICE, 9 << 16, "rename", parent=ROOT, name=conflict, node=f, new_parent=d, new_name="x"))
+    assert node.nlink == 2 and ns.children[ROOT][conflict] == f
+    # A rename over one of its names takes that name only.
+    ns.apply(op(ALICE, 10 << 16, "create", parent=ROOT, name="g", node=g))
+    ns.apply(op(ALICE, 11 << 16, "rename", parent=ROOT, name="g", node=g, new_parent=d, new_name="x", replaces=f))
+    assert node.nlink == 1 and ns.lookup("d/x").node_id == g and ns.children[ROOT][conflict] == f
+    ns.apply(op(ALICE, 12 << 16, "unlink", parent=ROOT, name=conflict, node=f))
+    assert node.nlink == 0 and node.parent is None and node.content == content("data")
+
+
+def test_concurrent_link_and_unlink_lose_nothing() -> None:
+    f = b"\x01" * 32
+    base = [op(ALICE, 1 << 16, "create", parent=ROOT, name="f", node=f),
+            op(ALICE, 2 << 16, "write", node=f, content=content("data"))]
+    # Bob unlinks f while Alice links it as g (she saw f): the node lives on under g.
+    ns = build([*base, op(BOB, 3 << 16, "unlink", parent=ROOT, name="f", node=f),
+                op(ALICE, 4 << 16, "link", parent=ROOT, name="g", node=f)])
+    assert ns.lookup("f") is None and ns.lookup("g").content == content("data")
+    # In the other order too (Alice's link stamped first).
+    ns = build([*base, op(ALICE, 3 << 16, "link", parent=ROOT, name="g", node=f),
+                op(BOB, 4 << 16, "unlink", parent=ROOT, name="f", node=f)])
+    assert ns.lookup("f") is None and ns.lookup("g").nlink == 1
+    # Alice links f as g while Bob creates another g: both stay, one under a conflict name.
+    ns = build([*base, op(ALICE, 3 << 16, "link", parent=ROOT, name="g", node=f),
+                op(BOB, 3 << 16, "create", parent=ROOT, name="g", node=b"\x02" * 32)])
+    assert ns.nodes[f].nlink == 2 and any(p.startswith("/g.conflict-") for p in ns.tree())
+    # Bob renames another file over g while Alice, who had not seen g yet, linked f there.
+    ns = build([*base, op(ALICE, 3 << 16, "link", parent=ROOT, name="g", node=f),
+                op(BOB, 3 << 16, "create", parent=ROOT, name="h", node=b"\x02" * 32),
+                op(BOB, 4 << 16, "rename", parent=ROOT, name="h", node=b"\x02" * 32, new_parent=ROOT, new_name="g")])
+    assert ns.lookup("g").node_id == b"\x02" * 32 and ns.nodes[f].nlink == 2  # kept as g.conflict-...

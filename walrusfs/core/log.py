@@ -305,6 +305,7 @@ NAMESPACE_OPS: dict[str, dict[str, str]] = {
     "mknod": {"parent": _NODE, "name": _NAME, "node": _NODE},
     "write": {"node": _NODE},
     "unlink": {"parent": _NODE, "name": _NAME, "node": _NODE},
+    "link": {"parent": _NODE, "name": _NAME, "node": _NODE},
     "rmdir": {"parent": _NODE, "name": _NAME, "node": _NODE},
     "rename": {"parent": _NODE, "name": _NAME, "node": _NODE, "new_parent": _NODE, "new_name": _NAME},
     "setattr": {"node": _NODE},
@@ -340,8 +341,8 @@ def check_op(op: Any) -> None:
         # Values a mount cannot hand the kernel (a mode beyond the permission bits, a uid
         # beyond uid_t, a time beyond 64 bits) would crash every other mount's `ls`.
         if name in args and not in_range(name, args[name]):
-            raise LogError(f"namespace op {op['kind']}: {name} must be an integer from {LOWER.get(name, 0):#x} "
-                           f"below {LIMITS[name]:#x}")
+            low = f"an integer from {LOWER[name]:#x}" if name in LOWER else "a non-negative integer"
+            raise LogError(f"namespace op {op['kind']}: {name} must be {low} below {LIMITS[name]:#x}")
     for name in ("base", "replaces", "last_parent"):
         if args.get(name) is not None and not (isinstance(args[name], bytes) and len(args[name]) in (0, 32)):
             raise LogError(f"namespace op {op['kind']}: {name} must be a node or version ID")

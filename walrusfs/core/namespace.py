@@ -15,6 +15,12 @@ is lost to concurrency:
 * ``rmdir`` of a directory that gained entries concurrently does nothing;
 * a write to a node another writer unlinked brings it back, under a conflict name.
 
+A node other than a directory may have several names (hard links): ``link`` adds one, and
+``unlink`` or a replacing ``rename`` removes the one the writer named, so the node leaves
+the tree only with its last name. A ``link`` to a node whose names were all removed
+concurrently brings it back under the new name; one to a name taken concurrently gets a
+conflict name.
+
 Times follow POSIX and come from the operations alone, never from the clock of the replica
 applying them: an operation may carry the writer's times (``mtime_ns``, ``atime_ns``, and
 ``ctime_ns``, the moment of the change); one that carries none takes its stamp's wall-clock
@@ -103,6 +109,8 @@ class Node:
     name: str | None = None
     content: Content = field(default_factory=Content)
     version: bytes | None = None  # op ID of the write that produced ``content``
+    # ``parent`` and ``name`` are the node's first name still in the tree (None when it has
+    # none); ``links`` holds every name, in the order they were made.
     target: str = ""
     uid: int = 0
     gid: int = 0
@@ -110,6 +118,12 @@ class Node:
     atime_ns: int = 0
     ctime_ns: int = 0
     rdev: int = 0  # a device node's number
+    links: list[tuple[bytes, str]] = field(default_factory=list)
+
+    @property
+    def nlink(self) -> int:
+        """How many names the node has in the tree."""
+        return len(self.links)
 
     def changed(self, when: int) -> None:
         """The node's attributes or names changed at ``when``: its ctime."""
@@ -181,7 +195,7 @@ class Namespace:
                 node = self.nodes[node_id]
                 path = f"{prefix}/{name}"
                 out[path] = (node.kind, node.mode, node.content, node.target, tuple(sorted(node.xattrs.items())),
-                             node.mtime_ns, node.atime_ns, node.ctime_ns, node.rdev)
+                             node.mtime_ns, node.atime_ns, node.ctime_ns, node.rdev, node.nlink)
                 if node.kind == DIRECTORY:
                     walk(node_id, path)
 
@@ -219,13 +233,17 @@ class Namespace:
     def _link(self, directory: bytes, name: str, node_id: bytes) -> None:
         self.children[directory][name] = node_id
         node = self.nodes[node_id]
-        node.parent, node.name = directory, name
+        node.links.append((directory, name))
+        if node.parent is None:
+            node.parent, node.name = directory, name
 
-    def _unlink_node(self, node_id: bytes) -> None:
-        node = self.nodes[node_id]
-        if node.parent is not None and self.children.get(node.parent, {}).get(node.name or "") == node_id:
-            del self.children[node.parent][node.name or ""]
-        node.parent, node.name = None, None
+    def _unlink_name(self, directory: bytes, name: str) -> Node:
+        """Remove one directory entry; the node it named keeps its other names (if any)."""
+        node = self.nodes[self.children[directory].pop(name)]
+        node.links.remove((directory, name))
+        if (node.parent, node.name) == (directory, name):
+            node.parent, node.name = node.links[0] if node.links else (None, None)
+        return node
 
     def _directory(self, args: Mapping[str, Any], key: str = "parent") -> bytes | None:
         directory = self.resolve(args.get(key, ROOT))
@@ -310,7 +328,7 @@ class Namespace:
         node = self.nodes[node_id]
         if node.kind == DIRECTORY:
             return
-        self._unlink_node(node_id)
+        self._unlink_name(directory, str(args["name"]))
         when = _when(op, args)
         node.changed(when)
         self.nodes[directory].modified(when)
@@ -322,7 +340,7 @@ class Namespace:
         node_id = self.children[directory].get(str(args["name"]))
         if node_id is None or node_id != self.resolve(args["node"]) or self.children.get(node_id):
             return  # gone, replaced, or no longer empty
-        self._unlink_node(node_id)
+        self._unlink_name(directory, str(args["name"]))
         self.nodes[directory].modified(_when(op, args))
 
     def _op_rename(self, op: Op, args: Mapping[str, Any]) -> None:
@@ -342,24 +360,38 @@ class Namespace:
         new_name = str(args["new_name"])
         existing = self.children[target].get(new_name)
         if existing == node_id:
-            return  # POSIX: a rename onto the same file does nothing
+            return  # POSIX: a rename onto the same file (the same name, or another link) does nothing
         when = _when(op, args)
         if existing is not None and existing != node_id:
             replaced = self.nodes[existing]
             if replaced.kind == DIRECTORY and self.children.get(existing):
                 return  # POSIX: cannot replace a non-empty directory
-            if existing == self.resolve(args.get("replaces", b"")) or replaced.kind == DIRECTORY:
-                self._unlink_node(existing)  # the writer saw it: an ordinary replacing rename
-            else:
-                # Someone else put it there concurrently: keep it under a conflict name.
-                del self.children[target][new_name]
+            # The writer saw it (an ordinary replacing rename): that name goes, the node's
+            # other names stay. Someone else put it there concurrently: keep it under a conflict name.
+            self._unlink_name(target, new_name)
+            if existing != self.resolve(args.get("replaces", b"")) and replaced.kind != DIRECTORY:
                 self._link(target, self._free_name(target, new_name, op), existing)
             replaced.changed(when)
-        self._unlink_node(node_id)
+        self._unlink_name(source, str(args["name"]))
         self._link(target, new_name, node_id)
         self.nodes[node_id].changed(when)
         self.nodes[source].modified(when)
         self.nodes[target].modified(when)
+
+    def _op_link(self, op: Op, args: Mapping[str, Any]) -> None:
+        directory = self._directory(args)
+        node_id = self.resolve(args["node"])
+        node = self.nodes.get(node_id)
+        if directory is None or node is None or node.kind == DIRECTORY:
+            return  # directories have one name (and the root none)
+        name = str(args["name"])
+        existing = self.children[directory].get(name)
+        if existing == node_id:
+            return
+        self._link(directory, name if existing is None else self._free_name(directory, name, op), node_id)
+        when = _when(op, args)
+        node.changed(when)
+        self.nodes[directory].modified(when)
 
     def _op_setattr(self, op: Op, args: Mapping[str, Any]) -> None:
         node = self.nodes.get(self.resolve(args["node"]))

@@ -11,6 +11,9 @@ commands) derives the same picture:
   total order; a chunk registered but never referenced counts from its certification;
 * the trash: the file versions those operations removed, with their path and content.
 
+A file with several names (hard links) is referenced until its last name goes: removing
+one of its names releases nothing.
+
 A mount then extends, in batches, the registration of every chunk that the tree or the
 trash still needs before it ends; re-stores a needed chunk no live registration holds if
 its verified copy is still in the cache (else reports it); and deletes the registrations of
@@ -136,7 +139,9 @@ class Usage:
 
 def _linked_file(namespace: Namespace, node_id: bytes) -> bool:
     node = namespace.nodes.get(node_id)
-    # Directories are removed only when empty, so a file with a parent is in the tree.
+    # Directories are removed only when empty, so a file with a parent is in the tree. A
+    # hard-linked file has a parent while any of its names is left: its chunks stay
+    # referenced (and nothing goes to the trash) until the last name goes.
     return node is not None and node.kind == FILE and node.parent is not None
 
 

@@ -151,6 +151,11 @@ class WalrusFS(pyfuse3.Operations):
             raise _error(errno.ENOENT)  # removed while someone held it
         return node
 
+    def _unnamed(self, node_id: bytes) -> bool:
+        """Whether a node has no name left in the (current) tree."""
+        node = self.ns.nodes.get(self.ns.resolve(node_id))
+        return node is None or not node.links
+
     def _writable(self) -> None:
         if self.read_only:
             raise _error(errno.EROFS)
@@ -188,7 +193,7 @@ class WalrusFS(pyfuse3.Operations):
         if node.kind == FILE:
             attr.st_mode = stat.S_IFREG | mode
             attr.st_size = _fit(self.contents.size_of(node), "size")
-            attr.st_nlink = 1 if node.parent is not None else 0
+            attr.st_nlink = node.nlink  # its names; 0 once unlinked while open
             mtime = self.contents.mtime_of(node)
             if mtime != node.mtime_ns and mtime <= time.time_ns():
                 ctime = max(ctime, mtime)  # staged bytes: written (or truncated) then, not yet signed
@@ -202,11 +207,11 @@ class WalrusFS(pyfuse3.Operations):
         elif node.kind == SYMLINK:
             attr.st_mode = stat.S_IFLNK | 0o777
             attr.st_size = len(node.target.encode())
-            attr.st_nlink = 1
+            attr.st_nlink = node.nlink
         else:
             attr.st_mode = SPECIAL_TYPES.get(node.kind, stat.S_IFIFO) | mode
             attr.st_size = 0
-            attr.st_nlink = 1
+            attr.st_nlink = node.nlink
             if node.kind in DEVICES:
                 attr.st_rdev = _fit(node.rdev, "rdev")
         if self.keep_owners and node.node_id != ROOT and in_range("uid", node.uid) and in_range("gid", node.gid):
@@ -241,9 +246,10 @@ class WalrusFS(pyfuse3.Operations):
             if node is None or node.kind != FILE or node_id not in self._inode_of or self.contents.opens[node_id]:
                 continue
             del self._inode_of[node_id]  # the old number keeps resolving for the kernel's references
-            parent = self._inode_of.get(node.parent) if node.parent is not None else None
-            if parent is not None and node.name:
-                pyfuse3.invalidate_entry_async(parent, node.name.encode(), ignore_enoent=True)
+            for directory, name in node.links:  # every hard link names the old inode
+                parent = self._inode_of.get(directory)
+                if parent is not None:
+                    pyfuse3.invalidate_entry_async(parent, name.encode(), ignore_enoent=True)
 
     # ------------------------------------------------------------------ lookups
 
@@ -361,9 +367,21 @@ class WalrusFS(pyfuse3.Operations):
         return self._attr(self.ns.nodes[args["node"]])
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        """Hard links are not supported (a node has one name)."""
+        """Give a node another name (a hard link): one node, its data and attributes, under both."""
+        self.contents.touch()
         self._writable()
-        raise _error(errno.EPERM)
+        node = self._node(inode)
+        if node.kind == DIRECTORY:
+            raise _error(errno.EPERM)  # the kernel refuses first; directories have one name
+        parent = self._directory(new_parent_inode)
+        name = self._name(new_name)
+        if self._child(parent, name) is not None:
+            raise _error(errno.EEXIST)
+        if not node.links:
+            raise _error(errno.ENOENT)  # unlinked while open: as linkat(2) of such a file
+        await self.vlog.append("link", {"parent": parent.node_id, "name": name, "node": node.node_id,
+                                        "ctime_ns": time.time_ns()})
+        return self._attr(self.ns.nodes[node.node_id])
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         """Remove a file or symbolic link; an open file stays readable until closed."""
@@ -376,7 +394,8 @@ class WalrusFS(pyfuse3.Operations):
             raise _error(errno.EISDIR)
         await self.vlog.append("unlink", {"parent": parent.node_id, "name": text, "node": child.node_id,
                                           "ctime_ns": time.time_ns()})
-        await self.contents.discard(child.node_id)
+        if self._unnamed(child.node_id):  # its last name: staged bytes nobody can reach go (once closed)
+            await self.contents.discard(child.node_id)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         """Remove an empty directory."""
@@ -425,7 +444,7 @@ class WalrusFS(pyfuse3.Operations):
                 raise _error(errno.ENOTEMPTY)
             args["replaces"] = existing.node_id
         await self.vlog.append("rename", args)
-        if existing is not None and existing.kind == FILE:
+        if existing is not None and existing.kind == FILE and self._unnamed(existing.node_id):
             await self.contents.discard(existing.node_id)
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
