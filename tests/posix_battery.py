@@ -130,6 +130,28 @@ def run_battery(root: Path) -> list[tuple[str, Any]]:
     links = root / "links"
     links.mkdir()
     out.extend(hard_links(links))
+    out.extend(reserve(root / "reserved"))
+    return out
+
+
+def reserve(path: Path) -> list[tuple[str, Any]]:
+    """posix_fallocate: the file grows to cover the range, its bytes kept, the rest zeros (never shrinks).
+
+    On a mount, fallocate(2) itself is EOPNOTSUPP (pyfuse3 3.5 has no fallocate handler) and
+    the C library writes the zeros instead; on ext4 the call reserves them. Same result.
+    """
+    out: list[tuple[str, Any]] = []
+    path.write_bytes(b"data")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        out.append(("posix_fallocate grows", _try(lambda: (os.posix_fallocate(fd, 0, 200_000), os.fstat(fd).st_size)[1])))
+        out.append(("posix_fallocate keeps", _try(lambda: os.pread(fd, 200_010, 0) == b"data" + bytes(199_996))))
+        out.append(("posix_fallocate within", _try(lambda: (os.posix_fallocate(fd, 100, 10), os.fstat(fd).st_size)[1])))
+        out.append(("posix_fallocate at offset", _try(lambda: (os.posix_fallocate(fd, 300_000, 5), os.fstat(fd).st_size)[1])))
+        out.append(("posix_fallocate bad length", _try(lambda: os.posix_fallocate(fd, 0, 0))))
+    finally:
+        os.close(fd)
+    out.append(("reserved bytes", _try(lambda: path.read_bytes() == b"data" + bytes(300_001))))
     return out
 
 

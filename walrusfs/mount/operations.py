@@ -522,8 +522,8 @@ class WalrusFS(pyfuse3.Operations):
         the mtime or ctime, or a day old, is advanced, so a file read again and again costs
         no operations.
         """
-        if self.read_only or self.vlog.delegation is None:
-            return
+        if self.read_only or self.vlog.delegation is None or getattr(self.vlog, "refused", None):
+            return  # nothing to sign with, or nothing signed would count (no grant): reads stay reads
         now = time.time_ns()
         atime = node.atime_ns
         mtime = self.contents.mtime_of(node) if node.kind == FILE else node.mtime_ns
