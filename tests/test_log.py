@@ -201,6 +201,34 @@ def test_namespace_entries_from_delegated_devices_build_the_tree() -> None:
     assert state.namespace_ops(b"\x00" * 32) == []
 
 
+def test_links_special_files_and_times_pass_the_validator_and_fold() -> None:
+    from walrusfs.core.namespace import ROOT, build
+
+    f, node = b"\x01" * 32, b"\x02" * 32
+    ops = [
+        ("create", {"parent": ROOT, "name": "f", "node": f, "mtime_ns": -5, "atime_ns": 3, "ctime_ns": 2**63 - 1}),
+        ("link", {"parent": ROOT, "name": "g", "node": f, "ctime_ns": 10}),
+        ("mknod", {"parent": ROOT, "name": "dev", "node": node, "type": "blockdev", "rdev": 2**32 - 1}),
+        ("setattr", {"node": f, "atime_ns": -(2**63), "mtime_ns": 7}),
+        ("unlink", {"parent": ROOT, "name": "f", "node": f, "ctime_ns": 11}),
+    ]
+    entries, prev = [], GENESIS
+    for seq, (kind, args) in enumerate(ops, 1):
+        entries.append(namespace_entry(DEVICES[0], seq, prev, seq, kind, **args))
+        prev = entries[-1].id
+    state = LogState(COMMITTEE)
+    for entry in entries:
+        check_entry(entry, COMMITTEE)
+        state.apply(entry)
+    tree = build(state.namespace_ops(bytes(VOLUME.verify_key))).tree()
+    assert set(tree) == {"/g", "/dev"} and tree["/g"][-1] == 1 and tree["/dev"][0] == "blockdev"
+    for kind, args, reason in [("mknod", {"type": "dir"}, "type"), ("mknod", {"type": "blockdev", "rdev": 2**32}, "rdev"),
+                               ("link", {"name": "a/b"}, "file name"), ("setattr", {"atime_ns": 2**63}, "atime_ns")]:
+        base = {"parent": ROOT, "name": "x", "node": node}
+        with pytest.raises(LogError, match=reason):
+            check_entry(namespace_entry(DEVICES[1], 1, GENESIS, 1, kind, **{**base, **args}), COMMITTEE)
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
