@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,117 @@ from .common import (
 )
 
 
+def _mountpoint(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """Click callback: an existing directory, or a dead mount (which exists=True would call missing)."""
+    from ..mount.mountpoints import absolute, state_of
+
+    state = state_of(value)
+    if state == "missing":
+        raise click.BadParameter(f"directory {value} does not exist", ctx=ctx, param=param)
+    if state == "not-directory":
+        raise click.BadParameter(f"{value} is not a directory", ctx=ctx, param=param)
+    return absolute(value)
+
+
+mountpoint_argument = click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path),
+                                     callback=_mountpoint)
+
+
+def _user(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """Click callback: a uid or gid, given as a number or a user or group name."""
+    if value is None:
+        return None
+    if value.isdigit() and int(value) < 2**32 - 1:
+        return int(value)
+    import grp
+    import pwd
+
+    try:
+        return pwd.getpwnam(value).pw_uid if param.name == "uid" else grp.getgrnam(value).gr_gid
+    except KeyError:
+        kind = "user" if param.name == "uid" else "group"
+        raise click.BadParameter(f"no {kind} named {value!r} (give a name or a number)", ctx=ctx, param=param) from None
+
+
+def _umask(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
+    """Click callback: an octal umask such as 022 or 0077."""
+    if value is None:
+        return 0
+    try:
+        mask = int(value, 8)
+    except ValueError:
+        mask = -1
+    if not 0 <= mask <= 0o777:
+        raise click.BadParameter(f"{value!r} is not an octal mask from 000 to 777 (e.g. 022)", ctx=ctx, param=param)
+    return mask
+
+
+def _user_allow_other() -> bool:
+    """Whether /etc/fuse.conf lets users other than root mount with allow_other."""
+    try:
+        with open("/etc/fuse.conf") as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
+def _background(log_path: Path, mountpoint: Path) -> Callable[[], None]:
+    """Fork the mount into the background; only the child returns (with its readiness callback).
+
+    The parent waits until the child serves (exit 0, one line) or fails (exit 1 with the
+    child's error from the log). The child leaves the terminal's session and logs to ``log_path``.
+    """
+    from ..mount.staging import StateError, private_directory
+
+    try:
+        private_directory(log_path.parent, frozenset({log_path.name}))
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except (OSError, StateError) as exc:
+        raise Failure(f"cannot write the log file {log_path}: {exc}") from None
+    start = os.lseek(fd, 0, os.SEEK_END)
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.setsid()  # no terminal: closing it sends this mount no SIGHUP
+        os.chdir("/")  # holds no directory busy
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+        def ready() -> None:
+            try:
+                os.write(write_end, b"ready\n")
+            finally:
+                os.close(write_end)
+
+        return ready
+    os.close(write_end)
+    os.close(fd)
+    answer = b""
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()  # EOF when the child is ready or gone
+    if answer.startswith(b"ready"):
+        click.echo(f"mounted {mountpoint} in the background (pid {pid}, log {log_path}); "
+                   f"stop it with: walrusfs umount {mountpoint}", err=True)
+        raise SystemExit(0)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    with open(log_path, "rb") as f:
+        f.seek(start)
+        written = f.read().decode(errors="replace").strip().splitlines()
+    errors = [line for line in written if line.startswith(("Error:", "Usage:"))] or written[-5:]
+    raise Failure("the background mount did not start (exit " + str(code) + "): "
+                  + ("\n".join(errors) if errors else f"see {log_path}"))
+
+
 @click.command()
-@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@mountpoint_argument
 @click.option("--volume", "volume_ref", help="Volume name (keys held here), or a volume ID (a public volume, read-only).")
 @click.option("--cap", "cap", help="A write or read capability (from 'walrusfs volume share'); a read capability "
                                    "mounts read-only.")
@@ -37,6 +149,20 @@ from .common import (
                    "used before comes up after 5 s without peers, serving what it has).")
 @click.option("--keep-owners", is_flag=True,
               help="Show the uid and gid the writing device recorded (default: every file is the mounting user's).")
+@click.option("--uid", "uid", callback=_user, metavar="USER",
+              help="Show every file as this user's (a name or a number; default: the mounting user).")
+@click.option("--gid", "gid", callback=_user, metavar="GROUP",
+              help="Show every file as this group's (a name or a number; default: the mounting user's group).")
+@click.option("--umask", "umask", callback=_umask, metavar="OCTAL",
+              help="Permission bits taken out of every mode shown (e.g. 022, or 077 to keep other users out).")
+@click.option("--allow-other", is_flag=True,
+              help="Let other users use the mount; the kernel checks the owners and modes shown (see --uid, "
+                   "--gid, --umask). Users other than root need user_allow_other in /etc/fuse.conf.")
+@click.option("--background", is_flag=True,
+              help="Return once the mount serves, leaving it running in the background (exit 1 with the error "
+                   "if it cannot start).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where a --background mount logs (default: mount.log in its state directory).")
 @click.option("--trash-time", "trash_time", default=None,
               help="How long deleted and overwritten files stay restorable before their chunks are released "
                    "(e.g. 30s, 2h, 7d; default: $WALRUSFS_TRASH_SECONDS, else the volume's setting, else 7d).")
@@ -45,13 +171,25 @@ from .common import (
               help="TEST ONLY: encode chunks the way a malicious writer would.")
 @writer_key_option
 def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_path: Path | None, read_only: bool, state_dir: Path | None,
-          chunk_size: int, cache_size: int, startup_timeout: float, keep_owners: bool, debug: bool,
+          chunk_size: int, cache_size: int, startup_timeout: float, keep_owners: bool, uid: int | None, gid: int | None,
+          umask: int, allow_other: bool, background: bool, log_file: Path | None, debug: bool,
           trash_time: str | None, fault: str | None, writer_key: Path | None) -> None:
-    """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u)."""
+    """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u).
+
+    With --background it returns once the mount serves. A dead mount left at MOUNTPOINT by a
+    walrusfs mount that was killed is unmounted first.
+    """
     import trio
 
     from p2p.host import configure_logging
 
+    from ..mount.mountpoints import (
+        FSTYPE,
+        dead_mount_hint,
+        mount_entry,
+        state_of,
+        unmount,
+    )
     from ..mount.serve import MountError, default_state_dir, serve_mount
     from ..mount.staging import StateError
     from ..mount.volumes import VolumeError, resolve_volume
@@ -67,6 +205,11 @@ def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_p
         raise click.BadParameter(str(exc), param_hint="--trash-time") from None
     if (volume_ref is None) == (cap is None):
         raise click.UsageError("give the volume with --volume NAME or --cap CAPABILITY (one of them)")
+    if keep_owners and (uid is not None or gid is not None):
+        raise click.UsageError("--keep-owners shows the recorded owners; --uid and --gid replace them (give one or the other)")
+    if allow_other and os.geteuid() != 0 and not _user_allow_other():
+        raise Failure("--allow-other needs the line user_allow_other in /etc/fuse.conf when the mount is not "
+                      "run by root (add it as root, or mount as root)")
     try:
         vol = resolve_volume(volume_ref or cap or "")
     except VolumeError as exc:
@@ -87,40 +230,91 @@ def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_p
             account = load_key(writer_key or writer_key_path(committee_path or default_committee_path()), create=True)
         except WriterKeyError as exc:
             raise Failure(str(exc)) from None
+    if state_of(mountpoint) == "dead":
+        entry = mount_entry(mountpoint)
+        if entry is None or entry.fstype != FSTYPE:
+            raise click.UsageError(dead_mount_hint(mountpoint))
+        # A walrusfs mount killed here: nothing else can be using it, and its staged files
+        # are in its state directory (they upload when it is mounted again).
+        problem = unmount(mountpoint)
+        if problem is not None:
+            raise Failure(f"{dead_mount_hint(mountpoint)} (unmounting it failed: {problem})")
+        click.echo(f"{mountpoint} was a dead walrusfs mount (its process had exited): unmounted it", err=True)
     if os.path.ismount(mountpoint):
         raise click.UsageError(f"{mountpoint} is already a mount point")
     if any(mountpoint.iterdir()):
         raise click.UsageError(f"{mountpoint} is not empty; mount on an empty directory")
+    state_dir = Path(os.path.abspath(state_dir or default_state_dir(vol)))
+    ready = None
+    if background:
+        ready = _background(Path(os.path.abspath(log_file or state_dir / "mount.log")), mountpoint)
     try:
         trio.run(lambda: serve_mount(
-            mountpoint, vol, committee, state_dir or default_state_dir(vol), read_only=read_only,
+            mountpoint, vol, committee, state_dir, read_only=read_only,
             chunk_size=chunk_size, cache_bytes=cache_size, announce=lambda text: click.echo(text, err=True),
             inconsistent_writer=fault == "inconsistent-writer", startup_limit=startup_timeout,
-            keep_owners=keep_owners, account=account, trash_seconds=trash_seconds,
+            keep_owners=keep_owners, account=account, trash_seconds=trash_seconds, allow_other=allow_other,
+            owner=None if uid is None and gid is None else (os.getuid() if uid is None else uid,
+                                                            os.getgid() if gid is None else gid),
+            umask=umask, ready=ready,
         ))
     except (MountError, StateError) as exc:
         raise Failure(str(exc)) from None
 
 
-def _mount_status(mountpoint: Path) -> dict[str, Any]:
+def _read_status(mountpoint: Path, whole: bool) -> dict[str, Any]:
+    """The mount's status document; with ``whole``, its pending list fetched page by page."""
+    for _ in range(10):
+        info = json.loads(os.getxattr(mountpoint, "user.walrus.status"))
+        pages = info.pop("pending_pages", None)
+        snapshot = info.pop("status_snapshot", None)
+        if not whole or not pages:
+            return info
+        pending: list[Any] = []
+        try:
+            for page in range(1, pages + 1):
+                pending += json.loads(os.getxattr(mountpoint, f"user.walrus.status.{snapshot}.{page}"))
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                continue  # other readers made newer snapshots meanwhile: start again
+            raise
+        info["pending"] = pending
+        return info
+    raise OSError(errno.EAGAIN, "the status kept changing while its pages were read")
+
+
+def _mount_status(mountpoint: Path, whole: bool = False) -> dict[str, Any]:
+    """The status of the mount at ``mountpoint``, or a one-line failure saying what is there instead."""
+    from ..mount.mountpoints import dead_mount_hint, state_of
+
+    if state_of(mountpoint) == "dead":
+        raise Failure(dead_mount_hint(mountpoint))
     try:
-        return json.loads(os.getxattr(mountpoint, "user.walrus.status"))
+        return _read_status(mountpoint, whole)
     except OSError as exc:
         raise Failure(f"{mountpoint} is not a walrusfs mount ({exc.strerror})") from None
 
 
 @click.command()
-@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@mountpoint_argument
 @click.option("--no-wait", is_flag=True, help="Unmount at once; staged files upload at the next mount.")
 def umount(mountpoint: Path, no_wait: bool) -> None:
-    """Wait for pending uploads, then unmount MOUNTPOINT."""
+    """Wait for pending uploads, then unmount MOUNTPOINT (a dead mount left by a killed one is cleaned at once)."""
     import time
 
-    from ..mount.serve import fuse_unmount
+    from ..mount.mountpoints import mount_entry, state_of, unmount
 
+    if state_of(mountpoint) == "dead":
+        entry = mount_entry(mountpoint)
+        problem = unmount(mountpoint)
+        if problem is not None:
+            raise Failure(f"{mountpoint} is a dead mount (its process exited) and unmounting it failed: {problem}")
+        staged = " (files it had staged upload at its next mount)" if entry and entry.fstype == "fuse.walrusfs" else ""
+        click.echo(f"unmounted {mountpoint}: it was a dead mount, its process had exited{staged}")
+        return
     status = _mount_status(mountpoint)
     if not no_wait and not status.get("read_only"):
-        pending = len(status.get("pending", []))
+        pending = status.get("pending_count", len(status.get("pending", [])))
         if pending:
             click.echo(f"waiting for {pending} pending uploads (Ctrl-C to stop waiting; they resume at next mount)", err=True)
         fd = os.open(mountpoint, os.O_RDONLY)
@@ -128,9 +322,9 @@ def umount(mountpoint: Path, no_wait: bool) -> None:
             os.fsync(fd)  # the mount answers once every upload and namespace entry is in the log
         finally:
             os.close(fd)
-    done = fuse_unmount(mountpoint)
-    if done.returncode != 0:
-        raise Failure(f"fusermount3 -u {mountpoint}: {done.stderr.strip()}")
+    problem = unmount(mountpoint, lazy_if_busy=False)
+    if problem is not None:
+        raise Failure(f"fusermount3 -u {mountpoint}: {problem}")
     pid = status.get("pid")
     for _ in range(100):  # the mount process exits once the kernel let go
         if not isinstance(pid, int) or not Path(f"/proc/{pid}").exists():
@@ -140,11 +334,13 @@ def umount(mountpoint: Path, no_wait: bool) -> None:
 
 
 @click.command()
-@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@mountpoint_argument
+@click.option("--all", "show_all", is_flag=True, help="List every pending upload (by default the first ones that "
+                                                      "fit one status page; --json always lists all).")
 @json_option
-def status(mountpoint: Path, as_json: bool) -> None:
+def status(mountpoint: Path, show_all: bool, as_json: bool) -> None:
     """Show a mount's pending uploads and their progress."""
-    info = _mount_status(mountpoint)
+    info = _mount_status(mountpoint, whole=as_json or show_all)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -165,11 +361,16 @@ def status(mountpoint: Path, as_json: bool) -> None:
         click.echo(f"log: {info['log_error']}{synced}")
     if info.get("storage_refused"):
         click.echo(f"storage refused (Disk quota exceeded; files stay staged and are retried): {info['storage_refused']}")
-    if not info["pending"]:
+    count = info.get("pending_count", len(info["pending"]))
+    if not count:
         click.echo("no pending uploads")
+    else:
+        click.echo(f"{count} pending uploads:")
     for item in info["pending"]:
         line = (f"  {item.get('name') or item['node'][:16]}  {item['state']:<9} "
                 f"{item['uploaded_bytes']}/{item['staged_bytes']} staged bytes of {item['size']}")
         if item.get("attempts"):
             line += f"  attempt {item['attempts']}" + (f", next in {item['retry_in']:.0f} s" if item.get("retry_in") else "")
         click.echo(line + (f"  error: {item['error']}" if item.get("error") else ""))
+    if count > len(info["pending"]):
+        click.echo(f"  ... and {count - len(info['pending'])} more (walrusfs status --all lists them)")

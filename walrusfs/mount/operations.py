@@ -10,7 +10,6 @@ losing anything.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import stat
@@ -41,6 +40,7 @@ from ..core.namespace import (
     in_range,
 )
 from .contents import Contents, QuotaRefused
+from .statusdoc import StatusPages
 from .volumelog import VolumeLog
 
 log = logging.getLogger("walrusfs.fs")
@@ -102,7 +102,7 @@ class WalrusFS(pyfuse3.Operations):
     enable_writeback_cache = True
 
     def __init__(self, vlog: VolumeLog, contents: Contents, read_only: bool, status: Any = None,
-                 keep_owners: bool = False) -> None:
+                 keep_owners: bool = False, owner: tuple[int, int] | None = None, umask: int = 0) -> None:
         super().__init__()
         self.vlog = vlog
         self.contents = contents
@@ -110,6 +110,10 @@ class WalrusFS(pyfuse3.Operations):
         # Another device's uid and gid mean nothing on this machine (and let a writer hand
         # files to whoever it likes here): every node is the mounting user's unless asked.
         self.keep_owners = keep_owners
+        #: Who every node shows as without ``keep_owners`` (--uid/--gid), and the permission
+        #: bits masked out of every shown mode (--umask): what the kernel checks other users against.
+        self.owner = owner if owner is not None else (os.getuid(), os.getgid())
+        self.umask = umask & 0o777
         self.status_extra = status or (dict)
         self._inode_of: dict[bytes, int] = {ROOT: pyfuse3.ROOT_INODE}
         self._node_of: dict[int, bytes] = {pyfuse3.ROOT_INODE: ROOT}
@@ -120,6 +124,7 @@ class WalrusFS(pyfuse3.Operations):
         self._next_fh = 1
         self._seen_version: dict[bytes, Any] = {}
         self.statfs_source: Any = None
+        self.status_pages = StatusPages()
 
     # ------------------------------------------------------------------ helpers
 
@@ -188,7 +193,7 @@ class WalrusFS(pyfuse3.Operations):
         # Every value is clamped again where it meets pyfuse3, which raises OverflowError (and
         # ends the mount) for one that does not fit its C type: the log validator and the fold
         # keep them in range, this keeps a mount alive should anything else ever get through.
-        mode = node.mode & (LIMITS["mode"] - 1)
+        mode = node.mode & (LIMITS["mode"] - 1) & ~self.umask
         mtime, ctime = node.mtime_ns, node.ctime_ns
         if node.kind == FILE:
             attr.st_mode = stat.S_IFREG | mode
@@ -217,7 +222,7 @@ class WalrusFS(pyfuse3.Operations):
         if self.keep_owners and node.node_id != ROOT and in_range("uid", node.uid) and in_range("gid", node.gid):
             attr.st_uid, attr.st_gid = node.uid, node.gid
         else:
-            attr.st_uid, attr.st_gid = os.getuid(), os.getgid()
+            attr.st_uid, attr.st_gid = self.owner
         attr.st_blksize = 128 << 10
         attr.st_blocks = -(-attr.st_size // 512)
         attr.st_atime_ns = _fit(node.atime_ns, "atime_ns")
@@ -668,7 +673,7 @@ class WalrusFS(pyfuse3.Operations):
                       "log_synced": self.vlog.synced_once.is_set(), "log_error": self.vlog.sync_error,
                       "volume_kind": self.vlog.volume.kind, "unreadable_entries": self.vlog.unreadable,
                       **self.contents.status(), **self.status_extra()}
-            out["status"] = json.dumps(status).encode()
+            out["status"] = self.status_pages.render(status)
             out["volume"] = self.vlog.volume.volume_id.encode()
         if node.kind == FILE:
             staged = self.contents.staged.get(node.node_id)
@@ -692,7 +697,9 @@ class WalrusFS(pyfuse3.Operations):
         node = self._node(inode)
         text = name.decode("utf-8", "replace")
         if text.startswith(XATTR_PREFIX):
-            value = self._walrus_xattrs(node).get(text[len(XATTR_PREFIX):])
+            key = text[len(XATTR_PREFIX):]
+            page = self.status_pages.page(key) if node.node_id == ROOT else None
+            value = page if page is not None else self._walrus_xattrs(node).get(key)
         else:
             value = node.xattrs.get(text)
         if value is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,14 +71,17 @@ async def serve_mount(
     mountpoint: Path, volume: Volume, committee: Committee, state_dir: Path, *, read_only: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE, cache_bytes: int = DEFAULT_CACHE, announce: Callable[[str], None] = print,
     inconsistent_writer: bool = False, startup_limit: float = STARTUP_LIMIT, keep_owners: bool = False,
-    account: SigningKey | None = None, trash_seconds: float | None = None,
+    account: SigningKey | None = None, trash_seconds: float | None = None, allow_other: bool = False,
+    owner: tuple[int, int] | None = None, umask: int = 0, ready: Callable[[], None] | None = None,
 ) -> None:
     """Mount ``volume`` at ``mountpoint`` until it is unmounted or the process is signalled.
 
     ``account`` is the granted writer key the volume stores on (it sponsors the volume); without
     it the volume key itself must hold a grant. ``trash_seconds`` overrides the volume's trash time
     (``lifecycle``). ``keep_owners`` shows the uid and gid the writing device recorded instead of the
-    mounting user's. ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
+    mounting user's (or ``owner``, a uid and gid); ``umask`` masks the modes shown. ``allow_other``
+    lets other users in (the kernel checks the shown owners and modes: default_permissions).
+    ``ready`` is called once the mount serves (for --background and systemd). ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
     would (one parity row tampered yet committed to).
     """
     state = await trio.to_thread.run_sync(MountState, state_dir)
@@ -89,7 +93,8 @@ async def serve_mount(
                 await _serve(host, mountpoint, volume, committee, state, cache, read_only=read_only,
                              chunk_size=chunk_size, announce=announce, inconsistent_writer=inconsistent_writer,
                              startup_limit=startup_limit, keep_owners=keep_owners, account=account,
-                             trash_seconds=trash_seconds)
+                             trash_seconds=trash_seconds, allow_other=allow_other, owner=owner, umask=umask,
+                             ready=ready)
             except MountError as exc:
                 # Raised after the host closed, so it reaches the caller as itself rather
                 # than inside the host's exception groups (the CLI prints it as one line).
@@ -104,6 +109,8 @@ async def _serve(
     host: Any, mountpoint: Path, volume: Volume, committee: Committee, state: MountState, cache: ChunkCache, *,
     read_only: bool, chunk_size: int, announce: Callable[[str], None], inconsistent_writer: bool, startup_limit: float,
     keep_owners: bool = False, account: SigningKey | None = None, trash_seconds: float | None = None,
+    allow_other: bool = False, owner: tuple[int, int] | None = None, umask: int = 0,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve one mount on an open libp2p host until it is unmounted."""
     authority = device_authority(account, volume.key, state.device) if volume.key is not None else None
@@ -149,12 +156,14 @@ async def _serve(
     fs = WalrusFS(vlog, contents, read_only,
                   status=lambda: {"pid": os.getpid(), "mountpoint": str(mountpoint), "since": started,
                                   **keeper.status()},
-                  keep_owners=keep_owners)
+                  keep_owners=keep_owners, owner=owner, umask=umask)
     fs.statfs_source = lambda: capacity.get("free", 0)
     vlog.on_change = fs.remote_change
     options = set(pyfuse3.default_options) | {"fsname=walrusfs", "subtype=walrusfs"}
     if fs.read_only:
         options.add("ro")
+    if allow_other:
+        options.add("allow_other")
     pyfuse3.init(fs, str(mountpoint), options)
     try:
         async with trio.open_nursery() as nursery:
@@ -168,22 +177,40 @@ async def _serve(
             mode = "read-only" if fs.read_only else "read-write"
             announce(f"mounted volume {volume.volume_id} at {mountpoint} ({mode}); "
                      f"{len(contents.staged)} staged files to upload")
+            # Requests the kernel queued meanwhile are answered as soon as main() runs.
+            sd_notify(f"READY=1\nSTATUS=serving volume {volume.volume_id} at {mountpoint}")
+            if ready is not None:
+                ready()
             await pyfuse3.main()
+            sd_notify("STOPPING=1")
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=True)
         contents.close()
 
 
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's $NOTIFY_SOCKET (Type=notify units); False when there is none."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc)
+        return False
+    return True
+
+
 async def _stop_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # SIGHUP too: a mount started from a terminal that closes unmounts instead of dying
+    # and leaving a dead mount point behind.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
             pyfuse3.terminate()
             return
 
-
-def fuse_unmount(mountpoint: Path) -> Any:
-    """Ask the kernel to unmount (fusermount3 -u); returns the completed process."""
-    import subprocess
-
-    return subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
