@@ -78,7 +78,7 @@ def _user_allow_other() -> bool:
         return False
 
 
-def _background(log_path: Path, mountpoint: Path) -> Callable[[], None]:
+def _background(log_path: Path, mountpoint: Path, state_dir: Path) -> Callable[[], None]:
     """Fork the mount into the background; only the child returns (with its readiness callback).
 
     The parent waits until the child serves (exit 0, one line) or fails (exit 1 with the
@@ -87,7 +87,8 @@ def _background(log_path: Path, mountpoint: Path) -> Callable[[], None]:
     from ..mount.staging import StateError, private_directory
 
     try:
-        private_directory(log_path.parent, frozenset({log_path.name}))
+        if log_path.parent == state_dir:
+            private_directory(state_dir, frozenset({log_path.name}))  # as the mount would make it
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except (OSError, StateError) as exc:
         raise Failure(f"cannot write the log file {log_path}: {exc}") from None
@@ -247,7 +248,7 @@ def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_p
     state_dir = Path(os.path.abspath(state_dir or default_state_dir(vol)))
     ready = None
     if background:
-        ready = _background(Path(os.path.abspath(log_file or state_dir / "mount.log")), mountpoint)
+        ready = _background(Path(os.path.abspath(log_file or state_dir / "mount.log")), mountpoint, state_dir)
     try:
         trio.run(lambda: serve_mount(
             mountpoint, vol, committee, state_dir, read_only=read_only,
@@ -361,6 +362,15 @@ def status(mountpoint: Path, show_all: bool, as_json: bool) -> None:
         click.echo(f"log: {info['log_error']}{synced}")
     if info.get("storage_refused"):
         click.echo(f"storage refused (Disk quota exceeded; files stay staged and are retried): {info['storage_refused']}")
+    if info.get("incomplete_count"):
+        many = info["incomplete_count"] > 1
+        click.echo(f"{info['incomplete_count']} {'files were' if many else 'file was'} open for writing when the "
+                   f"mount stopped and may be incomplete ({'each carries' if many else 'it carries'} "
+                   "user.walrus.incomplete; remove it once checked):")
+        for item in info["incomplete"]:
+            click.echo(f"  {item['path']}  {item['kept_bytes']} bytes kept")
+        if info["incomplete_count"] > len(info["incomplete"]):
+            click.echo(f"  ... and {info['incomplete_count'] - len(info['incomplete'])} more")
     count = info.get("pending_count", len(info["pending"]))
     if not count:
         click.echo("no pending uploads")

@@ -27,7 +27,7 @@ import trio
 from ..client.blob import AccessDenied, Client, InvalidBlobError, ReadError, StoreError
 from ..core.config import EncodingConfig
 from ..core.metadata import BlobId, BlobMetadata
-from ..core.namespace import Node
+from ..core.namespace import ROOT, Node
 from ..core.redstuff import EncodedBlob, encode_blob
 from ..core.sealing import SealError, open_chunk, seal_chunk
 from .staging import ChunkCache, MountState, StagedFile
@@ -46,6 +46,8 @@ SMALL_STORE_CONCURRENCY = 16
 #: peers that are down cost little, and the upload resumes soon after they return.
 RETRY_DELAY = 1.0
 MAX_RETRY_DELAY = 20.0
+#: ``walrusfs status`` names at most this many incomplete files (the count is always whole).
+SHOWN_INCOMPLETE = 100
 #: Uploads wait until file operations paused this long, or were queued this long ago.
 IDLE_BEFORE_UPLOAD = 0.3
 MAX_UPLOAD_DELAY = 30.0  # like the kernel's dirty_expire_centisecs
@@ -111,6 +113,9 @@ class Contents:
         # Per file: one lock orders staging changes, the other keeps one upload at a time.
         self._locks: defaultdict[bytes, trio.Lock] = defaultdict(trio.Lock)
         self._upload_locks: defaultdict[bytes, trio.Lock] = defaultdict(trio.Lock)
+        # Orders a staged record's saves against its drop, so a save that finishes late
+        # never brings back the record of a published or removed file.
+        self._save_locks: defaultdict[bytes, trio.Lock] = defaultdict(trio.Lock)
         self._storing: dict[bytes, trio.Event] = {}
         self._certified_here: set[bytes] = set()
         self._fds: dict[bytes, int] = {}
@@ -127,22 +132,51 @@ class Contents:
         self._nursery: trio.Nursery | None = None
         self.uploaded_chunks = 0
         self.deduplicated_chunks = 0
+        #: Files a stopped mount left in the middle of being written (node -> note), until
+        #: written again, removed, or the user removes their user.walrus.incomplete.
+        self.incomplete: dict[bytes, dict[str, Any]] = {}
+        #: Staging files whose saved record says a writer has them open.
+        self._open_saved: set[str] = set()
+        #: A staged file's generation when it was staged or loaded: a later one means it was changed here.
+        self._first_generation: dict[bytes, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
     async def load(self) -> None:
-        """Pick up files staged before a crash or unmount; they upload once running."""
+        """Pick up files staged before a crash or unmount; they upload once running.
+
+        A record saved while a writer had the file open means the mount stopped in the middle
+        of writing it: the bytes that reached the staging file are kept (not only those of
+        the last close) and the file is marked incomplete instead of looking whole.
+        """
         staged_files = await trio.to_thread.run_sync(self.state.staged_files)
         files, size = await trio.to_thread.run_sync(self.state.remove_orphans, staged_files)
         if files:
             log.warning("removed %d staging files (%d bytes) of writes a crash cut off before close", files, size)
+        self.incomplete = await trio.to_thread.run_sync(self.state.incomplete_files)
         for staged in staged_files:
             self.staged[staged.node] = staged
             path = self.state.staging_path(staged)
             self._staging_length[staged.file] = path.stat().st_size if path.exists() else 0
             staged.generation = next(self._generations)
+            self._first_generation[staged.node] = staged.generation
+            if staged.open:
+                await self._recover_open(staged)
             self.saved_generation[staged.node] = staged.generation
             self._enqueue(staged.node)
+
+    async def _recover_open(self, staged: StagedFile) -> None:
+        """Keep what a writer cut off by the stop had written, and mark the file incomplete."""
+        # Writes past the last saved size only ever went to chunks the record already names
+        # dirty (a write saves the record before it touches a new chunk).
+        kept = max(staged.size, self._staging_length[staged.file])
+        note = {"name": staged.last_name, "parent": staged.last_parent, "size": kept, "noticed": time.time()}
+        log.warning("%s (%s) was open for writing when the mount stopped: keeping its %d bytes, marked incomplete",
+                    staged.last_name, staged.node.hex()[:16], kept)
+        staged.size, staged.open = kept, False
+        await trio.to_thread.run_sync(self.state.save_staged, staged)
+        await trio.to_thread.run_sync(self.state.mark_incomplete, staged.node, note)
+        self.incomplete[staged.node] = note
 
     async def run(self) -> None:
         """Upload queued files until cancelled."""
@@ -332,9 +366,19 @@ class Contents:
         if fd is not None:
             os.close(fd)
         self._staging_length.pop(staged.file, None)
+        self._open_saved.discard(staged.file)
         for retries in (self._attempts, self._retry_at, self._last_error):
             retries.pop(staged.node, None)
-        await trio.to_thread.run_sync(self.state.drop_staged, staged)
+        async with self._save_locks[staged.node]:
+            await trio.to_thread.run_sync(self.state.drop_staged, staged)
+
+    async def _save(self, staged: StagedFile, sync_data: bool = True) -> bool:
+        """Save a staged record unless it was dropped meanwhile; whether it was saved."""
+        async with self._save_locks[staged.node]:
+            if self.staged.get(staged.node) is not staged:
+                return False
+            await trio.to_thread.run_sync(self.state.save_staged, staged, sync_data)
+            return True
 
     def stage(self, node: Node) -> StagedFile:
         """The staged state of a file about to change (created from its stored content if needed)."""
@@ -347,6 +391,7 @@ class Contents:
                 hashes=list(content.hashes),
             )
             staged.generation = next(self._generations)
+            self._first_generation[node.node_id] = staged.generation
             self.staged[node.node_id] = staged
             self._staging_length[staged.file] = 0
             self.saved_generation[node.node_id] = -1
@@ -383,6 +428,7 @@ class Contents:
         end = offset + len(data)
         cs = staged.chunk_size
         await self._grow(staged, end)
+        dirty_before = len(staged.dirty)
         for index in range(offset // cs, (end - 1) // cs + 1 if data else offset // cs):
             if index in staged.dirty:
                 continue
@@ -393,6 +439,10 @@ class Contents:
                 await self._materialize(staged, index)
             else:
                 staged.dirty.add(index)
+        if self.writers[node.node_id] and (len(staged.dirty) != dirty_before or staged.file not in self._open_saved):
+            # Before the bytes land: should the mount stop now, the record names every chunk
+            # the staging file may hold new bytes for (see ``_recover_open``).
+            await self._save_open(staged)
         await trio.to_thread.run_sync(self._pwrite, staged, data, offset)
         staged.size = max(staged.size, end)
         staged.mtime_ns = time.time_ns()
@@ -420,6 +470,8 @@ class Contents:
         staged.size = size
         staged.mtime_ns = time.time_ns()
         staged.generation = next(self._generations)
+        if self.writers[node.node_id]:
+            await self._save_open(staged)  # a record with the old, longer size would outlive a stop
 
     async def commit(self, node: bytes, upload_now: bool = False) -> None:
         """Make a file's staged bytes durable (close); queue the upload once no writer has it open."""
@@ -427,17 +479,47 @@ class Contents:
         if staged is None:
             return
         generation = staged.generation
-        if self.saved_generation.get(node) != generation:
-            await trio.to_thread.run_sync(self.state.save_staged, staged)
+        writing = bool(self.writers[node])
+        changed = self.saved_generation.get(node) != generation
+        if changed or (staged.file in self._open_saved) != writing:
+            staged.open = writing
+            # The data needs no second fsync when only the open flag changes.
+            if not await self._save(staged, changed):
+                return
             self.saved_generation[node] = generation
+            if writing:
+                self._open_saved.add(staged.file)
+            else:
+                self._open_saved.discard(staged.file)
+        if node in self.incomplete and not writing and generation != self._first_generation.get(node):
+            await self.clear_incomplete(node)  # written again after the stop, and closed
         # Uploading while a writer still has the file open would publish versions nobody
         # asked for (every close of a dup'ed descriptor flushes); fsync asks explicitly.
         if (upload_now or not self.writers[node]) and self.published_generation.get(node, -1) < generation:
             self._enqueue(node, urgent=upload_now)
 
+    async def opened_for_writing(self, node: bytes) -> None:
+        """A writer opened the file: record it, so a stop before close leaves the file marked incomplete."""
+        staged = self.staged.get(node)
+        if staged is not None and staged.file not in self._open_saved:
+            await self._save_open(staged)
+
+    async def _save_open(self, staged: StagedFile) -> None:
+        """Save the record as open for writing (no data fsync: this guards against the process stopping)."""
+        staged.open = True
+        if await self._save(staged, False):
+            self._open_saved.add(staged.file)
+
+    async def clear_incomplete(self, node: bytes) -> None:
+        """Drop a file's incomplete mark."""
+        if self.incomplete.pop(node, None) is not None:
+            await trio.to_thread.run_sync(self.state.clear_incomplete, node)
+
     async def discard(self, node: bytes) -> None:
         """Forget a removed file's staged bytes (once nobody has it open)."""
         staged = self.staged.get(node)
+        if not self.opens[node]:
+            await self.clear_incomplete(node)
         if self.opens[node] or staged is None:
             return
         self.saved_generation.pop(node, None)
@@ -667,7 +749,7 @@ class Contents:
             # Written again while uploading: this version is published, the next one follows.
             staged.chunks = [*chunks, *staged.chunks[count:]]
             staged.hashes = [*hashes, *[staged.hash_of(i) for i in range(count, len(staged.chunks))]]
-            await trio.to_thread.run_sync(self.state.save_staged, staged, False)
+            await self._save(staged, False)
         self.progress.pop(node, None)
         async with self._published:
             self.published_generation[node] = generation
@@ -737,6 +819,29 @@ class Contents:
                 "refused": self.denied.get(node),
             })
         refused = next((why for node, why in self.denied.items() if node in self.staged), None) or self.vlog.refused
+        incomplete = []
+        for node, note in self.incomplete.items():
+            path = self.path_of(node)
+            if path is not None:  # removed by another mount meanwhile: nothing left to check
+                incomplete.append({"node": node.hex(), "path": path, "kept_bytes": note.get("size"),
+                                   "noticed": note.get("noticed")})
         return {"pending": pending, "storage_refused": refused, "uploaded_chunks": self.uploaded_chunks,
-                "deduplicated_chunks": self.deduplicated_chunks, "cache_bytes": self.cache.total}
+                "deduplicated_chunks": self.deduplicated_chunks, "cache_bytes": self.cache.total,
+                "incomplete": incomplete[:SHOWN_INCOMPLETE], "incomplete_count": len(incomplete)}
+
+    def path_of(self, node_id: bytes) -> str | None:
+        """A node's path in the current tree, or None if it is not in it."""
+        ns = self.vlog.namespace
+        parts: list[str] = []
+        current = ns.nodes.get(ns.resolve(node_id))
+        for _ in range(4096):  # the fold keeps the tree acyclic; this bounds the walk regardless
+            if current is None:
+                return None
+            if current.node_id == ROOT:
+                return "/" + "/".join(reversed(parts))
+            if current.parent is None:
+                return None
+            parts.append(current.name or "")
+            current = ns.nodes.get(ns.resolve(current.parent))
+        return None
 

@@ -40,7 +40,7 @@ from ..core.namespace import (
     in_range,
 )
 from .contents import Contents, QuotaRefused
-from .statusdoc import StatusPages
+from .statusdoc import StatusPages, incomplete_note
 from .volumelog import VolumeLog
 
 log = logging.getLogger("walrusfs.fs")
@@ -328,6 +328,7 @@ class WalrusFS(pyfuse3.Operations):
         node = self.ns.nodes[args["node"]]
         self.contents.stage(node)
         fh = self._open_handle(node.node_id, True, ctx)
+        await self.contents.opened_for_writing(node.node_id)
         return pyfuse3.FileInfo(fh=fh), self._attr(node)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -517,7 +518,10 @@ class WalrusFS(pyfuse3.Operations):
         self._seen_version[node.node_id] = version
         if flags & os.O_ACCMODE != os.O_WRONLY and not flags & os.O_NOATIME and node.kind == FILE:
             await self._relatime(inode, node)
-        return pyfuse3.FileInfo(fh=self._open_handle(node.node_id, writable, ctx), keep_cache=keep)
+        fh = self._open_handle(node.node_id, writable, ctx)
+        if writable:
+            await self.contents.opened_for_writing(node.node_id)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     async def _relatime(self, inode: int, node: Node) -> None:
         """Record a read's access time the way ``relatime`` does (at open: reads may never reach us).
@@ -687,6 +691,9 @@ class WalrusFS(pyfuse3.Operations):
             out["version"] = (node.version or b"").hex().encode()
             out["chunk_size"] = str(node.content.chunk_size).encode()
             out["pending"] = b"yes" if staged is not None else b"no"
+            incomplete = self.contents.incomplete.get(node.node_id)
+            if incomplete is not None:
+                out["incomplete"] = incomplete_note(incomplete).encode()
             invalid = self.contents.invalid_chunks(node)
             if invalid:
                 out["invalid"] = "\n".join(f"chunk {i}: {why}" for i, why in sorted(invalid.items())).encode()
@@ -730,6 +737,9 @@ class WalrusFS(pyfuse3.Operations):
         """Remove a ``user.*`` attribute."""
         text = self._name(name)
         node = self._node(inode)
+        if text == XATTR_PREFIX + "incomplete" and node.node_id in self.contents.incomplete:
+            await self.contents.clear_incomplete(node.node_id)  # checked by its user: this mount's note only
+            return
         if text.startswith(XATTR_PREFIX):
             raise _error(errno.EPERM)
         if text not in node.xattrs:

@@ -4,10 +4,12 @@ Everything here blocks; the mount calls it from worker threads. The state direct
 
 * ``device.key``: this mount's Ed25519 device key (its own log chain, delegated by the
   volume key), so a restarted mount continues its chain instead of equivocating;
-* ``mount.sqlite`` (WAL): the device's signed entries with a published flag, and one row
-  per staged file (which chunks live in the staging file, which are blobs already);
+* ``mount.sqlite`` (WAL): the device's signed entries with a published flag, one row per
+  staged file (which chunks live in the staging file, which are blobs already, and whether
+  a writer had it open), and the files a crash left incomplete;
 * ``staging/NODE``: sparse files holding the staged bytes of dirty chunks;
-* ``cache/BLOB``: verified chunks, evicted least recently used beyond a byte budget.
+* ``cache/BLOB``: verified chunks, evicted least recently used beyond a byte budget;
+* ``mount.log``: what a ``--background`` mount says.
 
 A lock file keeps two mounts from sharing one state directory. With private volumes the
 cache and staging hold plaintext, so every directory here is 0700 and every file 0600
@@ -37,6 +39,7 @@ log = logging.getLogger("walrusfs.mount")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS own_entries (seq INTEGER PRIMARY KEY, encoded BLOB NOT NULL, published INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS staged (node BLOB PRIMARY KEY, file TEXT NOT NULL, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS incomplete (node BLOB PRIMARY KEY, record BLOB NOT NULL);
 """
 
 
@@ -60,7 +63,7 @@ def _refuse_foreign(path: Path, uid: int, what: str = "") -> None:
 
 #: The state directory's own files; its other entries (a user's --state may hold more) are left alone.
 _STATE_FILES = frozenset({"lock", "device.key", "mount.sqlite", "mount.sqlite-wal", "mount.sqlite-shm",
-                          "mount.sqlite-journal"})
+                          "mount.sqlite-journal", "mount.log"})
 
 
 def private_directory(directory: Path, only: frozenset[str] | None = None) -> tuple[int, int]:
@@ -139,6 +142,9 @@ class StagedFile:
     file: str = field(default_factory=lambda: os.urandom(12).hex())
     #: Plaintext hash per chunk of a private volume (what opens its sealed blob); empty if public.
     hashes: list[bytes | None] = field(default_factory=list)
+    #: A writer had the file open when this record was saved: found so after a restart, the
+    #: mount stopped in the middle of writing it (its staging file may hold bytes past ``size``).
+    open: bool = False
 
     def hash_of(self, index: int) -> bytes | None:
         """The plaintext hash that opens stored chunk ``index`` (None if public or not stored)."""
@@ -150,6 +156,7 @@ class StagedFile:
             "size": self.size, "chunk_size": self.chunk_size, "chunks": list(self.chunks),
             "dirty": sorted(self.dirty), "base": self.base, "mtime_ns": self.mtime_ns,
             "last_parent": self.last_parent, "last_name": self.last_name, "hashes": list(self.hashes),
+            **({"open": True} if self.open else {}),
         }, canonical=True)
 
     @classmethod
@@ -158,7 +165,7 @@ class StagedFile:
         record = cbor2.loads(data)
         return cls(node, record["size"], record["chunk_size"], list(record["chunks"]), set(record["dirty"]),
                    record["base"], record["mtime_ns"], record["last_parent"], record["last_name"], file=file,
-                   hashes=list(record.get("hashes", [])))
+                   hashes=list(record.get("hashes", [])), open=bool(record.get("open", False)))
 
 
 class MountState:
@@ -251,6 +258,22 @@ class MountState:
         with self._lock:
             rows = self._db.execute("SELECT node, file, record FROM staged").fetchall()
         return [StagedFile.decode(bytes(n), f, bytes(r)) for n, f, r in rows]
+
+    def incomplete_files(self) -> dict[bytes, dict]:
+        """Files a stopped mount left in the middle of being written (node -> what was noted)."""
+        with self._lock:
+            rows = self._db.execute("SELECT node, record FROM incomplete").fetchall()
+        return {bytes(n): cbor2.loads(r) for n, r in rows}
+
+    def mark_incomplete(self, node: bytes, note: dict) -> None:
+        """Remember that ``node`` was open for writing when the mount stopped."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO incomplete VALUES (?, ?)", (node, cbor2.dumps(note, canonical=True)))
+
+    def clear_incomplete(self, node: bytes) -> None:
+        """Forget the mark (the file was written again, removed, or the user cleared it)."""
+        with self._lock:
+            self._db.execute("DELETE FROM incomplete WHERE node = ?", (node,))
 
     def remove_orphans(self, staged: list[StagedFile]) -> tuple[int, int]:
         """Delete staging files no record names (writes a crash cut off before close); return (files, bytes)."""

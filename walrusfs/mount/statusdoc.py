@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -94,3 +95,11 @@ class StatusPages:
         if pages is None or not 1 <= index <= len(pages):
             return None
         return pages[index - 1]
+
+
+def incomplete_note(note: dict[str, Any]) -> str:
+    """The ``user.walrus.incomplete`` text of a file a stopped mount left half written."""
+    noticed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(note.get("noticed") or 0))
+    return (f"open for writing when the mount stopped (noticed at its restart, {noticed}): it holds the "
+            f"{note.get('size')} bytes that had reached the mount, maybe not all that was written; "
+            "remove this attribute once checked (setfattr -x user.walrus.incomplete FILE)")
