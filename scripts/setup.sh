@@ -51,4 +51,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
     echo "$wanted" > "$stamp"
 fi
+# mount(8) runs /sbin/mount.fuse.walrusfs for `mount -t fuse.walrusfs` and fstab lines of
+# type fuse.walrusfs (it looks in /sbin only, and passes no PATH).
+helper="$PWD/.venv/bin/mount.walrusfs"
+if [ "$(readlink /sbin/mount.fuse.walrusfs 2>/dev/null)" != "$helper" ]; then
+    echo "setup: linking /sbin/mount.fuse.walrusfs to $helper"
+    as_root ln -sfn "$helper" /sbin/mount.fuse.walrusfs ||
+        echo "setup: could not link /sbin/mount.fuse.walrusfs: mount -t fuse.walrusfs and fstab lines will not work" >&2
+fi
 echo "setup: ready ($(.venv/bin/walrusfs --version))"
