@@ -277,6 +277,27 @@ def peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
     return PeerInfo(ID.from_base58(peer_id), [multiaddr.Multiaddr(a) for a in addrs])
 
 
+async def close_connections(host: IHost) -> None:
+    """Close every connection of ``host`` at once (libp2p's close does them one by one).
+
+    Each close waits 0.2 s (yamux lets its GoAway go out, the swarm lets stream handlers
+    see their resets): one after another that was 0.8 s at the end of every command on a
+    4-peer committee and 1.4 s on 7. Together they take the 0.2 s once.
+    """
+    network = host.get_network()
+    conns = [conn for group in list(getattr(network, "connections", {}).values()) for conn in list(group)]
+
+    async def close(conn: Any) -> None:
+        try:
+            await conn.close()
+        except Exception:  # noqa: BLE001 - already gone: host.close() finishes the rest
+            pass
+
+    async with trio.open_nursery() as nursery:
+        for conn in conns:
+            nursery.start_soon(close, conn)
+
+
 @asynccontextmanager
 async def running_host(
     seed: bytes, listen: Sequence[str] = (), members: Collection[str] = (), limits: Limits | None = None,
@@ -295,4 +316,5 @@ async def running_host(
         finally:
             guard_of(host).close()
             with trio.CancelScope(shield=True):
+                await close_connections(host)
                 await host.close()
