@@ -276,7 +276,7 @@ FAULTY_BLOBS = blobs(30, 500)
 _stored: set[Path] = set()
 
 
-_fresh: set[BlobId] = set()  # blobs stored for log progress between rounds
+_fresh: dict[BlobId, bytes] = {}  # blobs stored for log progress between rounds (sample candidates too)
 
 
 async def stored(net: Devnet) -> list[BlobId]:
@@ -298,7 +298,7 @@ async def stored(net: Devnet) -> list[BlobId]:
             client = Client(host, committee, authority=net.authority)
             await store_all(client, [fresh])
             blob_id = blob_id_of(fresh, committee.n_shards)
-            _fresh.add(blob_id)
+            _fresh[blob_id] = fresh
             with trio.move_on_after(WAIT):
                 while not all(row.get("pairs") == row["pairs_expected"] for row in await client.blob_status(blob_id)):
                     await trio.sleep(0.5)
@@ -376,10 +376,12 @@ async def test_reads_of_unchallenged_blobs_go_on_during_a_round_and_challenged_o
             assert code == 0, info
             start = info["start"]
             challenged = await wait_for_sample(client)
-            assert challenged <= set(ids) | _fresh  # drawn from the blobs this module stored
+            assert challenged <= set(ids) | set(_fresh)  # drawn from the blobs this module stored
+            # The victim may be one of the fresh blobs: look contents up among all of them.
+            known = {**dict(zip(ids, contents)), **_fresh}
             # Every unchallenged blob reads back while the round is open: peers 3, 4 and 5
             # hold their proofs, so no more than 4 peers can pass.
-            for blob_id, data in zip(ids, contents):
+            for blob_id, data in known.items():
                 if blob_id not in challenged:
                     assert await client.read(blob_id, challenge_wait=0) == data
             rounds = await client.audit_rounds()
@@ -396,7 +398,7 @@ async def test_reads_of_unchallenged_blobs_go_on_during_a_round_and_challenged_o
                     refusals += exc.code == m.CHALLENGED
             assert refusals >= committee.quorum
         # Once the held peers prove, the round closes and the waiting read returns the blob.
-        assert await client.read(victim) == contents[ids.index(victim)]
+        assert await client.read(victim) == known[victim]
         assert (await client.audit_rounds()).rounds[bytes.fromhex(start)].phase(committee) == CLOSED
 
 
