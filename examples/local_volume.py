@@ -2,14 +2,15 @@
 
 Starts ``walrusfs devnet up`` (7 peer processes on 127.0.0.1), creates a volume, mounts it
 at ``walrusfs-demo/mnt`` (or ``--dir DIR/mnt``) and waits; use the mount from another
-terminal with any file tool. Ctrl-C (or SIGTERM) waits for pending uploads, unmounts
-and stops the peers. ``--check`` instead writes a file, fsyncs it, reads it back through
+terminal with any file tool. Ctrl-C, SIGTERM or SIGHUP (the terminal closed) waits for
+pending uploads, unmounts and stops the peers. ``--check`` instead writes a file, fsyncs it, reads it back through
 a second, read-only mount and exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -20,6 +21,23 @@ import time
 from pathlib import Path
 
 EXE = str(Path(sys.executable).parent / "walrusfs")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stop(Exception):
+    """A signal asked the main job to stop (it then cleans up like Ctrl-C)."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def say(text: str) -> None:
+    """Print, unless the terminal is gone (after SIGHUP)."""
+    try:
+        print(text, flush=True)
+    except OSError:
+        pass
 
 
 def walrusfs(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -35,8 +53,11 @@ def start_mount(mountpoint: Path, volume: str, committee: Path, state: Path, env
     """Start a mount process and wait until the kernel shows the mount."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
+        # Its own session: Ctrl-C or a closed terminal reach this job, which unmounts after
+        # the uploads, instead of the mount, which would stop at once.
         process = subprocess.Popen([EXE, "mount", str(mountpoint), "--volume", volume, "--committee", str(committee),
-                                    "--state", str(state)], stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+                                    "--state", str(state)], stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                   start_new_session=True)
     for _ in range(600):
         if os.path.ismount(mountpoint):
             return process
@@ -60,21 +81,26 @@ def main() -> None:
     committee = net / "committee.toml"
     if os.path.ismount(mnt):
         raise SystemExit(f"{mnt} is still mounted from an earlier run; run: walrusfs umount {mnt}")
-    if not committee.exists():
-        # Peers challenge each other by themselves: a round of 16 blobs per 50 certified.
-        walrusfs("devnet", "up", "--challenge-every", "50", "--challenge-sample", "16", str(net), env=env)
-    else:
-        walrusfs("devnet", "down", str(net), env=env, check=False)
-        for index in range(len(list(net.glob("peer-*")))):
-            walrusfs("devnet", "start", str(net), "--peer", str(index), env=env)
-    listed = json.loads(walrusfs("volume", "list", "--json", env=env).stdout)
-    volume = next((v["volumeId"] for v in listed if v["name"] == "demo"), None)
-    if volume is None:
-        volume = json.loads(walrusfs("volume", "create", "demo", "--json", env=env).stdout)["volumeId"]
+    if _dead(mnt):
+        # The mount of an earlier run was killed: clean it (its staged files upload now).
+        walrusfs("umount", str(mnt), env=env)
     mounts: list[tuple[Path, subprocess.Popen[bytes]]] = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
     try:
+        if not committee.exists():
+            # Peers challenge each other by themselves: a round of 16 blobs per 50 certified.
+            walrusfs("devnet", "up", "--challenge-every", "50", "--challenge-sample", "16", str(net), env=env)
+        else:
+            walrusfs("devnet", "down", str(net), env=env, check=False)
+            for index in range(len(list(net.glob("peer-*")))):
+                walrusfs("devnet", "start", str(net), "--peer", str(index), env=env)
+        listed = json.loads(walrusfs("volume", "list", "--json", env=env).stdout)
+        volume = next((v["volumeId"] for v in listed if v["name"] == "demo"), None)
+        if volume is None:
+            volume = json.loads(walrusfs("volume", "create", "demo", "--json", env=env).stdout)["volumeId"]
         mounts.append((mnt, start_mount(mnt, "demo", committee, base / "state", env, base / "mount.log")))
-        print(f"7 peers are running (committee: {committee}); volume demo ({volume}) is mounted at {mnt}")
+        say(f"7 peers are running (committee: {committee}); volume demo ({volume}) is mounted at {mnt}")
         if args.check:
             data = os.urandom(3 << 20)
             with open(mnt / "hello.bin", "wb") as f:
@@ -93,8 +119,8 @@ def main() -> None:
                 time.sleep(0.1)
             same = hashlib.sha256((reader_mnt / "hello.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
             blobs = os.getxattr(mnt / "hello.bin", "user.walrus.blob_ids").decode().split()
-            print(f"hello.bin: 3 MiB in {len(blobs)} chunk(s) {blobs}; read back through a read-only mount: "
-                  f"{'sha256 matches' if same else 'MISMATCH'}")
+            say(f"hello.bin: 3 MiB in {len(blobs)} chunk(s) {blobs}; read back through a read-only mount: "
+                f"{'sha256 matches' if same else 'MISMATCH'}")
             if not same:
                 raise SystemExit(1)
             return
@@ -111,24 +137,37 @@ Try, in another terminal:
       # peers also start one per 50 certified blobs)
   {EXE} audit history --committee {committee}
   {EXE} devnet stop {net} --peer 3      # the volume keeps working with f = 2 peers down
-Press Ctrl-C here to wait for uploads, unmount and stop the peers.""", flush=True)
-        stop = []
-        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-        try:
-            while not stop and mounts[0][1].poll() is None:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+Press Ctrl-C here (or close the terminal) to wait for uploads, unmount and stop the peers.""", flush=True)
+        while mounts[0][1].poll() is None:
+            time.sleep(0.5)
+        say(f"the mount exited by itself (exit {mounts[0][1].returncode}); see {base / 'mount.log'}")
+    except Stop as stop:
+        say(f"{stop}: waiting for pending uploads, then unmounting and stopping the peers")
     finally:
+        # Cleaning up is not cut short by another signal: Ctrl-C reaches `walrusfs umount`
+        # (same terminal), which stops waiting for the uploads; they resume at the next run.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda *_: None)
         for path, process in reversed(mounts):
             if os.path.ismount(path):
                 walrusfs("umount", str(path), env=env, check=False)
+            if os.path.ismount(path) or _dead(path):
+                walrusfs("umount", "--no-wait", str(path), env=env, check=False)
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
         walrusfs("devnet", "down", str(net), env=env, check=False)
-        print("unmounted and stopped the peers")
+        say("unmounted and stopped the peers")
+
+
+def _dead(path: Path) -> bool:
+    """Whether ``path`` is a mount whose process exited ("Transport endpoint is not connected")."""
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 if __name__ == "__main__":
