@@ -179,8 +179,8 @@ def test_ready_is_sent_to_notify_socket_once_serving(vol: MountedVolume, tmp_pat
 def test_helper_translates_mount_arguments() -> None:
     command, env = translate(["vol", "/mnt/x", "-o", "rw,committee=/c.toml,state=/s,config=/cfg,allow_other,"
                               "uid=7,umask=022,_netdev,nofail,x-systemd.automount,noauto", "-t", "fuse.walrusfs"])
-    assert command == ["mount", "/mnt/x", "--volume", "vol", "--background", "--committee", "/c.toml", "--state", "/s",
-                       "--allow-other", "--uid", "7", "--umask", "022"]
+    assert command == ["mount", "/mnt/x", "--volume", "vol", "--background", "--fsname", "vol", "--committee",
+                       "/c.toml", "--state", "/s", "--allow-other", "--uid", "7", "--umask", "022"]
     assert env == {"WALRUSFS_CONFIG_DIR": "/cfg"}
     command, _ = translate(["walrusfs-read:abc", "/mnt/x", "-r"])
     assert command == ["mount", "/mnt/x", "--cap", "walrusfs-read:abc", "--background", "--read-only"]
@@ -211,10 +211,14 @@ def test_mount_t_fuse_walrusfs_and_an_fstab_line(vol: MountedVolume, tmp_path: P
         assert wait_for(lambda: gone(pid), limit=20)
 
         fstab = tmp_path / "fstab"
-        fstab.write_text(f"# a test fstab\nvol {path} fuse.walrusfs {options},_netdev,noauto,nofail 0 0\n")
+        fstab.write_text(f"# a test fstab\nvol {path} fuse.walrusfs {options},_netdev,nofail 0 0\n")
         done = run("mount", "-T", str(fstab), str(path), env=env)
         assert done.returncode == 0, done.stderr
         assert (path / "via-mount-t.txt").read_text() == "hello"
+        # The mount table shows fstab's source: mount -a knows the line is mounted already.
+        assert run("findmnt", "-n", "-o", "SOURCE", str(path)).stdout.strip() == "vol"
+        again = run("mount", "-a", "-T", str(fstab), "-O", "_netdev", env=env)
+        assert again.returncode == 0, again.stderr
         assert run(EXE, "umount", str(path)).returncode == 0
         bad = run("mount", "-t", "fuse.walrusfs", "vol", str(path), "-o", f"{options},colour=red", env=env)
         assert bad.returncode != 0 and "unknown option 'colour=red'" in bad.stderr

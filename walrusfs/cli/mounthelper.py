@@ -12,6 +12,7 @@ it serves (as mount(8) expects) or fails with the mount's error. For example, in
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 #: OPTION=VALUE -> walrusfs mount option.
@@ -65,7 +66,12 @@ def translate(argv: list[str]) -> tuple[list[str] | None, dict[str, str]]:
     if len(positional) != 2:
         raise HelperError(USAGE)
     source, target = positional
-    command = ["mount", target, "--cap" if source.startswith("walrusfs-") else "--volume", source, "--background"]
+    secret = source.startswith("walrusfs-")
+    command = ["mount", target, "--cap" if secret else "--volume", source, "--background"]
+    if not secret and re.match(r"^[A-Za-z0-9._:@-]{1,200}$", source):
+        # The mount table then shows fstab's source, so mount -a knows the line is mounted. A
+        # capability is a secret, and the mount table is world-readable: it shows "walrusfs".
+        command += ["--fsname", source]
     env: dict[str, str] = {}
     for option in options:
         name, has_value, value = option.partition("=")

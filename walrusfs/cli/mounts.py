@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,9 @@ from .common import (
     parse_size,
     writer_key_option,
 )
+
+#: What a mount table source may hold here (FUSE options are comma-separated).
+FSNAME = re.compile(r"^[A-Za-z0-9._:@-]{1,200}$")
 
 
 def _mountpoint(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
@@ -111,6 +115,8 @@ def _background(log_path: Path, mountpoint: Path, state_dir: Path) -> Callable[[
         def ready() -> None:
             try:
                 os.write(write_end, b"ready\n")
+            except OSError:
+                pass  # the parent is gone (killed while waiting): the mount serves all the same
             finally:
                 os.close(write_end)
 
@@ -168,12 +174,14 @@ def _background(log_path: Path, mountpoint: Path, state_dir: Path) -> Callable[[
               help="How long deleted and overwritten files stay restorable before their chunks are released "
                    "(e.g. 30s, 2h, 7d; default: $WALRUSFS_TRASH_SECONDS, else the volume's setting, else 7d).")
 @click.option("--debug", is_flag=True, help="Log every warning and info message.")
+@click.option("--fsname", default="walrusfs", hidden=True,
+              help="The source the mount table shows (mount.walrusfs passes fstab's, so mount -a sees it mounted).")
 @click.option("--fault", type=click.Choice(["inconsistent-writer"]), hidden=True,
               help="TEST ONLY: encode chunks the way a malicious writer would.")
 @writer_key_option
 def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_path: Path | None, read_only: bool, state_dir: Path | None,
           chunk_size: int, cache_size: int, startup_timeout: float, keep_owners: bool, uid: int | None, gid: int | None,
-          umask: int, allow_other: bool, background: bool, log_file: Path | None, debug: bool,
+          umask: int, allow_other: bool, background: bool, log_file: Path | None, fsname: str, debug: bool,
           trash_time: str | None, fault: str | None, writer_key: Path | None) -> None:
     """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u).
 
@@ -204,6 +212,8 @@ def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_p
         trash_seconds = parse_duration(trash_time) if trash_time is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--trash-time") from None
+    if not FSNAME.match(fsname):
+        raise click.BadParameter("letters, digits and . _ - : @ only", param_hint="--fsname")
     if (volume_ref is None) == (cap is None):
         raise click.UsageError("give the volume with --volume NAME or --cap CAPABILITY (one of them)")
     if keep_owners and (uid is not None or gid is not None):
@@ -257,7 +267,7 @@ def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_p
             keep_owners=keep_owners, account=account, trash_seconds=trash_seconds, allow_other=allow_other,
             owner=None if uid is None and gid is None else (os.getuid() if uid is None else uid,
                                                             os.getgid() if gid is None else gid),
-            umask=umask, ready=ready,
+            umask=umask, ready=ready, fsname=fsname,
         ))
     except (MountError, StateError) as exc:
         raise Failure(str(exc)) from None

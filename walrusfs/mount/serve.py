@@ -73,6 +73,7 @@ async def serve_mount(
     inconsistent_writer: bool = False, startup_limit: float = STARTUP_LIMIT, keep_owners: bool = False,
     account: SigningKey | None = None, trash_seconds: float | None = None, allow_other: bool = False,
     owner: tuple[int, int] | None = None, umask: int = 0, ready: Callable[[], None] | None = None,
+    fsname: str = "walrusfs",
 ) -> None:
     """Mount ``volume`` at ``mountpoint`` until it is unmounted or the process is signalled.
 
@@ -81,7 +82,8 @@ async def serve_mount(
     (``lifecycle``). ``keep_owners`` shows the uid and gid the writing device recorded instead of the
     mounting user's (or ``owner``, a uid and gid); ``umask`` masks the modes shown. ``allow_other``
     lets other users in (the kernel checks the shown owners and modes: default_permissions).
-    ``ready`` is called once the mount serves (for --background and systemd). ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
+    ``ready`` is called once the mount serves (for --background and systemd); ``fsname`` is the
+    source the mount table shows. ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
     would (one parity row tampered yet committed to).
     """
     state = await trio.to_thread.run_sync(MountState, state_dir)
@@ -94,7 +96,7 @@ async def serve_mount(
                              chunk_size=chunk_size, announce=announce, inconsistent_writer=inconsistent_writer,
                              startup_limit=startup_limit, keep_owners=keep_owners, account=account,
                              trash_seconds=trash_seconds, allow_other=allow_other, owner=owner, umask=umask,
-                             ready=ready)
+                             ready=ready, fsname=fsname)
             except MountError as exc:
                 # Raised after the host closed, so it reaches the caller as itself rather
                 # than inside the host's exception groups (the CLI prints it as one line).
@@ -110,7 +112,7 @@ async def _serve(
     read_only: bool, chunk_size: int, announce: Callable[[str], None], inconsistent_writer: bool, startup_limit: float,
     keep_owners: bool = False, account: SigningKey | None = None, trash_seconds: float | None = None,
     allow_other: bool = False, owner: tuple[int, int] | None = None, umask: int = 0,
-    ready: Callable[[], None] | None = None,
+    ready: Callable[[], None] | None = None, fsname: str = "walrusfs",
 ) -> None:
     """Serve one mount on an open libp2p host until it is unmounted."""
     authority = device_authority(account, volume.key, state.device) if volume.key is not None else None
@@ -159,7 +161,7 @@ async def _serve(
                   keep_owners=keep_owners, owner=owner, umask=umask)
     fs.statfs_source = lambda: capacity.get("free", 0)
     vlog.on_change = fs.remote_change
-    options = set(pyfuse3.default_options) | {"fsname=walrusfs", "subtype=walrusfs"}
+    options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=walrusfs"}
     if fs.read_only:
         options.add("ro")
     if allow_other:
