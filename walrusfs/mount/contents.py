@@ -479,6 +479,8 @@ class Contents:
         if staged is None:
             return
         generation = staged.generation
+        # A close (flush) of one descriptor leaves the file open for writing: a duplicate of it
+        # (a forked child's, a shell's) may still write; only the release says nobody does.
         writing = bool(self.writers[node])
         changed = self.saved_generation.get(node) != generation
         if changed or (staged.file in self._open_saved) != writing:
