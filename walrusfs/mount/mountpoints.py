@@ -45,7 +45,11 @@ def _unescape(field: str) -> str:
 def absolute(path: Path) -> Path:
     """``path`` made absolute with its parent's symlinks resolved, never touching ``path`` itself (it may be dead)."""
     path = Path(os.path.abspath(path))
-    return Path(os.path.realpath(path.parent)) / path.name if path.name else path
+    if not path.name:
+        return path
+    path = Path(os.path.realpath(path.parent)) / path.name
+    # A symlink to the mount point is followed (lstat of a dead mount fails: not a link).
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
 
 
 def mount_entry(path: Path) -> MountEntry | None:
