@@ -11,7 +11,7 @@ reads back what it acknowledged. At the end a fresh mount and the writer after a
 must show exactly the acknowledged files, every honest peer must be alive, and their peak
 RSS must stay bounded.
 
-``WALRUSFS_BYZANTINE_SOAK_SECONDS`` sets how long the operations run (default 45).
+``WALRUSFS_BYZANTINE_SOAK_SECONDS`` sets how long the operations run (default 30).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from walrusfs.core.log import GENESIS, NAMESPACE, delegate_device, sign_entry
 from walrusfs.core.namespace import ROOT
 from walrusfs.devnet import running
 
-SECONDS = float(os.environ.get("WALRUSFS_BYZANTINE_SOAK_SECONDS", "45"))
+SECONDS = float(os.environ.get("WALRUSFS_BYZANTINE_SOAK_SECONDS", "30"))
 HOSTILE, HONEST = 3, (0, 1, 2)
 IDLE = 60  # idle TCP connections the outsider holds open to each honest peer
 RSS_LIMIT_MIB = 400  # an honest peer idles near 100 MiB; the flood may not grow it without bound

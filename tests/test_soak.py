@@ -8,7 +8,7 @@ and restarted later or SIGSTOPped and continued later. At the end every peer is 
 and a fresh mount and the writer after a remount must both show exactly the acknowledged
 files: none lost, none wrong, none resurrected.
 
-``WALRUSFS_SOAK_SECONDS`` sets how long the operations run (default 75; the README
+``WALRUSFS_SOAK_SECONDS`` sets how long the operations run (default 45; the README
 records an 8-minute run, 480).
 """
 
@@ -27,7 +27,7 @@ from tests.mounting import MountedVolume, fsync, wait_for
 from tests.test_network import Devnet, walrusfs
 from walrusfs.devnet import running
 
-SECONDS = float(os.environ.get("WALRUSFS_SOAK_SECONDS", "75"))
+SECONDS = float(os.environ.get("WALRUSFS_SOAK_SECONDS", "45"))
 PEERS, F = 7, 2
 FSYNC_LIMIT = 240.0  # one fsync waiting longer than this (all but f peers up) is a failure
 
