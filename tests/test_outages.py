@@ -25,6 +25,7 @@ import pytest
 
 from tests.mounting import MountedVolume, volume_env, wait_for
 from tests.test_network import EXE, Devnet, walrusfs
+from walrusfs.client.blob import DELIVER_ENV, GRACE_PERIOD
 from walrusfs.core.committee import parse_committee
 from walrusfs.devnet import peer_dir, running
 
@@ -84,7 +85,12 @@ def assert_fresh_mount_reads(net: Net, name: str, files: dict[str, bytes]) -> No
         fresh.stop()
 
 
-def test_mount_outlives_losing_quorum_mid_upload_and_fsync_waits(net: Net) -> None:
+#: Seconds the writer's stores give a stalled peer past the grace period (30 by default).
+DELIVER = 4.0
+
+
+def test_mount_outlives_losing_quorum_mid_upload_and_fsync_waits(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DELIVER_ENV, str(DELIVER))  # the mount process inherits it
     writer = net.mount("writer", "--chunk-size", "1MiB")
     killed, stalled = 3, 2
     stalled_pid = net.pid(stalled)
@@ -94,13 +100,16 @@ def test_mount_outlives_losing_quorum_mid_upload_and_fsync_waits(net: Net) -> No
         files = write_files(writer.path, "outage", 1)
         child = subprocess.Popen([sys.executable, "-c", FSYNC_CHILD, str(writer.path / "outage-multi")],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # Past the 32 s after which stores to the stalled peer give up (the mount used to exit then).
-        time.sleep(36)
+        # Past the point where stores to the stalled peer give up (the mount used to exit
+        # then): GRACE_PERIOD + DELIVER s, and a first retry after it.
+        time.sleep(GRACE_PERIOD + DELIVER + 8)
         assert writer.process is not None and writer.process.poll() is None, writer.log.read_text()[-3000:]
         assert child.poll() is None, f"fsync returned while 2 of 4 peers were away: {child.communicate()}"
         pending = writer.status()["pending"]
         assert pending, "nothing pending although no upload can be certified"
         assert any(p["error"] and p["attempts"] >= 1 for p in pending), pending
+        # The stalled peer was given up on (what the mount used to exit over), and it lives on.
+        assert any(f"no answer within {GRACE_PERIOD + DELIVER:.0f} s" in (p["error"] or "") for p in pending), pending
         print("status while quorum is lost:", json.dumps(pending)[:600])
         # A signal interrupts the waiting fsync (EINTR), which never reported success.
         child.send_signal(signal.SIGTERM)

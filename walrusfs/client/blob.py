@@ -9,6 +9,7 @@ concurrently while the others answer, and a failure report names who failed and 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,6 +72,20 @@ _T = TypeVar("_T")
 
 #: After the quorum, keep delivering to the remaining peers this long so they need not heal.
 GRACE_PERIOD = 2.0
+#: A background store (a mount's) gives a peer this long past the grace period, then
+#: counts it failed, so a stalled peer holds no store for ever (env WALRUSFS_DELIVER_LIMIT:
+#: tests shorten it).
+DELIVER_LIMIT = 30.0
+DELIVER_ENV = "WALRUSFS_DELIVER_LIMIT"
+
+
+def deliver_limit() -> float:
+    """This process's DELIVER_LIMIT in seconds."""
+    try:
+        return max(1.0, float(os.environ.get(DELIVER_ENV, DELIVER_LIMIT)))
+    except ValueError:
+        return DELIVER_LIMIT
+
 #: Liveness timers: none of them decides what is certified, verified or valid.
 #: A request asked of one peer in turn (publish, start a round, report a proof) is also
 #: asked of the next one when the first has not answered within HEDGE_DELAY seconds.
@@ -426,11 +441,13 @@ class Client:
         if background is not None:
             # Return at the quorum; the remaining peers keep receiving their pairs in the
             # caller's nursery (bounded by the grace period), so fewer of them need to heal.
+            limit = grace + deliver_limit()
+
             async def deliver(peer: int) -> None:
-                with trio.move_on_after(grace + 30.0) as scope:
+                with trio.move_on_after(limit) as scope:
                     await store_on(peer)
                 if scope.cancelled_caught:
-                    failures[self.committee.peers[peer].peer_id] = f"no answer within {grace + 30.0:.0f} s"
+                    failures[self.committee.peers[peer].peer_id] = f"no answer within {limit:.0f} s"
 
             for peer in range(len(self.committee.peers)):
                 background.start_soon(deliver, peer)
