@@ -25,9 +25,9 @@ from walrusfs.core import messages as m
 from walrusfs.core.committee import parse_committee
 from walrusfs.devnet import running
 
-#: CI opens 400 (past the old cliff of 250); WALRUSFS_CONNECTIONS=2000 is the long form the
+#: CI opens 280 (past the old cliff of 250); WALRUSFS_CONNECTIONS=2000 is the long form the
 #: README records (1,200 sequential, the rest in bursts of 50 concurrent).
-TOTAL = int(os.environ.get("WALRUSFS_CONNECTIONS", "400"))
+TOTAL = int(os.environ.get("WALRUSFS_CONNECTIONS", "300"))
 BURST = 50
 SEQUENTIAL = TOTAL * 3 // 5
 BURSTS = (TOTAL - SEQUENTIAL) // BURST
