@@ -42,7 +42,7 @@ from walrusfs.core.log import (
 )
 from walrusfs.core.messages import LOG_PUSH
 from walrusfs.core.namespace import ROOT
-from walrusfs.core.sealing import open_payload, seal_payload
+from walrusfs.core.sealing import open_ops, open_payload, seal_ops, seal_payload
 from walrusfs.identity import read_seed_file
 from walrusfs.mount.volumelog import entry_context
 
@@ -66,17 +66,25 @@ class Writer:
         self.hlc = 0
 
     def sign(self, kind: str, **args: Any) -> Entry:
+        return self.sign_ops([{"kind": kind, "args": args}], batch=False)
+
+    def sign_ops(self, ops: list[dict[str, Any]], batch: bool = True) -> Entry:
         payload = {"volume": bytes(self.volume_key.verify_key),
                    "delegation": delegate_device(self.volume_key, bytes(self.key.verify_key)),
                    "account": bytes(self.account.verify_key),
                    "sponsorship": sponsor(self.account, bytes(self.volume_key.verify_key))}
         self.hlc = next_hlc(self.hlc, int(time.time() * 1000))
-        op = {"kind": kind, "args": args}
-        if self.read_key is None:
-            payload["op"] = op
+        volume, seq = bytes(self.volume_key.verify_key), len(self.entries) + 1
+        context = entry_context(bytes(self.key.verify_key), seq)
+        if batch:  # one entry carrying several ops (issue 19)
+            if self.read_key is None:
+                payload["ops"] = ops
+            else:
+                payload["sealed_ops"] = seal_ops(self.read_key, volume, ops, context)
+        elif self.read_key is None:
+            payload["op"] = ops[0]
         else:
-            volume, seq = bytes(self.volume_key.verify_key), len(self.entries) + 1
-            payload["sealed"] = seal_payload(self.read_key, volume, op, entry_context(bytes(self.key.verify_key), seq))
+            payload["sealed"] = seal_payload(self.read_key, volume, ops[0], context)
         prev = self.entries[-1].id if self.entries else GENESIS
         entry = sign_entry(self.key, len(self.entries) + 1, prev, self.hlc, NAMESPACE, payload)
         self.entries.append(entry)
@@ -89,10 +97,16 @@ async def honest_node(client: Client, name: str, volume: bytes, read_key: bytes 
     for e in entries:
         if e.kind != NAMESPACE:
             continue
-        op = e.payload["op"] if read_key is None else open_payload(read_key, volume, e.payload["sealed"],
-                                                                   entry_context(e.author, e.seq))
-        if op["kind"] == "create" and op["args"]["name"] == name:
-            return op["args"]["node"]
+        context = entry_context(e.author, e.seq)
+        if read_key is None:
+            ops = e.payload["ops"] if "ops" in e.payload else [e.payload["op"]]
+        elif "sealed_ops" in e.payload:
+            ops = open_ops(read_key, volume, e.payload["sealed_ops"], context)
+        else:
+            ops = [open_payload(read_key, volume, e.payload["sealed"], context)]
+        for op in ops:
+            if op["kind"] == "create" and op["args"]["name"] == name:
+                return op["args"]["node"]
     raise AssertionError(f"no create of {name} in the log")
 
 
@@ -123,6 +137,13 @@ async def attack(committee_path: Path, volume_key: SigningKey, read_key: bytes |
         labelled: dict[str, Entry] = {}
         for label, (kind, args) in out_of_range.items():
             labelled[label] = Writer(volume_key, account, read_key).sign(kind, **args)
+        # Batches (issue 19): one bad op, or too many, and the whole entry goes, its good ops too.
+        evil_batch = {"kind": "create", "args": {"parent": ROOT, "name": "evil-batch", "node": b"\xe4" * 32,
+                                                 "mode": 0o644}}
+        labelled["batch with one op out of range"] = Writer(volume_key, account, read_key).sign_ops(
+            [evil_batch, {"kind": "setattr", "args": {"node": honest, "uid": 2**32}}])
+        labelled["batch of 257 ops"] = Writer(volume_key, account, read_key).sign_ops(
+            [evil_batch] + [{"kind": "setattr", "args": {"node": honest, "mode": 0}}] * 256)
         # One device's chain of values that pass (the extremes in range) and attacks on the root.
         writer = Writer(volume_key, account, read_key)
         for label, kind, args in [

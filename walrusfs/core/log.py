@@ -48,6 +48,9 @@ from .sealing import SEALED_PAYLOAD_MIN as SEALED_MIN
 
 ENTRY_DOMAIN = b"walrusfs/log-entry/v1\x00"
 DEVICE_DOMAIN = b"walrusfs/volume-device/v1\x00"
+#: What a batched namespace entry's ops are named by (see ``entry_ops``).
+BATCH_DOMAIN = b"walrusfs/namespace-batch/v1\x00"
+OP_DOMAIN = b"walrusfs/namespace-op/v1\x00"
 GENESIS = bytes(32)
 #: Entry kinds: blob-certified and blob-invalid (authored by committee members) and
 #: namespace (authored by a mount's device key that the volume key delegated to). The others
@@ -69,6 +72,12 @@ LEDGER_KINDS = OPERATOR_KINDS | LIFETIME_KINDS | {EPOCH, BLOB_CERTIFIED}
 RESERVED_KINDS = frozenset({"committee-change"})
 _BLOB_KINDS = (BLOB_CERTIFIED, BLOB_INVALID)
 MAX_PAYLOAD = 64 << 10
+#: Most namespace ops one entry may carry: a batch is bounded by count (the fold's work
+#: per entry) as well as by the entry's size.
+MAX_BATCH_OPS = 256
+#: Namespace payload forms, exactly one per entry: one op (plaintext or sealed), or a batch
+#: of ops (a list, or one sealed list). Single-op entries keep folding as they always did.
+NAMESPACE_FORMS = ("op", "sealed", "ops", "sealed_ops")
 
 
 class LogError(CodecError, ValueError):
@@ -373,6 +382,47 @@ def check_op(op: Any) -> None:
         raise LogError("namespace op setxattr: value must be bytes")
 
 
+def check_ops(ops: Any) -> None:
+    """Raise ``LogError`` unless ``ops`` is a batch: a list of 1..``MAX_BATCH_OPS`` ops ``check_op`` accepts."""
+    if not isinstance(ops, list) or not 1 <= len(ops) <= MAX_BATCH_OPS:
+        raise LogError(f"a batch of namespace ops must be a list of 1 to {MAX_BATCH_OPS} ops")
+    for index, op in enumerate(ops):
+        try:
+            check_op(op)
+        except LogError as exc:
+            raise LogError(f"op {index} of the batch: {exc}") from None
+
+
+def batch_key(author: bytes, seq: int) -> bytes:
+    """The key every op of ``author``'s batched entry ``seq`` shares in the total order."""
+    return merkle.blake2b256(BATCH_DOMAIN + author + seq.to_bytes(8, "big"))
+
+
+def batch_op(author: bytes, seq: int, hlc: int, index: int, raw: Mapping[str, Any]) -> Op:
+    """Op ``index`` of ``author``'s batched entry ``seq`` (stamp ``hlc``), with its own ID.
+
+    The ID depends on the author and place only, not on the signature, so a mount knows
+    it (and applies the op) before the batch is signed; two entries for one place are an
+    equivocation, after which neither counts.
+    """
+    op_id = merkle.blake2b256(OP_DOMAIN + author + seq.to_bytes(8, "big") + index.to_bytes(4, "big"))
+    return Op(op_id, hlc, author, raw["kind"], raw["args"], batch_key(author, seq), index)
+
+
+def entry_ops(entry: Entry, raws: list[Mapping[str, Any]] | None = None) -> list[Op]:
+    """The namespace ops an entry carries, each with its identity and place in the total order.
+
+    ``raws`` are the op maps (a sealed entry's, once opened); by default the plaintext
+    ones. A single-op entry's op is named by the entry's ID, as it always was.
+    """
+    if raws is None:
+        raws = entry.payload["ops"] if "ops" in entry.payload else [entry.payload["op"]]
+    if "op" in entry.payload or "sealed" in entry.payload:
+        (raw,) = raws
+        return [Op(entry.id, entry.hlc, entry.author, raw["kind"], raw["args"])]
+    return [batch_op(entry.author, entry.seq, entry.hlc, index, raw) for index, raw in enumerate(raws)]
+
+
 def check_entry(entry: Entry, committee: Committee, now_ms: int | None = None) -> None:
     """Raise ``LogError`` unless the entry is well-formed, from a known author, signed and valid for its kind.
 
@@ -406,14 +456,18 @@ def _check_entry(entry: Entry, committee: Committee) -> None:
             raise LogError("namespace entry must name its volume and carry the device's delegation")
         check_delegation(volume, entry.author, delegation)
         _check_sponsorship(entry.payload)
-        if ("op" in entry.payload) == ("sealed" in entry.payload):
-            raise LogError("namespace entry must carry exactly one of an op and a sealed op")
-        if "sealed" in entry.payload:
-            # A private volume's op: peers cannot read it, so the fold's range checks run in
-            # the mount after opening it (``check_op`` again); here only its size is bounded.
-            sealed = entry.payload["sealed"]
+        forms = [form for form in NAMESPACE_FORMS if form in entry.payload]
+        if len(forms) != 1:
+            raise LogError("namespace entry must carry exactly one of an op, a sealed op, a batch of ops "
+                           "and a sealed batch")
+        if forms[0] in ("sealed", "sealed_ops"):
+            # A private volume's ops: peers cannot read them, so the fold's range checks run
+            # in the mount after opening them (``check_ops`` again); here only the size is bounded.
+            sealed = entry.payload[forms[0]]
             if not isinstance(sealed, bytes) or not SEALED_MIN <= len(sealed) <= SEALED_MAX:
-                raise LogError(f"namespace entry's sealed op must be {SEALED_MIN}-{SEALED_MAX} bytes")
+                raise LogError(f"namespace entry's sealed ops must be {SEALED_MIN}-{SEALED_MAX} bytes")
+        elif forms[0] == "ops":
+            check_ops(entry.payload["ops"])
         else:
             check_op(entry.payload["op"])
     elif entry.kind in OPERATOR_KINDS:
@@ -754,9 +808,9 @@ class LogState:
         """The counted plaintext namespace operations of one volume, ready for ``namespace.build``."""
         ops = []
         for entry in self.counted():
-            if entry.kind == NAMESPACE and entry.payload.get("volume") == volume and "op" in entry.payload:
-                op = entry.payload["op"]
-                ops.append(Op(entry.id, entry.hlc, entry.author, op["kind"], op["args"]))
+            if entry.kind == NAMESPACE and entry.payload.get("volume") == volume and (
+                    "op" in entry.payload or "ops" in entry.payload):
+                ops += entry_ops(entry)
         return ops
 
     def digest(self) -> bytes:

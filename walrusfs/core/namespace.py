@@ -83,18 +83,26 @@ class Content:
 
 @dataclass(frozen=True)
 class Op:
-    """One namespace operation as recorded in the log."""
+    """One namespace operation as recorded in the log.
+
+    An entry that carries one op gives it the entry's ID; an entry that carries a batch
+    gives each op an ID of its own and the same ``batch`` key, and ``index`` is its place
+    in the batch (see ``log.entry_ops``), so the ops of one entry follow each other in the
+    order they were written.
+    """
 
     op_id: bytes
     hlc: int
     author: bytes
     kind: str
     args: Mapping[str, Any]
+    batch: bytes = b""
+    index: int = 0
 
     @property
-    def order(self) -> tuple[int, bytes, bytes]:
+    def order(self) -> tuple[int, bytes, bytes, int]:
         """Position in the total order every mount applies operations in."""
-        return (self.hlc, self.author, self.op_id)
+        return (self.hlc, self.author, self.batch or self.op_id, self.index)
 
 
 @dataclass
@@ -162,7 +170,7 @@ class Namespace:
         self.nodes: dict[bytes, Node] = {ROOT: Node(ROOT, DIRECTORY, 0o755, 0)}
         self.children: dict[bytes, dict[str, bytes]] = {ROOT: {}}
         self.aliases: dict[bytes, bytes] = {}
-        self.last: tuple[int, bytes, bytes] | None = None
+        self.last: tuple[int, bytes, bytes, int] | None = None
 
     # ------------------------------------------------------------------ queries
 

@@ -15,8 +15,10 @@ a key. The price is the one Tahoe's convergent encryption pays: someone holding 
 key can tell that two chunks are equal. Blob IDs are computed over the ciphertext, so
 peers verify and heal sealed chunks exactly as any other blob.
 
-Namespace payloads (op maps) are sealed under a key derived from the read key with a
-fresh random nonce per entry; identical ops need not look identical.
+Namespace payloads (an op map, or a batch: a list of op maps) are sealed under a key
+derived from the read key with a fresh random nonce per entry; identical ops need not look
+identical. A batch is sealed with associated data of its own, so a sealed op can never be
+opened as a batch or the other way round.
 
 Every failure to open (tampering, wrong key, wrong volume, truncation, a payload that is
 not an op map) raises ``SealError`` and nothing else.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +70,7 @@ _PERSON_CHUNK_NONCE = b"wfs1-chunk-nonce"
 _PERSON_PAYLOAD_KEY = b"wfs1-ns-key"
 _AD_CHUNK = b"walrusfs-chunk"
 _AD_PAYLOAD = b"walrusfs-namespace"
+_AD_OPS = b"walrusfs-namespace-ops"
 _AD_BLOB = b"walrusfs-blob"
 
 
@@ -139,30 +142,24 @@ def open_chunk(read_key: bytes, volume: bytes, plaintext_hash: bytes, ciphertext
         raise SealError("sealed chunk does not open: wrong read key or volume, or the data was altered") from None
 
 
-def _payload_ad(volume: bytes, context: bytes) -> bytes:
+def _payload_ad(volume: bytes, context: bytes, domain: bytes = _AD_PAYLOAD) -> bytes:
     # Length-prefixed so (volume, context) pairs can never collide.
-    return _AD_PAYLOAD + bytes([SEAL_VERSION]) + bytes(volume) + len(context).to_bytes(4, "big") + bytes(context)
+    return domain + bytes([SEAL_VERSION]) + bytes(volume) + len(context).to_bytes(4, "big") + bytes(context)
 
 
-def seal_payload(read_key: bytes, volume: bytes, op: Mapping[str, Any], context: bytes = b"") -> bytes:
-    """Encrypt a namespace op map: a random 24-byte nonce, then the AEAD of its canonical CBOR.
-
-    ``context`` is bound but not stored: the entry fields peers see in the clear (device,
-    sequence), so a sealed op cannot be moved to another entry.
-    """
+def _seal_message(read_key: bytes, volume: bytes, message: Mapping[str, Any], context: bytes, domain: bytes) -> bytes:
     _check_len("read key", read_key, KEY_BYTES)
     _check_len("volume ID", volume, VOLUME_BYTES)
     # Wrapped in a versioned message so opening reuses the vetted canonical decoder.
-    body = wire.encode({"v": wire.WIRE_VERSION, "op": dict(op)})
+    body = wire.encode({"v": wire.WIRE_VERSION, **message})
     if len(body) > MAX_PAYLOAD:
-        raise SealError(f"op map of {len(body)} bytes exceeds the limit of {MAX_PAYLOAD}")
+        raise SealError(f"namespace payload of {len(body)} bytes exceeds the limit of {MAX_PAYLOAD}")
     key = _derive(read_key, b"", _PERSON_PAYLOAD_KEY, KEY_BYTES)
     nonce = os.urandom(NONCE_BYTES)
-    return nonce + _aead_encrypt(body, _payload_ad(volume, context), nonce, key)
+    return nonce + _aead_encrypt(body, _payload_ad(volume, context, domain), nonce, key)
 
 
-def open_payload(read_key: bytes, volume: bytes, sealed: bytes, context: bytes = b"") -> dict[str, Any]:
-    """The op map sealed by ``seal_payload``; ``SealError`` on tampering, wrong key or a non-map."""
+def _open_message(read_key: bytes, volume: bytes, sealed: bytes, context: bytes, domain: bytes) -> dict[str, Any]:
     _check_len("read key", read_key, KEY_BYTES)
     _check_len("volume ID", volume, VOLUME_BYTES)
     if not isinstance(sealed, (bytes, bytearray, memoryview)):
@@ -174,18 +171,49 @@ def open_payload(read_key: bytes, volume: bytes, sealed: bytes, context: bytes =
     sealed = bytes(sealed)
     key = _derive(read_key, b"", _PERSON_PAYLOAD_KEY, KEY_BYTES)
     try:
-        body = _aead_decrypt(sealed[NONCE_BYTES:], _payload_ad(volume, context), sealed[:NONCE_BYTES], key)
+        body = _aead_decrypt(sealed[NONCE_BYTES:], _payload_ad(volume, context, domain), sealed[:NONCE_BYTES], key)
     except CryptoError:
         raise SealError("sealed payload does not open: wrong read key or volume, or the entry was altered") from None
     try:
-        message = wire.decode(body, MAX_PAYLOAD)
-        op = wire.field(message, "op", dict)
+        return wire.decode(body, MAX_PAYLOAD)
     except wire.MessageError as exc:
-        # Only a read-key holder can get here: it sealed something that is not an op map.
-        raise SealError(f"sealed payload is not an op map: {exc}") from None
-    if set(message) != {"v", "op"} or not all(isinstance(name, str) for name in op):
+        # Only a read-key holder can get here: it sealed something that is not a message.
+        raise SealError(f"sealed payload is not a namespace message: {exc}") from None
+
+
+def _op_map(op: object) -> bool:
+    return isinstance(op, dict) and all(isinstance(name, str) for name in op)
+
+
+def seal_payload(read_key: bytes, volume: bytes, op: Mapping[str, Any], context: bytes = b"") -> bytes:
+    """Encrypt a namespace op map: a random 24-byte nonce, then the AEAD of its canonical CBOR.
+
+    ``context`` is bound but not stored: the entry fields peers see in the clear (device,
+    sequence), so a sealed op cannot be moved to another entry.
+    """
+    return _seal_message(read_key, volume, {"op": dict(op)}, context, _AD_PAYLOAD)
+
+
+def open_payload(read_key: bytes, volume: bytes, sealed: bytes, context: bytes = b"") -> dict[str, Any]:
+    """The op map sealed by ``seal_payload``; ``SealError`` on tampering, wrong key or a non-map."""
+    message = _open_message(read_key, volume, sealed, context, _AD_PAYLOAD)
+    if set(message) != {"v", "op"} or not _op_map(message["op"]):
         raise SealError("sealed payload is not an op map with text keys")
-    return op
+    return message["op"]
+
+
+def seal_ops(read_key: bytes, volume: bytes, ops: Sequence[Mapping[str, Any]], context: bytes = b"") -> bytes:
+    """Encrypt a batch of namespace op maps as one payload, bound to ``context`` like ``seal_payload``."""
+    return _seal_message(read_key, volume, {"ops": [dict(op) for op in ops]}, context, _AD_OPS)
+
+
+def open_ops(read_key: bytes, volume: bytes, sealed: bytes, context: bytes = b"") -> list[dict[str, Any]]:
+    """The op maps sealed by ``seal_ops`` (at least one); ``SealError`` on tampering, wrong key or anything else."""
+    message = _open_message(read_key, volume, sealed, context, _AD_OPS)
+    ops = message.get("ops")
+    if set(message) != {"v", "ops"} or not isinstance(ops, list) or not ops or not all(map(_op_map, ops)):
+        raise SealError("sealed payload is not a list of op maps with text keys")
+    return ops
 
 
 def seal_blob(key: bytes, plaintext: bytes) -> bytes:

@@ -530,11 +530,12 @@ class Contents:
         async with self._published:
             self._published.notify_all()
 
-    async def sync(self, node: bytes) -> None:
+    async def sync(self, node: bytes, publish: bool = True) -> None:
         """fsync: return once the file's chunks are certified and its namespace entry is in the log.
 
         Raises ``QuotaRefused`` if the peers refuse the upload started for it (no grant, or
-        over quota): waiting would never end, and the file stays staged.
+        over quota): waiting would never end, and the file stays staged. Without
+        ``publish``, return once its namespace write is signed (the caller waits for the log).
         """
         refusals = self._denials[node]
         await self.commit(node, upload_now=True)
@@ -546,6 +547,8 @@ class Contents:
                     if self._denials[node] != refusals:
                         raise QuotaRefused(self.denied.get(node) or "refused by the peers")
                     await self._published.wait()
+        if not publish:
+            return
         try:
             await self.vlog.wait_published(fail_refused=True)
         except PublishRefused as exc:
@@ -556,7 +559,8 @@ class Contents:
         refused: QuotaRefused | None = None
         for node in list(self.staged):
             try:
-                await self.sync(node)
+                # Published together below: one batch, not one per file.
+                await self.sync(node, publish=False)
             except QuotaRefused as exc:
                 refused = refused or exc
         try:

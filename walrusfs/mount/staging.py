@@ -4,7 +4,8 @@ Everything here blocks; the mount calls it from worker threads. The state direct
 
 * ``device.key``: this mount's Ed25519 device key (its own log chain, delegated by the
   volume key), so a restarted mount continues its chain instead of equivocating;
-* ``mount.sqlite`` (WAL): the device's signed entries with a published flag, one row per
+* ``mount.sqlite`` (WAL): the device's signed entries with a published flag, the ops of
+  the batch it has not signed yet (signed on the next start should the mount stop), one row per
   staged file (which chunks live in the staging file, which are blobs already, and whether
   a writer had it open), and the files a crash left incomplete;
 * ``staging/NODE``: sparse files holding the staged bytes of dirty chunks;
@@ -38,6 +39,8 @@ log = logging.getLogger("walrusfs.mount")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS own_entries (seq INTEGER PRIMARY KEY, encoded BLOB NOT NULL, published INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS own_pending (seq INTEGER NOT NULL, idx INTEGER NOT NULL, hlc INTEGER NOT NULL,
+                                        op BLOB NOT NULL, PRIMARY KEY (seq, idx));
 CREATE TABLE IF NOT EXISTS staged (node BLOB PRIMARY KEY, file TEXT NOT NULL, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS incomplete (node BLOB PRIMARY KEY, record BLOB NOT NULL);
 """
@@ -220,9 +223,27 @@ class MountState:
         return [(bytes(e), bool(p)) for e, p in rows]
 
     def add_own_entry(self, seq: int, encoded: bytes) -> None:
-        """Record a newly signed entry before anyone sees it (so the chain survives a crash)."""
+        """Record a newly signed entry before anyone sees it (so the chain survives a crash); its batch's pending ops go with it."""
         with self._lock:
-            self._db.execute("INSERT INTO own_entries VALUES (?, ?, 0)", (seq, encoded))
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute("INSERT INTO own_entries VALUES (?, ?, 0)", (seq, encoded))
+                self._db.execute("DELETE FROM own_pending WHERE seq <= ?", (seq,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def add_pending_op(self, seq: int, index: int, hlc: int, op: bytes) -> None:
+        """Record an op of the batch not signed yet (entry ``seq``, place ``index``), before the kernel is answered."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO own_pending VALUES (?, ?, ?, ?)", (seq, index, hlc, op))
+
+    def pending_ops(self) -> list[tuple[int, int, int, bytes]]:
+        """The ops of unsigned batches: (seq, index, stamp, encoded op), in order."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, idx, hlc, op FROM own_pending ORDER BY seq, idx").fetchall()
+        return [(seq, index, hlc, bytes(op)) for seq, index, hlc, op in rows]
 
     def mark_published(self, up_to: int) -> None:
         """Entries up to ``up_to`` are held by enough peers."""

@@ -6,14 +6,21 @@ entries only delays them) and checks every entry itself. The volume's tree is th
 namespace fold over the counted entries, updated in place while operations arrive in
 order and rebuilt when one lands earlier in the total order.
 
-Its own operations are signed at once, recorded in the state database and applied locally;
-a publisher pushes them, in chain order, to every peer and counts one as published once
-peers holding f + 1 shards accepted it (they relay it to the rest).
+Its own operations are applied locally and recorded in the state database at once, and
+signed in batches: the ops of a burst (an untar, a copy) go into one entry, signed
+``BATCH_LINGER`` after the first of them, when the batch is full, when an op of another
+device arrives that a later op may depend on, or at once when someone waits for them to
+be published (fsync). Each op's identity and place in the total order are fixed when it is
+applied (its entry's author and seq, and its index; see ``log.batch_op``), so the tree this
+mount shows before the batch is signed is the one every mount folds after. A publisher
+pushes the entries, in chain order, to every peer and counts one as published once peers
+holding f + 1 shards accepted it (they relay it to the rest).
 
-In a private volume each op is sealed under the read key (bound to its volume, author and
-sequence number), so peers see who wrote when, not what. Peers cannot range-check a
-sealed op; this mount does, after opening it, with the same ``check_op`` peers apply to
-plaintext ops, so a writer's out-of-range value never reaches the fold.
+In a private volume each entry's ops are sealed as one payload under the read key (bound
+to its volume, author and sequence number), so peers see who wrote when, not what. Peers
+cannot range-check sealed ops; this mount does, after opening them, with the same
+``check_op`` peers apply to plaintext ops, so a writer's out-of-range value never reaches
+the fold (an entry with one bad op is skipped whole, as peers reject a plaintext one).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -31,27 +39,31 @@ from p2p.rpc import PeerUnavailable
 from ..client.blob import Client
 from ..client.logpages import RoundBudget, heads_pages, range_pages
 from ..client.members import member_fault
+from ..core import wire
 from ..core.errors import CodecError
 from ..core.lifecycle import Writer
 from ..core.log import (
     GENESIS,
+    MAX_BATCH_OPS,
     NAMESPACE,
     Entry,
     LogError,
     LogState,
     Outcome,
     TooEarly,
+    batch_op,
     check_entry,
     check_op,
+    check_ops,
     decode_entry,
     delegate_device,
+    entry_ops,
     next_hlc,
     sign_entry,
 )
 from ..core.messages import LOG_PUSH, check_push_reply, entries_within, reply_budget
 from ..core.namespace import Namespace, Op, build
-from ..core.sealing import SealError, open_payload, seal_payload
-from ..core.wire import field
+from ..core.sealing import SealError, open_ops, open_payload, seal_ops
 from .staging import MountState
 from .volumes import Volume
 
@@ -70,6 +82,26 @@ HOLD_BYTES = 4 << 20
 #: ``walrusfs status``): a wrong read key fails every entry of the volume, and a log line
 #: per entry would bury the one error that says so.
 UNREADABLE_WARNINGS = 3
+#: Bytes of encoded ops one batch holds at most: with the delegation, sponsorship and
+#: sealing around them the entry stays well below the log's 64 KiB.
+BATCH_BYTES = 48 << 10
+#: Seconds a batch stays open after its first op at most (fsync signs it at once): other
+#: mounts see a burst's ops this much later, and peers check one signature for all of them.
+BATCH_LINGER = 0.25
+
+
+@dataclass
+class _Batch:
+    """The device's next entry while it is open: ops applied here and recorded, not yet signed."""
+
+    seq: int
+    hlc: int
+    opened: float
+    #: The largest stamp of another device's ops applied here when the batch opened.
+    foreign_hlc: int
+    raws: list[dict[str, Any]] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
+    size: int = 0
 
 
 def entry_context(author: bytes, seq: int) -> bytes:
@@ -128,8 +160,15 @@ class VolumeLog:
         self.refused: str | None = None
         self.sync_error: str | None = None
         self.sync_summary = ""
-        #: Entry ID -> its op (None: unreadable), so a refold opens no entry twice.
-        self._ops: dict[bytes, Op | None] = {}
+        #: Entry ID -> its ops (None: unreadable), so a refold opens no entry twice.
+        self._ops: dict[bytes, list[Op] | None] = {}
+        #: The device's next entry while it is open, and ops of it (or of one just signed)
+        #: the tree holds already.
+        self._batch: _Batch | None = None
+        self._batch_opened = trio.Event()
+        self._own_applied: set[bytes] = set()
+        #: The largest stamp of another device's op this tree holds.
+        self._foreign_hlc = 0
         #: Sealed entries this side cannot open (no read key, or a wrong one), and ones
         #: that open to an op the fold may not apply.
         self.unreadable = 0
@@ -138,7 +177,7 @@ class VolumeLog:
     # ------------------------------------------------------------------ own chain
 
     async def load(self) -> None:
-        """Replay this device's stored chain, so it continues where it left off."""
+        """Replay this device's stored chain, so it continues where it left off (signing a batch a stop left open)."""
         entries = []
         for encoded, published in await trio.to_thread.run_sync(self.store.own_entries):
             entry = decode_entry(encoded)
@@ -148,6 +187,21 @@ class VolumeLog:
             if published:
                 self.published = entry.seq
         self._refresh_namespace(entries)
+        pending = [row for row in await trio.to_thread.run_sync(self.store.pending_ops) if row[0] == self.head + 1]
+        if pending and self.delegation is not None:
+            # Applied and recorded before the mount stopped, never signed: sign them now, with
+            # the place and stamp they had, so they keep the identities they were shown with.
+            batch = self._batch = _Batch(pending[0][0], pending[0][2], trio.current_time(), self._foreign_hlc)
+            for _, index, _, encoded in pending:
+                message = wire.decode(encoded, 1 << 20)
+                raw = {"kind": message["kind"], "args": message["args"]}
+                self._add(batch, raw, len(encoded))
+            self.last_hlc = max(self.last_hlc, batch.hlc)
+            async with self._author_lock:
+                await self._sign_batch()
+        elif pending:
+            log.warning("%d namespace ops of an unsigned batch stay unsigned: this mount holds no volume key",
+                        len(pending))
         if self.published < self.state.head(self.device_id):
             self._unpublished.set()
 
@@ -157,40 +211,96 @@ class VolumeLog:
         return self.state.head(self.device_id)
 
     async def append(self, kind: str, args: dict[str, Any]) -> Op:
-        """Sign, record and apply one namespace operation; publishing follows in the background."""
+        """Apply and record one namespace operation; it is signed with the rest of its batch, publishing follows."""
         if self.delegation is None:
             raise PermissionError("this mount holds no volume key")
+        if self.volume.read_key is None and self.sealed_seen:
+            # A key file without its read key must not write plaintext into a private volume.
+            raise PermissionError("this volume is private and this mount holds no read key")
+        raw = {"kind": kind, "args": args}
+        check_op(raw)  # peers would refuse the whole batch for one bad op
+        encoded = wire.encode({"v": wire.WIRE_VERSION, **raw})
         async with self._author_lock:
-            chain = self.state.chains.get(self.device_id, [])
-            prev = chain[-1].id if chain else GENESIS
-            self.last_hlc = next_hlc(self.last_hlc, int(time.time() * 1000), self.max_seen)
-            payload: dict[str, Any] = {"volume": self.volume.public_key, "delegation": self.delegation,
-                                       **self.sponsor}
-            op = {"kind": kind, "args": args}
-            seq = len(chain) + 1
-            if self.volume.read_key is not None:
-                payload["sealed"] = seal_payload(self.volume.read_key, self.volume.public_key, op,
-                                                 entry_context(self.device_id, seq))
-            elif self.sealed_seen:
-                # A key file without its read key must not write plaintext into a private volume.
-                raise PermissionError("this volume is private and this mount holds no read key")
-            else:
-                payload["op"] = op
-            entry = sign_entry(self.device, seq, prev, self.last_hlc, NAMESPACE, payload)
-            await trio.to_thread.run_sync(self.store.add_own_entry, entry.seq, entry.encode())
-            outcome, _ = self.state.apply(entry, checked=True)
-            if outcome is not Outcome.ACCEPTED:  # pragma: no cover - our own chain
-                raise LogError(f"own entry not accepted locally: {outcome.value}")
-            self._refresh_namespace([entry])
-            self._unpublished.set()
-            return Op(entry.id, entry.hlc, entry.author, kind, args)
+            batch = self._batch
+            if batch is not None and (
+                    len(batch.ops) >= MAX_BATCH_OPS or batch.size + len(encoded) > BATCH_BYTES
+                    # Another device's op arrived after the batch opened, stamped at or after
+                    # it: what is written now may depend on it, so it must come later.
+                    or batch.foreign_hlc < self._foreign_hlc >= batch.hlc):
+                await self._sign_batch()
+                batch = None
+            if batch is None:
+                self.last_hlc = next_hlc(self.last_hlc, int(time.time() * 1000), self.max_seen)
+                batch = self._batch = _Batch(self.head + 1, self.last_hlc, trio.current_time(), self._foreign_hlc)
+                self._batch_opened.set()
+            await trio.to_thread.run_sync(self.store.add_pending_op, batch.seq, len(batch.ops), batch.hlc, encoded)
+            return self._add(batch, raw, len(encoded))
+
+    def _add(self, batch: _Batch, raw: dict[str, Any], size: int) -> Op:
+        """Put an op in the open batch and apply it to the tree."""
+        op = batch_op(self.device_id, batch.seq, batch.hlc, len(batch.ops), raw)
+        batch.raws.append(raw)
+        batch.ops.append(op)
+        batch.size += size
+        self._own_applied.add(op.op_id)
+        if self.namespace.last is None or op.order > self.namespace.last:
+            self.namespace.apply(op)
+        else:  # another device's op stamped later than ours is applied already
+            self.namespace = build(self._all_ops())
+        return op
+
+    async def _sign_batch(self) -> None:
+        """Sign the open batch as the device's next entry and record it (the caller holds the author lock)."""
+        batch = self._batch
+        if batch is None:
+            return
+        chain = self.state.chains.get(self.device_id, [])
+        assert batch.seq == len(chain) + 1, "only _sign_batch signs this device's entries"
+        prev = chain[-1].id if chain else GENESIS
+        payload: dict[str, Any] = {"volume": self.volume.public_key, "delegation": self.delegation, **self.sponsor}
+        if self.volume.read_key is not None:
+            payload["sealed_ops"] = seal_ops(self.volume.read_key, self.volume.public_key, batch.raws,
+                                             entry_context(self.device_id, batch.seq))
+        else:
+            payload["ops"] = batch.raws
+        entry = sign_entry(self.device, batch.seq, prev, batch.hlc, NAMESPACE, payload)
+        await trio.to_thread.run_sync(self.store.add_own_entry, entry.seq, entry.encode())
+        outcome, _ = self.state.apply(entry, checked=True)
+        if outcome is not Outcome.ACCEPTED:  # pragma: no cover - our own chain
+            raise LogError(f"own entry not accepted locally: {outcome.value}")
+        self._ops[entry.id] = list(batch.ops)
+        self._batch = None
+        self._refresh_namespace([entry])  # its ops are applied already: nothing changes
+        self._unpublished.set()
+
+    async def flush(self) -> None:
+        """Sign the open batch now (someone waits for it to be published)."""
+        if self._batch is not None:
+            async with self._author_lock:
+                await self._sign_batch()
+
+    async def _batcher(self) -> None:
+        """Sign each batch ``BATCH_LINGER`` after it opened, unless it was signed before."""
+        while True:
+            await self._batch_opened.wait()
+            self._batch_opened = trio.Event()
+            batch = self._batch
+            if batch is None:
+                continue
+            await trio.sleep_until(batch.opened + BATCH_LINGER)
+            async with self._author_lock:
+                if self._batch is batch:
+                    await self._sign_batch()
 
     async def wait_published(self, seq: int | None = None, fail_refused: bool = False) -> None:
-        """Return once entries up to ``seq`` (default: all signed so far) are held by f + 1 shards.
+        """Return once entries up to ``seq`` (default: every op applied so far) are held by f + 1 shards.
 
-        With ``fail_refused``, raise ``PublishRefused`` instead of waiting while the peers
-        refuse this device's entries as not authorized (fsync must not wait forever).
+        An open batch those entries include is signed at once. With ``fail_refused``, raise
+        ``PublishRefused`` instead of waiting while the peers refuse this device's entries
+        as not authorized (fsync must not wait forever).
         """
+        if self._batch is not None and (seq is None or seq >= self._batch.seq):
+            await self.flush()
         target = self.head if seq is None else seq
         async with self._published_changed:
             while self.published < target:
@@ -240,7 +350,7 @@ class VolumeLog:
                        for o in outcomes):
                     holders.append(peer)
                 else:
-                    results = field(reply, 'results', list)
+                    results = wire.field(reply, 'results', list)
                     problems[peer] = f"rejected: {results[:1]}"
                     reason = next((r[1] for r in results if isinstance(r, list) and len(r) == 2
                                    and isinstance(r[1], str) and r[1].startswith("not-authorized")), None)
@@ -389,6 +499,7 @@ class VolumeLog:
         """Follow the log and publish own entries until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publisher)
+            nursery.start_soon(self._batcher)
             while True:
                 try:
                     if not await self.sync_any():
@@ -400,24 +511,28 @@ class VolumeLog:
 
     # ------------------------------------------------------------------ namespace
 
-    def op_of(self, entry: Entry) -> Op | None:
-        """The namespace op an entry of this volume carries, opened if sealed; None if this side cannot read it."""
+    def ops_of(self, entry: Entry) -> list[Op] | None:
+        """The namespace ops an entry of this volume carries, opened if sealed; None if this side cannot read them."""
         if entry.id in self._ops:
             return self._ops[entry.id]
-        op: Op | None = None
-        if "op" in entry.payload:
-            raw = entry.payload["op"]
-            op = Op(entry.id, entry.hlc, entry.author, raw["kind"], raw["args"])
+        ops: list[Op] | None = None
+        if "op" in entry.payload or "ops" in entry.payload:
+            ops = entry_ops(entry)
         else:
             self.sealed_seen += 1
             read_key = self.volume.read_key
             try:
                 if read_key is None:
                     raise SealError("no read key")
-                raw = open_payload(read_key, self.volume.public_key, entry.payload["sealed"],
-                                   entry_context(entry.author, entry.seq))
-                check_op(raw)  # what peers check for plaintext ops, now that it can be read
-                op = Op(entry.id, entry.hlc, entry.author, raw["kind"], raw["args"])
+                context = entry_context(entry.author, entry.seq)
+                if "sealed" in entry.payload:
+                    raw = open_payload(read_key, self.volume.public_key, entry.payload["sealed"], context)
+                    check_op(raw)  # what peers check for plaintext ops, now that it can be read
+                    ops = entry_ops(entry, [raw])
+                else:
+                    raws = open_ops(read_key, self.volume.public_key, entry.payload["sealed_ops"], context)
+                    check_ops(raws)  # one bad op: the entry is skipped whole, as peers reject a plaintext one
+                    ops = entry_ops(entry, raws)
             except (SealError, LogError) as exc:
                 self.unreadable += 1
                 if read_key is not None and self.unreadable <= UNREADABLE_WARNINGS:
@@ -425,18 +540,30 @@ class VolumeLog:
                                 entry.author.hex()[:12], exc,
                                 "; further ones are only counted (walrusfs status MOUNT)"
                                 if self.unreadable == UNREADABLE_WARNINGS else "")
-        self._ops[entry.id] = op
-        return op
+        self._ops[entry.id] = ops
+        return ops
 
     def ops(self) -> list[Op]:
         """The volume's counted namespace ops this side can read, ready for ``namespace.build``."""
-        return [op for op in map(self.op_of, self.state.namespace_entries(self.volume.public_key)) if op is not None]
+        return [op for entry in self.state.namespace_entries(self.volume.public_key)
+                for op in self.ops_of(entry) or ()]
+
+    def _all_ops(self) -> list[Op]:
+        """The counted ops and those of the open batch: what the tree shows."""
+        return self.ops() + (list(self._batch.ops) if self._batch is not None else [])
 
     def _refresh_namespace(self, accepted: Sequence[Entry]) -> None:
         mine = [e for e in accepted if e.kind == NAMESPACE and e.payload.get("volume") == self.volume.public_key]
-        ops = [op for op in map(self.op_of, mine) if op is not None]
-        if not ops:
+        ops = [op for entry in mine for op in self.ops_of(entry) or ()]
+        # This device's ops were applied when they were written, before their batch was signed.
+        fresh = [op for op in ops if op.op_id not in self._own_applied]
+        self._own_applied.difference_update(op.op_id for op in ops)
+        if not fresh:
             return
+        ops = fresh
+        for op in ops:
+            if op.author != self.device_id:
+                self._foreign_hlc = max(self._foreign_hlc, op.hlc)
         # Files another device rewrote: the mount gives them fresh inodes, since a kernel
         # with the writeback cache keeps trusting its own size and pages for old ones.
         # (A read's atime alone is no rewrite: the kernel takes atime from every getattr.)
@@ -448,7 +575,7 @@ class VolumeLog:
                 self.namespace.apply(op)
         else:
             # An operation landed earlier in the total order: refold from scratch.
-            self.namespace = build(self.ops())
+            self.namespace = build(self._all_ops())
         if self.on_change is not None:
             self.on_change(rewritten)
 
