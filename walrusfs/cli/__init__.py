@@ -24,6 +24,7 @@ from .grants import grant
 from .log import log_command
 from .mounts import mount, status, umount
 from .peers import health, init, peer
+from .quilts import list_quilt, read_quilt, store_quilt
 from .volumes import gc, volume
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -65,8 +66,8 @@ def main() -> None:
 
 # One module per command group (as borgbackup's archiver does); each defines its commands
 # and main collects them here.
-for _command in (audit, blob_id, blob_status, delete, devnet, extend, gc, grant, health, init, log_command, mount,
-                 peer, read, status, store, umount, volume):
+for _command in (audit, blob_id, blob_status, delete, devnet, extend, gc, grant, health, init, list_quilt, log_command,
+                 mount, peer, read, read_quilt, status, store, store_quilt, umount, volume):
     main.add_command(_command)
 
 
