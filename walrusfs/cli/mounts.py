@@ -151,6 +151,10 @@ def _background(log_path: Path, mountpoint: Path, state_dir: Path) -> Callable[[
               help="Staging, cache and device key (default: the user state directory, per volume).")
 @click.option("--chunk-size", default="4MiB", callback=parse_size, show_default=True, help="Size of the chunks new content is cut into.")
 @click.option("--cache-size", default="1GiB", callback=parse_size, show_default=True, help="Local cache of verified chunks.")
+@click.option("--pack-below", default="256KiB", show_default=True,
+              callback=lambda ctx, param, value: 0 if value.strip() == "0" else parse_size(ctx, param, value),
+              help="Files at most this large that are closed together (an untar, cp -r) are stored packed, many "
+                   "in one blob (0: every file in blobs of its own).")
 @click.option("--startup-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
               help="Seconds a first mount waits for a peer to serve the log before giving up (a mount "
                    "used before comes up after 5 s without peers, serving what it has).")
@@ -180,7 +184,7 @@ def _background(log_path: Path, mountpoint: Path, state_dir: Path) -> Callable[[
               help="TEST ONLY: encode chunks the way a malicious writer would.")
 @writer_key_option
 def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_path: Path | None, read_only: bool, state_dir: Path | None,
-          chunk_size: int, cache_size: int, startup_timeout: float, keep_owners: bool, uid: int | None, gid: int | None,
+          chunk_size: int, cache_size: int, pack_below: int, startup_timeout: float, keep_owners: bool, uid: int | None, gid: int | None,
           umask: int, allow_other: bool, background: bool, log_file: Path | None, fsname: str, debug: bool,
           trash_time: str | None, fault: str | None, writer_key: Path | None) -> None:
     """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u).
@@ -262,7 +266,8 @@ def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_p
     try:
         trio.run(lambda: serve_mount(
             mountpoint, vol, committee, state_dir, read_only=read_only,
-            chunk_size=chunk_size, cache_bytes=cache_size, announce=lambda text: click.echo(text, err=True),
+            chunk_size=chunk_size, cache_bytes=cache_size, pack_below=pack_below,
+            announce=lambda text: click.echo(text, err=True),
             inconsistent_writer=fault == "inconsistent-writer", startup_limit=startup_timeout,
             keep_owners=keep_owners, account=account, trash_seconds=trash_seconds, allow_other=allow_other,
             owner=None if uid is None and gid is None else (os.getuid() if uid is None else uid,

@@ -358,7 +358,7 @@ def check_op(op: Any) -> None:
     if op["kind"] == "write":
         content = args.get("content")
         if (not isinstance(content, dict) or not {"size", "chunk_size", "chunks"} <= set(content)
-                or not set(content) <= {"size", "chunk_size", "chunks", "hashes"}
+                or not set(content) <= {"size", "chunk_size", "chunks", "hashes", "offsets"}
                 or not in_range("size", content["size"]) or not in_range("chunk_size", content["chunk_size"])
                 or content["chunk_size"] == 0
                 or not isinstance(content["chunks"], list)
@@ -371,6 +371,13 @@ def check_op(op: Any) -> None:
                 and all((h is None) == (c is None) and (h is None or (isinstance(h, bytes) and len(h) == 32))
                         for h, c in zip(hashes, content["chunks"]))):
             raise LogError("namespace op write: hashes must give one 32-byte plaintext hash per stored chunk")
+        offsets = content.get("offsets")
+        if offsets is not None and not (
+                isinstance(offsets, list) and len(offsets) == len(content["chunks"])
+                and all((o is None) or (c is not None and in_range("size", o))
+                        for o, c in zip(offsets, content["chunks"]))):
+            raise LogError("namespace op write: offsets must give, per chunk, null or where in its blob a packed "
+                           "chunk starts (a non-negative 63-bit integer)")
     if args.get("last_name") is not None and not _file_name(args["last_name"]):
         raise LogError(f"namespace op {op['kind']}: last_name must be a file name")
     if op["kind"] == "symlink" and not (isinstance(args.get("target"), str) and "\0" not in args["target"]

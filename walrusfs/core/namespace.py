@@ -68,17 +68,24 @@ class Content:
     """A file's bytes: ``size`` bytes in chunks of ``chunk_size``, each a blob ID (None = a hole).
 
     In a private volume each chunk is sealed, and ``hashes`` holds its plaintext hash (the
-    chunk's key is derived from it); a public volume's content has no hashes.
+    chunk's key is derived from it); a public volume's content has no hashes. A chunk with
+    an offset in ``offsets`` is packed: its (sealed) bytes are that range of a blob many
+    small files share (a pack), not the whole blob.
     """
 
     size: int = 0
     chunk_size: int = 4 << 20
     chunks: tuple[bytes | None, ...] = ()
     hashes: tuple[bytes | None, ...] = ()
+    offsets: tuple[int | None, ...] = ()
 
     def hash_of(self, index: int) -> bytes | None:
         """The plaintext hash that opens chunk ``index`` (None in a public volume)."""
         return self.hashes[index] if index < len(self.hashes) else None
+
+    def offset_of(self, index: int) -> int | None:
+        """Where packed chunk ``index`` starts in its blob (None: the chunk is the whole blob)."""
+        return self.offsets[index] if index < len(self.offsets) else None
 
 
 @dataclass(frozen=True)
@@ -301,7 +308,7 @@ class Namespace:
         content = args["content"]
         if not isinstance(content, Content):
             content = Content(content["size"], content["chunk_size"], tuple(content["chunks"]),
-                              tuple(content.get("hashes", ())))
+                              tuple(content.get("hashes", ())), tuple(content.get("offsets", ())))
         if not (in_range("size", content.size) and in_range("chunk_size", content.chunk_size) and content.chunk_size):
             return  # a size no kernel can be told, or chunks that reads would divide by zero for
         base = args.get("base")

@@ -9,6 +9,18 @@ Reads take staged chunks from the staging file and the others from the verified 
 cache or the peers, reading only the rows a small random read needs and one chunk ahead
 on sequential reads. Nothing unverified is ever returned: a failed read raises
 ``ReadError``.
+
+Small files closed in a burst (an untar, ``cp -r``) are packed: files of at most
+``pack_below`` bytes (one chunk) that become ready for upload within ``PACK_LINGER`` of
+each other are stored as one blob, each file's (sealed, in a private volume) bytes a range
+of it, and each file's ``write`` names the pack and where its bytes start (``offsets``).
+One blob, one certificate and one batched namespace entry for up to ``PACK_FILES`` files,
+instead of one of each per file. When the pack is small enough to be a quilt on this
+committee (``core.quilt``: each file on rows of its own, p - 1 files at most, so only on
+committees of many shards) it is laid out as one, else the files follow each other. A
+packed file reads back with a range read of the rows (primary slivers) its bytes lie on,
+verified like any read; those rows are kept for a while, since a neighbour is often read
+next. A lone file is stored as a blob of its own as before.
 """
 
 from __future__ import annotations
@@ -25,11 +37,12 @@ from typing import Any
 import trio
 
 from ..client.blob import AccessDenied, Client, InvalidBlobError, ReadError, StoreError
+from ..core import quilt
 from ..core.config import EncodingConfig
 from ..core.metadata import BlobId, BlobMetadata
 from ..core.namespace import ROOT, Node
 from ..core.redstuff import EncodedBlob, encode_blob
-from ..core.sealing import SealError, open_chunk, seal_chunk
+from ..core.sealing import TAG_BYTES, SealError, open_chunk, seal_chunk
 from .staging import ChunkCache, MountState, StagedFile
 from .volumelog import PublishRefused, VolumeLog
 
@@ -51,6 +64,18 @@ SHOWN_INCOMPLETE = 100
 #: Uploads wait until file operations paused this long, or were queued this long ago.
 IDLE_BEFORE_UPLOAD = 0.3
 MAX_UPLOAD_DELAY = 30.0  # like the kernel's dirty_expire_centisecs
+#: Files at most this large (and one chunk at most) are packed when several are ready at once
+#: (the mount's ``--pack-below``; 0 packs nothing).
+PACK_BELOW = 256 << 10
+#: A pack is stored once it holds PACK_FILES files or PACK_BYTES bytes, or PACK_LINGER
+#: seconds after its first file (an fsync waits at most that much longer).
+PACK_FILES = 256
+PACK_BYTES = 1 << 20
+PACK_LINGER = 0.1
+#: Packs stored at once.
+PACK_CONCURRENCY = 4
+#: Bytes of packs' rows kept in memory after a packed file's read (its neighbours follow).
+ROW_CACHE_BYTES = 16 << 20
 
 
 @dataclass
@@ -67,6 +92,50 @@ class UploadProgress:
     denied: AccessDenied | None = None
 
 
+@dataclass
+class _Packing:
+    """A file on its way into a pack: the generation and bytes read for it."""
+
+    node: bytes
+    staged: StagedFile
+    generation: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PackLayout:
+    """A pack's bytes and where each file's stored bytes start in it."""
+
+    data: bytes
+    offsets: tuple[int, ...]
+    #: Whether it is laid out as a quilt (``core.quilt``), each file on rows of its own.
+    quilt: bool
+
+
+def lay_out_pack(parts: list[bytes], config: EncodingConfig) -> PackLayout:
+    """The bytes of a pack of ``parts`` (each file's stored bytes, in order), as a quilt when one fits (pure).
+
+    Identical parts (equal files sealed convergently, or equal plaintext) share one range.
+    """
+    unique: dict[bytes, int] = {}
+    for part in parts:
+        unique.setdefault(part, len(unique))
+    distinct = list(unique)
+    if 1 < len(distinct) <= quilt.max_patches(config):
+        try:
+            # Identifiers say nothing about the files (names stay in the sealed namespace).
+            built = quilt.build_quilt([quilt.Patch(str(k), part) for k, part in enumerate(distinct)], config)
+            starts = [offset for offset, _ in built.data_ranges]
+            return PackLayout(built.data, tuple(starts[unique[part]] for part in parts), True)
+        except quilt.QuiltError:
+            pass  # larger than one quilt's symbols allow: plain layout
+    starts, position = [], 0
+    for part in distinct:
+        starts.append(position)
+        position += len(part)
+    return PackLayout(b"".join(distinct), tuple(starts[unique[part]] for part in parts), False)
+
+
 class QuotaRefused(Exception):
     """Peers refuse a file's upload for want of a grant or quota; the mount fails fsync and close with EDQUOT."""
 
@@ -81,8 +150,22 @@ def cache_key(blob: bytes, key_hash: bytes | None) -> tuple[bytes, str]:
 class Contents:
     """Staged and stored file contents of one mount."""
 
-    def __init__(self, client: Client, vlog: VolumeLog, state: MountState, cache: ChunkCache, chunk_size: int) -> None:
+    def __init__(self, client: Client, vlog: VolumeLog, state: MountState, cache: ChunkCache, chunk_size: int,
+                 pack_below: int = PACK_BELOW) -> None:
         self.client = client
+        self.pack_below = pack_below
+        #: Files handed to the packer (until their pack's writes are signed or it failed),
+        #: the queue of the pack being gathered, and files closed again meanwhile.
+        self._packing: dict[bytes, _Packing] = {}
+        self._pack_queue: list[_Packing] = []
+        self._pack_again: set[bytes] = set()
+        self._pack_added = trio.Event()
+        self._pack_limit = trio.Semaphore(PACK_CONCURRENCY)  # released by the pack's own task
+        self.packs_stored = 0
+        self.files_packed = 0
+        #: (blob, row) -> bytes of a pack's row a packed file's read fetched, least recent first.
+        self._rows: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._row_bytes = 0
         self.vlog = vlog
         self.state = state
         self.cache = cache
@@ -184,6 +267,7 @@ class Contents:
             self._nursery = nursery
             for _ in range(UPLOAD_WORKERS):
                 nursery.start_soon(self._worker)
+            nursery.start_soon(self._packer)
 
     def close(self) -> None:
         """Close staging file descriptors."""
@@ -225,11 +309,11 @@ class Contents:
         staged = self.staged.get(node.node_id)
         if staged is not None:
             length, chunk_size, chunks, dirty = staged.size, staged.chunk_size, staged.chunks, staged.dirty
-            hashes = staged.hashes
+            hashes, offsets = staged.hashes, staged.offsets
         else:
             content = node.content
             length, chunk_size, chunks, dirty = content.size, content.chunk_size, list(content.chunks), set()
-            hashes = list(content.hashes)
+            hashes, offsets = list(content.hashes), list(content.offsets)
         end = min(offset + size, length)
         if offset >= end:
             return b""
@@ -243,10 +327,15 @@ class Contents:
             if reason is not None:
                 # Even a cached copy is withheld: every reader gets the same outcome.
                 raise InvalidBlobError(reason)
+            packed = offsets[index] if index < len(offsets) else None
             if index in dirty:
                 data = await trio.to_thread.run_sync(self._pread, staged, high - low, start + low)
             elif blob is None:
                 data = b""
+            elif packed is not None:
+                chunk = await self.packed(blob, packed, min(chunk_size, length - start),
+                                          hashes[index] if index < len(hashes) else None)
+                data = chunk[low:high]
             elif (high - low) <= SMALL_READ and not sequential and index >= len(hashes) and not self._cached(blob):
                 # Only plaintext chunks: a sealed one opens whole (its tag covers all of it).
                 data = await self._read_range(blob, low, high - low)
@@ -256,7 +345,8 @@ class Contents:
             parts.append(data.ljust(high - low, b"\0"))
         if sequential and self._nursery is not None:
             following = last + 1
-            if following < len(chunks) and following not in dirty and chunks[following] is not None:
+            if (following < len(chunks) and following not in dirty and chunks[following] is not None
+                    and (following >= len(offsets) or offsets[following] is None)):
                 self._nursery.start_soon(self._read_ahead, chunks[following],
                                          hashes[following] if following < len(hashes) else None)
         return b"".join(parts)
@@ -323,6 +413,78 @@ class Contents:
             del self._fetching[ref]
             done.set()
 
+    async def packed(self, blob: bytes, offset: int, length: int, key_hash: bytes | None = None) -> bytes:
+        """A packed chunk's plaintext: ``length`` bytes (sealed: and the tag) at ``offset`` of pack ``blob``, verified.
+
+        Fetches only the rows (primary slivers) those bytes lie on, unless they were
+        fetched already for a neighbour. A range outside the blob is a ``ReadError`` of
+        this file alone (a writer named it; nothing else is touched).
+        """
+        name = f"{BlobId(blob)}.p{offset}-{length}" + (f".{key_hash.hex()[:32]}" if key_hash is not None else "")
+        ref = name.encode()
+        data = self._memory.get(ref)
+        if data is not None:
+            self._memory.move_to_end(ref)
+            return data
+        data = await trio.to_thread.run_sync(self.cache.get, name)
+        if data is None:
+            stored = await self._pack_range(blob, offset, length + (TAG_BYTES if key_hash is not None else 0))
+            data = stored if key_hash is None else await trio.to_thread.run_sync(self._open, blob, key_hash, stored)
+            await trio.to_thread.run_sync(self.cache.put, name, data)
+        self._remember(ref, data)
+        return data
+
+    async def _pack_range(self, blob: bytes, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of a blob, from whole rows (kept for the neighbours' reads)."""
+        try:
+            metadata = await self._metadata_of(blob)
+        except InvalidBlobError as exc:
+            self._invalid[blob] = str(exc)
+            raise
+        length = metadata.unencoded_length
+        if offset + size > length:
+            raise ReadError(f"this file's bytes {offset}..{offset + size} lie outside blob {BlobId(blob)} of "
+                            f"{length} bytes: the version that named them is broken")
+        row_length = self.client.config.primary_sliver_size(length)
+        first, last = offset // row_length, (offset + size - 1) // row_length
+        rows: dict[int, bytes] = {}
+        while len(rows) <= last - first:
+            missing = [r for r in range(first, last + 1) if r not in rows and (blob, r) not in self._rows]
+            for r in range(first, last + 1):
+                if (blob, r) in self._rows:
+                    self._rows.move_to_end((blob, r))
+                    rows[r] = self._rows[(blob, r)]
+            if not missing:
+                break
+            key = blob + missing[0].to_bytes(4, "big")
+            waiting = self._fetching.get(key)
+            if waiting is not None:  # a neighbour's read is fetching these rows
+                await waiting.wait()
+                continue
+            done = self._fetching[key] = trio.Event()
+            try:
+                start, end = missing[0] * row_length, min((missing[-1] + 1) * row_length, length)
+                data = await self.client.read(BlobId(blob), start, end - start, metadata=metadata)
+            except InvalidBlobError as exc:
+                self._invalid[blob] = str(exc)
+                raise
+            finally:
+                del self._fetching[key]
+                done.set()
+            for r in range(missing[0], missing[-1] + 1):
+                rows[r] = data[(r - missing[0]) * row_length:(r - missing[0] + 1) * row_length]
+                self._keep_row(blob, r, rows[r])
+        joined = b"".join(rows[r] for r in range(first, last + 1))
+        return joined[offset - first * row_length:offset - first * row_length + size]
+
+    def _keep_row(self, blob: bytes, row: int, data: bytes) -> None:
+        old = self._rows.pop((blob, row), None)
+        self._row_bytes += len(data) - (len(old) if old is not None else 0)
+        self._rows[(blob, row)] = data
+        while self._row_bytes > ROW_CACHE_BYTES and self._rows:
+            _, dropped = self._rows.popitem(last=False)
+            self._row_bytes -= len(dropped)
+
     def _open(self, blob: bytes, key_hash: bytes, ciphertext: bytes) -> bytes:
         volume = self.vlog.volume
         if volume.read_key is None:
@@ -388,7 +550,7 @@ class Contents:
             staged = StagedFile(
                 node.node_id, content.size, content.chunk_size if content.chunks else self.chunk_size,
                 list(content.chunks), set(), node.version, node.mtime_ns, node.parent, node.name or "",
-                hashes=list(content.hashes),
+                hashes=list(content.hashes), offsets=list(content.offsets),
             )
             staged.generation = next(self._generations)
             self._first_generation[node.node_id] = staged.generation
@@ -401,8 +563,13 @@ class Contents:
         """Copy a stored chunk into the staging file so a partial write can change it."""
         blob = staged.chunks[index] if index < len(staged.chunks) else None
         if blob is not None and index not in staged.dirty:
-            data = await self.chunk(blob, staged.hash_of(index))
             start = index * staged.chunk_size
+            packed = staged.offset_of(index)
+            if packed is not None:
+                data = await self.packed(blob, packed, min(staged.chunk_size, staged.size - start),
+                                         staged.hash_of(index))
+            else:
+                data = await self.chunk(blob, staged.hash_of(index))
             data = data[: max(0, min(staged.size - start, staged.chunk_size))]
             await trio.to_thread.run_sync(self._pwrite, staged, data, start)
         staged.dirty.add(index)
@@ -463,6 +630,7 @@ class Contents:
             keep = -(-size // cs)
             staged.chunks = staged.chunks[:keep]
             staged.hashes = staged.hashes[:keep]
+            staged.offsets = staged.offsets[:keep]
             staged.dirty = {i for i in staged.dirty if i < keep}
             await trio.to_thread.run_sync(self._truncate, staged, size)
         else:
@@ -637,17 +805,21 @@ class Contents:
                 self._queued.discard(node)
             try:
                 async with self._upload_locks[node]:
-                    await self._upload(node)
+                    done = await self._upload(node)
             except (StoreError, ReadError, OSError) as exc:
                 self._failed(node, exc)
             except Exception as exc:  # noqa: BLE001 - a mount never exits because an upload failed
                 log.exception("upload of %s failed unexpectedly (will retry)", node.hex()[:16])
                 self._failed(node, exc)
             else:
-                self._attempts.pop(node, None)
-                self._retry_at.pop(node, None)
-                self._last_error.pop(node, None)
-                self.denied.pop(node, None)
+                if done:  # else the packer finishes it
+                    self._succeeded(node)
+
+    def _succeeded(self, node: bytes) -> None:
+        self._attempts.pop(node, None)
+        self._retry_at.pop(node, None)
+        self._last_error.pop(node, None)
+        self.denied.pop(node, None)
 
     def _failed(self, node: bytes, exc: Exception) -> None:
         """Record why an upload failed and queue it again after a backoff (never give up: the data is staged)."""
@@ -679,10 +851,19 @@ class Contents:
         if node in self.staged:
             self._enqueue(node)
 
-    async def _upload(self, node: bytes) -> None:
+    def _packable(self, staged: StagedFile) -> bool:
+        """Whether a file's upload may join a pack: small, one chunk, and that chunk changed."""
+        return 0 < staged.size <= min(self.pack_below, staged.chunk_size) and 0 in staged.dirty
+
+    async def _upload(self, node: bytes) -> bool:
+        """Upload a file's staged version and sign its write; False if it went to the packer instead."""
         staged = self.staged.get(node)
         if staged is None:
-            return
+            return True
+        if node in self._packing:
+            # An earlier version is in a pack on its way: this one follows once it is published.
+            self._pack_again.add(node)
+            return False
         if not self.vlog.synced_once.is_set():
             # Without the log this mount cannot tell a file another device created from
             # one that was removed: wait rather than discard staged bytes.
@@ -690,7 +871,9 @@ class Contents:
         current = self.vlog.namespace.nodes.get(self.vlog.namespace.resolve(node))
         if current is None or (current.parent is None and not self.opens[node]):
             await self.discard(node)  # removed before it was uploaded
-            return
+            return True
+        if self._packable(staged) and await self._to_pack(staged):
+            return False
         generation = staged.generation
         size, cs = staged.size, staged.chunk_size
         log.debug("upload %s gen %d size %d dirty %s", node.hex()[:8], generation, size, sorted(staged.dirty))
@@ -699,6 +882,7 @@ class Contents:
         progress = self.progress[node] = UploadProgress(node, sum(min(cs, size - i * cs) for i in dirty))
         chunks: list[bytes | None] = [staged.chunks[i] if i < len(staged.chunks) else None for i in range(count)]
         hashes: list[bytes | None] = [staged.hash_of(i) for i in range(count)]
+        offsets: list[int | None] = [staged.offset_of(i) for i in range(count)]
 
         async def upload_chunk(index: int) -> None:
             # Errors are collected, not raised: a nursery would wrap them in an exception
@@ -708,6 +892,7 @@ class Contents:
                 async with self._locks[node]:  # not torn by a concurrent write
                     data = await trio.to_thread.run_sync(self._pread, staged, length, index * cs)
                 data = data.ljust(length, b"\0")
+                offsets[index] = None  # stored whole from here on, if at all
                 if data.count(0) == length:
                     chunks[index] = hashes[index] = None  # all zeros: a hole, stored as nothing
                 else:
@@ -735,10 +920,19 @@ class Contents:
             raise StoreError(f"{len(progress.failed_chunks)} of {len(dirty)} chunks not certified "
                              f"(chunk {first}: {progress.failed_chunks[first]})")
         if self.staged.get(node) is not staged:
-            return  # discarded while uploading
-        content: dict[str, Any] = {"size": size, "chunk_size": cs, "chunks": chunks}
+            return True  # discarded while uploading
+        await self._publish(staged, generation, size, chunks, hashes, offsets)
+        return True
+
+    async def _publish(self, staged: StagedFile, generation: int, size: int, chunks: list[bytes | None],
+                       hashes: list[bytes | None], offsets: list[int | None]) -> None:
+        """Sign the write of an uploaded version (``generation``) and drop what it made redundant."""
+        node, count = staged.node, len(chunks)
+        content: dict[str, Any] = {"size": size, "chunk_size": staged.chunk_size, "chunks": chunks}
         if any(h is not None for h in hashes):
             content["hashes"] = hashes
+        if any(o is not None for o in offsets):
+            content["offsets"] = offsets
         args: dict[str, Any] = {
             "node": node, "content": content,
             "mtime_ns": staged.mtime_ns, "last_name": staged.last_name or "file",
@@ -755,11 +949,109 @@ class Contents:
             # Written again while uploading: this version is published, the next one follows.
             staged.chunks = [*chunks, *staged.chunks[count:]]
             staged.hashes = [*hashes, *[staged.hash_of(i) for i in range(count, len(staged.chunks))]]
+            staged.offsets = [*offsets, *[staged.offset_of(i) for i in range(count, len(staged.chunks))]]
             await self._save(staged, False)
         self.progress.pop(node, None)
         async with self._published:
             self.published_generation[node] = generation
             self._published.notify_all()
+
+    # ------------------------------------------------------------------ packing
+
+    async def _to_pack(self, staged: StagedFile) -> bool:
+        """Hand a small file's staged version to the packer; False if it is all zeros (a hole, no pack needed)."""
+        node, size = staged.node, staged.size
+        async with self._locks[node]:  # not torn by a concurrent write
+            generation = staged.generation
+            data = (await trio.to_thread.run_sync(self._pread, staged, size, 0)).ljust(size, b"\0")
+        if data.count(0) == size:
+            return False
+        item = self._packing[node] = _Packing(node, staged, generation, data)
+        self.progress[node] = UploadProgress(node, size)
+        self._pack_queue.append(item)
+        self._pack_added.set()
+        return True
+
+    async def _packer(self) -> None:
+        """Gather files handed over within PACK_LINGER of the first (or until a pack is full) and store them as one blob."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._pack_added.wait()
+                self._pack_added = trio.Event()
+                if not self._pack_queue:
+                    continue
+                deadline = trio.current_time() + PACK_LINGER
+                while (len(self._pack_queue) < PACK_FILES and sum(len(i.data) for i in self._pack_queue) < PACK_BYTES
+                       and trio.current_time() < deadline):
+                    with trio.move_on_at(deadline):
+                        await self._pack_added.wait()
+                    self._pack_added = trio.Event()
+                items, total = [], 0
+                while self._pack_queue and len(items) < PACK_FILES and total < PACK_BYTES:
+                    items.append(self._pack_queue.pop(0))
+                    total += len(items[-1].data)
+                if self._pack_queue:
+                    self._pack_added.set()  # the rest make the next pack
+                await self._pack_limit.acquire()
+                nursery.start_soon(self._store_pack, items)
+
+    async def _store_pack(self, items: list[_Packing]) -> None:
+        """Store one pack and sign each file's write; a failure sends every file back for a retry."""
+        try:
+            try:
+                if len(items) == 1:  # nothing to share the blob with: stored whole, as ever
+                    blob, key_hash = await self._store_chunk(items[0].data)
+                    placed = [(blob, key_hash, None)]
+                else:
+                    placed = await self._store_packed(items)
+            except (StoreError, ReadError, OSError) as exc:
+                for item in items:
+                    self._packing.pop(item.node, None)
+                    self._failed(item.node, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a mount never exits because an upload failed
+                log.exception("storing a pack of %d files failed unexpectedly (will retry)", len(items))
+                for item in items:
+                    self._packing.pop(item.node, None)
+                    self._failed(item.node, exc)
+                return
+            for item, (blob, key_hash, offset) in zip(items, placed):
+                try:
+                    if self.staged.get(item.node) is item.staged:  # else discarded meanwhile
+                        await self._publish(item.staged, item.generation, len(item.data), [blob], [key_hash],
+                                            [offset])
+                        self._succeeded(item.node)
+                finally:
+                    self._packing.pop(item.node, None)
+                    if item.node in self._pack_again:
+                        self._pack_again.discard(item.node)
+                        self._enqueue(item.node)
+        finally:
+            self._pack_limit.release()
+
+    async def _store_packed(self, items: list[_Packing]) -> list[tuple[bytes, bytes | None, int]]:
+        """Store the files as one pack; per file its pack's blob ID, plaintext hash (private) and offset."""
+        volume, config = self.vlog.volume, self.client.config
+
+        def prepare() -> tuple[EncodedBlob, list[bytes | None], PackLayout]:
+            if volume.read_key is None:
+                parts, hashes = [item.data for item in items], [None] * len(items)
+            else:
+                # Sealed as chunks are (convergent within the volume): peers see ciphertext only.
+                sealed = [seal_chunk(volume.read_key, volume.public_key, item.data) for item in items]
+                parts, hashes = [c.ciphertext for c in sealed], [c.plaintext_hash for c in sealed]
+            layout = lay_out_pack(parts, config)
+            return self.encode(layout.data, config), hashes, layout
+
+        encoded, hashes, layout = await trio.to_thread.run_sync(prepare)
+        blob_id = await self._store_blob(encoded)
+        self.packs_stored += 1
+        self.files_packed += len(items)
+        for item, key_hash, offset in zip(items, hashes, layout.offsets):
+            # The plaintext is at hand: later reads here need not fetch it.
+            name = f"{blob_id}.p{offset}-{len(item.data)}" + (f".{key_hash.hex()[:32]}" if key_hash else "")
+            await trio.to_thread.run_sync(self.cache.put, name, item.data)
+        return [(blob_id.raw, key_hash, offset) for key_hash, offset in zip(hashes, layout.offsets)]
 
     def _held_by_volume(self, blob_id: BlobId) -> bool:
         """Whether a live registration of this volume holds ``blob_id`` (another volume's does not count)."""
@@ -778,6 +1070,14 @@ class Contents:
     async def _store_chunk(self, data: bytes) -> tuple[bytes, bytes | None]:
         """Store one chunk (once per volume); its blob ID and, if sealed, the plaintext hash that opens it."""
         encoded, key_hash = await trio.to_thread.run_sync(self._prepare, data)
+        blob_id = await self._store_blob(encoded)
+        ref, name = cache_key(blob_id.raw, key_hash)
+        await trio.to_thread.run_sync(self.cache.put, name, data)
+        self._remember(ref, data)
+        return blob_id.raw, key_hash
+
+    async def _store_blob(self, encoded: EncodedBlob) -> BlobId:
+        """Store an encoded blob unless a live registration of the volume holds it already; its ID."""
         blob_id = encoded.blob_id
         while blob_id.raw in self._storing:  # the same chunk is on its way already
             await self._storing[blob_id.raw].wait()
@@ -798,10 +1098,7 @@ class Contents:
         else:
             self.deduplicated_chunks += 1
         self._metadata[blob_id.raw] = encoded.metadata
-        ref, name = cache_key(blob_id.raw, key_hash)
-        await trio.to_thread.run_sync(self.cache.put, name, data)
-        self._remember(ref, data)
-        return blob_id.raw, key_hash
+        return blob_id
 
     # ------------------------------------------------------------------ status
 
@@ -832,7 +1129,8 @@ class Contents:
                 incomplete.append({"node": node.hex(), "path": path, "kept_bytes": note.get("size"),
                                    "noticed": note.get("noticed")})
         return {"pending": pending, "storage_refused": refused, "uploaded_chunks": self.uploaded_chunks,
-                "deduplicated_chunks": self.deduplicated_chunks, "cache_bytes": self.cache.total,
+                "deduplicated_chunks": self.deduplicated_chunks, "packs": self.packs_stored,
+                "packed_files": self.files_packed, "cache_bytes": self.cache.total,
                 "incomplete": incomplete[:SHOWN_INCOMPLETE], "incomplete_count": len(incomplete)}
 
     def path_of(self, node_id: bytes) -> str | None:

@@ -487,13 +487,14 @@ class Keeper:
         """Blob -> plaintext hash of every sealed chunk the tree or this mount's staged files name."""
         out: dict[bytes, bytes] = {}
         contents = [node.content for node in self.vlog.namespace.nodes.values()]
+        # A packed chunk is a range of its pack, not the blob: the cache never holds a pack whole.
         for content in contents:
-            for blob, key_hash in zip(content.chunks, content.hashes):
-                if blob is not None and key_hash is not None:
+            for index, (blob, key_hash) in enumerate(zip(content.chunks, content.hashes)):
+                if blob is not None and key_hash is not None and content.offset_of(index) is None:
                     out[blob] = key_hash
         for staged in (self.contents.staged.values() if self.contents is not None else ()):
-            for blob, key_hash in zip(staged.chunks, staged.hashes):
-                if blob is not None and key_hash is not None:
+            for index, (blob, key_hash) in enumerate(zip(staged.chunks, staged.hashes)):
+                if blob is not None and key_hash is not None and staged.offset_of(index) is None:
                     out[blob] = key_hash
         return out
 
@@ -551,6 +552,8 @@ def restore_ops(usage: Usage, item: TrashItem, target: str, mtime_ns: int | None
                                "chunks": list(item.content.chunks)}
     if item.content.hashes:
         content["hashes"] = list(item.content.hashes)  # a private volume's chunks open with these
+    if any(o is not None for o in item.content.offsets):
+        content["offsets"] = list(item.content.offsets)  # packed chunks: where each starts in its pack
     return [("create", {"parent": parent.node_id, "name": name, "node": node, "mode": item.mode & 0o7777,
                         "uid": os.getuid(), "gid": os.getgid(), "mtime_ns": stamp}),
             ("write", {"node": node, "content": content, "mtime_ns": stamp, "last_name": name,

@@ -148,10 +148,16 @@ class StagedFile:
     #: A writer had the file open when this record was saved: found so after a restart, the
     #: mount stopped in the middle of writing it (its staging file may hold bytes past ``size``).
     open: bool = False
+    #: Per stored chunk, where it starts in its blob if it is packed (see ``Content.offsets``).
+    offsets: list[int | None] = field(default_factory=list)
 
     def hash_of(self, index: int) -> bytes | None:
         """The plaintext hash that opens stored chunk ``index`` (None if public or not stored)."""
         return self.hashes[index] if index < len(self.hashes) else None
+
+    def offset_of(self, index: int) -> int | None:
+        """Where stored chunk ``index`` starts in its blob if it is packed, else None."""
+        return self.offsets[index] if index < len(self.offsets) else None
 
     def encode(self) -> bytes:
         """Canonical bytes for the state database."""
@@ -160,6 +166,7 @@ class StagedFile:
             "dirty": sorted(self.dirty), "base": self.base, "mtime_ns": self.mtime_ns,
             "last_parent": self.last_parent, "last_name": self.last_name, "hashes": list(self.hashes),
             **({"open": True} if self.open else {}),
+            **({"offsets": list(self.offsets)} if any(o is not None for o in self.offsets) else {}),
         }, canonical=True)
 
     @classmethod
@@ -168,7 +175,8 @@ class StagedFile:
         record = cbor2.loads(data)
         return cls(node, record["size"], record["chunk_size"], list(record["chunks"]), set(record["dirty"]),
                    record["base"], record["mtime_ns"], record["last_parent"], record["last_name"], file=file,
-                   hashes=list(record.get("hashes", [])), open=bool(record.get("open", False)))
+                   hashes=list(record.get("hashes", [])), open=bool(record.get("open", False)),
+                   offsets=list(record.get("offsets", [])))
 
 
 class MountState:
