@@ -166,6 +166,8 @@ class Contents:
         #: (blob, row) -> bytes of a pack's row a packed file's read fetched, least recent first.
         self._rows: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
         self._row_bytes = 0
+        #: Rows of packs fetched for packed files' reads (each one primary sliver).
+        self.pack_rows_fetched = 0
         self.vlog = vlog
         self.state = state
         self.cache = cache
@@ -465,6 +467,7 @@ class Contents:
             try:
                 start, end = missing[0] * row_length, min((missing[-1] + 1) * row_length, length)
                 data = await self.client.read(BlobId(blob), start, end - start, metadata=metadata)
+                self.pack_rows_fetched += missing[-1] - missing[0] + 1
             except InvalidBlobError as exc:
                 self._invalid[blob] = str(exc)
                 raise
@@ -1130,7 +1133,7 @@ class Contents:
                                    "noticed": note.get("noticed")})
         return {"pending": pending, "storage_refused": refused, "uploaded_chunks": self.uploaded_chunks,
                 "deduplicated_chunks": self.deduplicated_chunks, "packs": self.packs_stored,
-                "packed_files": self.files_packed, "cache_bytes": self.cache.total,
+                "packed_files": self.files_packed, "pack_rows_fetched": self.pack_rows_fetched, "cache_bytes": self.cache.total,
                 "incomplete": incomplete[:SHOWN_INCOMPLETE], "incomplete_count": len(incomplete)}
 
     def path_of(self, node_id: bytes) -> str | None:
