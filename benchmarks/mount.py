@@ -118,12 +118,12 @@ def own_entries(state: Path) -> int:
 
 
 def measure_small(kind: str, committee: Path, config: Path, work: Path, source: Path,
-                  mounts: list[Mount]) -> tuple[float, int]:
+                  mounts: list[Mount], options: tuple[str, ...] = ()) -> tuple[float, int]:
     """Seconds to make ``source``'s small files durable through a fresh mount (``cp -r`` + directory fsync), and entries signed."""
     name = f"small-{kind}"
     create_volume(config, name, *(("--public",) if kind == "public" else ()))
     state = work / "state" / f"small-{kind}"
-    mount = Mount(committee, work / f"mnt-small-{kind}", name, config, state).start()
+    mount = Mount(committee, work / f"mnt-small-{kind}", name, config, state, *options).start()
     mounts.append(mount)
     mount.sync()
     before = own_entries(state)
@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000, help="small files to untar (default 1000)")
     parser.add_argument("--small", type=int, default=1000, help="4 KiB files to make durable (default 1000, 0: none)")
     parser.add_argument("--only-small", action="store_true", help="measure only the durable small files")
+    parser.add_argument("--mount-option", action="append", default=[],
+                        help="an option for the small files' mount, e.g. --mount-option=--pack-below=0")
     parser.add_argument("--kinds", default="public,private",
                         help="volume kinds to measure, in order (default public,private)")
     args = parser.parse_args()
@@ -163,7 +165,8 @@ def main() -> None:
                 folder = source / f"d{i % 10}"
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"f{i}.bin").write_bytes(rng.randbytes(4096))
-            small = {kind: measure_small(kind, committee, config, work, source, mounts) for kind in kinds}
+            small = {kind: measure_small(kind, committee, config, work, source, mounts, tuple(args.mount_option))
+                     for kind in kinds}
             for kind, (seconds, entries) in small.items():
                 print(f"{kind} durable small files: {args.small} x 4 KiB in {seconds:.1f} s = "
                       f"{args.small / seconds:.1f} files/s; {entries} namespace entries "

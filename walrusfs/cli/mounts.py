@@ -371,7 +371,8 @@ def status(mountpoint: Path, show_all: bool, as_json: bool) -> None:
     click.echo(f"namespace entries: {info['entries_signed']} signed, {info['entries_published']} in the log"
                + (f" (publishing fails: {info['publish_error']})" if info.get("publish_error") else ""))
     click.echo(f"chunks uploaded {info['uploaded_chunks']}, deduplicated {info['deduplicated_chunks']}, "
-               f"cache {info['cache_bytes']} bytes")
+               f"cache {info['cache_bytes']} bytes"
+               + (f"; {info['packed_files']} small files packed into {info['packs']} blobs" if info.get("packs") else ""))
     if info.get("log_error"):
         synced = "" if info.get("log_synced") else " (not read since this mount started: showing only local state)"
         click.echo(f"log: {info['log_error']}{synced}")

@@ -1007,15 +1007,12 @@ class Contents:
                     placed = [(blob, key_hash, None)]
                 else:
                     placed = await self._store_packed(items)
-            except (StoreError, ReadError, OSError) as exc:
-                for item in items:
-                    self._packing.pop(item.node, None)
-                    self._failed(item.node, exc)
-                return
             except Exception as exc:  # noqa: BLE001 - a mount never exits because an upload failed
-                log.exception("storing a pack of %d files failed unexpectedly (will retry)", len(items))
+                if not isinstance(exc, (StoreError, ReadError, OSError)):
+                    log.exception("storing a pack of %d files failed unexpectedly (will retry)", len(items))
                 for item in items:
                     self._packing.pop(item.node, None)
+                    self._pack_again.discard(item.node)  # the retry below uploads its latest version
                     self._failed(item.node, exc)
                 return
             for item, (blob, key_hash, offset) in zip(items, placed):
@@ -1024,6 +1021,9 @@ class Contents:
                         await self._publish(item.staged, item.generation, len(item.data), [blob], [key_hash],
                                             [offset])
                         self._succeeded(item.node)
+                except Exception as exc:  # noqa: BLE001 - as for any upload: the file stays staged and is retried
+                    log.exception("signing the write of packed file %s failed (will retry)", item.node.hex()[:16])
+                    self._failed(item.node, exc)
                 finally:
                     self._packing.pop(item.node, None)
                     if item.node in self._pack_again:
