@@ -153,6 +153,8 @@ def test_overwrite_change_extend_and_delete_of_packed_files_leave_the_neighbours
         assert sorted(os.listdir(mount.path / "pk")) == sorted(name.split("/")[1] for name in files)
     # Untouched neighbours still name the pack.
     assert os.getxattr(other.path / "pk/f1.txt", "user.walrus.blob_ids") == pack
+    assert int(os.getxattr(other.path / "pk/f1.txt", "user.walrus.packed")) >= 0
+    assert os.getxattr(other.path / "pk/f3.txt", "user.walrus.blob_ids") != pack  # rewritten: stored anew
     other.stop()
 
 

@@ -688,6 +688,8 @@ class WalrusFS(pyfuse3.Operations):
                 entry = self.vlog.state.certified_entry(BlobId(chunk)) if chunk else None
                 certificates.append(entry.id.hex() if entry is not None else ("(hole)" if not chunk else "(unknown)"))
             out["certificates"] = "\n".join(certificates).encode()
+            if any(o is not None for o in node.content.offsets):  # a packed file: where in its pack
+                out["packed"] = "\n".join("-" if o is None else str(o) for o in node.content.offsets).encode()
             out["version"] = (node.version or b"").hex().encode()
             out["chunk_size"] = str(node.content.chunk_size).encode()
             out["pending"] = b"yes" if staged is not None else b"no"
