@@ -20,6 +20,7 @@ from ..allocator import tune_allocator
 from .audit import audit
 from .blobs import blob_id, blob_status, delete, extend, read, store
 from .devnet import devnet
+from .gateway import gateway
 from .grants import grant
 from .log import log_command
 from .mounts import mount, status, umount
@@ -66,8 +67,8 @@ def main() -> None:
 
 # One module per command group (as borgbackup's archiver does); each defines its commands
 # and main collects them here.
-for _command in (audit, blob_id, blob_status, delete, devnet, extend, gc, grant, health, init, list_quilt, log_command,
-                 mount, peer, read, read_quilt, status, store, store_quilt, umount, volume):
+for _command in (audit, blob_id, blob_status, delete, devnet, extend, gateway, gc, grant, health, init, list_quilt,
+                 log_command, mount, peer, read, read_quilt, status, store, store_quilt, umount, volume):
     main.add_command(_command)
 
 
