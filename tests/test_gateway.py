@@ -27,6 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from openapi_core.validation.response.validators import V31ResponseHeadersValidator
@@ -386,12 +388,67 @@ def test_ranges_of_every_form_are_bit_exact(api: Api, big: tuple[Path, dict[str,
     assert response.status_code == 304 and response.content == b""
 
 
-def test_range_parsing_edges() -> None:
-    assert parse_range("bytes=0-", 1).length == 1
-    assert parse_range("bytes=-10", 3).start == 0
-    for header, total in (("bytes=0-0", 0), ("bytes=" + "9" * 21 + "-", 10), ("bytes=1-2" + " " * 300, 10)):
+@given(total=st.integers(0, 5000), first=st.one_of(st.none(), st.integers(0, 6000)),
+       last=st.one_of(st.none(), st.integers(0, 6000)))
+def test_range_parsing_matches_rfc_9110(total: int, first: int | None, last: int | None) -> None:
+    header = f"bytes={'' if first is None else first}-{'' if last is None else last}"
+    if first is None and last is None:
+        expected = None
+    elif first is None:  # the last `last` bytes
+        expected = None if last == 0 or total == 0 else range(max(0, total - last), total)
+    elif first >= total or (last is not None and last < first):
+        expected = None
+    else:
+        expected = range(first, total if last is None else min(last, total - 1) + 1)
+    if expected is None:
         with pytest.raises(RangeError):
             parse_range(header, total)
+        return
+    got = parse_range(header, total)
+    assert range(got.start, got.start + got.length) == expected
+    assert got.content_range() == f"bytes {expected.start}-{expected.stop - 1}/{total}"
+
+
+def test_range_parsing_edges() -> None:
+    for header, total in (("bytes=0-0", 0), ("bytes=" + "9" * 21 + "-", 10), ("bytes=1-2" + " " * 300, 10),
+                          ("bytes=0-1,3-4", 10), ("items=0-1", 10)):
+        with pytest.raises(RangeError):
+            parse_range(header, total)
+
+
+async def test_roles_route_and_refuse_without_peers(tmp_path: Path) -> None:
+    """The ASGI app alone: an aggregator-only gateway refuses stores, unknown routes and methods get envelopes."""
+    from walrusfs.devnet import create
+    from walrusfs.gateway.app import Gateway, Settings
+
+    committee = create(tmp_path / "net", 4)  # identities and a committee file, no peer started
+
+    async def ask(app: Gateway, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": method, "path": path, "query_string": b"", "headers": []}, receive, send)
+        headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+        return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+    reader = Gateway(Client(None, committee), Settings(publisher=False))  # type: ignore[arg-type]
+    status, _, body = await ask(reader, "PUT", "/v1/blobs")
+    assert status == 404 and json.loads(body)["error"]["details"][0]["reason"] == "PUBLISHER_DISABLED"
+    status, _, body = await ask(reader, "GET", "/status")
+    assert status == 200 and json.loads(body)["publisher"] is False and json.loads(body)["nShards"] == 4
+    writer = Gateway(Client(None, committee), Settings(aggregator=False))  # type: ignore[arg-type]
+    status, _, body = await ask(writer, "GET", f"/v1/blobs/{BlobId(bytes(32))}")
+    assert status == 404 and json.loads(body)["error"]["details"][0]["reason"] == "AGGREGATOR_DISABLED"
+    status, headers, body = await ask(writer, "POST", "/v1/blobs")
+    assert status == 405 and headers["allow"] == "PUT"
+    status, _, body = await ask(writer, "GET", "/v1/api")
+    assert status == 200 and set(json.loads(body)["paths"]) == {"/status", "/v1/api", "/v1/blobs", "/v1/blobs/{blob_id}",
+                                                               "/v1/blobs/{blob_id}/byte-range"}
 
 
 # ---------------------------------------------------------------------------- errors

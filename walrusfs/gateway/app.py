@@ -244,7 +244,6 @@ class Gateway:
         self.config = client.committee.config
         self.requests = 0
         self.stores = 0
-        self.served = 0
         self.api_document = resources.files(__package__).joinpath("openapi.json").read_bytes()
         # The route table; quilt routes go here once quilts exist (PUT /v1/quilts,
         # GET /v1/blobs/by-quilt-id/{quilt_id}/{identifier}, GET /v1/quilts/{quilt_id}/patches):
@@ -327,7 +326,6 @@ class Gateway:
             await route.handler(request)
         finally:
             self.requests -= 1
-            self.served += 1
 
     # ------------------------------------------------------------------ status, api
 
