@@ -607,7 +607,7 @@ def _hold_requests(url: str, count: int) -> list[socket.socket]:
     host, port = urlsplit(url).netloc.split(":")
     held = []
     for _ in range(count):
-        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock = socket.create_connection((host, int(port)), timeout=PATIENCE + 10)
         sock.sendall(f"PUT /v1/blobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
                      "Content-Length: 1000\r\n\r\nonly part of it".encode())
         held.append(sock)
@@ -626,6 +626,16 @@ def test_limits_answer_429_413_and_401(api: Api, gateway: GatewayProcess) -> Non
         response = api.put(b"abc")
         assert response.status_code == 429
         assert api.get("/status").status_code == 200 and api.get("/v1/api").status_code == 200  # never limited
+        # An upload that stops is answered 408 after --patience seconds, and its slot freed.
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer and time.monotonic() - started < PATIENCE + 10:
+            piece = held[0].recv(65536)
+            if not piece:
+                break
+            answer += piece
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert PATIENCE - 1 < time.monotonic() - started < PATIENCE + 10
     finally:
         for sock in held:
             sock.close()

@@ -49,13 +49,17 @@ def _token(path: Path | None) -> str | None:
 @click.option("--max-stores", type=click.IntRange(1), default=4, show_default=True,
               help="Stores at once, each holding its body and encoding (429 past it).")
 @click.option("--patience", type=click.FloatRange(0.1), default=30.0, show_default=True, metavar="SECONDS",
-              help="How long a request waits for peers (plus 1 s per 2 MB it moves) before answering 503.")
+              help="How long a request waits for peers (plus 1 s per 2 MB it moves) before answering 503, "
+                   "and for a client's next body bytes before answering 408.")
 @click.option("--read-ahead", type=click.IntRange(0, 8), default=0, show_default=True, metavar="ROWS",
               help="Rows of a blob fetched while the previous one is sent (each holds 1/p of the blob).")
+@click.option("--max-fetches", type=click.IntRange(1), default=4, show_default=True,
+              help="Verified reads (a row, or a whole blob) at once across all requests; each costs several "
+                   "times what it reads while verified. More wait their turn.")
 @committee_option
 @writer_key_option
 def gateway(bind: str, publisher: bool, aggregator: bool, token_file: Path | None, max_body_size: int,
-            max_requests: int, max_stores: int, patience: float, read_ahead: int, committee_path: Path | None,
+            max_requests: int, max_stores: int, patience: float, read_ahead: int, max_fetches: int, committee_path: Path | None,
             writer_key: Path | None) -> None:
     """Serve Walrus's HTTP API (publisher and aggregator) for this committee until Ctrl-C or SIGTERM."""
     from ..client.blob import DEFAULT_EPOCHS
@@ -71,7 +75,7 @@ def gateway(bind: str, publisher: bool, aggregator: bool, token_file: Path | Non
     authority = load_writer(committee_path, writer_key) if publisher else None
     settings = Settings(publisher=publisher, aggregator=aggregator, max_body=max_body_size,
                         max_requests=max_requests, max_stores=max_stores, patience=patience,
-                        read_ahead=read_ahead, default_epochs=DEFAULT_EPOCHS, token=token)
+                        read_ahead=read_ahead, max_fetches=max_fetches, default_epochs=DEFAULT_EPOCHS, token=token)
     roles = " and ".join(r for r, on in (("publisher", publisher), ("aggregator", aggregator)) if on)
 
     def ready(urls: list[str]) -> None:

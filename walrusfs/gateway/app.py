@@ -90,6 +90,9 @@ class Settings:
     patience: float = 30.0
     #: Rows fetched ahead of the one being sent (each holds one row of the blob).
     read_ahead: int = 0
+    #: Verified reads (a row, or a whole blob) in progress at once across all requests:
+    #: each costs several times what it reads while it is verified; more wait their turn.
+    max_fetches: int = 4
     #: Epochs a PUT stores for when it does not say (as ``walrusfs store``).
     default_epochs: int = 5
     #: Bearer token PUT must carry (None: none needed).
@@ -198,8 +201,12 @@ class Request:
                                       "x-content-type-options": "nosniff", **error.headers})
         await self.body(data)
 
-    async def read_body(self, limit: int) -> bytes:
-        """The request body, at most ``limit`` bytes (413 past it, checked on Content-Length before reading)."""
+    async def read_body(self, limit: int, idle: float) -> bytes:
+        """The request body, at most ``limit`` bytes (413 past it, checked on Content-Length before reading).
+
+        A body that stops arriving for ``idle`` seconds gets 408, so a client cannot hold
+        a request (and store) slot by never finishing its upload.
+        """
         declared = self.headers.get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
@@ -207,8 +214,14 @@ class Request:
             if int(declared) > limit:
                 raise _too_large(int(declared), limit)
         buffer = bytearray()
+        message: dict[str, Any] | None = None
         while True:
-            message = await self.receive()
+            message = None
+            with trio.move_on_after(idle):
+                message = await self.receive()
+            if message is None:
+                raise ApiError(408, "BODY_TIMEOUT", f"no body bytes arrived for {idle:.0f} s (--patience); "
+                               f"{len(buffer)} of the body arrived")
             if message["type"] == "http.disconnect":
                 raise _Disconnected()
             buffer += message.get("body", b"")
@@ -244,6 +257,7 @@ class Gateway:
         self.config = client.committee.config
         self.requests = 0
         self.stores = 0
+        self.fetches = trio.Semaphore(settings.max_fetches)
         self.api_document = resources.files(__package__).joinpath("openapi.json").read_bytes()
         # The route table; quilt routes go here once quilts exist (PUT /v1/quilts,
         # GET /v1/blobs/by-quilt-id/{quilt_id}/{identifier}, GET /v1/quilts/{quilt_id}/patches):
@@ -398,7 +412,7 @@ class Gateway:
 
     async def _put_blob(self, request: Request, epochs: int, deletable: bool, force: bool, encrypt: bool) -> None:
         limit = self.config.max_blob_size - (sealing.BLOB_OVERHEAD if encrypt else 0)
-        data = await request.read_body(min(self.settings.max_body, limit))
+        data = await request.read_body(min(self.settings.max_body, limit), self.settings.patience)
         plaintext_length = len(data)
         key = None
         if encrypt:
@@ -525,13 +539,19 @@ class Gateway:
     async def _read(self, blob_id: BlobId, metadata: BlobMetadata, offset: int, size: int, strict: bool) -> bytes:
         """Bytes [offset, offset + size), verified (``strict``: the whole blob's ID recomputed), or an ApiError."""
         limit = self.settings.patience + (metadata.unencoded_length if strict else size) / TRANSFER_RATE
-        with trio.move_on_after(limit):
-            try:
-                return await self.client.read(blob_id, offset, size, strict=strict, metadata=metadata,
-                                              challenge_wait=self.settings.patience)
-            except ReadError as exc:
-                raise _read_failure(exc, blob_id) from None
+        async with self.fetches:  # waiting for a turn is not the peers' silence: not timed
+            with trio.move_on_after(limit):
+                try:
+                    return await self.client.read(blob_id, offset, size, strict=strict, metadata=metadata,
+                                                  challenge_wait=self.settings.patience)
+                except ReadError as exc:
+                    raise _read_failure(exc, blob_id) from None
         raise _unresponsive(blob_id, limit)
+
+    async def _send(self, request: Request, data: bytes) -> None:
+        """Send ``data`` in pieces, each once the client took the last (hypercorn's sends wait for the socket)."""
+        for k in range(0, len(data), SEND_CHUNK):
+            await request.body(data[k : k + SEND_CHUNK], more=True)
 
     def _check_whole(self, blob_id: BlobId, length: int, why: str) -> None:
         if length > self.settings.max_body:
@@ -605,9 +625,7 @@ class Gateway:
             status = 206
         headers["content-length"] = str(len(plaintext))
         await request.start(status, headers)
-        view = memoryview(plaintext)
-        for k in range(0, len(plaintext), SEND_CHUNK):
-            await request.body(bytes(view[k : k + SEND_CHUNK]), more=True)
+        await self._send(request, plaintext)
         await request.body(b"")
 
     def _segments(self, metadata: BlobMetadata, start: int, size: int, strict: bool) -> list[tuple[int, int]]:
@@ -672,8 +690,7 @@ class Gateway:
                 data = await next_piece(k)
                 if k == 0:
                     await request.start(status, headers)
-                for c in range(0, len(data), SEND_CHUNK):
-                    await request.body(data[c : c + SEND_CHUNK], more=True)
+                await self._send(request, data)
                 del data  # let the row go before the next is waited for
             await request.body(b"")
             nursery.cancel_scope.cancel()
