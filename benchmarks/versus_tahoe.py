@@ -185,6 +185,10 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+class OperationFailed(SystemExit):
+    """A measured command failed: the round records it (left out of the median); during set-up it ends the run."""
+
+
 def wait_until(what: str, predicate: Callable[[], bool], limit: float, alive: Callable[[], str | None]) -> None:
     """Poll ``predicate`` for at most ``limit`` s; fail with ``alive()``'s complaint as soon as it has one."""
     deadline = time.monotonic() + limit
@@ -257,7 +261,7 @@ class TahoeGrid:
         result = subprocess.run([str(self.tahoe), "-d", str(self.client), *args], check=False, capture_output=True,
                                 text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
-            raise SystemExit(f"tahoe {' '.join(args)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+            raise OperationFailed(f"tahoe {' '.join(args)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
         return result.stdout
 
     def stop(self) -> None:
@@ -291,7 +295,7 @@ class Walrus:
         result = subprocess.run([self.exe, *args], check=False, capture_output=True, text=True,
                                 stdin=subprocess.DEVNULL)
         if result.returncode != 0:
-            raise SystemExit(f"walrusfs {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+            raise OperationFailed(f"walrusfs {' '.join(args)} failed:\n{result.stderr[-3000:]}")
         return result.stdout
 
     def start(self) -> None:
@@ -320,8 +324,14 @@ class Walrus:
 
         assert self.mount is not None
         self.check_mounted()
-        subprocess.run(["cp", "-r", str(source), str(self.mount.path / name)], check=True, stdin=subprocess.DEVNULL)
-        fsync(self.mount.path)
+        try:
+            subprocess.run(["cp", "-r", str(source), str(self.mount.path / name)], check=True,
+                           stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            fsync(self.mount.path)
+        except (subprocess.CalledProcessError, OSError) as exc:
+            self.check_mounted()
+            detail = exc.stderr[-2000:] if isinstance(exc, subprocess.CalledProcessError) else exc
+            raise OperationFailed(f"cp -r into the mount and fsync failed: {detail}") from exc
         self.check_mounted()  # else cp and fsync went to the bare mount point
 
     def check_mounted(self) -> None:
@@ -377,51 +387,76 @@ def same_bytes(a: Path, b: Path) -> bool:
                 return True
 
 
+Seconds = dict[str, dict[str, list[float]]]
+Failures = list[tuple[int, str, str, str]]
+
+
+def attempt(k: int, side: str, what: str, action: Callable[[], object], seconds: Seconds,
+            failures: Failures) -> bool:
+    """Time ``action`` into ``seconds``; if its command fails, record that in ``failures`` instead."""
+    try:
+        seconds[side][what].append(timed(action))
+        return True
+    except OperationFailed as exc:
+        message = " ".join(str(exc.code).split())
+        failures.append((k, side, what, message))
+        print(f"round {k + 1}: {side} {what} FAILED: {message[:2000]}", file=sys.stderr, flush=True)
+        return False
+
+
 def one_round(k: int, walrus: Walrus, tahoe: TahoeGrid, work: Path, size: int, files: int,
-              seconds: dict[str, dict[str, list[float]]]) -> None:
+              seconds: Seconds, failures: Failures) -> None:
     """Measure put, get and small files once on each side, walrusfs first in even rounds."""
     order = ["walrusfs", "tahoe"] if k % 2 == 0 else ["tahoe", "walrusfs"]
     data = work / f"data-{k}.bin"
     random_file(data, size)
     caps: dict[str, str] = {}
+    put = {"walrusfs": lambda: caps.update(walrusfs=walrus.store(data)),
+           "tahoe": lambda: caps.update(tahoe=tahoe.cli("put", str(data)).strip())}
     for side in order:
-        if side == "walrusfs":
-            seconds[side]["put"].append(timed(lambda: caps.update(walrusfs=walrus.store(data))))
-        else:
-            seconds[side]["put"].append(timed(lambda: caps.update(tahoe=tahoe.cli("put", str(data)).strip())))
+        attempt(k, side, "put", put[side], seconds, failures)
     for side in order:
+        if side not in caps:
+            continue  # its put failed: nothing to get
         out = work / f"out-{side}-{k}.bin"
-        if side == "walrusfs":
-            seconds[side]["get"].append(timed(lambda out=out: walrus.read(caps["walrusfs"], out)))
-        else:
-            seconds[side]["get"].append(timed(lambda out=out: tahoe.cli("get", caps["tahoe"], str(out))))
-        if not same_bytes(data, out):
+        get = {"walrusfs": lambda out=out: walrus.read(caps["walrusfs"], out),
+               "tahoe": lambda out=out: tahoe.cli("get", caps["tahoe"], str(out))}
+        if attempt(k, side, "get", get[side], seconds, failures) and not same_bytes(data, out):
             raise SystemExit(f"{side} read back different bytes in round {k + 1}")
-        out.unlink()
+        out.unlink(missing_ok=True)
     data.unlink()
     for side in order:
         tree = work / f"small-{side}-{k}"
         small_tree(tree, files)
-        if side == "walrusfs":
-            seconds[side]["small"].append(timed(lambda tree=tree: walrus.copy_durable(tree, f"round{k}")))
-            if walrus.pending():
-                raise SystemExit(f"the mount still has {walrus.pending()} uploads pending after fsync")
-        else:
-            seconds[side]["small"].append(timed(lambda tree=tree: tahoe.cli("cp", "-r", str(tree), f"bench:round{k}")))
+        copy = {"walrusfs": lambda tree=tree: walrus.copy_durable(tree, f"round{k}"),
+                "tahoe": lambda tree=tree: tahoe.cli("cp", "-r", str(tree), f"bench:round{k}")}
+        if attempt(k, side, "small", copy[side], seconds, failures) and side == "walrusfs" and walrus.pending():
+            raise SystemExit(f"the mount still has {walrus.pending()} uploads pending after fsync")
         shutil.rmtree(tree)
-    report = ", ".join(f"{side} put {seconds[side]['put'][-1]:.1f} s get {seconds[side]['get'][-1]:.1f} s "
-                       f"small {seconds[side]['small'][-1]:.1f} s" for side in order)
+
+    def shown(side: str, what: str) -> str:
+        failed = any(f[:3] == (k, side, what) for f in failures)
+        return f"{what} failed" if failed or not seconds[side][what] else f"{what} {seconds[side][what][-1]:.1f} s"
+
+    report = ", ".join(f"{side} " + " ".join(shown(side, what) for what in TARGETS) for side in order)
     print(f"round {k + 1}: {report}; load {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
           file=sys.stderr, flush=True)
 
 
-def table(seconds: dict[str, dict[str, list[float]]], size: int, files: int, rounds: int) -> list[str]:
-    """The result table (Markdown) from the seconds each round took."""
+def table(seconds: Seconds, failures: Failures, size: int, files: int, rounds: int) -> list[str]:
+    """The result table (Markdown) from the seconds each round took; a failed operation is left out of its median."""
     mb = size / 1e6
 
-    def rate(side: str, what: str) -> float:
+    def rate(side: str, what: str) -> float | None:
         amount = files if what == "small" else mb
-        return amount / statistics.median(seconds[side][what])
+        return amount / statistics.median(seconds[side][what]) if seconds[side][what] else None
+
+    def cell(side: str, what: str, unit: str) -> str:
+        value = rate(side, what)
+        if value is None:
+            return "failed"
+        count = len(seconds[side][what])
+        return f"{value:.1f} {unit}" + (f" ({count} of {rounds} rounds)" if count < rounds else "")
 
     labels = {
         "put": (f"put {size >> 20} MiB (`walrusfs store --encrypt` / `tahoe put`)", "MB/s"),
@@ -433,7 +468,13 @@ def table(seconds: dict[str, dict[str, list[float]]], size: int, files: int, rou
     for what, target in TARGETS.items():
         label, unit = labels[what]
         ours, theirs = rate("walrusfs", what), rate("tahoe", what)
-        lines.append(f"| {label} | {ours:.1f} {unit} | {theirs:.1f} {unit} | {ours / theirs:.2f} | >= {target:.1f} |")
+        ratio = f"{ours / theirs:.2f}" if ours is not None and theirs is not None else "-"
+        lines.append(f"| {label} | {cell('walrusfs', what, unit)} | {cell('tahoe', what, unit)} | {ratio} "
+                     f"| >= {target:.1f} |")
+    if failures:
+        lines.append("")
+    for k, side, what, message in failures:
+        lines.append(f"round {k + 1}: {side} {what} failed (left out of the median): {message[:400]}")
     return lines
 
 
@@ -454,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     grid = TahoeGrid(tahoe_exe, work / "tahoe")
     (work / "walrusfs").mkdir()
     (work / "tahoe").mkdir()
-    seconds = {side: {what: [] for what in TARGETS} for side in ("walrusfs", "tahoe")}
+    seconds: Seconds = {side: {what: [] for what in TARGETS} for side in ("walrusfs", "tahoe")}
+    failures: Failures = []
     try:
         print("starting a walrusfs devnet of 7 peers and a mount ...", file=sys.stderr, flush=True)
         walrus.start()
@@ -463,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         grid.start()
         grid.cli("create-alias", "bench")
         for k in range(args.rounds):
-            one_round(k, walrus, grid, work, size, args.files, seconds)
+            one_round(k, walrus, grid, work, size, args.files, seconds, failures)
     finally:
         # A second Ctrl-C must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -486,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     print("durable: walrusfs - fsync of the mount root returned (every file certified by 2f + 1 peers and "
           "every namespace entry in the log); Tahoe - `tahoe cp` returned (shares placed on 7 servers, "
           "directories written)")
-    for line in table(seconds, size, args.files, args.rounds):
+    for line in table(seconds, failures, size, args.files, args.rounds):
         print(line)
     return 0
 
