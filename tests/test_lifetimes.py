@@ -49,7 +49,7 @@ from walrusfs.identity import Identity
 from walrusfs.peer import epochs as epochs_module
 from walrusfs.peer.epochs import Epochs
 
-EPOCH_SECONDS = 3  # each wait below is a few epochs: the suite's time goes with this
+EPOCH_SECONDS = 4
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -198,7 +198,7 @@ def test_extend_keeps_a_blob_past_its_original_end(net: Devnet, tmp_path: Path) 
     source = tmp_path / "extended"
     source.write_bytes(data)
     wait_boundary(net)
-    report = store(net, source, "--epochs", "2")
+    report = store(net, source, "--epochs", "3")
     original = report["endEpoch"]
     extended = walrusfs("extend", report["blobId"], "--epochs", "8", "--json", committee=net.committee, timeout=120)
     assert extended.returncode == 0, extended.stderr
