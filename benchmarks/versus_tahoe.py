@@ -306,8 +306,7 @@ class Walrus:
         self.run("devnet", "up", "--peers", "7", str(self.net))
         config = self.work / "config"
         create_volume(config, "bench")
-        self.mount = Mount(self.committee, self.work / "mnt", "bench", config, self.work / "state" / "mount",
-                           "--pack-below", "256KiB")  # packing is opt-in for now (see README)
+        self.mount = Mount(self.committee, self.work / "mnt", "bench", config, self.work / "state" / "mount")
         self.mount.start()
 
     def store(self, path: Path) -> str:

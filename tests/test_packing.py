@@ -44,9 +44,6 @@ from walrusfs.mount.contents import lay_out_pack
 from walrusfs.mount.lifecycle import fold_usage
 
 PEERS = 4
-#: Packing is opt-in until a packed file's mtime matches the writer's after a remount
-#: (the POSIX battery's "reserved" file differs by a few ms); these tests turn it on.
-PACK = ("--pack-below", "256KiB")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +86,7 @@ def test_an_untar_of_1000_files_is_packed_and_reads_back_bit_exactly_from_a_fres
 ) -> None:
     files = small_tree(1, 1000)
     (tmp_path / "small.tar").write_bytes(tar_of(files))
-    writer = net.mount("untar-writer", *PACK, volume="pub")
+    writer = net.mount("untar-writer", volume="pub")
     started = time.monotonic()
     subprocess.run(["tar", "-xf", str(tmp_path / "small.tar"), "-C", str(writer.path)], check=True, timeout=300)
     fsync(writer.path / "src")  # every file certified and its ops in the log
@@ -101,7 +98,7 @@ def test_an_untar_of_1000_files_is_packed_and_reads_back_bit_exactly_from_a_fres
     small = sum(1 for data in files.values() if 0 < len(data) <= 256 << 10 and data.count(0) < len(data))
     assert status["packed_files"] >= small - 10 and status["packs"] <= 60, (small, status)
     assert status["entries_signed"] <= 100, status
-    fresh = net.mount("untar-fresh", *PACK, volume="pub")
+    fresh = net.mount("untar-fresh", volume="pub")
     # One packed file: only the rows (primary slivers) its bytes lie on, one or two of p.
     assert (fresh.path / "src/d3/f3.bin").read_bytes() == files["src/d3/f3.bin"]
     assert fresh.status()["pack_rows_fetched"] in (1, 2), fresh.status()
@@ -125,7 +122,7 @@ def test_overwrite_change_extend_and_delete_of_packed_files_leave_the_neighbours
     source.mkdir()
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    writer = net.mount("pk-writer", *PACK)  # the private volume
+    writer = net.mount("pk-writer")  # the private volume
     subprocess.run(["cp", "-r", str(source), str(writer.path / "pk")], check=True, timeout=120)
     fsync(writer.path / "pk")
     assert writer.status()["packed_files"] >= 25, writer.status()
@@ -150,7 +147,7 @@ def test_overwrite_change_extend_and_delete_of_packed_files_leave_the_neighbours
 
     writer.stop()
     writer.start()
-    other = net.mount("pk-other", *PACK)
+    other = net.mount("pk-other")
     for mount in (writer, other):
         assert mismatches(mount.path, files) == [], mount.path
         assert sorted(os.listdir(mount.path / "pk")) == sorted(name.split("/")[1] for name in files)
@@ -167,7 +164,7 @@ def test_a_private_pack_holds_only_ciphertext(net: MountedVolume, tmp_path: Path
     source.mkdir()
     for name, data in markers.items():
         (tmp_path / name).write_bytes(data)
-    writer = net.mount("secret-writer", *PACK)
+    writer = net.mount("secret-writer")
     subprocess.run(["cp", "-r", str(source), str(writer.path / "secret")], check=True, timeout=120)
     fsync(writer.path / "secret")
     assert writer.status()["packed_files"] >= 10
@@ -201,7 +198,7 @@ async def push(committee_path: Path, entries: list) -> list[list[str]]:
 
 
 def test_a_malicious_writers_pack_ranges_hurt_only_its_own_files(net: MountedVolume, tmp_path: Path) -> None:
-    honest = net.mount("evil-honest", *PACK, volume="pub")
+    honest = net.mount("evil-honest", volume="pub")
     files = {f"h/f{k}": random.Random(k).randbytes(3000) for k in range(6)}
     (tmp_path / "h").mkdir()
     for name, data in files.items():
@@ -210,7 +207,7 @@ def test_a_malicious_writers_pack_ranges_hurt_only_its_own_files(net: MountedVol
     fsync(honest.path / "h")
     pack = BlobId.parse(os.getxattr(honest.path / "h/f1", "user.walrus.blob_ids").decode()).raw
     # A pack of the private volume, for the writer of the public one to point at.
-    other = net.mount("evil-other", *PACK)
+    other = net.mount("evil-other")
     subprocess.run(["cp", "-r", str(tmp_path / "h"), str(other.path / "h")], check=True, timeout=120)
     fsync(other.path / "h")
     private_pack = BlobId.parse(os.getxattr(other.path / "h/f1", "user.walrus.blob_ids").decode()).raw
@@ -243,7 +240,7 @@ def test_a_malicious_writers_pack_ranges_hurt_only_its_own_files(net: MountedVol
     for entry in rejected:
         assert trio.run(push, net.net.committee, [entry]) == [[Outcome.REJECTED.value]] * PEERS
 
-    fresh = net.mount("evil-fresh", *PACK, volume="pub")
+    fresh = net.mount("evil-fresh", volume="pub")
     for mount in (honest, fresh):
         assert wait_for(lambda: (mount.path / "elsewhere").exists(), limit=30)  # noqa: B023
         with pytest.raises(OSError):

@@ -151,7 +151,7 @@ def _background(log_path: Path, mountpoint: Path, state_dir: Path) -> Callable[[
               help="Staging, cache and device key (default: the user state directory, per volume).")
 @click.option("--chunk-size", default="4MiB", callback=parse_size, show_default=True, help="Size of the chunks new content is cut into.")
 @click.option("--cache-size", default="1GiB", callback=parse_size, show_default=True, help="Local cache of verified chunks.")
-@click.option("--pack-below", default="0", show_default=True,
+@click.option("--pack-below", default="256KiB", show_default=True,
               callback=lambda ctx, param, value: 0 if value.strip() == "0" else parse_size(ctx, param, value),
               help="Files at most this large that are closed together (an untar, cp -r) are stored packed, many "
                    "in one blob (0: every file in blobs of its own).")

@@ -615,16 +615,19 @@ class Contents:
             await self._save_open(staged)
         await trio.to_thread.run_sync(self._pwrite, staged, data, offset)
         staged.size = max(staged.size, end)
-        staged.mtime_ns = time.time_ns()
+        # No stamp of our own: with the writeback cache the kernel keeps a regular file's mtime
+        # (at its coarse clock's granularity, so a write in the same tick as the last change
+        # leaves it as it was) and sends every change in a setattr before the close. A stamp here
+        # would publish a time the writer never saw (a few ms later, after a remount).
         staged.generation = next(self._generations)
         return len(data)
 
-    async def truncate(self, node: Node, size: int) -> None:
-        """Change a file's length; new bytes read as zeros."""
+    async def truncate(self, node: Node, size: int, stamp: bool = True) -> None:
+        """Change a file's length; new bytes read as zeros (``stamp``: the mtime becomes now)."""
         async with self._locks[node.node_id]:
-            await self._truncate_locked(node, size)
+            await self._truncate_locked(node, size, stamp)
 
-    async def _truncate_locked(self, node: Node, size: int) -> None:
+    async def _truncate_locked(self, node: Node, size: int, stamp: bool = True) -> None:
         staged = self.stage(node)
         cs = staged.chunk_size
         if size < staged.size:
@@ -639,7 +642,8 @@ class Contents:
         else:
             await self._grow(staged, size)
         staged.size = size
-        staged.mtime_ns = time.time_ns()
+        if stamp:
+            staged.mtime_ns = time.time_ns()
         staged.generation = next(self._generations)
         if self.writers[node.node_id]:
             await self._save_open(staged)  # a record with the old, longer size would outlive a stop

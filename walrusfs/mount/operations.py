@@ -481,7 +481,10 @@ class WalrusFS(pyfuse3.Operations):
                 raise _error(errno.EISDIR)
             if node.kind != FILE:
                 raise _error(errno.EINVAL)
-            await self.contents.truncate(node, attr.st_size)
+            # The kernel keeps a regular file's times (writeback cache) and sends the mtime
+            # with a truncation that changed it; one sent without (the same size again) left
+            # it as it was, and a stamp of our own would publish a time the writer never saw.
+            await self.contents.truncate(node, attr.st_size, stamp=False)
         if fields.update_mtime and node.kind == FILE and node.node_id in self.contents.staged:
             # After the truncation, which stamps its own time: the kernel's time (a truncate
             # in writeback mode sends the one it shows) or the caller's is the file's.
