@@ -163,6 +163,65 @@ def sliver_root(config: EncodingConfig, sliver: Sliver) -> bytes:
     return merkle.root_of_level(merkle.leaf_hashes(expanded_sliver(config, sliver)))
 
 
+#: Symbols at least this large are cut out of received buffers one by one; smaller ones are
+#: cut from one joined copy (a Python step per tiny symbol would cost more than the copy).
+_LARGE_SYMBOL = 64 << 10
+
+
+def symbols_from_parts(parts: Sequence[bytes | bytearray | memoryview], symbol_size: int, count: int) -> list[bytes]:
+    """``count`` symbols of ``symbol_size`` bytes from buffers holding them back to back, copied once.
+
+    A received sliver arrives as the transport's chunks, whose bounds have nothing to do
+    with symbols; the Reed-Solomon binding takes only ``bytes`` symbols, so each symbol
+    is assembled from slices of the chunks (no joined copy of the whole sliver first).
+    """
+    if symbol_size <= 0 or count < 0:
+        raise InvalidParameter(f"cannot cut {count} symbols of {symbol_size} bytes")
+    total = sum(len(part) for part in parts)
+    if total != symbol_size * count:
+        raise InvalidParameter(f"{total} bytes are not {count} symbols of {symbol_size} bytes")
+    if symbol_size < _LARGE_SYMBOL:
+        return _split(b"".join(parts), symbol_size, count)
+    out: list[bytes] = []
+    pieces: list[memoryview] = []
+    need = symbol_size
+    for part in parts:
+        view = memoryview(part)
+        while len(view):
+            take = view[:need]
+            view = view[len(take):]
+            need -= len(take)
+            if need:
+                pieces.append(take)
+                continue
+            if not pieces and isinstance(part, bytes) and len(part) == symbol_size:
+                out.append(part)  # a chunk that is exactly one symbol needs no copy
+            else:
+                pieces.append(take)
+                out.append(b"".join(pieces))
+            pieces, need = [], symbol_size
+    return out
+
+
+def _check_symbols(config: EncodingConfig, axis: Axis, index: int, symbols: Sequence[bytes], symbol_size: int) -> None:
+    count = config.secondary_source_symbols if axis is Axis.PRIMARY else config.primary_source_symbols
+    if len(symbols) != count or any(len(symbol) != symbol_size for symbol in symbols):
+        raise InvalidParameter(
+            f"{axis.value} sliver has {len(symbols)} symbols of {sorted({len(x) for x in symbols})} bytes, "
+            f"expected {count} of {symbol_size} for {config.n_shards} shards"
+        )
+    config.check_index(index, f"{axis.value} sliver")
+
+
+def verify_symbols(metadata: BlobMetadata, axis: Axis, index: int, symbols: list[bytes]) -> None:
+    """``verify_sliver`` for a sliver given as its symbols (``symbols_from_parts``): no joined copy needed."""
+    config = metadata.config
+    _check_symbols(config, axis, index, symbols, metadata.symbol_size)
+    root = merkle.root_of_level(merkle.leaf_hashes(_expand(symbols, config.n_shards)))
+    if root != commitment(metadata, axis, index):
+        raise VerificationError(f"{axis.value} sliver {index} does not match its commitment")
+
+
 def _message_rows(data: bytes, config: EncodingConfig, symbol_size: int) -> list[bytes]:
     """The p rows of the message matrix; only rows past the blob's end get zero padding."""
     row_len = config.primary_sliver_size(len(data))

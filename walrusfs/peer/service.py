@@ -34,7 +34,7 @@ from ..core.errors import CodecError, VerificationError
 from ..core.lifecycle import Registration
 from ..core.log import CHALLENGE_KINDS
 from ..core.metadata import BlobId, BlobMetadata
-from ..core.redstuff import Axis, Sliver, pair_index, verify_sliver
+from ..core.redstuff import Axis, pair_index, symbols_from_parts, verify_symbols
 from ..core.rounds import recent_rounds
 from ..core.wire import MessageError, decode, encode, field, uint
 from ..identity import Identity
@@ -50,7 +50,7 @@ from .healing import (
 )
 from .invalidity import InvalidBlobs
 from .replication import LogService
-from .store import MIN_FREE, DiskFull, PeerStore, writing
+from .store import MIN_FREE, DiskFull, PeerStore, write_all, writing
 
 log = logging.getLogger("walrusfs.peer")
 
@@ -357,12 +357,17 @@ class PeerService:
         path = self.store.spool_path()
         try:
             with writing("receiving a sliver pair"):
-                data = await self._spool(reader, length, path)
+                parts = await self._spool(reader, length, path)
 
             def verify_and_commit() -> None:
-                verify_sliver(metadata, Sliver(Axis.PRIMARY, pair, size, data[:primary_length]))
-                verify_sliver(metadata, Sliver(Axis.SECONDARY, pair_index(Axis.SECONDARY, pair, self.n), size,
-                                               data[primary_length:]))
+                # The symbols are cut from the chunks as they arrived: the pair is never joined.
+                symbols = symbols_from_parts(parts, size, config.secondary_source_symbols
+                                             + config.primary_source_symbols)
+                parts.clear()
+                s = config.secondary_source_symbols
+                verify_symbols(metadata, Axis.PRIMARY, pair, symbols[:s])
+                verify_symbols(metadata, Axis.SECONDARY, pair_index(Axis.SECONDARY, pair, self.n), symbols[s:])
+                del symbols
                 self.store.commit_pair(blob_id, pair, path, primary_length)
 
             await trio.to_thread.run_sync(verify_and_commit)
@@ -371,42 +376,42 @@ class PeerService:
                 path.unlink()
         return m.ok(), b""
 
-    async def _spool(self, reader: FrameReader, length: int, path: Path) -> bytes:
-        """Drain a body to ``path`` and return it: one task reads the stream, another writes blocks.
+    async def _spool(self, reader: FrameReader, length: int, path: Path) -> list[bytes]:
+        """Drain a body to ``path`` and return it as the chunks it arrived in: one task reads, another writes.
 
         Reading never waits for the disk (a stalled reader stalls the sender's Yamux
-        window, and 5 s of it resets the stream). The bytes are also kept, because
-        verification needs the whole pair in memory anyway; reading it back would cost a copy.
+        window, and 5 s of it resets the stream). The chunks are also kept, because
+        verification needs the whole pair in memory anyway; reading it back would cost a
+        copy, and so would joining them (a pair is larger than the allocator's reuse limit,
+        so every join of one is page-faulted in afresh).
         """
-        send, receive = trio.open_memory_channel[bytes](_SPOOL_BLOCKS)
-        spool = await trio.to_thread.run_sync(open, path, "wb")
+        send, receive = trio.open_memory_channel[list[bytes]](_SPOOL_BLOCKS)
+        fd = await trio.to_thread.run_sync(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             async with trio.open_nursery() as nursery:
 
                 async def write_blocks() -> None:
                     async with receive:
                         async for block in receive:
-                            await trio.to_thread.run_sync(spool.write, block)
+                            await trio.to_thread.run_sync(write_all, fd, block)
 
                 nursery.start_soon(write_blocks)
-                blocks: list[bytes] = []
+                parts: list[bytes] = []
                 async with send:
                     pending: list[bytes] = []
                     pending_size = 0
                     async for chunk in reader.body_chunks(length):
+                        parts.append(chunk)
                         pending.append(chunk)
                         pending_size += len(chunk)
                         if pending_size >= _SPOOL_BLOCK:
-                            blocks.append(b"".join(pending))
-                            await send.send(blocks[-1])
+                            await send.send(pending)
                             pending, pending_size = [], 0
                     if pending:
-                        blocks.append(b"".join(pending))
-                        await send.send(blocks[-1])
+                        await send.send(pending)
         finally:
-            await trio.to_thread.run_sync(spool.close)
-        return blocks[0] if len(blocks) == 1 else b"".join(blocks)
-
+            await trio.to_thread.run_sync(os.close, fd)
+        return parts
     async def _get_confirmation(self, request: dict[str, Any], reader: FrameReader) -> tuple[bytes, bytes]:
         await self._no_body(reader)
         blob_id = m.blob_id_field(request)
