@@ -45,25 +45,31 @@ class FrameReader:
         self._watch = watch
         self._in_header = False
 
-    async def _more(self) -> bool:
+    async def _read(self) -> bytes:
+        """The stream's next chunk (b"" at its end), reported to the watch."""
         watch = self._watch
         if watch is not None:
             watch.read_starts()
         try:
             chunk = await self._stream.read(CHUNK)  # type: ignore[attr-defined]
         except StreamEOF:
-            return False
+            return b""
         finally:
             if watch is not None:
                 watch.read_ends()
+        if chunk and watch is not None:
+            watch.arrived(len(chunk))
+        return chunk or b""
+
+    async def _more(self) -> bool:
+        chunk = await self._read()
         if not chunk:
             return False
         self._buffer += chunk
-        if watch is not None:
-            watch.arrived(len(chunk))
-            if self._in_header:
-                watch.header_arriving()
-                watch.hold_header(len(self._buffer))  # raises Overloaded past the peer's cap
+        watch = self._watch
+        if watch is not None and self._in_header:
+            watch.header_arriving()
+            watch.hold_header(len(self._buffer))  # raises Overloaded past the peer's cap
         return True
 
     async def _exactly(self, count: int, what: str) -> bytes:
@@ -107,13 +113,27 @@ class FrameReader:
         return size
 
     async def body_chunks(self, length: int) -> AsyncIterator[bytes]:
-        """Yield the body's ``length`` bytes as they arrive."""
+        """Yield the body's ``length`` bytes as they arrive (the stream's own chunks, uncopied, where possible)."""
         left = length
         while left:
-            if not self._buffer and not await self._more():
-                raise FrameError(f"stream ended inside the body ({length - left} of {length} bytes)")
-            piece = bytes(self._buffer[:left])
-            del self._buffer[: len(piece)]
+            buffer = self._buffer
+            if buffer:
+                if len(buffer) <= left:
+                    piece = bytes(buffer)
+                    buffer.clear()
+                else:
+                    with memoryview(buffer) as view, view[:left] as head:
+                        piece = bytes(head)
+                    del buffer[:left]
+            else:
+                piece = await self._read()
+                if not piece:
+                    raise FrameError(f"stream ended inside the body ({length - left} of {length} bytes)")
+                if len(piece) > left:
+                    # The next frame's first bytes came with this one's last: keep them.
+                    with memoryview(piece) as view, view[left:] as rest:
+                        buffer += rest
+                    piece = piece[:left]
             left -= len(piece)
             if not left and self._watch is not None:
                 self._watch.handling()
@@ -134,6 +154,7 @@ async def write_frame(stream: object, header: bytes, body: Body = b"") -> None:
     total = sum(len(part) for part in parts)
     await stream.write(_HEADER_PREFIX.pack(len(header)) + header + _BODY_PREFIX.pack(total))  # type: ignore[attr-defined]
     for part in parts:
+        # Slices of a view: the muxer copies each into its frames anyway, so no copy here.
         view = memoryview(part)
         for start in range(0, len(view), CHUNK):
-            await stream.write(bytes(view[start : start + CHUNK]))  # type: ignore[attr-defined]
+            await stream.write(view[start : start + CHUNK])  # type: ignore[attr-defined]
