@@ -33,6 +33,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from . import fastpath
 from .limits import Guard, Limits, Overloaded
 
 __all__ = ["ID", "IHost", "PeerInfo", "configure_logging", "guard_of", "key_pair", "make_host", "peer_info",
@@ -108,6 +109,7 @@ def make_host(seed: bytes, members: Collection[str] = (), limits: Limits | None 
     # themselves, so a refused dial should fail fast. new_host does not pass this through.
     host.get_network().retry_config = RetryConfig(max_retries=1, initial_delay=0.05)  # type: ignore[attr-defined]
     _guard_inbound_connections(host.get_network(), guard)
+    fastpath.apply()  # before the atomic wrapper, which wraps whatever write_msg is then
     _make_noise_writes_atomic()
     return host
 
