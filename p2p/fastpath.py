@@ -38,7 +38,10 @@ from noise.exceptions import NoiseInvalidMessage
 #: The libp2p release these patches replace internals of.
 PATCHED_VERSION = "0.8.1"
 #: Largest Yamux DATA frame sent (go-yamux sends 64 KiB by default; any frame within the window is valid).
-FRAME_SIZE = 1 << 20
+#: A frame is one Noise write, which ``p2p.host`` gives NOISE_WRITE_LIMIT (10 s) to be taken,
+#: so a link must move a frame in that time: 256 KiB needs 26 KB/s (64 KiB needed 6.5 KB/s).
+#: CPU per MB moved (both ends, one process): 64 KiB 4.7 ms, 128 KiB 2.9, 256 KiB 2.3, 1 MiB 1.9.
+FRAME_SIZE = 256 << 10
 #: Bytes asked of the socket per read on a Noise connection.
 READ_SIZE = 256 << 10
 
