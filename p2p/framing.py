@@ -103,6 +103,11 @@ class FrameReader:
             watch.handling()  # until the handler asks for the body, waiting is not the sender's doing
         return header
 
+    def admit(self) -> None:
+        """Tell the watch the current request passed the handler's authorization checks."""
+        if self._watch is not None:
+            self._watch.admit()
+
     async def body_length(self, max_size: int) -> int:
         """The length of the body that follows the header, checked against ``max_size`` (and the watch's caps)."""
         (size,) = _BODY_PREFIX.unpack(await self._exactly(_BODY_PREFIX.size, "body length"))

@@ -347,6 +347,7 @@ class PeerService:
         length = await reader.body_length(m.MAX_BODY)
         if length != expected:
             raise _Reject(m.MALFORMED, f"a sliver pair of this blob is {expected} bytes, got {length}")
+        reader.admit()  # an upload of a registered blob this peer must store: its buffers are reused soon
         try:
             await trio.to_thread.run_sync(self.store.check_room, length)
         except DiskFull:
