@@ -15,7 +15,8 @@ scheduler. These patches keep every byte on the wire as the protocols define it:
 - Noise transport messages are read from a receive buffer filled ``READ_SIZE`` bytes at
   a time, so most messages cost no socket call or checkpoint;
 - a Yamux DATA body is taken straight from the secure session (py-libp2p's
-  ``read_exactly`` copied it twice more).
+  ``read_exactly`` copied it twice more);
+- data a stream received before its reset is read before the reset is reported.
 
 Each patch is applied once, only on the libp2p version it was written against; on any
 other version nothing is patched and everything works as before, only slower.
@@ -145,3 +146,21 @@ def _patch_yamux() -> None:
             return data
 
     yamux.Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
+    read_stream = yamux.Yamux.read_stream
+
+    async def read_stream_then_reset(self: Any, stream_id: int, n: int = -1) -> bytes:
+        # Data that arrived before a stream's RST is delivered before the reset is reported.
+        # py-libp2p keeps such data buffered ("preserving half-close read semantics") but
+        # raised the reset first, so whether a reader saw an answer written just before a
+        # reset (a peer's "busy" refusal) depended on whether it ran between the two
+        # frames: with a buffered Noise reader both are usually handled in one go.
+        stream = self.streams.get(stream_id)
+        buffer = self.stream_buffers.get(stream_id)
+        if stream is not None and stream.reset_received and buffer:
+            take = len(buffer) if n is None or n < 0 or n >= len(buffer) else n
+            data = bytes(buffer[:take])
+            del buffer[:take]
+            return data
+        return await read_stream(self, stream_id, n)
+
+    yamux.Yamux.read_stream = read_stream_then_reset  # type: ignore[method-assign]
