@@ -27,7 +27,9 @@ from walrusfs.core.redstuff import (
     encode_blob,
     read_blob,
     rows_for_range,
+    symbols_from_parts,
     verify_sliver,
+    verify_symbols,
 )
 
 codec_settings = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -183,3 +185,41 @@ def test_a_thousand_shards() -> None:
     encoded = encode_blob(blob, config)
     rows = list(range(500, 500 + config.primary_source_symbols))
     assert read_blob(encoded.metadata, primaries(encoded, rows)) == blob
+
+
+@codec_settings
+@given(data=st.data(), symbol_size=st.sampled_from([2, 48, 4096, 64 << 10, 70_002]), count=st.integers(1, 5))
+def test_symbols_from_parts_cut_any_chunking_like_a_split(data: st.DataObject, symbol_size: int, count: int) -> None:
+    # A received sliver arrives in chunks whose bounds have nothing to do with symbols.
+    body = bytes(range(256)) * (symbol_size * count // 256 + 1)
+    body = body[: symbol_size * count]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=8)))
+    bounds = [0, *cuts, len(body)]
+    kinds = data.draw(st.lists(st.sampled_from([bytes, bytearray, memoryview]), min_size=len(bounds), max_size=len(bounds)))
+    parts = [kind(body[a:b]) for kind, a, b in zip(kinds, bounds, bounds[1:])]
+    symbols = symbols_from_parts(parts, symbol_size, count)
+    assert symbols == [body[k : k + symbol_size] for k in range(0, len(body), symbol_size)]
+    assert all(type(symbol) is bytes for symbol in symbols)
+    with pytest.raises(InvalidParameter):
+        symbols_from_parts([*parts, b"x"], symbol_size, count)
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_verify_symbols_agrees_with_verify_sliver(n: int) -> None:
+    encoded = encode_blob(blob_bytes(n, 300_000), EncodingConfig(n))
+    metadata = encoded.metadata
+    for pair in encoded.pairs:
+        for sliver in (pair.primary, pair.secondary):
+            verify_sliver(metadata, sliver)
+            verify_symbols(metadata, sliver.axis, sliver.index, sliver.symbols())
+            tampered = bytearray(sliver.data)
+            tampered[len(tampered) // 3] ^= 1
+            bad = Sliver(sliver.axis, sliver.index, sliver.symbol_size, bytes(tampered))
+            for check in (lambda: verify_sliver(metadata, bad),
+                          lambda: verify_symbols(metadata, bad.axis, bad.index, bad.symbols())):
+                with pytest.raises(VerificationError):
+                    check()
+            with pytest.raises(InvalidParameter):
+                verify_symbols(metadata, sliver.axis, sliver.index, sliver.symbols()[:-1])
+            with pytest.raises(InvalidParameter):
+                verify_symbols(metadata, sliver.axis, n, sliver.symbols())
