@@ -10,8 +10,8 @@ scheduler. These patches keep every byte on the wire as the protocols define it:
 - Yamux DATA frames are sent up to ``FRAME_SIZE`` bytes (never past the send window the
   receiver granted, which is all the Yamux spec and go-yamux require; py-libp2p accepts
   up to its 16 MiB window);
-- a Noise transport message batch (one Yamux frame) is encrypted whole and written with
-  one socket write;
+- a Noise transport message batch (one Yamux frame) is encrypted whole and written in
+  ``WRITE_PIECE`` socket writes;
 - Noise transport messages are read from a receive buffer filled ``READ_SIZE`` bytes at
   a time, so most messages cost no socket call or checkpoint;
 - a Yamux DATA body is taken straight from the secure session (py-libp2p's
@@ -25,6 +25,7 @@ other version nothing is patched and everything works as before, only slower.
 from __future__ import annotations
 
 import struct
+from contextvars import ContextVar
 from importlib.metadata import version
 from typing import Any
 
@@ -39,10 +40,14 @@ from noise.exceptions import NoiseInvalidMessage
 #: The libp2p release these patches replace internals of.
 PATCHED_VERSION = "0.8.1"
 #: Largest Yamux DATA frame sent (go-yamux sends 64 KiB by default; any frame within the window is valid).
-#: A frame is one Noise write, which ``p2p.host`` gives NOISE_WRITE_LIMIT (10 s) to be taken,
-#: so a link must move a frame in that time: 256 KiB needs 26 KB/s (64 KiB needed 6.5 KB/s).
 #: CPU per MB moved (both ends, one process): 64 KiB 4.7 ms, 128 KiB 2.9, 256 KiB 2.3, 1 MiB 1.9.
-FRAME_SIZE = 256 << 10
+FRAME_SIZE = 1 << 20
+#: A frame is written to the socket in pieces this large; ``write_progress`` (set by
+#: ``p2p.host``'s atomic write) gives each piece the write limit afresh, so a link must
+#: move 256 KiB per NOISE_WRITE_LIMIT (26 KB/s at 10 s; 64 KiB frames needed 6.5 KB/s).
+WRITE_PIECE = 256 << 10
+#: (scope, seconds): the scope whose deadline a Noise write moves to now + seconds after each piece.
+write_progress: ContextVar[tuple[trio.CancelScope, float] | None] = ContextVar("write_progress", default=None)
 #: Bytes asked of the socket per read on a Noise connection.
 READ_SIZE = 256 << 10
 
@@ -97,7 +102,17 @@ def _patch_noise() -> None:
             sealed = _seal(self, view[start : start + _PLAINTEXT])
             out.append(_LENGTH.pack(len(sealed)))
             out.append(sealed)
-        await self.read_writer.read_write_closer.write(b"".join(out))
+        data = b"".join(out)
+        raw = self.read_writer.read_write_closer
+        progress = write_progress.get()
+        if progress is None or len(data) <= WRITE_PIECE:
+            await raw.write(data)
+            return
+        scope, limit = progress
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_PIECE):
+            await raw.write(view[start : start + WRITE_PIECE])
+            scope.deadline = trio.current_time() + limit
 
     async def read_msg(self: Any, prefix_encoded: bool = False) -> bytes:
         if prefix_encoded:

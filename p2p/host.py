@@ -128,7 +128,8 @@ def _make_noise_writes_atomic() -> None:
     peer fails to authenticate every later one and resets the connection: other calls
     on it then fail with "Failed to send SYN ... Broken pipe". Here each message is
     written in a shielded scope; one the peer does not take within NOISE_WRITE_LIMIT
-    closes the connection (it is unusable) instead of hanging the cancelled task.
+    (for a large one, a piece of it: ``p2p.fastpath.WRITE_PIECE``) closes the connection
+    (it is unusable) instead of hanging the cancelled task.
     """
     if getattr(NoiseTransportReadWriter.write_msg, "_walrusfs_atomic", False):
         return
@@ -136,7 +137,12 @@ def _make_noise_writes_atomic() -> None:
 
     async def atomic_write_msg(self: Any, msg: bytes, prefix_encoded: bool = False) -> None:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + NOISE_WRITE_LIMIT) as scope:
-            await write_msg(self, msg, prefix_encoded)
+            # A large write (a whole Yamux frame) gets the limit again after each piece it moves.
+            token = fastpath.write_progress.set((scope, NOISE_WRITE_LIMIT))
+            try:
+                await write_msg(self, msg, prefix_encoded)
+            finally:
+                fastpath.write_progress.reset(token)
         if scope.cancelled_caught:
             with trio.CancelScope(shield=True):
                 try:
