@@ -163,6 +163,12 @@ def _patch_yamux() -> None:
     yamux.Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
     read_stream = yamux.Yamux.read_stream
 
+    def take(buffer: bytearray, n: int | None) -> bytes:
+        count = len(buffer) if n is None or n < 0 or n >= len(buffer) else n
+        data = bytes(buffer[:count])
+        del buffer[:count]
+        return data
+
     async def read_stream_then_reset(self: Any, stream_id: int, n: int = -1) -> bytes:
         # Data that arrived before a stream's RST is delivered before the reset is reported.
         # py-libp2p keeps such data buffered ("preserving half-close read semantics") but
@@ -172,10 +178,14 @@ def _patch_yamux() -> None:
         stream = self.streams.get(stream_id)
         buffer = self.stream_buffers.get(stream_id)
         if stream is not None and stream.reset_received and buffer:
-            take = len(buffer) if n is None or n < 0 or n >= len(buffer) else n
-            data = bytes(buffer[:take])
-            del buffer[:take]
-            return data
-        return await read_stream(self, stream_id, n)
+            return take(buffer, n)
+        try:
+            return await read_stream(self, stream_id, n)
+        except yamux.MuxedStreamReset:
+            # The reset arrived while this read waited, right behind data for it.
+            buffer = self.stream_buffers.get(stream_id)
+            if buffer:
+                return take(buffer, n)
+            raise
 
     yamux.Yamux.read_stream = read_stream_then_reset  # type: ignore[method-assign]
