@@ -173,3 +173,35 @@ def human_size(count: int) -> str:
         if count >= scale:
             return f"{count / scale:.1f} {unit}"
     return f"{count} B"
+
+
+def _metrics_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: a HOST:PORT to serve metrics on, checked (not bound) here."""
+    if value is None:
+        return None
+    from ..metrics import MetricsAddressError, parse_address
+
+    try:
+        parse_address(value)
+    except MetricsAddressError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
+metrics_option = click.option(
+    "--metrics", "metrics_address", metavar="HOST:PORT", default=None, callback=_metrics_address,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9101; default: off). "
+         "Anyone who can reach the address can read them.",
+)
+
+
+def start_metrics(registry: Any, address: str | None) -> Any:
+    """Serve ``registry`` on ``address`` (None: do nothing); a one-line failure if the address cannot be bound."""
+    if address is None:
+        return None
+    from ..metrics import serve_metrics
+
+    try:
+        return serve_metrics(registry, address)
+    except OSError as exc:
+        raise Failure(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
