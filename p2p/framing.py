@@ -44,6 +44,8 @@ class FrameReader:
         self._buffer = bytearray()
         self._watch = watch
         self._in_header = False
+        #: Bytes read from the stream so far (for byte counters; read-ahead included).
+        self.received = 0
 
     async def _read(self) -> bytes:
         """The stream's next chunk (b"" at its end), reported to the watch."""
@@ -57,8 +59,10 @@ class FrameReader:
         finally:
             if watch is not None:
                 watch.read_ends()
-        if chunk and watch is not None:
-            watch.arrived(len(chunk))
+        if chunk:
+            self.received += len(chunk)
+            if watch is not None:
+                watch.arrived(len(chunk))
         return chunk or b""
 
     async def _more(self) -> bool:

@@ -20,7 +20,9 @@ from .common import (
     json_option,
     load_committee,
     megabytes,
+    metrics_option,
     parse_size,
+    start_metrics,
     with_client,
 )
 
@@ -59,8 +61,9 @@ def init(directory: Path) -> None:
 @click.option("--min-free", default="64MiB", callback=parse_size, show_default=True, envvar="WALRUSFS_MIN_FREE",
               help="Free disk space kept for the database and log: uploads that would leave less are refused "
                    "(disk-full) until space returns.")
+@metrics_option
 def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_rate: float, scrub_pause: float,
-         challenge_every: int, challenge_sample: int, min_free: int) -> None:
+         challenge_every: int, challenge_sample: int, min_free: int, metrics_address: str | None) -> None:
     """Run a storage peer from its data DIRECTORY until SIGTERM.
 
     The peer heals missing or damaged sliver pairs of every certified blob in the
@@ -72,6 +75,7 @@ def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_
     from p2p.host import configure_logging
 
     from ..identity import IdentityError, load_identity
+    from ..peer.metrics import PeerMetrics
     from ..peer.service import Fault, run_peer
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -82,17 +86,25 @@ def peer(directory: Path, committee_path: Path | None, fault: str | None, scrub_
         committee.index_of(identity.peer_id)
     except (IdentityError, CommitteeError) as exc:
         raise Failure(str(exc)) from exc
-    if fault == "black-hole":
-        from ..peer.blackhole import run_black_hole
+    metrics = PeerMetrics()
+    server = start_metrics(metrics.registry, metrics_address)
+    if server is not None:
+        print(f"walrusfs peer: metrics on {server.url}", flush=True)
+    try:
+        if fault == "black-hole":
+            from ..peer.blackhole import run_black_hole
 
-        me = committee.peers[committee.index_of(identity.peer_id)]
-        run_black_hole(me.addrs[0], announce=lambda line: print(
-            f"walrusfs peer {identity.peer_id} serving shards {sorted(me.shards)} on {me.addrs[0]} "
-            f"[TEST FAULT: black-hole]: {line}", flush=True))
-        return
-    trio.run(partial(run_peer, directory, identity, committee, Fault(fault) if fault else None, int(scrub_rate * 1e6),
-                     scrub_pause, challenge_every=challenge_every, challenge_sample=challenge_sample,
-                     min_free=min_free))
+            me = committee.peers[committee.index_of(identity.peer_id)]
+            run_black_hole(me.addrs[0], announce=lambda line: print(
+                f"walrusfs peer {identity.peer_id} serving shards {sorted(me.shards)} on {me.addrs[0]} "
+                f"[TEST FAULT: black-hole]: {line}", flush=True))
+            return
+        trio.run(partial(run_peer, directory, identity, committee, Fault(fault) if fault else None,
+                         int(scrub_rate * 1e6), scrub_pause, challenge_every=challenge_every,
+                         challenge_sample=challenge_sample, min_free=min_free, metrics=metrics))
+    finally:
+        if server is not None:
+            server.close()
 
 
 @click.command()

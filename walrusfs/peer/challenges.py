@@ -71,8 +71,11 @@ from ..core.rounds import (
     CLOSING,
     ENDED,
     EXPIRED,
+    FAILED,
     OPEN,
+    PASSED,
     REVEALING,
+    UNPROVEN,
     UNRESOLVED,
     VOID,
     Round,
@@ -182,6 +185,13 @@ class Challenges:
         self._wake = trio.Event()
         self._cpu = trio.CapacityLimiter(1)
         self.refused_reads = 0
+        #: For the metrics (read from another thread; every key exists from the start): the
+        #: newest valid round, the rounds that ended since start-up by this peer's result in
+        #: them (void: the start never counted), and the proofs this peer checked by verdict.
+        self.newest_round = 0
+        self.rounds_ended: dict[str, int] = {PASSED: 0, FAILED: 0, UNPROVEN: 0, VOID: 0}
+        self.proofs_checked: dict[str, int] = {"attested": 0, "refused": 0}
+        self._counting = False  # rounds already ended in the stored log are not counted
         self.host: IHost | None = None
         self.pool: SessionPool | None = None
 
@@ -191,6 +201,7 @@ class Challenges:
         """Fold the challenge entries already in the log (after ``LogService.load``)."""
         self.rounds.extend(e for e in self.log.state.counted() if e.kind in CHALLENGE_KINDS)
         self._refresh()
+        self._counting = True
 
     def on_entry(self, entry: Entry) -> None:
         """Log listener: fold challenge entries; any entry may complete the heads a round waits for."""
@@ -207,6 +218,8 @@ class Challenges:
         """Recompute which blobs are refused: the known samples of valid rounds not ended in this peer's view."""
         unresolved = False
         newest = self.rounds.last_valid(self.log.state)  # judges predecessors before successors
+        if newest is not None:
+            self.newest_round = newest.number
         for start_id, found in self.rounds.rounds.items():
             phase = self._phase(found)
             if phase in ENDED:
@@ -239,6 +252,10 @@ class Challenges:
         phase = self.rounds.judge(found, self.log.state)
         if phase in ENDED:
             self._closed[found.start_id] = phase
+            if self._counting:
+                result = VOID if phase == VOID else found.results(self.committee, phase)[self.index]
+                if result in self.rounds_ended:
+                    self.rounds_ended[result] += 1
         return phase
 
     def check_serving(self, blob_id: BlobId) -> str | None:
@@ -644,8 +661,10 @@ class Challenges:
                     return {"need": [b.raw for b in need]}
             if why is not None:
                 checking.verdicts[prover] = f"refused: {why}"
+                self.proofs_checked["refused"] += 1
                 raise _Refusal(m.INVALID, f"proof refused: {why}")
             checking.verdicts[prover] = "attested"
+            self.proofs_checked["attested"] += 1
         if self.slow:
             await trio.sleep(self.slow)
         return {"signature": sign_pass(self.identity.signing_key, found.number, seed, prover)}

@@ -241,6 +241,10 @@ class Healer:
                       "damaged": s.scrub_damaged, "bytes": s.scrub_bytes, "rate": self.scrub_rate},
         }
 
+    def backlog(self) -> tuple[int, int]:
+        """(blobs waiting to be healed, blobs being healed): safe to call from another thread."""
+        return len(self._due), len(self._healing)
+
     def recent(self) -> list[dict[str, Any]]:
         """The most recent heals and what each cost."""
         return [vars(r) for r in self.stats.recent]

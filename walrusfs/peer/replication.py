@@ -84,6 +84,8 @@ PULL_BYTES = 32 << 20
 #: Liveness only: an anti-entropy exchange silent this long is given up (what was
 #: received so far is kept) and that peer is asked less often until it answers again.
 PULL_LIMIT = 10.0
+#: Outcomes of an entry that this replica did not hold before.
+_NEW = frozenset({Outcome.ACCEPTED.value, Outcome.PENDING.value, Outcome.EQUIVOCATION.value})
 
 
 def _now_ms() -> int:
@@ -119,6 +121,16 @@ class LogService:
         self._pool: SessionPool | None = None  # streams for anti-entropy's heads and ranges
         #: Called (on the trio loop, must not block) with every entry that becomes accepted.
         self.listeners: list[Callable[[Entry], None]] = [self._index_author]
+        #: For the metrics (read from another thread: every key exists from the start, so
+        #: only values change). Entries offered to this replica by outcome; anti-entropy
+        #: exchanges by outcome, the entries they fetched, how many entries new here the
+        #: last completed exchange brought (0: this replica was caught up), and when (Unix
+        #: time) it completed.
+        self.offered: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
+        self.exchanges: dict[str, int] = {"ok": 0, "failed": 0, "silent": 0}
+        self.pulled_entries = 0
+        self.lag_entries = 0
+        self.last_exchange = 0.0
 
     async def load(self) -> None:
         """Rebuild the state from the entries stored here (they were validated before storing)."""
@@ -212,6 +224,8 @@ class LogService:
                     if relay or accepted_entry.author not in self._members:
                         to_relay.append(accepted_entry)
                 results.append((outcome.value, reason))
+            for outcome_name, _ in results:
+                self.offered[outcome_name] += 1
             if to_store or self._unstored:
                 now = _now_ms()
                 rows = self._unstored + [(e.id, e.author, e.seq, e.encode(), now) for e in to_store.values()]
@@ -414,9 +428,11 @@ class LogService:
             self._silent.discard(peer)
             return
         self._silent.add(peer)
+        self.exchanges["silent"] += 1
         log.debug("anti-entropy with peer %d: no answer within %.0f s", peer, PULL_LIMIT)
 
     async def _pull(self, peer: int) -> None:
+        """One anti-entropy exchange with ``peer``."""
         budget = RoundBudget(PULL_BYTES)
 
         async def call(protocol: str, **fields: Any) -> dict[str, Any]:
@@ -424,10 +440,11 @@ class LogService:
 
         try:
             evidence = None
+            missing = 0  # entries this replica lacked and the exchange brought
             async with aclosing(heads_pages(call, self._cursor, budget)) as pages:
                 async for page in pages:
                     evidence = field(page.reply, "evidence", bytes) if evidence is None else evidence
-                    await self._catch_up(call, page.heads, budget)
+                    missing += await self._catch_up(call, page.heads, budget)
                     if budget.spent:
                         break  # this page again next round (the cursor stays before it)
                     self._cursor = page.last if page.more else None  # at the end: the next exchange starts over
@@ -436,21 +453,33 @@ class LogService:
             if evidence is not None and evidence != self._evidence_digest():
                 got = await self._call(peer, LOG_EVIDENCE)
                 await self.receive([decode_entry(e) for e in field(got, "entries", list)])
+            self.exchanges["ok"] += 1
+            self.lag_entries = missing
+            self.last_exchange = time.time()
+            return
         except (PeerUnavailable, CodecError) as exc:
             log.debug("anti-entropy with peer %d failed: %s", peer, exc)
         except DiskFull as exc:
             log.warning("anti-entropy with peer %d stopped: %s", peer, exc)
         except Exception as exc:  # noqa: BLE001 - whatever its reply raises is that peer's failure
             member_fault(peer, exc)
+        self.exchanges["failed"] += 1
 
-    async def _catch_up(self, call: Any, heads: dict[bytes, tuple[int, bytes]], budget: RoundBudget) -> None:
-        """Pull the entries of one heads page we lack; fetch the remote's version where the chains differ."""
+    async def _catch_up(self, call: Any, heads: dict[bytes, tuple[int, bytes]], budget: RoundBudget) -> int:
+        """Pull the entries of one heads page we lack; fetch the remote's version where the chains differ.
+
+        Returns how many of the entries it fetched were new here (what a liar claims to hold
+        but never sends does not count).
+        """
         wants = [(a, self.state.head(a) + 1, seq) for a, (seq, _) in heads.items() if seq > self.state.head(a)]
+        new = 0
         async with aclosing(range_pages(call, wants, budget)) as pages:
             async for entries in pages:
-                await self.receive(entries)
+                self.pulled_entries += len(entries)
+                results = await self.receive(entries)
+                new += sum(1 for outcome, _ in results if outcome in _NEW)
         if budget.spent:
-            return
+            return new
         for author, (remote_seq, remote_head) in heads.items():
             # Same position, different entry (or its next entry does not follow ours): the
             # author signed two entries. Fetching the remote's entry at our head makes that
@@ -465,6 +494,7 @@ class LogService:
             [theirs] = check_ranges(await call(LOG_RANGE, wants=[[author, common, 1]]), want)
             if theirs[0].id != ours:
                 await self.receive(theirs)
+        return new
 
     def _evidence_digest(self) -> bytes:
         return merkle.blake2b256(b"".join(sorted(

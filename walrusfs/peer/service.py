@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from p2p.framing import FrameReader
+from p2p.framing import EndOfStream, FrameReader
 from p2p.host import guard_of, running_host
 from p2p.limits import Guard, Limits, Overloaded
 from p2p.rpc import serve
@@ -49,6 +49,7 @@ from .healing import (
     stored_recovery_symbol,
 )
 from .invalidity import InvalidBlobs
+from .metrics import PeerMetrics
 from .replication import LogService
 from .store import MIN_FREE, DiskFull, PeerStore, write_all, writing
 
@@ -168,7 +169,7 @@ class PeerService:
     def __init__(
         self, identity: Identity, committee: Committee, store: PeerStore, fault: Fault | None = None,
         scrub_rate: int = SCRUB_RATE, scrub_pause: float = SCRUB_PAUSE, *, challenge_every: int = 0,
-        challenge_sample: int = DEFAULT_SAMPLE,
+        challenge_sample: int = DEFAULT_SAMPLE, metrics: PeerMetrics | None = None,
     ) -> None:
         self.identity = identity
         self.committee = committee
@@ -200,6 +201,9 @@ class PeerService:
         self.epochs = Epochs(identity, committee, self.index, self.log)
         self.log.listeners += [self.epochs.on_entry, self.healer.on_entry, self.invalid.on_entry, self.challenges.on_entry,
                                self.access.on_entry]
+        #: Counted whether or not they are served (``--metrics``): a few increments per request.
+        self.metrics = metrics or PeerMetrics()
+        self.metrics.watch(self)
 
     async def _inconsistent(self, blob_id: BlobId, metadata: BlobMetadata, proof: Any) -> None:
         await self.invalid.report(blob_id, metadata, proof)
@@ -261,7 +265,32 @@ class PeerService:
             m.AUDIT_LOG: self._audit_log,
         }
         for protocol, handler in handlers.items():
-            serve(host, protocol, self._guarded(handler), _frame_error)
+            serve(host, protocol, self._counted(protocol, self._guarded(handler)), self._frame_error(protocol))
+
+    def _counted(self, protocol: str, handler: Callable[[FrameReader, str], Awaitable[tuple[bytes, bytes]]]
+                 ) -> Callable[[FrameReader, str], Awaitable[tuple[bytes, bytes]]]:
+        """``handler`` with each answered request counted in the metrics (bytes in and out, outcome)."""
+        metrics = self.metrics
+
+        async def run(reader: FrameReader, remote: str) -> tuple[bytes, bytes]:
+            before = reader.received
+            try:
+                header, body = await handler(reader, remote)
+            finally:
+                metrics.arrived(protocol, reader.received - before)  # refused or broken off: counted too
+            metrics.answered(protocol, header, body)
+            return header, body
+
+        return run
+
+    def _frame_error(self, protocol: str) -> Callable[[Exception], bytes]:
+        """``_frame_error`` for ``protocol``, counting the refusal in the metrics."""
+        def on_error(exc: Exception) -> bytes:
+            if not isinstance(exc, EndOfStream):
+                self.metrics.refused(protocol, m.BUSY if isinstance(exc, Overloaded) else m.MALFORMED)
+            return _frame_error(exc)
+
+        return on_error
 
     def _guarded(
         self, handler: Callable[[dict[str, Any], FrameReader], Awaitable[tuple[bytes, bytes]]]
@@ -591,12 +620,15 @@ def _say(text: str) -> None:
 async def run_peer(
     directory: Path, identity: Identity, committee: Committee, fault: Fault | None = None,
     scrub_rate: int = SCRUB_RATE, scrub_pause: float = SCRUB_PAUSE, *, challenge_every: int = 0,
-    challenge_sample: int = DEFAULT_SAMPLE, min_free: int = MIN_FREE,
+    challenge_sample: int = DEFAULT_SAMPLE, min_free: int = MIN_FREE, metrics: PeerMetrics | None = None,
 ) -> None:
-    """Serve as a committee peer until SIGTERM or SIGINT, then close cleanly."""
+    """Serve as a committee peer until SIGTERM or SIGINT, then close cleanly.
+
+    ``metrics`` is the registry a metrics server (started by the caller) shows.
+    """
     store = await trio.to_thread.run_sync(PeerStore, directory, min_free)
     service = PeerService(identity, committee, store, fault, scrub_rate, scrub_pause,
-                          challenge_every=challenge_every, challenge_sample=challenge_sample)
+                          challenge_every=challenge_every, challenge_sample=challenge_sample, metrics=metrics)
     await service.log.load()
     service.challenges.load()
     me = committee.peers[service.index]
