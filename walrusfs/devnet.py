@@ -1,9 +1,10 @@
 """A local network of peers: N ``walrusfs peer`` processes on 127.0.0.1 and their committee.
 
 ``DIR/committee.toml`` is written once and reused, so identities and ports survive
-``down``/``up``; ``DIR/devnet.json`` records the running processes and ``DIR/options.json``
-the options every peer is started with. Peers run in their own sessions with logs in
-``DIR/peer-K/peer.log``.
+``down``/``up``; ``DIR/metrics.json`` likewise holds each peer's metrics address (loopback,
+``walrusfs peer --metrics``); ``DIR/devnet.json`` records the running processes (with their
+metrics addresses) and ``DIR/options.json`` the options every peer is started with. Peers
+run in their own sessions with logs in ``DIR/peer-K/peer.log``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .identity import IdentityError, create_identity, load_identity
 
 STATE_FILE = "devnet.json"
 OPTIONS_FILE = "options.json"
+METRICS_FILE = "metrics.json"
 COMMITTEE_FILE = "committee.toml"
 #: The devnet's operator key (it grants storage) and the writer key it grants: commands
 #: that use this devnet's committee file store with the writer key beside it.
@@ -113,6 +115,24 @@ def create(directory: Path, peers: int, epoch_seconds: int = DEVNET_EPOCH_SECOND
     return committee
 
 
+def metrics_addresses(directory: Path) -> dict[int, str]:
+    """Each peer's metrics address (HOST:PORT on loopback), chosen once and kept, like its libp2p port."""
+    path = directory / METRICS_FILE
+    try:
+        return {int(k): str(v) for k, v in json.loads(path.read_text()).items()}
+    except FileNotFoundError:
+        pass
+    committee = parse_committee((directory / COMMITTEE_FILE).read_text())
+    taken = {addr.rsplit("/", 1)[-1] for peer in committee.peers for addr in peer.addrs}
+    # Bound all at once, so they differ from each other; never one of the peers' own ports.
+    ports = [p for p in _free_ports(2 * len(committee.peers)) if str(p) not in taken][: len(committee.peers)]
+    addresses = {k: f"127.0.0.1:{port}" for k, port in enumerate(ports)}
+    tmp = directory / (METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps({str(k): v for k, v in addresses.items()}, indent=2))
+    tmp.replace(path)
+    return addresses
+
+
 def set_peer_options(directory: Path, options: dict[str, str]) -> None:
     """Record ``walrusfs peer`` options (name -> value) that every peer starts with from now on."""
     tmp = directory / (OPTIONS_FILE + ".tmp")
@@ -135,16 +155,19 @@ def start_peer(directory: Path, index: int, fault: str | None = None) -> int:
     if entry and _alive(int(entry["pid"])):
         raise DevnetError(f"peer {index} is already running (pid {entry['pid']})")
     data = peer_dir(directory, index)
+    metrics = metrics_addresses(directory).get(index)
     args = [sys.executable, "-m", "walrusfs", "peer", str(data), "--committee", str(directory / COMMITTEE_FILE)]
     for name, value in sorted(peer_options(directory).items()):
         args += [f"--{name}", value]
+    if metrics:
+        args += ["--metrics", metrics]
     if fault:
         args += ["--fault", fault]
     with open(data / "peer.log", "ab") as logfile:
         process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
         )
-    state[str(index)] = {"pid": process.pid, "fault": fault or ""}
+    state[str(index)] = {"pid": process.pid, "fault": fault or "", "metrics": metrics or ""}
     _write_state(directory, state)
     return process.pid
 

@@ -118,6 +118,8 @@ def devnet_up(count: int, faults: tuple[str, ...], challenge_every: int | None, 
     path = (directory / dn.COMMITTEE_FILE).resolve()
     click.echo(f"{count} peers running (n = {committee.n_shards}, f = {committee.f}); committee: {path}")
     click.echo(f"  export WALRUSFS_COMMITTEE={path}")
+    metrics = dn.metrics_addresses(directory)
+    click.echo("  metrics: " + ", ".join(f"peer {k} http://{metrics[k]}/metrics" for k in sorted(metrics)))
     click.echo("  walrusfs store FILE; walrusfs read BLOB_ID -o OUT; walrusfs health")
     click.echo(f"  walrusfs devnet down {directory}")
 
