@@ -19,7 +19,7 @@ import sys
 VALUED = {
     "committee": "--committee", "state": "--state", "chunk_size": "--chunk-size", "cache_size": "--cache-size",
     "startup_timeout": "--startup-timeout", "trash_time": "--trash-time", "log_file": "--log-file",
-    "writer_key": "--writer-key", "uid": "--uid", "gid": "--gid", "umask": "--umask",
+    "writer_key": "--writer-key", "uid": "--uid", "gid": "--gid", "umask": "--umask", "metrics": "--metrics",
 }
 #: OPTION -> walrusfs mount flag.
 FLAGS = {"ro": "--read-only", "allow_other": "--allow-other", "keep_owners": "--keep-owners", "debug": "--debug"}

@@ -20,7 +20,9 @@ from .common import (
     default_committee_path,
     json_option,
     load_committee,
+    metrics_option,
     parse_size,
+    start_metrics,
     writer_key_option,
 )
 
@@ -182,11 +184,12 @@ def _background(log_path: Path, mountpoint: Path, state_dir: Path) -> Callable[[
               help="The source the mount table shows (mount.walrusfs passes fstab's, so mount -a sees it mounted).")
 @click.option("--fault", type=click.Choice(["inconsistent-writer"]), hidden=True,
               help="TEST ONLY: encode chunks the way a malicious writer would.")
+@metrics_option
 @writer_key_option
 def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_path: Path | None, read_only: bool, state_dir: Path | None,
           chunk_size: int, cache_size: int, pack_below: int, startup_timeout: float, keep_owners: bool, uid: int | None, gid: int | None,
           umask: int, allow_other: bool, background: bool, log_file: Path | None, fsname: str, debug: bool,
-          trash_time: str | None, fault: str | None, writer_key: Path | None) -> None:
+          trash_time: str | None, fault: str | None, metrics_address: str | None, writer_key: Path | None) -> None:
     """Mount a volume at MOUNTPOINT (runs until unmounted with 'walrusfs umount' or fusermount3 -u).
 
     With --background it returns once the mount serves. A dead mount left at MOUNTPOINT by a
@@ -263,6 +266,14 @@ def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_p
     ready = None
     if background:
         ready = _background(Path(os.path.abspath(log_file or state_dir / "mount.log")), mountpoint, state_dir)
+    # Started here, after a --background fork (a thread does not survive one), before the
+    # mount: an address that cannot be bound is one line, with nothing mounted.
+    from ..mount.metrics import MountMetrics
+
+    metrics = MountMetrics()
+    server = start_metrics(metrics.registry, metrics_address)
+    if server is not None:
+        click.echo(f"walrusfs mount: metrics on {server.url}", err=True)
     try:
         trio.run(lambda: serve_mount(
             mountpoint, vol, committee, state_dir, read_only=read_only,
@@ -272,10 +283,13 @@ def mount(mountpoint: Path, volume_ref: str | None, cap: str | None, committee_p
             keep_owners=keep_owners, account=account, trash_seconds=trash_seconds, allow_other=allow_other,
             owner=None if uid is None and gid is None else (os.getuid() if uid is None else uid,
                                                             os.getgid() if gid is None else gid),
-            umask=umask, ready=ready, fsname=fsname,
+            umask=umask, ready=ready, fsname=fsname, metrics=metrics,
         ))
     except (MountError, StateError) as exc:
         raise Failure(str(exc)) from None
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _read_status(mountpoint: Path, whole: bool) -> dict[str, Any]:

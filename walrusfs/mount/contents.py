@@ -43,6 +43,7 @@ from ..core.metadata import BlobId, BlobMetadata
 from ..core.namespace import ROOT, Node
 from ..core.redstuff import EncodedBlob, encode_blob
 from ..core.sealing import TAG_BYTES, SealError, open_chunk, seal_chunk
+from .metrics import MountMetrics
 from .staging import ChunkCache, MountState, StagedFile
 from .volumelog import PublishRefused, VolumeLog
 
@@ -151,8 +152,10 @@ class Contents:
     """Staged and stored file contents of one mount."""
 
     def __init__(self, client: Client, vlog: VolumeLog, state: MountState, cache: ChunkCache, chunk_size: int,
-                 pack_below: int = PACK_BELOW) -> None:
+                 pack_below: int = PACK_BELOW, metrics: MountMetrics | None = None) -> None:
         self.client = client
+        #: Counted whether or not they are served (``--metrics``).
+        self.metrics = metrics or MountMetrics()
         self.pack_below = pack_below
         #: Files handed to the packer (until their pack's writes are signed or it failed),
         #: the queue of the pack being gathered, and files closed again meanwhile.
@@ -224,6 +227,7 @@ class Contents:
         self._open_saved: set[str] = set()
         #: A staged file's generation when it was staged or loaded: a later one means it was changed here.
         self._first_generation: dict[bytes, int] = {}
+        self.metrics.watch(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -308,6 +312,17 @@ class Contents:
 
     async def read(self, node: Node, offset: int, size: int, sequential: bool) -> bytes:
         """Bytes [offset, offset + size) of a file, verified or staged; short at end of file."""
+        started = time.perf_counter()
+        try:
+            data = await self._read(node, offset, size, sequential)
+        except Exception:
+            self.metrics.read_errors.inc()
+            raise
+        self.metrics.read_seconds.observe(time.perf_counter() - started)
+        self.metrics.read_bytes.inc(len(data))
+        return data
+
+    async def _read(self, node: Node, offset: int, size: int, sequential: bool) -> bytes:
         staged = self.staged.get(node.node_id)
         if staged is not None:
             length, chunk_size, chunks, dirty = staged.size, staged.chunk_size, staged.chunks, staged.dirty
@@ -372,12 +387,21 @@ class Contents:
         return metadata
 
     async def _read_range(self, blob: bytes, offset: int, size: int) -> bytes:
+        self.metrics.cache_misses.inc()
         try:
             metadata = await self._metadata_of(blob)
-            return await self.client.read(BlobId(blob), offset, size, metadata=metadata)
+            return await self._fetch(BlobId(blob), offset, size, metadata=metadata)
         except InvalidBlobError as exc:
             self._invalid[blob] = str(exc)
             raise
+
+    async def _fetch(self, blob_id: BlobId, *args: Any, metadata: BlobMetadata) -> bytes:
+        """``client.read``, timed and counted in the metrics."""
+        started = time.perf_counter()
+        data = await self.client.read(blob_id, *args, metadata=metadata)
+        self.metrics.fetch_seconds.observe(time.perf_counter() - started)
+        self.metrics.fetched_bytes.inc(len(data))
+        return data
 
     async def chunk(self, blob: bytes, key_hash: bytes | None = None) -> bytes:
         """A whole chunk's plaintext, verified (and opened, if sealed), from memory, the disk cache or the peers.
@@ -390,19 +414,22 @@ class Contents:
             data = self._memory.get(ref)
             if data is not None:
                 self._memory.move_to_end(ref)
+                self.metrics.cache_hits.labels("memory").inc()
                 return data
             data = await trio.to_thread.run_sync(self.cache.get, name)
             if data is not None:
                 self._remember(ref, data)
+                self.metrics.cache_hits.labels("disk").inc()
                 return data
             waiting = self._fetching.get(ref)
             if waiting is None:
                 break
             await waiting.wait()
+        self.metrics.cache_misses.inc()
         done = self._fetching[ref] = trio.Event()
         try:
             try:
-                data = await self.client.read(BlobId(blob), metadata=await self._metadata_of(blob))
+                data = await self._fetch(BlobId(blob), metadata=await self._metadata_of(blob))
             except InvalidBlobError as exc:
                 self._invalid[blob] = str(exc)
                 raise
@@ -427,9 +454,13 @@ class Contents:
         data = self._memory.get(ref)
         if data is not None:
             self._memory.move_to_end(ref)
+            self.metrics.cache_hits.labels("memory").inc()
             return data
         data = await trio.to_thread.run_sync(self.cache.get, name)
-        if data is None:
+        if data is not None:
+            self.metrics.cache_hits.labels("disk").inc()
+        else:
+            self.metrics.cache_misses.inc()
             stored = await self._pack_range(blob, offset, length + (TAG_BYTES if key_hash is not None else 0))
             data = stored if key_hash is None else await trio.to_thread.run_sync(self._open, blob, key_hash, stored)
             await trio.to_thread.run_sync(self.cache.put, name, data)
@@ -466,7 +497,7 @@ class Contents:
             done = self._fetching[key] = trio.Event()
             try:
                 start, end = missing[0] * row_length, min((missing[-1] + 1) * row_length, length)
-                data = await self.client.read(BlobId(blob), start, end - start, metadata=metadata)
+                data = await self._fetch(BlobId(blob), start, end - start, metadata=metadata)
                 self.pack_rows_fetched += missing[-1] - missing[0] + 1
             except InvalidBlobError as exc:
                 self._invalid[blob] = str(exc)
@@ -830,6 +861,7 @@ class Contents:
 
     def _failed(self, node: bytes, exc: Exception) -> None:
         """Record why an upload failed and queue it again after a backoff (never give up: the data is staged)."""
+        self.metrics.upload_failures.inc()
         self._attempts[node] += 1
         delay = min(MAX_RETRY_DELAY, RETRY_DELAY * 2 ** (self._attempts[node] - 1))
         progress = self.progress.get(node)
@@ -950,6 +982,7 @@ class Contents:
             args["last_parent"] = staged.last_parent
         op = await self.vlog.append("write", args)
         staged.base = op.op_id
+        self.metrics.uploads.inc()
         if staged.generation == generation:
             await self._forget(staged)
         else:
@@ -1092,18 +1125,23 @@ class Contents:
         # the ledger at once): one released or expired since must be stored again.
         if not self._held_by_volume(blob_id):
             done = self._storing[blob_id.raw] = trio.Event()
+            started = time.perf_counter()
             try:
                 result = await self.client.store_encoded(encoded, encoded.metadata.unencoded_length, publish=True,
                                                          wait_logged=False, background=self._nursery)
             finally:
                 del self._storing[blob_id.raw]
                 done.set()
+            self.metrics.upload_seconds.observe(time.perf_counter() - started)
+            self.metrics.stored_blobs.inc()
+            self.metrics.stored_bytes.inc(encoded.metadata.unencoded_length)
             if result.entry is not None:
                 self.vlog.note_certified(result.entry)
             self._certified_here.add(blob_id.raw)
             self.uploaded_chunks += 1
         else:
             self.deduplicated_chunks += 1
+            self.metrics.deduplicated_blobs.inc()
         self._metadata[blob_id.raw] = encoded.metadata
         return blob_id
 

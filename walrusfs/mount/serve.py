@@ -23,6 +23,7 @@ from ..core.committee import Committee
 from ..core.lifecycle import device_authority
 from .contents import PACK_BELOW, Contents
 from .lifecycle import Keeper
+from .metrics import MountMetrics
 from .operations import WalrusFS
 from .staging import ChunkCache, MountState
 from .volumelog import LogUnavailable, VolumeLog
@@ -73,7 +74,7 @@ async def serve_mount(
     inconsistent_writer: bool = False, startup_limit: float = STARTUP_LIMIT, keep_owners: bool = False,
     account: SigningKey | None = None, trash_seconds: float | None = None, allow_other: bool = False,
     owner: tuple[int, int] | None = None, umask: int = 0, ready: Callable[[], None] | None = None,
-    fsname: str = "walrusfs", pack_below: int = PACK_BELOW,
+    fsname: str = "walrusfs", pack_below: int = PACK_BELOW, metrics: MountMetrics | None = None,
 ) -> None:
     """Mount ``volume`` at ``mountpoint`` until it is unmounted or the process is signalled.
 
@@ -84,7 +85,8 @@ async def serve_mount(
     lets other users in (the kernel checks the shown owners and modes: default_permissions).
     ``ready`` is called once the mount serves (for --background and systemd); ``fsname`` is the
     source the mount table shows. Files of at most ``pack_below`` bytes closed together are
-    stored packed (``contents``). ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
+    stored packed (``contents``). ``metrics`` is what a metrics server (started by the caller)
+    shows. ``inconsistent_writer`` is for tests only: chunks are encoded the way a malicious writer
     would (one parity row tampered yet committed to).
     """
     state = await trio.to_thread.run_sync(MountState, state_dir)
@@ -97,7 +99,7 @@ async def serve_mount(
                              chunk_size=chunk_size, announce=announce, inconsistent_writer=inconsistent_writer,
                              startup_limit=startup_limit, keep_owners=keep_owners, account=account,
                              trash_seconds=trash_seconds, allow_other=allow_other, owner=owner, umask=umask,
-                             ready=ready, fsname=fsname, pack_below=pack_below)
+                             ready=ready, fsname=fsname, pack_below=pack_below, metrics=metrics)
             except MountError as exc:
                 # Raised after the host closed, so it reaches the caller as itself rather
                 # than inside the host's exception groups (the CLI prints it as one line).
@@ -114,13 +116,14 @@ async def _serve(
     keep_owners: bool = False, account: SigningKey | None = None, trash_seconds: float | None = None,
     allow_other: bool = False, owner: tuple[int, int] | None = None, umask: int = 0,
     ready: Callable[[], None] | None = None, fsname: str = "walrusfs", pack_below: int = PACK_BELOW,
+    metrics: MountMetrics | None = None,
 ) -> None:
     """Serve one mount on an open libp2p host until it is unmounted."""
     authority = device_authority(account, volume.key, state.device) if volume.key is not None else None
     client = Client(host, committee, reuse_streams=True, authority=authority)
     vlog = VolumeLog(client, volume, state, writer=authority.writer if authority else None)
     await vlog.load()
-    contents = Contents(client, vlog, state, cache, chunk_size, pack_below)
+    contents = Contents(client, vlog, state, cache, chunk_size, pack_below, metrics)
     if inconsistent_writer:
         from ..testing import encode_inconsistent
 
