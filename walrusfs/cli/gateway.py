@@ -13,7 +13,9 @@ from .common import (
     committee_option,
     load_committee,
     load_writer,
+    metrics_option,
     parse_size,
+    start_metrics,
     writer_key_option,
 )
 
@@ -56,14 +58,16 @@ def _token(path: Path | None) -> str | None:
 @click.option("--max-fetches", type=click.IntRange(1), default=4, show_default=True,
               help="Verified reads (a row, or a whole blob) at once across all requests; each costs several "
                    "times what it reads while verified. More wait their turn.")
+@metrics_option
 @committee_option
 @writer_key_option
 def gateway(bind: str, publisher: bool, aggregator: bool, token_file: Path | None, max_body_size: int,
-            max_requests: int, max_stores: int, patience: float, read_ahead: int, max_fetches: int, committee_path: Path | None,
-            writer_key: Path | None) -> None:
+            max_requests: int, max_stores: int, patience: float, read_ahead: int, max_fetches: int,
+            metrics_address: str | None, committee_path: Path | None, writer_key: Path | None) -> None:
     """Serve Walrus's HTTP API (publisher and aggregator) for this committee until Ctrl-C or SIGTERM."""
     from ..client.blob import DEFAULT_EPOCHS
     from ..gateway.app import Settings
+    from ..gateway.metrics import GatewayMetrics
     from ..gateway.server import run_blocking
 
     if not publisher and not aggregator:
@@ -83,7 +87,14 @@ def gateway(bind: str, publisher: bool, aggregator: bool, token_file: Path | Non
                    f"(pid {os.getpid()}; Ctrl-C stops)")
         sys.stdout.flush()
 
+    metrics = GatewayMetrics()
+    server = start_metrics(metrics.registry, metrics_address)
+    if server is not None:
+        click.echo(f"walrusfs gateway: metrics on {server.url}", err=True)
     try:
-        run_blocking(committee, authority, settings, bind, ready)
+        run_blocking(committee, authority, settings, bind, ready, metrics)
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {bind}: {exc.strerror or exc}") from None
+    finally:
+        if server is not None:
+            server.close()

@@ -18,6 +18,7 @@ from p2p.host import configure_logging, running_host
 from ..client.blob import Client
 from ..core.committee import Committee
 from .app import Gateway, Settings
+from .metrics import GatewayMetrics
 
 log = logging.getLogger("walrusfs.gateway")
 
@@ -35,8 +36,11 @@ def hypercorn_config(bind: str) -> Config:
 
 
 async def run(committee: Committee, authority: Any, settings: Settings, bind: str,
-              ready: Callable[[list[str]], None]) -> None:
-    """Serve until SIGINT or SIGTERM; ``ready`` gets the bound URLs once requests are accepted."""
+              ready: Callable[[list[str]], None], metrics: GatewayMetrics | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; ``ready`` gets the bound URLs once requests are accepted.
+
+    With ``metrics``, every exchange is counted there (a metrics server started by the caller shows them).
+    """
     configure_logging(logging.CRITICAL)  # the client reports unreachable peers itself
     stop = trio.Event()
 
@@ -50,12 +54,13 @@ async def run(committee: Committee, authority: Any, settings: Settings, bind: st
         # Streams to peers are pooled: a gateway makes many small calls, like a mount.
         client = Client(host, committee, reuse_streams=True, authority=authority)
         app = Gateway(client, settings)
+        served = metrics.wrap(app) if metrics is not None else app
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(signals)
 
                 async def serving(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-                    await serve(app, hypercorn_config(bind), shutdown_trigger=stop.wait,  # type: ignore[arg-type]
+                    await serve(served, hypercorn_config(bind), shutdown_trigger=stop.wait,  # type: ignore[arg-type]
                                 task_status=task_status)
                     nursery.cancel_scope.cancel()
 
@@ -66,6 +71,6 @@ async def run(committee: Committee, authority: Any, settings: Settings, bind: st
 
 
 def run_blocking(committee: Committee, authority: Any, settings: Settings, bind: str,
-                 ready: Callable[[list[str]], None]) -> None:
+                 ready: Callable[[list[str]], None], metrics: GatewayMetrics | None = None) -> None:
     """``run`` under ``trio.run``."""
-    trio.run(partial(run, committee, authority, settings, bind, ready))
+    trio.run(partial(run, committee, authority, settings, bind, ready, metrics))
