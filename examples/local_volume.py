@@ -124,6 +124,7 @@ def main() -> None:
             if not same:
                 raise SystemExit(1)
             return
+        peer0_metrics = json.loads((net / "metrics.json").read_text())["0"]
         print(f"""
 Try, in another terminal:
   cp /etc/services {mnt}/ && cat {mnt}/services | head
@@ -136,6 +137,8 @@ Try, in another terminal:
       # a storage challenge round now, authorized by member 0 (only members start rounds;
       # peers also start one per 50 certified blobs)
   {EXE} audit history --committee {committee}
+  curl -s http://{peer0_metrics}/metrics | grep ^walrusfs_peer_stored
+      # Prometheus metrics (every peer's address: {net}/metrics.json)
   {EXE} devnet stop {net} --peer 3      # the volume keeps working with f = 2 peers down
 Press Ctrl-C here (or close the terminal) to wait for uploads, unmount and stop the peers.""", flush=True)
         while mounts[0][1].poll() is None:
