@@ -58,6 +58,19 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, have), v in samples.items() if n == name and set(labels.items()) <= set(have))
 
 
+def families(url: str, prefix: str) -> set[str]:
+    """The metric names a page shows under ``prefix``, as the README lists them (counters with _total)."""
+    text = httpx.get(url, timeout=10).text
+    return {f.name + ("_total" if f.type == "counter" else "") for f in text_string_to_metric_families(text)
+            if f.name.startswith(prefix)}
+
+
+def readme_metrics(prefix: str) -> set[str]:
+    """The metric names the README's Metrics tables list under ``prefix``."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return set(re.findall(rf"^\| `({prefix}[a-z_]+)` \|", text, re.M))
+
+
 def metrics_url_in(log: Path, limit: float = 30.0) -> str:
     """The metrics URL a process printed to its log."""
     found: list[str] = []
@@ -168,6 +181,9 @@ def test_peer_and_mount_counters_follow_a_store_and_a_read(vol: MountedVolume, t
     hits = total(r1, "walrusfs_mount_cache_hits_total") - total(r0, "walrusfs_mount_cache_hits_total")
     assert hits == reads - 2
     assert value(r1, "walrusfs_mount_read_errors_total") == 0
+    # The README lists exactly what the pages show.
+    assert families(reader_url, "walrusfs_mount_") == readme_metrics("walrusfs_mount_")
+    assert families(urls[0], "walrusfs_peer_") == readme_metrics("walrusfs_peer_")
 
     # The peers sent at least the files' bytes as slivers (the primary slivers hold the data).
     served = [scrape(url) for url in urls]
@@ -225,6 +241,7 @@ def test_gateway_counts_requests_by_route_and_status_and_bytes(vol: MountedVolum
         # Labels come from fixed sets: the page names no path or method a client made up.
         page = httpx.get(url, timeout=10).text
         assert "/no/such/route" not in page and "BREW" not in page
+        assert families(url, "walrusfs_gateway_") == readme_metrics("walrusfs_gateway_")
     finally:
         gateway.close()
 
