@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SHARD_COUNTS, blob_bytes, blobs
+from walrusfs.core import merkle
 from walrusfs.core.config import EncodingConfig
 from walrusfs.core.errors import (
     BlobTooLarge,
@@ -25,9 +26,12 @@ from walrusfs.core.redstuff import (
     decode_primary,
     decode_secondary,
     encode_blob,
+    expanded_sliver,
     read_blob,
     rows_for_range,
+    sliver_root,
     symbols_from_parts,
+    verify_parts,
     verify_sliver,
     verify_symbols,
 )
@@ -223,3 +227,49 @@ def test_verify_symbols_agrees_with_verify_sliver(n: int) -> None:
                 verify_symbols(metadata, sliver.axis, sliver.index, sliver.symbols()[:-1])
             with pytest.raises(InvalidParameter):
                 verify_symbols(metadata, sliver.axis, n, sliver.symbols())
+
+
+@pytest.mark.parametrize("n", [4, 7])
+@pytest.mark.parametrize("symbol_size", [2, 4094, 65_536, 65_602, 262_144, 300_002, 524_352])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_verify_parts_agrees_with_verify_sliver_for_any_chunking(data: st.DataObject, n: int, symbol_size: int) -> None:
+    """A sliver verified from the chunks it arrived in, expanded in windows, is judged as the whole sliver is.
+
+    Symbols of 64 KiB and more are expanded ``_WINDOW`` bytes at a time (sizes here: one
+    window, several, several with a tail shorter than 64 bytes); the root must be the one of
+    the whole expansion, and any flipped byte, missing byte or wrong index must be refused.
+    """
+    config = EncodingConfig(n)
+    p, s = config.primary_source_symbols, config.secondary_source_symbols
+    length = p * s * symbol_size - data.draw(st.integers(0, 2 * p * s - 1))  # still this symbol size
+    blob = blob_bytes(symbol_size + n, length)
+    encoded = encode_blob(blob, config)
+    assert encoded.metadata.symbol_size == symbol_size
+    metadata = encoded.metadata
+    pair = encoded.pairs[data.draw(st.integers(0, n - 1))]
+    sliver = data.draw(st.sampled_from([pair.primary, pair.secondary]))
+    # The windowed root is the root of the whole expansion.
+    assert sliver_root(config, sliver) == merkle.root(expanded_sliver(config, sliver))
+    body = sliver.data
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=6)))
+    bounds = [0, *cuts, len(body)]
+    kinds = data.draw(st.lists(st.sampled_from([bytes, bytearray, memoryview]), min_size=len(bounds), max_size=len(bounds)))
+    parts = [kind(body[a:b]) for kind, a, b in zip(kinds, bounds, bounds[1:])]
+    verify_parts(metadata, sliver.axis, sliver.index, parts)
+    at = data.draw(st.integers(0, len(body) - 1))
+    tampered = bytearray(body)
+    tampered[at] ^= 1 << data.draw(st.integers(0, 7))
+    with pytest.raises(VerificationError):
+        verify_parts(metadata, sliver.axis, sliver.index, [tampered[: len(body) // 2], tampered[len(body) // 2 :]])
+    with pytest.raises(VerificationError):
+        verify_sliver(metadata, Sliver(sliver.axis, sliver.index, sliver.symbol_size, bytes(tampered)))
+    with pytest.raises(InvalidParameter):
+        verify_parts(metadata, sliver.axis, sliver.index, [*parts, b"x"])
+    with pytest.raises(InvalidParameter):
+        verify_parts(metadata, sliver.axis, sliver.index, [body[:-2]])
+    with pytest.raises(InvalidParameter):
+        verify_parts(metadata, sliver.axis, n, parts)
+    other = (sliver.index + 1) % n
+    with pytest.raises(VerificationError):
+        verify_parts(metadata, sliver.axis, other, parts)

@@ -37,6 +37,11 @@ def leaf_hash(data: bytes) -> bytes:
     return h.digest()
 
 
+def leaf_hasher() -> blake2b:
+    """A fresh leaf hasher (H(0x00 || ...)): feed a leaf's data in pieces, then ``digest()``."""
+    return _LEAF.copy()
+
+
 def node_hash(left: bytes, right: bytes) -> bytes:
     """Hash of an inner node: H(0x01 || left || right)."""
     h = _NODE.copy()

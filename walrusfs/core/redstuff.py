@@ -17,6 +17,7 @@ Large symbols are processed on a small thread pool: the Reed-Solomon binding and
 
 from __future__ import annotations
 
+import bisect
 import enum
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -160,12 +161,69 @@ def expanded_sliver(config: EncodingConfig, sliver: Sliver) -> list[bytes]:
 
 def sliver_root(config: EncodingConfig, sliver: Sliver) -> bytes:
     """Merkle root over the sliver's expansion to n symbols: what the metadata commits to."""
+    if sliver.symbol_size >= _LARGE_SYMBOL:
+        expected = _expected_length(config, sliver.axis, sliver.symbol_size)
+        if len(sliver.data) != expected:
+            expanded_sliver(config, sliver)  # raises its InvalidParameter
+        config.check_index(sliver.index, f"{sliver.axis.value} sliver")
+        return _windowed_root(config, _Parts([sliver.data]), sliver.symbol_size, sliver.n_symbols)
     return merkle.root_of_level(merkle.leaf_hashes(expanded_sliver(config, sliver)))
 
 
 #: Symbols at least this large are cut out of received buffers one by one; smaller ones are
 #: cut from one joined copy (a Python step per tiny symbol would cost more than the copy).
+#: Slivers of such symbols are also expanded and hashed in windows (``_windowed_root``).
 _LARGE_SYMBOL = 64 << 10
+#: Bytes of each symbol expanded at a time. Leopard codes every 64-byte chunk of a shard on
+#: its own (a shorter tail is laid out by its own length), so the recovery symbols of one
+#: window of the source symbols are that window of the recovery symbols, as long as
+#: windows start at multiples of 64 and the last ends at the symbol's end.
+_WINDOW = 256 << 10
+
+
+class _Parts:
+    """Byte ranges of buffers held back to back (a sliver as it arrived), copied only as taken."""
+
+    def __init__(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        self.views = [memoryview(part).cast("B") for part in parts if len(part)]
+        self.starts = []
+        position = 0
+        for view in self.views:
+            self.starts.append(position)
+            position += len(view)
+        self.length = position
+
+    def take(self, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) as one ``bytes`` (one copy)."""
+        k = bisect.bisect_right(self.starts, start) - 1
+        pieces = []
+        while start < stop:
+            view, base = self.views[k], self.starts[k]
+            end = min(len(view), stop - base)
+            pieces.append(view[start - base : end])
+            start = base + end
+            k += 1
+        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+
+
+def _windowed_root(config: EncodingConfig, parts: _Parts, symbol_size: int, count: int) -> bytes:
+    """Merkle root of a sliver's expansion, computed ``_WINDOW`` bytes of each symbol at a time.
+
+    Each of the n leaves is hashed as its symbol's windows come (a leaf hash is H(0x00 ||
+    symbol), fed piecewise); the n - count recovery symbols are never held whole. Beyond
+    the sliver itself this holds about (n + count) windows, not a copy of the sliver plus
+    its recovery symbols and the codec's work buffers.
+    """
+    n = config.n_shards
+    hashers = [merkle.leaf_hasher() for _ in range(n)]
+    for start in range(0, symbol_size, _WINDOW):
+        stop = min(start + _WINDOW, symbol_size)
+        window = [parts.take(k * symbol_size + start, k * symbol_size + stop) for k in range(count)]
+        for hasher, piece in zip(hashers, window):
+            hasher.update(piece)
+        for hasher, piece in zip(hashers[count:], _rs.encode(window, n - count)):
+            hasher.update(piece)
+    return merkle.root_of_level(b"".join(hasher.digest() for hasher in hashers))
 
 
 def symbols_from_parts(parts: Sequence[bytes | bytearray | memoryview], symbol_size: int, count: int) -> list[bytes]:
@@ -219,6 +277,30 @@ def verify_symbols(metadata: BlobMetadata, axis: Axis, index: int, symbols: list
     _check_symbols(config, axis, index, symbols, metadata.symbol_size)
     root = merkle.root_of_level(merkle.leaf_hashes(_expand(symbols, config.n_shards)))
     if root != commitment(metadata, axis, index):
+        raise VerificationError(f"{axis.value} sliver {index} does not match its commitment")
+
+
+def verify_parts(metadata: BlobMetadata, axis: Axis, index: int, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+    """``verify_sliver`` for a sliver given as the buffers it arrived in (any chunking), never joined.
+
+    A sliver of large symbols is expanded and hashed in windows (``_windowed_root``), so
+    verifying it costs a few windows of memory besides the buffers; smaller symbols are cut
+    from one joined copy (``symbols_from_parts``), which is then small.
+    """
+    config = metadata.config
+    symbol_size = metadata.symbol_size
+    count = config.secondary_source_symbols if axis is Axis.PRIMARY else config.primary_source_symbols
+    total = sum(memoryview(part).nbytes for part in parts)
+    if total != count * symbol_size:
+        raise InvalidParameter(
+            f"{axis.value} sliver has {total} bytes, expected {count * symbol_size} "
+            f"for symbol size {symbol_size} and {config.n_shards} shards"
+        )
+    config.check_index(index, f"{axis.value} sliver")
+    if symbol_size < _LARGE_SYMBOL:
+        verify_symbols(metadata, axis, index, symbols_from_parts(parts, symbol_size, count))
+        return
+    if _windowed_root(config, _Parts(parts), symbol_size, count) != commitment(metadata, axis, index):
         raise VerificationError(f"{axis.value} sliver {index} does not match its commitment")
 
 
