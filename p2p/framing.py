@@ -153,6 +153,11 @@ class FrameReader:
         length = await self.body_length(max_size)
         return b"".join([chunk async for chunk in self.body_chunks(length)])
 
+    async def read_body_parts(self, max_size: int) -> list[bytes]:
+        """The whole body as the chunks it arrived in: no joined second copy of a large body."""
+        length = await self.body_length(max_size)
+        return [chunk async for chunk in self.body_chunks(length)]
+
 
 Body = bytes | memoryview | Sequence[bytes]
 

@@ -167,8 +167,9 @@ async def request(
     *,
     max_header: int,
     max_body: int,
-) -> tuple[bytes, bytes]:
-    """Send one request frame to ``peer`` and return its response (header, body)."""
+    parts: bool = False,
+) -> tuple[bytes, bytes | list[bytes]]:
+    """Send one request frame to ``peer`` and return its response (header, body; ``parts``: the body's chunks)."""
     peer_id = str(peer.peer_id)
     try:
         stream = await _open_stream(host, peer, protocol)
@@ -184,7 +185,7 @@ async def request(
         await write_frame(stream, header, body)
         reader = FrameReader(stream)
         response = await reader.read_header(max_header)
-        response_body = await reader.read_body(max_body)
+        response_body = await (reader.read_body_parts if parts else reader.read_body)(max_body)
     except BaseException as exc:
         await _quietly(stream.reset)
         if isinstance(exc, Exception):
@@ -206,8 +207,13 @@ class Session:
         self._reader: FrameReader | None = None
         self._lock = trio.Lock()
 
-    async def request(self, header: bytes, body: Body = b"") -> tuple[bytes, bytes]:
-        """Send one request on the session's stream and return the response (header, body)."""
+    async def request(self, header: bytes, body: Body = b"", *, parts: bool = False,
+                      max_body: int | None = None) -> tuple[bytes, bytes | list[bytes]]:
+        """Send one request on the session's stream and return the response (header, body).
+
+        ``parts``: the body as the chunks it arrived in; ``max_body``: a tighter limit than
+        the session's for this response (the reply's length is refused before it is read).
+        """
         async with self._lock:
             for attempt in range(2):
                 try:
@@ -217,7 +223,9 @@ class Session:
                     assert self._reader is not None
                     await write_frame(self._stream, header, body)
                     response = await self._reader.read_header(self._limits[0])
-                    return response, await self._reader.read_body(self._limits[1])
+                    limit = self._limits[1] if max_body is None else min(max_body, self._limits[1])
+                    read = self._reader.read_body_parts if parts else self._reader.read_body
+                    return response, await read(limit)
                 except Exception as exc:
                     await self.reset()
                     if attempt:

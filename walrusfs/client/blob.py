@@ -60,7 +60,7 @@ from ..core.redstuff import (
     encode_blob,
     pair_index,
     rows_for_range,
-    verify_sliver,
+    verify_parts,
 )
 from ..core.rounds import Rounds
 from ..core.wire import field as wire_field
@@ -114,6 +114,10 @@ LOG_WAIT = 60.0
 #: Most bytes of entries ``log_entries`` fetches from one peer: past it, that peer's log
 #: (which may be junk: a peer can serve unsigned bytes) is not held whole in memory.
 LOG_FETCH_BYTES = 256 << 20
+
+#: A read's buffers are joined in a worker thread from this many bytes on (a copy of a few
+#: MB would hold up the trio loop for milliseconds).
+JOIN_INLINE = 1 << 20
 
 Progress = Callable[[int], None]
 
@@ -176,6 +180,36 @@ class InvalidBlobError(ReadError):
 
 
 @dataclass
+class _Fetched:
+    """A verified sliver, held as the buffers it arrived in; joined into a ``Sliver`` only if decoding needs one."""
+
+    axis: Axis
+    index: int
+    symbol_size: int
+    parts: list[bytes]
+
+    def sliver(self) -> Sliver:
+        """The sliver as one buffer; its chunks are let go (joined once, never twice)."""
+        if len(self.parts) != 1:
+            self.parts = [b"".join(self.parts)]
+        return Sliver(self.axis, self.index, self.symbol_size, self.parts[0])
+
+    def piece(self, start: int, stop: int) -> list[bytes]:
+        """Bytes [start, stop) of the sliver as buffers: whole chunks uncopied, the ends sliced."""
+        out = []
+        position = 0
+        for part in self.parts:
+            end = position + len(part)
+            if end > start and position < stop:
+                out.append(part if start <= position and end <= stop
+                           else part[max(start - position, 0) : min(stop, end) - position])
+            position = end
+            if position >= stop:
+                break
+        return out
+
+
+@dataclass
 class StoreResult:
     """Outcome of a store: blob ID, certificate, its log entry and what each peer did."""
 
@@ -225,9 +259,11 @@ class Client:
         #: last instead of costing a hedge delay whenever a random draw picks it.
         self.answered: set[int] = set()
 
-    async def _call(self, peer: int, protocol: str, body: Body = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
+    async def _call(self, peer: int, protocol: str, body: Body = b"", *, parts: bool = False,
+                    reply_limit: int | None = None, **fields: Any) -> tuple[dict[str, Any], Any]:
         try:
-            result = await call_member(self.host, self.committee, peer, protocol, body, pool=self.pool, **fields)
+            result = await call_member(self.host, self.committee, peer, protocol, body, pool=self.pool, parts=parts,
+                                       reply_limit=reply_limit, **fields)
         except m.RemoteError:
             self.answered.add(peer)
             raise
@@ -829,8 +865,12 @@ class Client:
     async def _collect(
         self, blob_id: BlobId, metadata: BlobMetadata, axis: Axis, candidates: Sequence[int], needed: int,
         progress: Progress | None, failures: dict[str, str], unanswered: set[int] | None = None,
-    ) -> dict[int, Sliver]:
+    ) -> dict[int, _Fetched]:
         """Fetch and verify slivers on ``axis`` in ``candidates`` order until ``needed`` are valid.
+
+        Each sliver is kept as the chunks it arrived in and verified from them (the
+        transport's buffers are never joined into a second copy; see ``verify_parts``); a
+        reply longer than the sliver is refused on its length prefix.
 
         At most ``needed`` requests are waited for at once; each failure starts the next
         candidate, and so does a request that has not answered within its hedge delay (it
@@ -838,12 +878,13 @@ class Client:
         every outstanding request is overdue, it returns what it has (the caller falls back
         to other slivers) and names the silent indices in ``unanswered``.
         """
-        valid: dict[int, Sliver] = {}
+        valid: dict[int, _Fetched] = {}
         if needed <= 0:
             return valid
         axis_symbols = (self.config.secondary_source_symbols if axis is Axis.PRIMARY
                         else self.config.primary_source_symbols)
-        hedge = SLIVER_HEDGE + axis_symbols * metadata.symbol_size / HEDGE_RATE
+        sliver_length = axis_symbols * metadata.symbol_size
+        hedge = SLIVER_HEDGE + sliver_length / HEDGE_RATE
         limiter = trio.Semaphore(needed)
         done = trio.Event()
         waiting = list(candidates)  # not started yet
@@ -895,10 +936,10 @@ class Client:
                     timer.start_soon(hedge_later)
                     asked = trio.current_time()
                     try:
-                        _, data = await self._call(peer, m.GET_SLIVER, blob_id=blob_id.raw, axis=axis.value, index=index)
+                        _, parts = await self._call(peer, m.GET_SLIVER, parts=True, reply_limit=sliver_length,
+                                                    blob_id=blob_id.raw, axis=axis.value, index=index)
                         answered_in(trio.current_time() - asked)
-                        sliver = Sliver(axis, index, metadata.symbol_size, data)
-                        await trio.to_thread.run_sync(verify_sliver, metadata, sliver)
+                        await trio.to_thread.run_sync(verify_parts, metadata, axis, index, parts)
                     except (PeerUnavailable, CodecError) as exc:
                         failures[f"{peer_id} ({axis.value} sliver {index})"] = _describe(exc)
                         return
@@ -907,9 +948,9 @@ class Client:
                         return
                     finally:
                         timer.cancel_scope.cancel()
-                valid[index] = sliver
+                valid[index] = _Fetched(axis, index, metadata.symbol_size, parts)
                 if progress:
-                    progress(len(data))
+                    progress(sliver_length)
             finally:
                 running.discard(index)
                 overdue.discard(index)
@@ -940,6 +981,25 @@ class Client:
         While a storage challenge round covers the blob, peers refuse its slivers; the read
         waits (up to ``challenge_wait`` seconds) for the round to close and tries again.
         """
+        parts = await self.read_parts(blob_id, offset, size, strict=strict, progress=progress, metadata=metadata,
+                                      challenge_wait=challenge_wait)
+        if len(parts) <= 1:
+            return parts[0] if parts else b""
+        if sum(len(part) for part in parts) < JOIN_INLINE:
+            return b"".join(parts)
+        return await trio.to_thread.run_sync(b"".join, parts)  # one copy of the range, off the trio loop
+
+    async def read_parts(
+        self, blob_id: BlobId, offset: int = 0, size: int | None = None, *, strict: bool = False,
+        progress: Progress | None = None, metadata: BlobMetadata | None = None,
+        challenge_wait: float = CHALLENGE_WAIT,
+    ) -> list[bytes]:
+        """``read``'s bytes as buffers back to back (``b"".join`` of them is what ``read`` returns).
+
+        When the range's own rows were read, these are the buffers the rows arrived in,
+        uncopied, and the caller holds the only references: a streaming reader lets each go
+        once sent, so a read costs about the rows it holds, not twice that.
+        """
         deadline = trio.current_time() + challenge_wait
         delay = 0.25
         while True:
@@ -955,8 +1015,8 @@ class Client:
     async def _read_once(
         self, blob_id: BlobId, offset: int = 0, size: int | None = None, *, strict: bool = False,
         progress: Progress | None = None, metadata: BlobMetadata | None = None,
-    ) -> bytes:
-        """One attempt at ``read``.
+    ) -> list[bytes]:
+        """One attempt at ``read_parts``.
 
         Prefers the systematic primary slivers the range covers (no decoding, and a small
         range fetches only its rows), then any p primary slivers, then s secondary slivers.
@@ -969,38 +1029,45 @@ class Client:
         if offset < 0 or size < 0 or offset + size > length:
             raise ReadError(f"range {offset}+{size} is outside blob {blob_id} of {length} bytes")
         if size == 0:
-            return b""
+            return []
         start, count = (0, length) if strict else (offset, size)
         p, s = self.config.primary_source_symbols, self.config.secondary_source_symbols
         rows = list(rows_for_range(self.config, length, start, count))
         failures: dict[str, str] = {}
         silent: set[int] = set()  # primary slivers whose holders did not answer in time
         primary = await self._collect(blob_id, metadata, Axis.PRIMARY, rows, len(rows), progress, failures, silent)
-        secondary: dict[int, Sliver] = {}
+        secondary: dict[int, _Fetched] = {}
         if len(primary) < len(rows):
             primary.update(await self._collect(
                 blob_id, metadata, Axis.PRIMARY, self._others([*primary, *silent]), p - len(primary), progress,
                 failures, silent,
             ))
+        row_length = s * metadata.symbol_size
 
-        def decode_rows() -> bytes:
+        def own_rows(begin: int, stop: int) -> list[bytes]:
+            # The verified systematic rows hold the blob's bytes as they are: no decoding.
+            return [piece for r in rows_for_range(self.config, length, begin, stop - begin)
+                    for piece in primary[r].piece(max(begin - r * row_length, 0), min(stop - r * row_length, row_length))]
+
+        def decode_rows() -> list[bytes]:
             if all(r in primary for r in rows):
-                data = decode_primary(self.config, length, [primary[r] for r in rows], start, count)
-                if strict:
-                    check_consistency(metadata, data, rows, strict=True)
-                return data[offset - start : offset - start + size]
-            chosen = [primary[k] for k in sorted(primary)[:p]]
+                data = b"".join(own_rows(0, length))
+                check_consistency(metadata, data, rows, strict=True)
+                return [data[offset : offset + size]]
+            chosen = [primary[k].sliver() for k in sorted(primary)[:p]]
             data = decode_primary(self.config, length, chosen)
             check_consistency(metadata, data, [c.index for c in chosen], strict)
-            return data[offset : offset + size]
+            return [data[offset : offset + size]]
 
-        def decode_columns() -> bytes:
-            data = decode_secondary(self.config, length, secondary.values())
+        def decode_columns() -> list[bytes]:
+            data = decode_secondary(self.config, length, [f.sliver() for f in secondary.values()])
             check_consistency(metadata, data, (), strict)
-            return data[offset : offset + size]
+            return [data[offset : offset + size]]
 
-        used: list[Sliver] = []
+        used: list[_Fetched] = []
         try:
+            if all(r in primary for r in rows) and not strict:
+                return own_rows(offset, offset + size)
             if all(r in primary for r in rows) or len(primary) >= p:
                 used = list(primary.values())
                 return await trio.to_thread.run_sync(decode_rows)
@@ -1014,7 +1081,8 @@ class Client:
                 more = await self._collect(blob_id, metadata, Axis.PRIMARY, self._others(list(primary)),
                                            p - len(primary), None, failures)
                 used += list(more.values())
-            raise await self._inconsistent(blob_id, metadata, used, str(exc)) from exc
+            slivers = await trio.to_thread.run_sync(lambda: [f.sliver() for f in used])
+            raise await self._inconsistent(blob_id, metadata, slivers, str(exc)) from exc
         if any(why.startswith(m.BLOB_INVALID) for why in failures.values()):
             entry = await self.invalid_entry(blob_id)
             if entry is not None:

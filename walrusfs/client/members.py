@@ -48,8 +48,9 @@ class SessionPool:
         self.committee = committee
         self._idle: dict[tuple[int, str, int], list[Session]] = {}
 
-    async def call(self, peer: int, protocol: str, header: bytes, body: Body, max_body: int) -> tuple[bytes, bytes]:
-        """One request on a pooled stream."""
+    async def call(self, peer: int, protocol: str, header: bytes, body: Body, max_body: int, *,
+                   parts: bool = False, reply_limit: int | None = None) -> tuple[bytes, bytes | list[bytes]]:
+        """One request on a pooled stream (``parts``, ``reply_limit``: as ``Session.request``'s)."""
         key = (peer, protocol, max_body)
         idle = self._idle.setdefault(key, [])
         if idle:
@@ -59,7 +60,7 @@ class SessionPool:
             session = Session(self.host, peer_info(info.peer_id, info.addrs), protocol,
                               max_header=m.MAX_HEADER, max_body=max_body)
         try:
-            result = await session.request(header, body)
+            result = await session.request(header, body, parts=parts, max_body=reply_limit)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await session.reset()
@@ -82,20 +83,26 @@ class SessionPool:
 
 async def call_member(
     host: IHost, committee: Committee, peer: int, protocol: str, body: Body = b"", *,
-    max_body: int = m.MAX_BODY, pool: SessionPool | None = None, **fields: Any,
-) -> tuple[dict[str, Any], bytes]:
+    max_body: int = m.MAX_BODY, pool: SessionPool | None = None, parts: bool = False,
+    reply_limit: int | None = None, **fields: Any,
+) -> tuple[dict[str, Any], Any]:
     """Send ``fields`` (and ``body``) to committee member ``peer``; return its reply and body.
 
-    Raises ``PeerUnavailable`` when the peer cannot be reached and ``RemoteError`` when it
-    answers with an error.
+    ``parts``: the reply's body as the chunks it arrived in (a list), not joined;
+    ``reply_limit``: this reply's body may be at most so long (a sliver's known length),
+    checked on its length prefix. Raises ``PeerUnavailable`` when the peer cannot be
+    reached or its reply is malformed or too long, and ``RemoteError`` when it answers
+    with an error.
     """
     if pool is not None:
-        header, response_body = await pool.call(peer, protocol, m.request(**fields), body, max_body)
+        header, response_body = await pool.call(peer, protocol, m.request(**fields), body, max_body,
+                                                parts=parts, reply_limit=reply_limit)
         return m.parse_response(header), response_body
     info = committee.peers[peer]
     header, response_body = await request(
         host, peer_info(info.peer_id, info.addrs), protocol, m.request(**fields), body,
-        max_header=m.MAX_HEADER, max_body=max_body,
+        max_header=m.MAX_HEADER, max_body=max_body if reply_limit is None else min(max_body, reply_limit),
+        parts=parts,
     )
     return m.parse_response(header), response_body
 
