@@ -5,7 +5,8 @@ handler and the role (publisher or aggregator) it belongs to. Adding a route (th
 routes, once quilts exist) is one ``Route`` line and a handler.
 
 Reads stream: a blob is fetched one primary sliver (one row of the blob, 1/p of it) at a
-time through the client's verified range reads, and each row is sent once it verified; the
+time through the client's verified range reads (as the buffers the row arrived in), and
+each row is sent once it verified, each buffer let go once sent; the
 first row is fetched before the status line, so a blob that cannot be read gets an error
 answer, never a 200 with no bytes. A later row that fails closes the connection short of
 ``Content-Length``: no unverified byte is ever sent.
@@ -536,22 +537,39 @@ class Gateway:
                 raise _read_failure(exc, blob_id) from None
         raise _unresponsive(blob_id, self.settings.patience)
 
-    async def _read(self, blob_id: BlobId, metadata: BlobMetadata, offset: int, size: int, strict: bool) -> bytes:
-        """Bytes [offset, offset + size), verified (``strict``: the whole blob's ID recomputed), or an ApiError."""
+    async def _read(self, blob_id: BlobId, metadata: BlobMetadata, offset: int, size: int,
+                    strict: bool) -> list[bytes]:
+        """Bytes [offset, offset + size) as buffers, verified (``strict``: the whole blob's ID recomputed), or an ApiError.
+
+        The buffers are the ones the rows arrived in (``Client.read_parts``), and this
+        request holds the only references to them.
+        """
         limit = self.settings.patience + (metadata.unencoded_length if strict else size) / TRANSFER_RATE
         async with self.fetches:  # waiting for a turn is not the peers' silence: not timed
             with trio.move_on_after(limit):
                 try:
-                    return await self.client.read(blob_id, offset, size, strict=strict, metadata=metadata,
-                                                  challenge_wait=self.settings.patience)
+                    return await self.client.read_parts(blob_id, offset, size, strict=strict, metadata=metadata,
+                                                        challenge_wait=self.settings.patience)
                 except ReadError as exc:
                     raise _read_failure(exc, blob_id) from None
         raise _unresponsive(blob_id, limit)
 
-    async def _send(self, request: Request, data: bytes) -> None:
-        """Send ``data`` in pieces, each once the client took the last (hypercorn's sends wait for the socket)."""
-        for k in range(0, len(data), SEND_CHUNK):
-            await request.body(data[k : k + SEND_CHUNK], more=True)
+    async def _send(self, request: Request, data: bytes | list[bytes]) -> None:
+        """Send ``data`` in pieces, each once the client took the last (hypercorn's sends wait for the socket).
+
+        A list of buffers is emptied as it is sent: each buffer is let go once it went out,
+        so memory falls as the answer goes and the next row can reuse it.
+        """
+        parts = data if isinstance(data, list) else [data]
+        parts.reverse()  # popped from the end: O(1) each
+        while parts:
+            part = parts.pop()
+            if len(part) <= SEND_CHUNK:
+                await request.body(part, more=True)
+                continue
+            for k in range(0, len(part), SEND_CHUNK):
+                await request.body(part[k : k + SEND_CHUNK], more=True)
+            del part
 
     def _check_whole(self, blob_id: BlobId, length: int, why: str) -> None:
         if length > self.settings.max_body:
@@ -609,7 +627,9 @@ class Gateway:
         self._check_whole(blob_id, sealed_length, "a capability read (the AEAD tag covers all of it)")
         plain_length = max(sealed_length - sealing.BLOB_OVERHEAD, 0)
         wanted = _requested_range(request, plain_length)
-        data = await self._read(blob_id, metadata, 0, sealed_length, False)
+        parts = await self._read(blob_id, metadata, 0, sealed_length, False)
+        data = await trio.to_thread.run_sync(b"".join, parts)
+        del parts
         try:
             plaintext = await trio.to_thread.run_sync(sealing.open_blob, cap.key, data)
         except sealing.SealError:
@@ -673,7 +693,7 @@ class Gateway:
                     cancel.cancel()
                     return
 
-        async def next_piece(k: int) -> bytes:
+        async def next_piece(k: int) -> list[bytes]:
             if ahead == 0:
                 offset, count = pieces[k]
                 return await self._read(blob_id, metadata, offset, count, strict)
@@ -690,8 +710,8 @@ class Gateway:
                 data = await next_piece(k)
                 if k == 0:
                     await request.start(status, headers)
-                await self._send(request, data)
-                del data  # let the row go before the next is waited for
+                await self._send(request, data)  # empties the list: the row is let go as it is sent
+                del data
             await request.body(b"")
             nursery.cancel_scope.cancel()
 
