@@ -19,8 +19,10 @@ from walrusfs.core.quilt import (
     PatchId,
     QuiltError,
     build_quilt,
+    check_patch_extent,
     decode_index,
     decode_patch,
+    decode_patch_header,
     decode_quilt,
     index_length,
     max_patches,
@@ -124,6 +126,8 @@ def test_decoders_raise_only_quilt_error_on_arbitrary_bytes(data: bytes, n: int)
         lambda: decode_index(data, config, p * s * 2 * max(1, len(data) // (p * s * 2))),
         lambda: decode_patch(data, max(1, len(data) // 3)),
         lambda: decode_patch(data, max(1, len(data))),
+        lambda: decode_patch_header(data),
+        lambda: check_patch_extent(decode_patch_header(data), max(1, len(data)), max(1, len(data) // 2)),
         lambda: index_length(data),
         lambda: PatchId.from_bytes(data),
         lambda: PatchId.parse(data.decode("latin-1")),
@@ -170,6 +174,41 @@ def test_mutated_quilts_raise_only_quilt_error_or_decode_canonically(
         decode_index(mutated, config, len(mutated))
     except QuiltError:
         pass
+
+
+@given(quilts(), st.data())
+@quilt_settings
+def test_a_patch_read_in_pieces_is_judged_as_decode_patch_judges_it(
+        case: tuple[EncodingConfig, list[Patch]], data: st.DataObject) -> None:
+    """What a streaming reader checks (header from the first bytes, extent, zeros after the data) is decode_patch's verdict.
+
+    The gateway decodes a patch's header from its first MAX_PATCH_HEADER_BYTES, checks the
+    extent from the numbers alone and the padding as the last row passes; on intact and on
+    tampered rows that must accept and refuse exactly what decode_patch does.
+    """
+    config, patches = case
+    built = build_quilt(patches, config)
+    entry = data.draw(st.sampled_from(built.index.entries))
+    start, length = patch_range(config, len(built.data), entry)
+    region = bytearray(built.data[start:start + length])
+    if data.draw(st.booleans()):
+        for at in data.draw(st.lists(st.integers(0, len(region) - 1), min_size=1, max_size=3)):
+            region[at] ^= data.draw(st.integers(1, 255))
+    region = bytes(region)
+    try:
+        whole: Patch | None = decode_patch(region, built.row_length)
+    except QuiltError:
+        whole = None
+    try:
+        header = decode_patch_header(region[:q.MAX_PATCH_HEADER_BYTES])
+        check_patch_extent(header, len(region), built.row_length)
+        end = header.size + header.data_length
+        if any(region[end:]):
+            raise QuiltError("padding")
+        pieces: Patch | None = Patch(header.identifier, region[header.size:end], header.tags)
+    except QuiltError:
+        pieces = None
+    assert pieces == whole
 
 
 def test_quilt_is_canonical_symbol_size_and_trailing_rows() -> None:

@@ -72,6 +72,9 @@ QUILT_HEADER_BYTES = 5
 #: Bytes of a patch header before its identifier: version, data length, mask, id length.
 PATCH_HEADER_BYTES = 8
 HAS_TAGS = 0x01
+#: The longest a patch header can be (fixed fields, a 4096-byte identifier, 64 KiB of tags):
+#: a reader that fetches this much of a patch's first rows can always decode its header.
+MAX_PATCH_HEADER_BYTES = PATCH_HEADER_BYTES + MAX_IDENTIFIER_BYTES + 2 + MAX_TAGS_BYTES
 INTERNAL_ID_BYTES = 5
 PATCH_ID_BYTES = BLOB_ID_LENGTH + INTERNAL_ID_BYTES
 PATCH_ID_TEXT_LENGTH = 50  # 37 bytes in unpadded base64
@@ -221,6 +224,17 @@ class BuiltQuilt:
     #: (offset, length) of each patch's data within ``data``, in index order: a range read
     #: of the quilt blob at these bytes fetches only that patch's rows.
     data_ranges: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class PatchHeader:
+    """What precedes a patch's data on its rows: identifier, tags, data length, and the header's own size."""
+
+    identifier: str
+    tags: Tags
+    data_length: int
+    #: Bytes of the header: the data starts this far into the patch's first row.
+    size: int
 
 
 @dataclass(frozen=True)
@@ -545,12 +559,15 @@ def decode_index(prefix: bytes, config: EncodingConfig, quilt_length: int) -> Qu
     return QuiltIndex(tuple(entries))
 
 
-def decode_patch(region: bytes, row_length: int) -> Patch:
-    """The patch held by ``region``, the bytes of its rows (a whole number of rows of ``row_length`` bytes)."""
-    region = _bytes(region, "a patch's rows")
-    if not isinstance(row_length, int) or row_length <= 0 or not region or len(region) % row_length:
-        raise QuiltError(f"a patch is read from whole rows of {row_length!r} bytes, got {len(region)} bytes")
-    reader = _Reader(region, "patch")
+def decode_patch_header(prefix: bytes) -> PatchHeader:
+    """The header at the start of a patch's rows, from at least its first bytes (``MAX_PATCH_HEADER_BYTES`` always do).
+
+    Lets a reader stream a large patch's data without holding its rows: the data is the
+    ``data_length`` bytes after ``size``. ``check_patch_extent`` and a check that the bytes
+    after the data are zeros make the remaining checks ``decode_patch`` makes.
+    """
+    prefix = _bytes(prefix, "a patch's first bytes")
+    reader = _Reader(prefix, "patch")
     version, data_length, mask, id_length = reader.u8(), reader.u32(), reader.u8(), reader.u16()
     if version != QUILT_VERSION:
         raise QuiltError(f"patch has version {version}; this build reads {QUILT_VERSION}")
@@ -562,12 +579,32 @@ def decode_patch(region: bytes, row_length: int) -> Patch:
         tags = _decode_tags(reader.take(reader.u16()), f"tags of patch {identifier[:40]!r}")
         if not tags:
             raise QuiltError(f"patch {identifier[:40]!r} says it has tags and has none")
-    data = reader.take(data_length)
-    if len(region) - reader.pos >= row_length:
-        raise QuiltError(f"patch {identifier[:40]!r} ends {len(region) - reader.pos} bytes before its last row "
+    return PatchHeader(identifier, tags, data_length, reader.pos)
+
+
+def check_patch_extent(header: PatchHeader, region_length: int, row_length: int) -> None:
+    """Raise ``QuiltError`` unless the patch fits its ``region_length`` bytes of rows, and on the fewest rows."""
+    if not isinstance(row_length, int) or row_length <= 0 or region_length <= 0 or region_length % row_length:
+        raise QuiltError(f"a patch is read from whole rows of {row_length!r} bytes, got {region_length} bytes")
+    end = header.size + header.data_length
+    if end > region_length:
+        raise QuiltError(f"patch is truncated: {header.data_length} bytes of data wanted at {header.size} of "
+                         f"{region_length}")
+    if region_length - end >= row_length:
+        raise QuiltError(f"patch {header.identifier[:40]!r} ends {region_length - end} bytes before its last row "
                          "ends: a patch takes the fewest rows it fits")
-    _zeros(region, reader.pos, f"patch {identifier[:40]!r}")
-    return Patch(identifier, data, tags)
+
+
+def decode_patch(region: bytes, row_length: int) -> Patch:
+    """The patch held by ``region``, the bytes of its rows (a whole number of rows of ``row_length`` bytes)."""
+    region = _bytes(region, "a patch's rows")
+    if not isinstance(row_length, int) or row_length <= 0 or not region or len(region) % row_length:
+        raise QuiltError(f"a patch is read from whole rows of {row_length!r} bytes, got {len(region)} bytes")
+    header = decode_patch_header(region)
+    check_patch_extent(header, len(region), row_length)
+    end = header.size + header.data_length
+    _zeros(region, end, f"patch {header.identifier[:40]!r}")
+    return Patch(header.identifier, region[header.size:end], header.tags)
 
 
 def decode_quilt(data: bytes, config: EncodingConfig) -> DecodedQuilt:
