@@ -22,12 +22,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
@@ -45,7 +45,14 @@ from walrusfs.core.capabilities import BlobCap, parse_capability
 from walrusfs.core.committee import parse_committee
 from walrusfs.core.config import EncodingConfig
 from walrusfs.core.metadata import BlobId
+from walrusfs.core.quilt import PatchId
 from walrusfs.core.redstuff import Axis, verify_parts
+from walrusfs.gateway.multipart import (
+    MultipartError,
+    TooManyParts,
+    boundary_of,
+    parse_form,
+)
 from walrusfs.gateway.ranges import RangeError, parse_range
 from walrusfs.testing import encode_inconsistent
 
@@ -491,8 +498,17 @@ async def test_roles_route_and_refuse_without_peers(tmp_path: Path) -> None:
     status, headers, body = await ask(writer, "POST", "/v1/blobs")
     assert status == 405 and headers["allow"] == "PUT"
     status, _, body = await ask(writer, "GET", "/v1/api")
-    assert status == 200 and set(json.loads(body)["paths"]) == {"/status", "/v1/api", "/v1/blobs", "/v1/blobs/{blob_id}",
-                                                               "/v1/blobs/{blob_id}/byte-range"}
+    assert status == 200 and set(json.loads(body)["paths"]) == {
+        "/status", "/v1/api", "/v1/blobs", "/v1/blobs/{blob_id}", "/v1/blobs/{blob_id}/byte-range", "/v1/quilts",
+        "/v1/quilts/{quilt_id}/patches", "/v1/blobs/by-quilt-id/{quilt_id}/{identifier}",
+        "/v1/blobs/by-quilt-patch-id/{quilt_patch_id}"}
+    assert {route.template for route in writer.routes} >= {"/v1/quilts", "/v1/quilts/{quilt_id}/patches",
+                                                           "/v1/blobs/by-quilt-id/{quilt_id}/{identifier:path}",
+                                                           "/v1/blobs/by-quilt-patch-id/{quilt_patch_id}"}
+    status, _, body = await ask(writer, "GET", f"/v1/quilts/{BlobId(bytes(32))}/patches")
+    assert status == 404 and json.loads(body)["error"]["details"][0]["reason"] == "AGGREGATOR_DISABLED"
+    status, _, body = await ask(reader, "PUT", "/v1/quilts")
+    assert status == 404 and json.loads(body)["error"]["details"][0]["reason"] == "PUBLISHER_DISABLED"
 
 
 # ---------------------------------------------------------------------------- errors
@@ -569,6 +585,193 @@ def test_an_invalid_blob_answers_its_entry_never_bytes(api: Api, net: Devnet) ->
         return "the client read bytes"
 
     assert entry in trio.run(read)  # the client says the same
+
+
+# ---------------------------------------------------------------------------- quilts
+
+
+def put_quilt(api: Api, files: list[tuple[str, bytes]], tags: list[dict[str, Any]] | None = None,
+              query: str = "", validate: bool = True) -> httpx.Response:
+    """PUT /v1/quilts with a multipart form: one field per file (name = identifier), tags in _metadata."""
+    form: list[tuple[str, Any]] = [(name, (name.rsplit("/", 1)[-1], data, "application/octet-stream"))
+                                   for name, data in files]
+    if tags is not None:
+        form.append(("_metadata", (None, json.dumps(tags).encode())))
+    return api.call("PUT", f"/v1/quilts{query}", validate=validate, files=form, headers=AUTH)
+
+
+def read_quilt_cli(net: Devnet, tmp_path: Path, *args: str) -> bytes:
+    out = tmp_path / f"patch-{random.randrange(1 << 30)}"
+    walrusfs("read-quilt", *args, "-o", str(out), committee=net.committee, check=True)
+    return out.read_bytes()
+
+
+def test_quilts_through_the_gateway_and_the_cli(api: Api, net: Devnet, tmp_path: Path) -> None:
+    """A quilt stored through the gateway reads back through it and through `walrusfs read-quilt`, and vice versa.
+
+    At n = 7 a quilt holds two files (p - 1 rows). The first quilt's files share its rows
+    with the index, one row each; the second holds one file of 3 MB on two rows of ~1.5
+    MB, so its read streams (header from the first row, the second row's padding checked
+    before it is sent).
+    """
+    small = blob_bytes(40, 2000)
+    other = blob_bytes(41, 70_000)
+    name = "docs/ünï code.txt"  # a '/' and non-ASCII: percent-encoded in the path and the header
+    answer = put_quilt(api, [(name, small), ("b.bin", other)], [{"identifier": name, "tags": {"kind": "doc"}}],
+                       "?epochs=2&quilt_version=v1")
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    created = result["blobStoreResult"]["newlyCreated"]
+    quilt = created["blobObject"]["blobId"]
+    stored = result["storedQuiltBlobs"]
+    assert [p["identifier"] for p in stored] == [name, "b.bin"] and [p["range"] for p in stored] == [[1, 2], [2, 3]]
+    assert all(str(PatchId.parse(p["quiltPatchId"]).quilt_id) == quilt for p in stored)
+    listed = api.get(f"/v1/quilts/{quilt}/patches")
+    assert listed.status_code == 200
+    assert listed.json() == [{"identifier": name, "patch_id": stored[0]["quiltPatchId"], "tags": {"kind": "doc"}},
+                             {"identifier": "b.bin", "patch_id": stored[1]["quiltPatchId"], "tags": {}}]
+    for (ident, data), entry in zip([(name, small), ("b.bin", other)], stored):
+        for path in (f"/v1/blobs/by-quilt-id/{quilt}/{quote(ident, safe='')}",
+                     f"/v1/blobs/by-quilt-patch-id/{entry['quiltPatchId']}"):
+            response = api.get(path)
+            assert response.status_code == 200 and response.content == data, path
+            assert unquote(response.headers["x-quilt-patch-identifier"]) == ident
+            assert response.headers["etag"] == f'"{entry["quiltPatchId"]}"'
+            assert response.headers["x-quilt-patch-id"] == entry["quiltPatchId"]
+            again = api.get(path, headers={"If-None-Match": response.headers["etag"]})
+            assert again.status_code == 304 and again.content == b""
+        # The CLI reads what the gateway stored (one file by identifier, the other by patch ID).
+        by_cli = (quilt, ident) if ident == name else ("--patch", entry["quiltPatchId"])
+        assert read_quilt_cli(net, tmp_path, *by_cli) == data
+    # An identifier's '/' may also come unencoded.
+    assert api.get(f"/v1/blobs/by-quilt-id/{quilt}/docs/{quote('ünï code.txt')}", validate=False).content == small
+
+    # The CLI's quilt of the same files in the same order is the same quilt: alreadyCertified.
+    first, second = tmp_path / "c.bin", tmp_path / "d.bin"
+    first.write_bytes(small)
+    second.write_bytes(other)
+    cli = json.loads(walrusfs("store-quilt", str(first), str(second), "--epochs", "3", "--json",
+                              committee=net.committee, check=True).stdout)
+    answer = put_quilt(api, [("c.bin", small), ("d.bin", other)], query="?epochs=2")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["blobStoreResult"] == {"alreadyCertified": {
+        "blobId": cli["quiltId"], "object": "0x" + cli["registrationId"], "endEpoch": cli["endEpoch"]}}
+    assert [p["quiltPatchId"] for p in answer.json()["storedQuiltBlobs"]] == [p["patchId"] for p in cli["patches"]]
+    # And the gateway reads what the CLI stored.
+    assert api.get(f"/v1/blobs/by-quilt-id/{cli['quiltId']}/d.bin").content == other
+    assert api.get(f"/v1/blobs/by-quilt-patch-id/{cli['patches'][0]['patchId']}").content == small
+
+    # One file of 3 MB: on two rows of the quilt, streamed; both ways again.
+    large = blob_bytes(42, 3_000_001)
+    answer = put_quilt(api, [("large.bin", large)], [{"identifier": "large.bin", "tags": {"a": "1", "b": "2"}}],
+                       "?force=true")
+    assert answer.status_code == 200, answer.text
+    entry = answer.json()["storedQuiltBlobs"][0]
+    assert entry["range"] == [1, 3]
+    quilt_large = PatchId.parse(entry["quiltPatchId"]).quilt_id
+    response = api.get(f"/v1/blobs/by-quilt-id/{quilt_large}/large.bin")
+    assert response.status_code == 200 and response.content == large
+    assert int(response.headers["content-length"]) == len(large)
+    assert api.get(f"/v1/blobs/by-quilt-patch-id/{entry['quiltPatchId']}").content == large
+    assert read_quilt_cli(net, tmp_path, "--patch", entry["quiltPatchId"]) == large
+
+
+def test_quilt_errors_and_limits(api: Api, net: Devnet, tmp_path: Path) -> None:
+    stored = put_quilt(api, [("a", b"one"), ("b", b"two")]).json()
+    quilt, good = blob_id_of(stored["blobStoreResult"]), stored["storedQuiltBlobs"]
+    # 413: more files than a quilt holds at n = 7 (p - 1 = 2), and more than the form parser takes.
+    for count in (3, 4):
+        response = put_quilt(api, [(f"f{k}", b"x") for k in range(count)])
+        assert response.status_code == 413 and reason(response) == "TOO_MANY_PATCHES", response.text
+        assert response.json()["error"]["details"][0]["metadata"]["limit"] == 2
+    # 400: malformed forms, identifiers, metadata and options.
+    cases = [
+        ([("a", b"1"), ("a", b"2")], None, "", "DUPLICATE_IDENTIFIER"),
+        ([("_secret", b"1")], None, "", "INVALID_IDENTIFIER"),
+        ([("trailing ", b"1")], None, "", "INVALID_IDENTIFIER"),
+        ([], [], "", "EMPTY_QUILT"),
+        ([("a", b"1")], [{"identifier": "zzz", "tags": {}}], "", "INVALID_QUILT_METADATA"),
+        ([("a", b"1")], [{"identifier": "a", "tags": {"k": 1}}], "", "INVALID_QUILT_METADATA"),
+        ([("a", b"1")], [{"identifier": "a", "tags": {"": "empty key"}}], "", "INVALID_TAGS"),
+        ([("a", b"1")], None, "?quilt_version=v2", "INVALID_QUILT_VERSION"),
+        ([("a", b"1")], None, "?encrypt=true", "UNSUPPORTED_PARAMETER"),
+        ([("a", b"1")], None, "?epochs=99", "INVALID_EPOCHS"),
+    ]
+    for form, tags, query, expected in cases:
+        response = put_quilt(api, form, tags, query)
+        assert response.status_code == 400 and reason(response) == expected, (form, tags, query, response.text)
+    for body, content_type in ((b"a=1", "application/x-www-form-urlencoded"),
+                               (b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\nno end", "multipart/form-data; boundary=x"),
+                               (b"anything", "multipart/form-data")):
+        response = api.call("PUT", "/v1/quilts", content=body, headers={**AUTH, "Content-Type": content_type})
+        assert response.status_code == 400 and reason(response) == "INVALID_MULTIPART", response.text
+    # Reads: malformed IDs (400), unknown quilt, identifier, rows, and a blob that is no quilt (404).
+    for path, expected in ((f"/v1/quilts/{quilt[:-1]}/patches", "INVALID_QUILT_ID"),
+                           (f"/v1/blobs/by-quilt-id/x{quilt}/a", "INVALID_QUILT_ID"),
+                           (f"/v1/blobs/by-quilt-patch-id/{good[0]['quiltPatchId'][:-1]}", "INVALID_QUILT_PATCH_ID"),
+                           ("/v1/blobs/by-quilt-patch-id/byte-range", "INVALID_QUILT_PATCH_ID")):
+        response = api.get(path)
+        assert response.status_code == 400 and reason(response) == expected, (path, response.text)
+    unknown = BlobId(os.urandom(32))
+    plain = blob_id_of(api.store(blob_bytes(43, 5000)))
+    for path, expected in ((f"/v1/quilts/{unknown}/patches", "BLOB_NOT_FOUND"),
+                           (f"/v1/blobs/by-quilt-id/{quilt}/nope", "QUILT_PATCH_NOT_FOUND"),
+                           (f"/v1/blobs/by-quilt-patch-id/{PatchId(BlobId.parse(quilt), 1, 3)}", "QUILT_PATCH_NOT_FOUND"),
+                           (f"/v1/blobs/by-quilt-patch-id/{PatchId(BlobId.parse(quilt), 2, 9)}", "QUILT_PATCH_NOT_FOUND"),
+                           (f"/v1/quilts/{plain}/patches", "NOT_A_QUILT"),
+                           (f"/v1/blobs/by-quilt-id/{plain}/a", "NOT_A_QUILT")):
+        response = api.get(path)
+        assert response.status_code == 404 and reason(response) == expected, (path, response.text)
+    # 401 without the token.
+    response = api.call("PUT", "/v1/quilts", files=[("a", ("a", b"1"))])
+    assert response.status_code == 401 and reason(response) == "UNAUTHENTICATED"
+
+
+field_names = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters='"\\%'), min_size=1,
+                      max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(fields=st.lists(st.tuples(field_names, st.binary(max_size=300)), min_size=1, max_size=5), filenames=st.booleans())
+def test_the_form_parser_reads_what_httpx_writes(fields: list[tuple[str, bytes]], filenames: bool) -> None:
+    form = [(name, (name if filenames else None, data)) for name, data in fields]
+    request = httpx.Request("PUT", "http://gateway/v1/quilts", files=form)
+    body = request.read()
+    parts = parse_form(body, boundary_of(request.headers["content-type"]), max_parts=5)
+    assert [(part.name, bytes(part.content)) for part in parts] == fields
+    if len(parts) > 1:
+        with pytest.raises(TooManyParts):
+            parse_form(body, boundary_of(request.headers["content-type"]), max_parts=len(parts) - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(junk=st.binary(max_size=300), cut=st.integers(0, 400), flip=st.integers(0, 400))
+def test_the_form_parser_raises_only_its_error(junk: bytes, cut: int, flip: int) -> None:
+    request = httpx.Request("PUT", "http://gateway/v1/quilts", files=[("a", ("a", b"data\r\n--x")), ("b", b"")])
+    body = bytearray(request.read())
+    boundary = boundary_of(request.headers["content-type"])
+    if flip < len(body):
+        body[flip] ^= 0x41
+    for candidate in (bytes(body[:cut]), bytes(body) + junk, junk, b"--" + boundary + b"\r\n" + junk):
+        try:
+            parse_form(candidate, boundary, max_parts=3)
+        except MultipartError:
+            pass
+    for header in ("text/plain", "multipart/form-data", "multipart/form-data; boundary=", 'multipart/form-data; boundary="x',
+                   "multipart/form-data; boundary=" + "x" * 71, junk.decode("latin-1")):
+        try:
+            boundary_of(header)
+        except MultipartError:
+            pass
+
+
+def test_the_form_parser_is_linear_in_the_body() -> None:
+    """Near-boundaries everywhere and a body of 8 MiB still parse in one pass."""
+    part = b"--b\r\nContent-Disposition: form-data; name=a\r\n\r\n"
+    body = part + b"\r\n-\r\n--\r\n--a" * (8 << 20 >> 4) + b"\r\n--b--"
+    started = time.monotonic()
+    assert len(parse_form(body, b"b", max_parts=1)[0].content) == len(body) - len(part) - len(b"\r\n--b--")
+    assert time.monotonic() - started < 2.0
 
 
 # ---------------------------------------------------------------------------- encrypted blobs
@@ -746,6 +949,23 @@ def test_curl_stores_and_reads(api: Api, tmp_path: Path) -> None:
     missing = subprocess.run(["curl", "-sS", "-w", "%{http_code}", "-o", "/dev/null",
                               f"{api.url}/v1/blobs/{BlobId(os.urandom(32))}"], capture_output=True, text=True, timeout=60)
     assert missing.stdout == "404"
+    # A quilt as Walrus's docs store one: -F "identifier=@file", tags in _metadata.
+    other = tmp_path / "logo.png"
+    other.write_bytes(data[:5000])
+    quilted = subprocess.run(["curl", "-sS", "-f", "-X", "PUT", "-H", f"Authorization: Bearer {TOKEN}",
+                              "-F", f"manual=@{source}", "-F", f"logo-2025=@{other}",
+                              "-F", '_metadata=[{"identifier": "logo-2025", "tags": {"type": "logo"}}]',
+                              f"{api.url}/v1/quilts?epochs=2"], capture_output=True, text=True, timeout=120, check=True)
+    patches = json.loads(quilted.stdout)["storedQuiltBlobs"]
+    assert [p["identifier"] for p in patches] == ["manual", "logo-2025"]
+    quilt = blob_id_of(json.loads(quilted.stdout)["blobStoreResult"])
+    got = subprocess.run(["curl", "-sS", "-f", f"{api.url}/v1/blobs/by-quilt-id/{quilt}/logo-2025"],
+                         capture_output=True, timeout=120, check=True)
+    assert got.stdout == data[:5000]
+    listed = subprocess.run(["curl", "-sS", "-f", f"{api.url}/v1/quilts/{quilt}/patches"], capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert json.loads(listed.stdout)[1] == {"identifier": "logo-2025", "patch_id": patches[1]["quiltPatchId"],
+                                            "tags": {"type": "logo"}}
 
 
 def test_every_answer_was_checked_against_the_document(api: Api) -> None:

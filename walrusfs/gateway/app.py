@@ -1,8 +1,8 @@
 """The gateway's ASGI application: Walrus's publisher and aggregator routes over a walrusfs client.
 
 A plain ASGI 3 app (no framework): a table of routes, each a method, a path template, a
-handler and the role (publisher or aggregator) it belongs to. Adding a route (the quilt
-routes, once quilts exist) is one ``Route`` line and a handler.
+handler and the role (publisher or aggregator) it belongs to. Adding a route is one
+``Route`` line and a handler (the quilt routes' handlers are in ``quilts.py``).
 
 Reads stream: a blob is fetched one primary sliver (one row of the blob, 1/p of it) at a
 time through the client's verified range reads (as the buffers the row arrived in), and
@@ -19,7 +19,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -102,7 +103,11 @@ class Settings:
 
 @dataclass(frozen=True)
 class Route:
-    """One route: ``method`` and ``template`` (``{name}`` matches one path segment) to ``handler``."""
+    """One route: ``method`` and ``template`` to ``handler``.
+
+    ``{name}`` matches one path segment; ``{name:path}`` the rest of the path, slashes and all
+    (a quilt patch's identifier may hold ``/``, sent as ``%2F`` or as it is).
+    """
 
     method: str
     template: str
@@ -114,7 +119,8 @@ class Route:
     @property
     def pattern(self) -> re.Pattern[str]:
         """The template as an anchored regular expression."""
-        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template)
+        regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", self.template)
+        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
         return re.compile(f"^{regex}$")
 
 
@@ -260,12 +266,16 @@ class Gateway:
         self.stores = 0
         self.fetches = trio.Semaphore(settings.max_fetches)
         self.api_document = resources.files(__package__).joinpath("openapi.json").read_bytes()
-        # The route table; quilt routes go here once quilts exist (PUT /v1/quilts,
-        # GET /v1/blobs/by-quilt-id/{quilt_id}/{identifier}, GET /v1/quilts/{quilt_id}/patches):
-        # more specific templates before /v1/blobs/{blob_id}, which takes one segment only.
+        quilts = _quilt_routes(self)
+        # The route table: more specific templates before /v1/blobs/{blob_id}/..., whose
+        # {blob_id} would also match "by-quilt-patch-id".
         self.routes = [
             Route("GET", "/status", self.status, limited=False),
             Route("GET", "/v1/api", self.api, limited=False),
+            Route("PUT", "/v1/quilts", quilts.put_quilt, PUBLISHER),
+            Route("GET", "/v1/quilts/{quilt_id}/patches", quilts.list_patches, AGGREGATOR),
+            Route("GET", "/v1/blobs/by-quilt-id/{quilt_id}/{identifier:path}", quilts.get_by_identifier, AGGREGATOR),
+            Route("GET", "/v1/blobs/by-quilt-patch-id/{quilt_patch_id}", quilts.get_by_patch_id, AGGREGATOR),
             Route("PUT", "/v1/blobs", self.put_blob, PUBLISHER),
             Route("GET", "/v1/blobs/{blob_id}/byte-range", self.get_byte_range, AGGREGATOR),
             Route("GET", "/v1/blobs/{blob_id}", self.get_blob, AGGREGATOR),
@@ -396,10 +406,9 @@ class Gateway:
                                "a blob is held by the gateway's writer key")
         return epochs, not permanent, bool(request.flag("force")), bool(request.flag("encrypt"))
 
-    async def put_blob(self, request: Request) -> None:
-        """PUT /v1/blobs: store the body as a blob; Walrus's BlobStoreResult."""
-        self._check_token(request)
-        epochs, deletable, force, encrypt = self._store_options(request)
+    @asynccontextmanager
+    async def store_slot(self) -> AsyncIterator[None]:
+        """One of the --max-stores store slots (429 when none is free), for a store's whole run."""
         if self.client.authority is None:
             raise ApiError(403, "NOT_AUTHORIZED", "this gateway has no writer key")
         if self.stores >= self.settings.max_stores:
@@ -407,9 +416,16 @@ class Gateway:
                            "(--max-stores); retry shortly", headers={"retry-after": "1"})
         self.stores += 1
         try:
-            await self._put_blob(request, epochs, deletable, force, encrypt)
+            yield
         finally:
             self.stores -= 1
+
+    async def put_blob(self, request: Request) -> None:
+        """PUT /v1/blobs: store the body as a blob; Walrus's BlobStoreResult."""
+        self._check_token(request)
+        epochs, deletable, force, encrypt = self._store_options(request)
+        async with self.store_slot():
+            await self._put_blob(request, epochs, deletable, force, encrypt)
 
     async def _put_blob(self, request: Request, epochs: int, deletable: bool, force: bool, encrypt: bool) -> None:
         limit = self.config.max_blob_size - (sealing.BLOB_OVERHEAD if encrypt else 0)
@@ -419,14 +435,27 @@ class Gateway:
         if encrypt:
             key = sealing.new_key()
             data = await trio.to_thread.run_sync(sealing.seal_blob, key, data)
+        # A fresh key makes a fresh blob: nothing to find.
+        blob_id, result = await self.store_data(data, epochs, deletable, check_existing=not force and not encrypt)
+        if key is not None:
+            result["newlyCreated"]["walrusfs"].update(capability=str(BlobCap(blob_id, key)),
+                                                     plaintextLength=plaintext_length)
+        await request.json(200, result)
+
+    async def store_data(self, data: bytes, epochs: int, deletable: bool,
+                         check_existing: bool) -> tuple[BlobId, dict[str, Any]]:
+        """Store ``data`` as a blob: its ID and Walrus's BlobStoreResult, or an ApiError.
+
+        With ``check_existing``, a blob the log certifies invalid answers ``markedInvalid``
+        and one this writer already holds long enough ``alreadyCertified``, unstored.
+        """
         encoded = await trio.to_thread.run_sync(encode_blob, data, self.config)
         blob_id = encoded.blob_id
         deadline = self.settings.patience + len(data) / TRANSFER_RATE
-        if not force and not encrypt:  # a fresh key makes a fresh blob: nothing to find
+        if check_existing:
             existing = await self._existing(blob_id, epochs, deletable, deadline)
             if existing is not None:
-                await request.json(200, existing)
-                return
+                return blob_id, existing
         with trio.move_on_after(deadline) as scope:
             try:
                 result = await self.client.store_encoded(encoded, len(data), epochs=epochs, deletable=deletable)
@@ -463,9 +492,7 @@ class Gateway:
                 "loggedBy": result.logged_by, "failures": result.failures,
             },
         }
-        if key is not None:
-            created["walrusfs"].update(capability=str(BlobCap(blob_id, key)), plaintextLength=plaintext_length)
-        await request.json(200, {"newlyCreated": created})
+        return blob_id, {"newlyCreated": created}
 
     async def _existing(self, blob_id: BlobId, epochs: int, deletable: bool, deadline: float) -> dict[str, Any] | None:
         """``markedInvalid`` or ``alreadyCertified`` when the log says so; None when the blob must be stored."""
@@ -714,6 +741,13 @@ class Gateway:
                 del data
             await request.body(b"")
             nursery.cancel_scope.cancel()
+
+
+def _quilt_routes(gateway: Gateway) -> Any:
+    """The quilt routes' handlers (``quilts.py`` builds on this module's Request and helpers: imported late)."""
+    from .quilts import QuiltRoutes
+
+    return QuiltRoutes(gateway)
 
 
 def _leaf(exc: BaseException) -> BaseException:
