@@ -196,17 +196,22 @@ class _Fetched:
 
     def piece(self, start: int, stop: int) -> list[bytes]:
         """Bytes [start, stop) of the sliver as buffers: whole chunks uncopied, the ends sliced."""
-        out = []
-        position = 0
-        for part in self.parts:
-            end = position + len(part)
-            if end > start and position < stop:
-                out.append(part if start <= position and end <= stop
-                           else part[max(start - position, 0) : min(stop, end) - position])
-            position = end
-            if position >= stop:
-                break
-        return out
+        return slice_parts(self.parts, start, stop)
+
+
+def slice_parts(parts: Sequence[bytes], start: int, stop: int) -> list[bytes]:
+    """Bytes [start, stop) of buffers held back to back: whole buffers as they are, the ends sliced (copied)."""
+    out = []
+    position = 0
+    for part in parts:
+        end = position + len(part)
+        if end > start and position < stop:
+            out.append(part if start <= position and end <= stop
+                       else part[max(start - position, 0) : min(stop, end) - position])
+        position = end
+        if position >= stop:
+            break
+    return out
 
 
 @dataclass

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import trio
 
-from ..client.blob import ReadError
+from ..client.blob import ReadError, slice_parts
 from ..client.quilts import InvalidQuilt, read_index
 from ..core import quilt as q
 from ..core.errors import CodecError
@@ -54,21 +54,6 @@ METADATA_FIELD = "_metadata"
 QUILT_VERSIONS = ("v1", "V1", "1")
 #: An identifier goes in a header as it is when it is visible ASCII, else percent-encoded (UTF-8).
 _HEADER_SAFE = "".join(c for c in string.punctuation if c != "%")
-
-
-def _take(parts: list[bytes], start: int, stop: int) -> list[bytes]:
-    """Bytes [start, stop) of buffers held back to back: whole buffers as they are, the ends sliced."""
-    out = []
-    position = 0
-    for part in parts:
-        end = position + len(part)
-        if end > start and position < stop:
-            out.append(part if start <= position and end <= stop
-                       else part[max(start - position, 0) : min(stop, end) - position])
-        position = end
-        if position >= stop:
-            break
-    return out
 
 
 class QuiltRoutes:
@@ -231,12 +216,12 @@ class QuiltRoutes:
         head = min(size, -(-q.MAX_PATCH_HEADER_BYTES // row) * row)
         held = await gateway._read(quilt_id, metadata, offset, head, False)
         try:
-            header = q.decode_patch_header(b"".join(_take(held, 0, min(head, q.MAX_PATCH_HEADER_BYTES))))
+            header = q.decode_patch_header(b"".join(slice_parts(held, 0, min(head, q.MAX_PATCH_HEADER_BYTES))))
             q.check_patch_extent(header, size, row)
             if entry is not None:
                 q.check_patch_matches(q.Patch(header.identifier, b"", header.tags), entry)
             if head == size:  # the whole patch is here: check it whole before answering
-                _check_padding(_take(held, header.size + header.data_length, size), header)
+                _check_padding(slice_parts(held, header.size + header.data_length, size), header)
         except QuiltError as exc:
             if entry is None:
                 raise _no_patch(patch_id, str(exc)) from None
@@ -252,14 +237,14 @@ class QuiltRoutes:
             return
         start, end = header.size, header.size + header.data_length  # the data, within the patch's rows
         await request.start(200, {**headers, "content-length": str(header.data_length)})
-        await gateway._send(request, _take(held, start, min(end, head)))
+        await gateway._send(request, slice_parts(held, start, min(end, head)))
         del held
         # A patch longer than its first rows: the rest row by row, each verified, each let go once sent.
         for position in range(head, size, row):
             parts = await gateway._read(quilt_id, metadata, offset + position, row, False)
             if position + row == size:
-                _check_padding(_take(parts, end - position, row), header)
-            await gateway._send(request, _take(parts, max(start - position, 0), min(end - position, row)))
+                _check_padding(slice_parts(parts, end - position, row), header)
+            await gateway._send(request, slice_parts(parts, max(start - position, 0), min(end - position, row)))
             del parts  # the row goes before the next is fetched
         await request.body(b"")
 
