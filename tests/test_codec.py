@@ -22,6 +22,7 @@ from walrusfs.core.redstuff import (
     Axis,
     Sliver,
     check_consistency,
+    commitment,
     compute_metadata,
     decode_primary,
     decode_secondary,
@@ -271,5 +272,8 @@ def test_verify_parts_agrees_with_verify_sliver_for_any_chunking(data: st.DataOb
     with pytest.raises(InvalidParameter):
         verify_parts(metadata, sliver.axis, n, parts)
     other = (sliver.index + 1) % n
-    with pytest.raises(VerificationError):
-        verify_parts(metadata, sliver.axis, other, parts)
+    # A tiny blob's slivers can be equal (all padding): then the other index's commitment is
+    # the same and accepting is right.
+    if commitment(metadata, sliver.axis, other) != commitment(metadata, sliver.axis, sliver.index):
+        with pytest.raises(VerificationError):
+            verify_parts(metadata, sliver.axis, other, parts)
