@@ -14,6 +14,7 @@ entries from that position on no longer count. Validation is pure and determinis
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -58,6 +59,12 @@ GENESIS = bytes(32)
 BLOB_CERTIFIED = "blob-certified"
 BLOB_INVALID = "blob-invalid"
 NAMESPACE = "namespace"
+#: A pointer to a signed snapshot of a volume's folded tree (``core.snapshot``), authored
+#: like a namespace entry by a key the volume delegated, in a chain of its own, so its
+#: chain's head is the newest snapshot that key made.
+SNAPSHOT = "volume-snapshot"
+#: Kinds authored by a key a volume delegated (not by a committee member or operator).
+VOLUME_KINDS = frozenset({NAMESPACE, SNAPSHOT})
 #: Storage challenge rounds (see ``challenge`` and ``rounds``), authored by committee members.
 CHALLENGE_START = "challenge-start"
 CHALLENGE_REVEAL = "challenge-reveal"
@@ -200,6 +207,9 @@ def decode_entry(data: bytes) -> Entry:
         raise LogError("entry seq must be >= 1 and hlc a non-negative 63-bit integer")
     if (entry.seq == 1) != (entry.prev == GENESIS):
         raise LogError("only an author's first entry (seq 1) has the all-zero prev")
+    # ``wire.decode`` checked these bytes are the canonical encoding of exactly the entry's
+    # fields: they are what ``encode`` would compute, so the ID needs no second encoding.
+    entry.__dict__["_encoded"] = bytes(data)
     return entry
 
 
@@ -278,12 +288,22 @@ def delegate_device(volume_key: SigningKey, device: bytes) -> bytes:
     return volume_key.sign(DEVICE_DOMAIN + bytes(volume_key.verify_key) + device).signature
 
 
+@functools.lru_cache(maxsize=4096)
+def _signed_by(key: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``key``'s over ``message`` (cached: every entry of a device repeats
+    its delegation and sponsorship, which cost two of an entry's three signature checks)."""
+    try:
+        VerifyKey(key).verify(message, signature)
+        return True
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+
+
 def check_delegation(volume: bytes, device: bytes, delegation: bytes) -> None:
     """Raise ``LogError`` unless ``volume`` delegated to ``device``."""
-    try:
-        VerifyKey(volume).verify(DEVICE_DOMAIN + volume + device, delegation)
-    except (BadSignatureError, ValueError, TypeError):
-        raise LogError("namespace entry's device is not authorized by the volume key") from None
+    if not (isinstance(volume, bytes) and isinstance(device, bytes) and isinstance(delegation, bytes)
+            and _signed_by(volume, DEVICE_DOMAIN + volume + device, delegation)):
+        raise LogError("namespace entry's device is not authorized by the volume key")
 
 
 def namespace_account(payload: Mapping[str, Any]) -> bytes:
@@ -298,10 +318,9 @@ def _check_sponsorship(payload: Mapping[str, Any]) -> None:
     account, sponsorship = payload.get("account"), payload.get("sponsorship")
     if not (isinstance(account, bytes) and len(account) == 32 and isinstance(sponsorship, bytes)):
         raise LogError("namespace entry's account must be a 32-byte key with its sponsorship of the volume")
-    try:
-        VerifyKey(account).verify(SPONSOR_DOMAIN + account + payload["volume"], sponsorship)
-    except (BadSignatureError, ValueError, TypeError):
-        raise LogError("namespace entry's volume is not sponsored by the account it names") from None
+    volume = payload["volume"]
+    if not (isinstance(volume, bytes) and _signed_by(account, SPONSOR_DOMAIN + account + volume, sponsorship)):
+        raise LogError("namespace entry's volume is not sponsored by the account it names")
 
 
 # Namespace operation -> required argument types; anything else is malformed, so the
@@ -430,7 +449,7 @@ def entry_ops(entry: Entry, raws: list[Mapping[str, Any]] | None = None) -> list
     return [batch_op(entry.author, entry.seq, entry.hlc, index, raw) for index, raw in enumerate(raws)]
 
 
-def check_entry(entry: Entry, committee: Committee, now_ms: int | None = None) -> None:
+def check_entry(entry: Entry, committee: Committee, now_ms: int | None = None, signature: bool = True) -> None:
     """Raise ``LogError`` unless the entry is well-formed, from a known author, signed and valid for its kind.
 
     ``now_ms`` is the checker's wall clock (core reads no clock): a stamp beyond it by more
@@ -443,11 +462,15 @@ def check_entry(entry: Entry, committee: Committee, now_ms: int | None = None) -
     the entry shows the volume key delegated to: a stateless check, so two mounts of one
     volume write separate chains and never equivocate. ``LogError`` is the only error it
     raises, whatever the entry holds.
+
+    ``signature=False`` skips only the author's signature, for an entry whose ID a later
+    entry of the same chain, itself checked, names as its ``prev`` (the hash chain vouches
+    for it: a mount filling in the history below a verified position).
     """
     try:
         if now_ms is not None:
             check_stamp(entry.hlc, now_ms)
-        _check_entry(entry, committee)
+        _check_entry(entry, committee, signature)
     except LogError:
         raise
     except (CodecError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
@@ -455,14 +478,23 @@ def check_entry(entry: Entry, committee: Committee, now_ms: int | None = None) -
         raise LogError(f"malformed {entry.kind!r} entry: {type(exc).__name__}: {exc}") from exc
 
 
-def _check_entry(entry: Entry, committee: Committee) -> None:
-    if entry.kind == NAMESPACE:
+def _check_entry(entry: Entry, committee: Committee, signature: bool = True) -> None:
+    if entry.kind in VOLUME_KINDS:
         volume = wire.field(entry.payload, "volume", bytes, size=32) if "volume" in entry.payload else None
         delegation = entry.payload.get("delegation")
         if volume is None or not isinstance(delegation, bytes):
-            raise LogError("namespace entry must name its volume and carry the device's delegation")
+            raise LogError(f"{entry.kind} entry must name its volume and carry the device's delegation")
         check_delegation(volume, entry.author, delegation)
         _check_sponsorship(entry.payload)
+    if entry.kind == SNAPSHOT:
+        # Only where the snapshot is: the blob itself carries the signed tree and position
+        # (``core.snapshot``), checked by the mount that reads it.
+        if not set(entry.payload) <= {"volume", "delegation", "account", "sponsorship", "blob", "length", "ops"}:
+            raise LogError("volume-snapshot entry has unknown fields")
+        wire.field(entry.payload, "blob", bytes, size=32)
+        wire.uint(entry.payload, "length", 2**63)
+        wire.uint(entry.payload, "ops", 2**62)
+    elif entry.kind == NAMESPACE:
         forms = [form for form in NAMESPACE_FORMS if form in entry.payload]
         if len(forms) != 1:
             raise LogError("namespace entry must carry exactly one of an op, a sealed op, a batch of ops "
@@ -482,11 +514,12 @@ def _check_entry(entry: Entry, committee: Committee) -> None:
             raise LogError(f"{entry.kind} entries are authored by an operator named in the committee file")
     elif entry.author not in {peer.public_key for peer in committee.peers}:
         raise LogError("entry author is not a committee member")
-    try:
-        VerifyKey(entry.author).verify(entry.signed_bytes(), entry.signature)
-    except BadSignatureError:
-        raise LogError("entry signature is invalid") from None
-    if entry.kind == NAMESPACE:
+    if signature:
+        try:
+            VerifyKey(entry.author).verify(entry.signed_bytes(), entry.signature)
+        except BadSignatureError:
+            raise LogError("entry signature is invalid") from None
+    if entry.kind in VOLUME_KINDS:
         return
     if entry.kind in _BLOB_KINDS:
         if entry.kind == BLOB_CERTIFIED:
@@ -577,17 +610,60 @@ class LogState:
     _by_registration: dict[bytes, Entry] = field(default_factory=dict)
     #: The entry that advanced the storage epoch furthest (proof of the current epoch).
     epoch_entry: Entry | None = None
+    #: Authors whose chain this state holds only after a position verified elsewhere (a
+    #: mount's local copy, a volume snapshot): author -> (seq, entry ID) of the last entry
+    #: not held. Peers never rebase; a rebased chain cannot show an equivocation below it.
+    bases: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.committee)
 
+    def _offset(self, author: bytes) -> int:
+        base = self.bases.get(author) if self.bases else None
+        return base[0] if base is not None else 0
+
     def head(self, author: bytes) -> int:
         """Highest contiguous seq accepted from ``author``."""
-        return len(self.chains.get(author, ()))
+        return self._offset(author) + len(self.chains.get(author, ()))
 
     def heads(self) -> dict[bytes, int]:
         """Highest contiguous seq for every author."""
-        return {author: len(chain) for author, chain in self.chains.items()}
+        return {author: self._offset(author) + len(chain) for author, chain in self.chains.items()}
+
+    def head_id(self, author: bytes) -> bytes:
+        """ID of ``author``'s entry at ``head`` (GENESIS before its first)."""
+        chain = self.chains.get(author)
+        if chain:
+            return chain[-1].id
+        base = self.bases.get(author)
+        return base[1] if base is not None else GENESIS
+
+    def entry_at(self, author: bytes, seq: int) -> Entry | None:
+        """``author``'s entry ``seq`` if this state holds it (not below a base, not beyond the head)."""
+        index = seq - 1 - self._offset(author)
+        chain = self.chains.get(author, ())
+        return chain[index] if 0 <= index < len(chain) else None
+
+    def rebase(self, author: bytes, seq: int, entry_id: bytes, keys: Iterable[bytes] = ()) -> None:
+        """Hold ``author``'s chain only after ``seq``, whose entry ``entry_id`` was verified elsewhere.
+
+        ``keys`` are what the author's volume entries rest on (device, volume, account), so a
+        revocation still ends them. Only for an author this state holds nothing of yet.
+        """
+        if self.chains.get(author) or self.pending.get(author) or author in self.bases or seq < 1:
+            raise ValueError("only an author with nothing held yet can be rebased, at a seq of 1 or more")
+        self.bases[author] = (seq, entry_id)
+        self.chains[author] = []
+        if keys:
+            self._namespace_keys.setdefault(author, set()).update(keys)
+
+    def cutoff(self, author: bytes) -> int:
+        """First seq of ``author`` that no longer counts (an equivocation, a revocation's heads), else a huge number."""
+        return self._cutoff(author)
+
+    def keys_of(self, author: bytes) -> frozenset[bytes]:
+        """The keys ``author``'s volume entries rest on (device, volume, account): what ``rebase`` takes back."""
+        return frozenset(self._namespace_keys.get(author, ()))
 
     @property
     def size(self) -> int:
@@ -604,20 +680,26 @@ class LogState:
             except LogError:
                 return Outcome.REJECTED, []
         chain = self.chains.setdefault(entry.author, [])
-        if entry.seq <= len(chain):
-            return self._equivocation(chain[entry.seq - 1], entry), []
-        if entry.seq > len(chain) + 1:
+        offset = self._offset(entry.author)
+        if entry.seq <= offset:
+            # Below what a rebased chain holds: the same entry as its base, or one this
+            # state cannot compare (the mount that rebased it checks such entries itself).
+            base = self.bases[entry.author]
+            same = entry.seq < base[0] or entry.id == base[1]
+            return (Outcome.DUPLICATE if same else Outcome.REJECTED), []
+        if entry.seq <= offset + len(chain):
+            return self._equivocation(chain[entry.seq - 1 - offset], entry), []
+        if entry.seq > offset + len(chain) + 1:
             slot = self.pending.setdefault(entry.author, {}).setdefault(entry.seq, {})
             slot[entry.id] = entry
             return Outcome.PENDING, []
-        prev = chain[-1].id if chain else GENESIS
-        if entry.prev != prev:
+        if entry.prev != self.head_id(entry.author):
             return Outcome.REJECTED, []
         accepted = [self._append(chain, entry)]
         # Entries that were waiting for this one may now follow it.
         waiting = self.pending.get(entry.author, {})
-        while len(chain) + 1 in waiting:
-            candidates = sorted(waiting.pop(len(chain) + 1).values(), key=lambda e: e.id)
+        while offset + len(chain) + 1 in waiting:
+            candidates = sorted(waiting.pop(offset + len(chain) + 1).values(), key=lambda e: e.id)
             fitting = [e for e in candidates if e.prev == chain[-1].id]
             if not fitting:
                 break
@@ -636,7 +718,7 @@ class LogState:
         and revocations; one that has not seen the grant yet refuses for now and the
         writer or anti-entropy offers the entry again.
         """
-        if entry.kind != NAMESPACE:
+        if entry.kind not in VOLUME_KINDS:
             return None
         account = namespace_account(entry.payload)
         for key in (entry.author, entry.payload["volume"], account):
@@ -687,8 +769,8 @@ class LogState:
         """The ledger of the counted entries within ``heads`` (the same on every replica that reached them)."""
         ledger = Ledger(self.committee)
         for author, chain in self.chains.items():
-            limit = min(heads.get(author, 0), self._cutoff(author) - 1)
-            for entry in chain[:limit]:
+            limit = min(heads.get(author, 0), self._cutoff(author) - 1) - self._offset(author)
+            for entry in chain[:max(limit, 0)]:
                 if entry.kind in LEDGER_KINDS:
                     self._to_ledger(entry, ledger)
         return ledger
@@ -705,7 +787,7 @@ class LogState:
         chain.append(entry)
         self.ids.add(entry.id)
         self._count += 1
-        if entry.kind == NAMESPACE:
+        if entry.kind in VOLUME_KINDS:
             keys = self._namespace_keys.setdefault(entry.author, set())
             keys.update((entry.author, entry.payload["volume"], namespace_account(entry.payload)))
         elif entry.kind in LEDGER_KINDS and entry.seq < self._cutoff(entry.author):
@@ -737,7 +819,8 @@ class LogState:
         proof[theirs.id] = theirs
         if self._cutoff(theirs.author) != before:
             # Rare: the author's later entries stop counting; re-pick what they certified.
-            for entry in self.chains.get(theirs.author, [])[self._cutoff(theirs.author) - 1 :]:
+            start = max(self._cutoff(theirs.author) - 1 - self._offset(theirs.author), 0)
+            for entry in self.chains.get(theirs.author, [])[start:]:
                 if entry.kind in _BLOB_KINDS:
                     self._recertify(entry.kind, BlobId(entry.payload["blob_id"]))
             self._rebuild_ledger()
