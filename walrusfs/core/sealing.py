@@ -68,10 +68,12 @@ _PERSON_CHUNK_HASH = b"wfs1-chunk-hash"
 _PERSON_CHUNK_KEY = b"wfs1-chunk-key"
 _PERSON_CHUNK_NONCE = b"wfs1-chunk-nonce"
 _PERSON_PAYLOAD_KEY = b"wfs1-ns-key"
+_PERSON_SNAPSHOT_KEY = b"wfs1-snap-key"
 _AD_CHUNK = b"walrusfs-chunk"
 _AD_PAYLOAD = b"walrusfs-namespace"
 _AD_OPS = b"walrusfs-namespace-ops"
 _AD_BLOB = b"walrusfs-blob"
+_AD_SNAPSHOT = b"walrusfs-snapshot"
 
 
 class SealError(CodecError, ValueError):
@@ -233,3 +235,27 @@ def open_blob(key: bytes, sealed: bytes) -> bytes:
         return _aead_decrypt(sealed[NONCE_BYTES:], _AD_BLOB + bytes([SEAL_VERSION]), sealed[:NONCE_BYTES], key)
     except CryptoError:
         raise SealError("sealed blob does not open: wrong key, or the data was altered") from None
+
+
+def seal_snapshot(read_key: bytes, volume: bytes, data: bytes) -> bytes:
+    """Encrypt a volume snapshot (``core.snapshot``) under a key derived from the read key, bound to the volume."""
+    _check_len("read key", read_key, KEY_BYTES)
+    _check_len("volume ID", volume, VOLUME_BYTES)
+    key = _derive(read_key, b"", _PERSON_SNAPSHOT_KEY, KEY_BYTES)
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + _aead_encrypt(bytes(data), _AD_SNAPSHOT + bytes([SEAL_VERSION]) + bytes(volume), nonce, key)
+
+
+def open_sealed_snapshot(read_key: bytes, volume: bytes, sealed: bytes) -> bytes:
+    """The snapshot bytes ``seal_snapshot`` sealed; ``SealError`` on a wrong key or volume, or tampering."""
+    _check_len("read key", read_key, KEY_BYTES)
+    _check_len("volume ID", volume, VOLUME_BYTES)
+    if len(sealed) < NONCE_BYTES + TAG_BYTES:
+        raise SealError(f"sealed snapshot of {len(sealed)} bytes is truncated")
+    sealed = bytes(sealed)
+    key = _derive(read_key, b"", _PERSON_SNAPSHOT_KEY, KEY_BYTES)
+    try:
+        return _aead_decrypt(sealed[NONCE_BYTES:], _AD_SNAPSHOT + bytes([SEAL_VERSION]) + bytes(volume),
+                             sealed[:NONCE_BYTES], key)
+    except CryptoError:
+        raise SealError("sealed snapshot does not open: wrong read key or volume, or it was altered") from None
