@@ -8,6 +8,7 @@ Everything here blocks; the mount calls it from worker threads. The state direct
   the batch it has not signed yet (signed on the next start should the mount stop), one row per
   staged file (which chunks live in the staging file, which are blobs already, and whether
   a writer had it open), and the files a crash left incomplete;
+* ``log.sqlite`` (WAL): the local copy of the log and the folded tree (``logstore``);
 * ``staging/NODE``: sparse files holding the staged bytes of dirty chunks;
 * ``cache/BLOB``: verified chunks, evicted least recently used beyond a byte budget;
 * ``mount.log``: what a ``--background`` mount says.
@@ -66,7 +67,8 @@ def _refuse_foreign(path: Path, uid: int, what: str = "") -> None:
 
 #: The state directory's own files; its other entries (a user's --state may hold more) are left alone.
 _STATE_FILES = frozenset({"lock", "device.key", "mount.sqlite", "mount.sqlite-wal", "mount.sqlite-shm",
-                          "mount.sqlite-journal", "mount.log"})
+                          "mount.sqlite-journal", "mount.log", "log.sqlite", "log.sqlite-wal", "log.sqlite-shm",
+                          "log.sqlite-journal"})
 
 
 def private_directory(directory: Path, only: frozenset[str] | None = None) -> tuple[int, int]:
@@ -224,11 +226,18 @@ class MountState:
 
     # ------------------------------------------------------------------ own log entries
 
-    def own_entries(self) -> list[tuple[bytes, bool]]:
-        """This device's entries in chain order, with whether peers hold each."""
+    def own_entries(self, after: int = 0) -> list[tuple[bytes, bool]]:
+        """This device's entries after seq ``after`` in chain order, with whether peers hold each."""
         with self._lock:
-            rows = self._db.execute("SELECT encoded, published FROM own_entries ORDER BY seq").fetchall()
+            rows = self._db.execute("SELECT encoded, published FROM own_entries WHERE seq > ? ORDER BY seq",
+                                    (after,)).fetchall()
         return [(bytes(e), bool(p)) for e, p in rows]
+
+    def own_published(self) -> int:
+        """The highest seq of this device's entries that peers hold (0: none)."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM own_entries WHERE published = 1").fetchone()
+        return row[0] or 0
 
     def add_own_entry(self, seq: int, encoded: bytes) -> None:
         """Record a newly signed entry before anyone sees it (so the chain survives a crash); its batch's pending ops go with it."""
