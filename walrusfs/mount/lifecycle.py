@@ -380,18 +380,23 @@ class Keeper:
 
     async def usage(self) -> Usage:
         """The fold of the volume's operations, recomputed in a thread when the log brought new ones."""
-        ops = self.vlog.ops()
+        ops = await self.vlog.history()
         key = (self.vlog.namespace.last, len(ops))
         if self._usage is None or key != self._usage_key:
             self._usage = await trio.to_thread.run_sync(fold_usage, ops)
             self._usage_key = key
         return self._usage
 
-    def own_refs(self) -> set[bytes]:
-        """Chunks this mount's staged (unpublished) versions still reference."""
+    def own_refs(self, held: Sequence[HeldChunk] = ()) -> set[bytes]:
+        """Chunks this mount's staged (unpublished) versions still reference, and the newest snapshots' blobs the volume holds."""
+        from .snapshots import kept_blobs
+
+        # The newest snapshots, which fresh mounts start from (one the volume does not hold
+        # is nobody's to keep: it is not reported missing).
+        kept = kept_blobs(self.vlog) & {h.blob for h in held}
         if self.contents is None:
-            return set()
-        return {c for staged in self.contents.staged.values() for c in staged.chunks if c is not None}
+            return kept
+        return kept | {c for staged in self.contents.staged.values() for c in staged.chunks if c is not None}
 
     async def survey(self, ignore_trash: bool = False) -> tuple[Usage, Plan]:
         """The fold and the plan for a pass now."""
@@ -399,9 +404,10 @@ class Keeper:
         held = volume_holdings(self.vlog)
         config = self.client.committee.config
         trash_ms = int(self.trash_seconds(usage.namespace) * 1000)
+        own = self.own_refs(held)
         decided = await trio.to_thread.run_sync(
             lambda: plan(usage, held, self.vlog.state.ledger.epoch, int(time.time() * 1000), trash_ms,
-                         self.own_refs(), config.encoded_blob_length, ignore_trash))
+                         own, config.encoded_blob_length, ignore_trash))
         return usage, decided
 
     async def run_pass(self, ignore_trash: bool = False) -> PassReport:

@@ -4,8 +4,11 @@
 mount come up without fetching or folding what it already had:
 
 * ``entries``: every entry the mount accepted after checking it, by author and seq;
-* ``ops``: the volume's namespace ops as opened (NULL where this side could not read one),
-  in the fold's total order: what a refold and the lifecycle fold read back;
+* ``ops``: the volume's namespace ops as opened (one row per op of a batched entry; NULL
+  where this side could not read an entry), keyed by their place in the fold's total order:
+  what a refold and the lifecycle fold read back. A batched entry's op IDs and batch key
+  are not stored but derived again (``log.batch_op``) from its author, seq and index, as
+  the live fold derives them, and checked against the stored key;
 * ``checkpoint``: the folded tree (``core.snapshot``'s encoding) and the position it was
   folded at (each author's seq and entry ID), so a restart loads the tree instead of
   folding, and holds other authors' chains in memory only from there on;
@@ -39,7 +42,7 @@ import cbor2
 
 from ..core import wire
 from ..core.committee import Committee
-from ..core.log import Entry, LogError, decode_entry
+from ..core.log import Entry, LogError, batch_key, batch_op, decode_entry
 from ..core.namespace import Op
 from .staging import _private_file
 
@@ -53,8 +56,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (author BLOB NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL,
     kind TEXT NOT NULL, encoded BLOB NOT NULL, mac BLOB NOT NULL, PRIMARY KEY (author, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ops (hlc INTEGER NOT NULL, author BLOB NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
-    op BLOB, mac BLOB NOT NULL, PRIMARY KEY (hlc, author, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ops (hlc INTEGER NOT NULL, author BLOB NOT NULL, key BLOB NOT NULL, idx INTEGER NOT NULL,
+    id BLOB NOT NULL, seq INTEGER NOT NULL, batched INTEGER NOT NULL, op BLOB, mac BLOB NOT NULL,
+    PRIMARY KEY (hlc, author, key, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bases (author BLOB PRIMARY KEY, seq INTEGER NOT NULL, id BLOB NOT NULL,
     keys BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoint (slot INTEGER PRIMARY KEY CHECK (slot = 0), position BLOB NOT NULL,
@@ -191,9 +195,10 @@ class LogStore:
     def _entry_mac(self, author: bytes, seq: int, entry_id: bytes) -> bytes:
         return self._mac(b"entry", author, seq.to_bytes(8, "big"), entry_id)
 
-    def _op_mac(self, hlc: int, author: bytes, entry_id: bytes, seq: int, op: bytes | None) -> bytes:
-        return self._mac(b"op", hlc.to_bytes(8, "big"), author, entry_id, seq.to_bytes(8, "big"),
-                         b"\x00" if op is None else b"\x01" + op)
+    def _op_mac(self, hlc: int, author: bytes, key: bytes, index: int, entry_id: bytes, seq: int, batched: int,
+                op: bytes | None) -> bytes:
+        return self._mac(b"op", hlc.to_bytes(8, "big"), author, key, index.to_bytes(4, "big"), entry_id,
+                         seq.to_bytes(8, "big"), bytes([batched]), b"\x00" if op is None else b"\x01" + op)
 
     # ------------------------------------------------------------------ what the copy belongs to
 
@@ -235,22 +240,34 @@ class LogStore:
 
     # ------------------------------------------------------------------ writing
 
-    def add(self, entries: Sequence[Entry], ops: Sequence[tuple[Entry, Op | None]] = ()) -> None:
+    def add(self, entries: Sequence[Entry], ops: Sequence[tuple[Entry, Sequence[Op] | None]] = ()) -> None:
         """Record accepted entries and the volume ops they carry (None: unreadable here), in one transaction."""
         entry_rows = [(e.author, e.seq, e.id, e.kind, e.encode(), self._entry_mac(e.author, e.seq, e.id))
                       for e in entries]
         op_rows = []
-        for entry, op in ops:
-            raw = None if op is None else cbor2.dumps({"kind": op.kind, "args": dict(op.args)}, canonical=True)
-            op_rows.append((entry.hlc, entry.author, entry.id, entry.seq, raw,
-                            self._op_mac(entry.hlc, entry.author, entry.id, entry.seq, raw)))
+        for entry, carried in ops:
+            if carried is None:  # one row says the entry is there, unread
+                op_rows.append(self._op_row(entry, entry.id, 0, 0, None))
+                continue
+            for op in carried:
+                raw = cbor2.dumps({"kind": op.kind, "args": dict(op.args)}, canonical=True)
+                if op.batch:
+                    if op.batch != batch_key(entry.author, entry.seq):  # pragma: no cover - a caller's bug
+                        raise ValueError("a batched op recorded with another entry than its own")
+                    op_rows.append(self._op_row(entry, op.batch, op.index, 1, raw))
+                else:
+                    op_rows.append(self._op_row(entry, op.op_id, 0, 0, raw))
         if not entry_rows and not op_rows:
             return
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?, ?)", entry_rows)
-            self._db.executemany("INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?, ?, ?)", op_rows)
+            self._db.executemany("INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", op_rows)
             self._db.execute("COMMIT")
+
+    def _op_row(self, entry: Entry, key: bytes, index: int, batched: int, raw: bytes | None) -> tuple[Any, ...]:
+        return (entry.hlc, entry.author, key, index, entry.id, entry.seq, batched, raw,
+                self._op_mac(entry.hlc, entry.author, key, index, entry.id, entry.seq, batched, raw))
 
     def set_bases(self, bases: Mapping[bytes, tuple[int, bytes, Iterable[bytes]]]) -> None:
         """Chains held from these positions on (a snapshot's): their history is fetched later."""
@@ -340,21 +357,31 @@ class LogStore:
     def ops(self, cutoffs: Mapping[bytes, int]) -> list[tuple[int, Op]]:
         """Every stored op of the volume that counts (seq below its author's cutoff), as (seq, op), in fold order."""
         with self._lock:
-            rows = self._db.execute("SELECT hlc, author, id, seq, op, mac FROM ops ORDER BY hlc, author, id").fetchall()
+            rows = self._db.execute("SELECT hlc, author, key, idx, id, seq, batched, op, mac FROM ops "
+                                    "ORDER BY hlc, author, key, idx").fetchall()
         out: list[tuple[int, Op]] = []
         huge = 1 << 62
-        for hlc, author_raw, id_raw, seq, raw, mac in rows:
-            author, entry_id = bytes(author_raw), bytes(id_raw)
+        for hlc, author_raw, key_raw, index, id_raw, seq, batched, raw, mac in rows:
+            author, key, entry_id = bytes(author_raw), bytes(key_raw), bytes(id_raw)
             raw = bytes(raw) if raw is not None else None
-            if self._op_mac(hlc, author, entry_id, seq, raw) != bytes(mac):
+            if self._op_mac(hlc, author, key, index, entry_id, seq, batched, raw) != bytes(mac):
                 raise LocalCopyError("a stored op was changed or is not this mount's")
             if raw is None or seq >= cutoffs.get(author, huge):
                 continue
             try:
-                op = cbor2.loads(raw)
-                out.append((seq, Op(entry_id, hlc, author, op["kind"], op["args"])))
+                message = cbor2.loads(raw)
+                # The identity the live fold gives the op (``log.entry_ops``), derived again.
+                if batched:
+                    op = batch_op(author, seq, hlc, index, message)
+                    if op.batch != key:
+                        raise ValueError("a batched op's key is not its entry's")
+                elif key == entry_id and index == 0:
+                    op = Op(entry_id, hlc, author, message["kind"], message["args"])
+                else:
+                    raise ValueError("a single op is not named by its entry")
             except (cbor2.CBORError, KeyError, TypeError, ValueError) as exc:
                 raise LocalCopyError(f"a stored op does not decode: {exc}") from None
+            out.append((seq, op))
         return out
 
     @_reading

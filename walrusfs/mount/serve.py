@@ -23,8 +23,10 @@ from ..core.committee import Committee
 from ..core.lifecycle import device_authority
 from .contents import PACK_BELOW, Contents
 from .lifecycle import Keeper
+from .logstore import LogStore
 from .metrics import MountMetrics
 from .operations import WalrusFS
+from .snapshots import load_snapshot
 from .staging import ChunkCache, MountState
 from .volumelog import LogUnavailable, VolumeLog
 from .volumes import Volume
@@ -37,6 +39,10 @@ DEFAULT_CACHE = 1 << 30
 #: before it comes up without one.
 STARTUP_LIMIT = 60.0
 STARTUP_WAIT = 5.0
+#: How long a mount with no local copy tries snapshots before it replays the whole log.
+SNAPSHOT_LIMIT = 30.0
+#: How long an unmount waits for the last checkpoint of the tree.
+CLOSE_LIMIT = 30.0
 CAPACITY_INTERVAL = 30.0
 
 
@@ -91,11 +97,13 @@ async def serve_mount(
     """
     state = await trio.to_thread.run_sync(MountState, state_dir)
     failure: MountError | None = None
+    local: LogStore | None = None
     try:
+        local = await trio.to_thread.run_sync(LogStore, state_dir, bytes(state.device))
         cache = await trio.to_thread.run_sync(ChunkCache, state_dir / "cache", cache_bytes)
         async with running_host(os.urandom(32)) as host:
             try:
-                await _serve(host, mountpoint, volume, committee, state, cache, read_only=read_only,
+                await _serve(host, mountpoint, volume, committee, state, cache, local, read_only=read_only,
                              chunk_size=chunk_size, announce=announce, inconsistent_writer=inconsistent_writer,
                              startup_limit=startup_limit, keep_owners=keep_owners, account=account,
                              trash_seconds=trash_seconds, allow_other=allow_other, owner=owner, umask=umask,
@@ -105,13 +113,16 @@ async def serve_mount(
                 # than inside the host's exception groups (the CLI prints it as one line).
                 failure = exc
     finally:
+        if local is not None:
+            await trio.to_thread.run_sync(local.close)
         await trio.to_thread.run_sync(state.close)
     if failure is not None:
         raise failure
 
 
 async def _serve(
-    host: Any, mountpoint: Path, volume: Volume, committee: Committee, state: MountState, cache: ChunkCache, *,
+    host: Any, mountpoint: Path, volume: Volume, committee: Committee, state: MountState, cache: ChunkCache,
+    local: LogStore | None, *,
     read_only: bool, chunk_size: int, announce: Callable[[str], None], inconsistent_writer: bool, startup_limit: float,
     keep_owners: bool = False, account: SigningKey | None = None, trash_seconds: float | None = None,
     allow_other: bool = False, owner: tuple[int, int] | None = None, umask: int = 0,
@@ -121,7 +132,8 @@ async def _serve(
     """Serve one mount on an open libp2p host until it is unmounted."""
     authority = device_authority(account, volume.key, state.device) if volume.key is not None else None
     client = Client(host, committee, reuse_streams=True, authority=authority)
-    vlog = VolumeLog(client, volume, state, writer=authority.writer if authority else None)
+    began = time.monotonic()
+    vlog = VolumeLog(client, volume, state, writer=authority.writer if authority else None, local=local)
     await vlog.load()
     contents = Contents(client, vlog, state, cache, chunk_size, pack_below, metrics)
     if inconsistent_writer:
@@ -133,7 +145,15 @@ async def _serve(
     # comes up without the peers and serves what it has; its uploads and the log
     # catch up once they answer. A first mount has nothing to serve: it waits longer,
     # then gives up with one line.
-    has_state = vlog.head > 0 or bool(contents.staged)
+    has_state = vlog.head > 0 or bool(contents.staged) or vlog.restored is not None
+    if vlog.restored is None:
+        # Nothing local: a writer's snapshot saves replaying the whole log (any failure
+        # only means the whole log is replayed).
+        with trio.move_on_after(min(SNAPSHOT_LIMIT, startup_limit)):
+            try:
+                await load_snapshot(vlog)
+            except Exception as exc:  # noqa: BLE001 - a snapshot never stops a mount
+                log.warning("no volume snapshot used: %s: %s", type(exc).__name__, exc)
     limit = min(STARTUP_WAIT, startup_limit) if has_state else startup_limit
     with trio.move_on_after(limit):
         while not vlog.synced_once.is_set():
@@ -142,6 +162,9 @@ async def _serve(
             except LogUnavailable as exc:
                 log.info("waiting for peers: %s", exc)
                 await trio.sleep(1.0)
+    await vlog.startup_done()
+    log.info("log ready in %.2f s (tree from %s; %d entries fetched)", time.monotonic() - began,
+             vlog.restored or "the whole log", vlog.fetched)
     if not vlog.synced_once.is_set():
         if not has_state:
             raise MountError(f"no committee peer served the log within {limit:.0f} s; is the network up? "
@@ -161,7 +184,7 @@ async def _serve(
     keeper = Keeper(client, vlog, contents, trash_seconds)
     fs = WalrusFS(vlog, contents, read_only,
                   status=lambda: {"pid": os.getpid(), "mountpoint": str(mountpoint), "since": started,
-                                  **keeper.status()},
+                                  **keeper.status(), "log": vlog.local_status()},
                   keep_owners=keep_owners, owner=owner, umask=umask)
     fs.statfs_source = lambda: capacity.get("free", 0)
     vlog.on_change = fs.remote_change
@@ -189,6 +212,11 @@ async def _serve(
                 ready()
             await pyfuse3.main()
             sd_notify("STOPPING=1")
+            # The tree as it is now, so the next start folds nothing it already had (an open
+            # batch is signed first: a checkpoint holds only ops of entries).
+            with trio.move_on_after(CLOSE_LIMIT):
+                await vlog.flush()
+                await vlog.checkpoint()
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=True)
