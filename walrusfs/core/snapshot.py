@@ -40,7 +40,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from . import wire
 from .errors import CodecError
-from .log import PATH_MAX, LogError, _file_name, check_delegation
+from .log import PATH_MAX, LogError, check_delegation
 from .namespace import (
     BLOCKDEV,
     CHARDEV,
@@ -139,6 +139,27 @@ def decode_tree(data: bytes) -> Namespace:
 _EMPTY = Content()
 
 
+def _column(data: bytes, pos: int, n: int, end: int) -> tuple[tuple[bytes | None, ...], int]:
+    """A chunk column of ``n`` items at ``pos`` (flag bytes, then the IDs of those flagged 1); and the position after it."""
+    flags = data[pos : pos + n]
+    pos += n
+    present = flags.count(1)
+    if len(flags) != n or present + flags.count(0) != n or pos + present * _ID > end:
+        raise SnapshotError("snapshot tree: a chunk is neither a blob ID nor a hole")
+    if not present:
+        return (None,) * n, pos
+    if present == n:
+        return tuple(data[pos + k * _ID : pos + (k + 1) * _ID] for k in range(n)), pos + n * _ID
+    column: list[bytes | None] = []
+    for flag in flags:
+        if flag:
+            column.append(data[pos : pos + _ID])
+            pos += _ID
+        else:
+            column.append(None)
+    return tuple(column), pos
+
+
 def _decode_tree(data: bytes) -> Namespace:
     # One pass with a running offset (a call per field costs more than the rest together).
     # Every length is checked against what is left before it is used, so a count can never
@@ -177,22 +198,8 @@ def _decode_tree(data: bytes) -> Namespace:
         if has_version:
             version = data[pos : pos + _ID]
             pos += _ID
-        columns = []
-        for n in (n_chunks, n_hashes):
-            flags = data[pos : pos + n]
-            pos += n
-            present = flags.count(1)
-            if present + flags.count(0) != n or pos + present * _ID > end:
-                raise SnapshotError("snapshot tree: a chunk is neither a blob ID nor a hole")
-            column: list[bytes | None] = []
-            for flag in flags:
-                if flag:
-                    column.append(data[pos : pos + _ID])
-                    pos += _ID
-                else:
-                    column.append(None)
-            columns.append(tuple(column))
-        chunks, hashes = columns
+        chunks, pos = _column(data, pos, n_chunks, end)
+        hashes, pos = _column(data, pos, n_hashes, end) if n_hashes else ((), pos)
         if hashes and any((h is None) != (c is None) for h, c in zip(hashes, chunks)):
             raise SnapshotError("snapshot tree: a node's plaintext hashes do not match its chunks")
         target = data[pos : pos + target_size].decode("utf-8")
@@ -214,11 +221,13 @@ def _decode_tree(data: bytes) -> Namespace:
         for _ in range(n_links):
             directory = data[pos : pos + _ID]
             name_size = unpack16(data, pos + _ID)[0]
-            name = data[pos + _ID + 2 : pos + _ID + 2 + name_size].decode("utf-8")
+            raw = data[pos + _ID + 2 : pos + _ID + 2 + name_size]
             pos += _ID + 2 + name_size
-            if not _file_name(name) or len(directory) != _ID:
+            # A file name as ``check_op`` has it, checked on the bytes (the same rules).
+            if (not 0 < len(raw) == name_size <= 255 or b"/" in raw or b"\0" in raw or raw in (b".", b"..")
+                    or len(directory) != _ID):
                 raise SnapshotError("snapshot tree: a directory entry has no valid file name")
-            links.append((directory, name))
+            links.append((directory, raw.decode("utf-8")))
         if pos > end:
             raise _Truncated
         content = _EMPTY if not size and chunk_size == _EMPTY.chunk_size else Content(size, chunk_size, chunks, hashes)
@@ -283,6 +292,8 @@ class Snapshot:
     last: tuple[int, bytes, bytes] | None
     ops: int
     namespace: Namespace
+    #: The tree's canonical encoding (what a mount keeps as its first checkpoint).
+    tree: bytes = b""
 
 
 def encode_heads(heads: Mapping[bytes, tuple[int, bytes]]) -> list[list[Any]]:
@@ -369,7 +380,7 @@ def open_snapshot(data: bytes, volume: bytes) -> Snapshot:
     if len(namespace.nodes) != nodes:
         raise SnapshotError("snapshot tree does not hold the number of nodes its header names")
     namespace.last = last
-    return Snapshot(volume, signer, heads, last, ops, namespace)
+    return Snapshot(volume, signer, heads, last, ops, namespace, tree)
 
 
 def tree_fields(namespace: Namespace) -> dict[str, Any]:

@@ -63,8 +63,13 @@ UPLOAD_GRACE_MS = 120_000
 #: Longest pause between passes (a pass also follows every new storage epoch).
 MAX_PASS_INTERVAL = 60.0
 MIN_PASS_INTERVAL = 1.0
-#: Seconds after a pass before a change of the tree brings the next one.
+#: Seconds after a pass before a change of the tree brings the next one, at least; and at
+#: least this many times the last pass's duration (a large volume's fold takes seconds).
 CHANGE_DELAY = 5.0
+PASS_SHARE = 4.0
+#: The first pass of a mount waits a second per this many namespace entries, at most MAX_FIRST_PASS_DELAY.
+FIRST_PASS_OPS_PER_SECOND = 10_000
+MAX_FIRST_PASS_DELAY = 30.0
 
 
 def parse_duration(text: str) -> float:
@@ -509,22 +514,29 @@ class Keeper:
         epoch_seconds = self.client.committee.epoch_ms / 1000
         interval = min(max(epoch_seconds / 3, MIN_PASS_INTERVAL), MAX_PASS_INTERVAL)
         await self.vlog.synced_once.wait()
+        # A pass folds the volume's whole history: on a large volume the first one waits a
+        # little (a mount's first listing comes first; renewals have epochs of margin).
+        await trio.sleep(min(getattr(self.vlog, "op_count", 0) / FIRST_PASS_OPS_PER_SECOND, MAX_FIRST_PASS_DELAY))
         last_epoch = -1
         last_tree: Any = None
         next_pass = last_pass = 0.0
+        took = 0.0
         while True:
             epoch = self.vlog.state.ledger.epoch
             tree = self.vlog.namespace.last
             # A changed tree (a delete starts a release clock) is looked at soon, not at once:
-            # a burst of changes costs one refold.
-            changed = tree != last_tree and trio.current_time() >= last_pass + CHANGE_DELAY
+            # a burst of changes costs one refold; and never more often than the passes'
+            # own cost allows (at most a fifth of the time folding).
+            changed = tree != last_tree and trio.current_time() >= last_pass + max(CHANGE_DELAY, PASS_SHARE * took)
             if epoch != last_epoch or changed or trio.current_time() >= next_pass:
+                began = trio.current_time()
                 try:
                     await self.run_pass()
                 except Exception as exc:  # noqa: BLE001 - a mount never exits because a pass failed
                     log.exception("volume pass failed (next one soon)")
                     self.report.error = f"{type(exc).__name__}: {exc}"
                 last_epoch, last_tree, last_pass = epoch, tree, trio.current_time()
+                took = last_pass - began
                 wait = interval
                 if self.report.next_release_ms is not None:
                     # Release on time rather than up to a whole interval late.

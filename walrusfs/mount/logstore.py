@@ -343,6 +343,13 @@ class LogStore:
         return self._checked(row) if row is not None else None
 
     @_reading
+    def of_kind(self, kind: str) -> list[Entry]:
+        """Every stored entry of ``kind``, each checked (for the few kinds a mount looks up: snapshots)."""
+        with self._lock:
+            rows = self._db.execute("SELECT author, seq, encoded, mac FROM entries WHERE kind = ?", (kind,)).fetchall()
+        return [self._checked(row) for row in rows]
+
+    @_reading
     def entry_id(self, author: bytes, seq: int) -> bytes | None:
         """The stored ID of ``author``'s entry ``seq`` (MAC checked), if stored."""
         with self._lock:

@@ -43,6 +43,8 @@ STARTUP_WAIT = 5.0
 SNAPSHOT_LIMIT = 30.0
 #: How long an unmount waits for the last checkpoint of the tree.
 CLOSE_LIMIT = 30.0
+#: During a first mount's sync of a long log, a checkpoint every this many entries.
+STARTUP_CHECKPOINT_OPS = 50_000
 CAPACITY_INTERVAL = 30.0
 
 
@@ -154,14 +156,21 @@ async def _serve(
                 await load_snapshot(vlog)
             except Exception as exc:  # noqa: BLE001 - a snapshot never stops a mount
                 log.warning("no volume snapshot used: %s: %s", type(exc).__name__, exc)
+        vlog.deferring = vlog.restored is None and not has_state
     limit = min(STARTUP_WAIT, startup_limit) if has_state else startup_limit
-    with trio.move_on_after(limit):
-        while not vlog.synced_once.is_set():
+    give_up = trio.current_time() + limit
+    while not vlog.synced_once.is_set() and trio.current_time() < give_up:
+        before = vlog.fetched
+        with trio.move_on_at(give_up):
             try:
                 await vlog.sync_any()
             except LogUnavailable as exc:
                 log.info("waiting for peers: %s", exc)
                 await trio.sleep(1.0)
+        if not has_state and vlog.fetched > before:
+            give_up = trio.current_time() + limit  # the log is arriving: a first mount waits for all of it
+        # A long first sync keeps checkpoints, so a mount stopped in the middle restarts from one.
+        await vlog.checkpoint(every=STARTUP_CHECKPOINT_OPS)
     await vlog.startup_done()
     log.info("log ready in %.2f s (tree from %s; %d entries fetched)", time.monotonic() - began,
              vlog.restored or "the whole log", vlog.fetched)
@@ -169,8 +178,12 @@ async def _serve(
         if not has_state:
             raise MountError(f"no committee peer served the log within {limit:.0f} s; is the network up? "
                              f"({vlog.sync_summary})")
-        announce(f"no committee peer answered within {limit:.0f} s: serving what this mount has "
-                 "staged and cached; uploads and the log resume when peers answer")
+        if vlog.fetched:
+            announce(f"the log is still arriving ({vlog.fetched} entries so far): serving what this mount has; "
+                     "the rest follows")
+        else:
+            announce(f"no committee peer answered within {limit:.0f} s: serving what this mount has "
+                     "staged and cached; uploads and the log resume when peers answer")
     if vlog.sealed_seen and vlog.unreadable == vlog.sealed_seen:
         # Not one sealed entry opens: serving an empty tree would look like data loss.
         if volume.read_key is None:

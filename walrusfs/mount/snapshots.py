@@ -60,6 +60,7 @@ from ..core.snapshot import (
     open_snapshot,
     sign_snapshot,
 )
+from .logstore import Position
 from .volumelog import BACKFILL_WINDOW, PublishError
 
 if TYPE_CHECKING:
@@ -316,10 +317,13 @@ async def _adopt(vlog: VolumeLog, record: Entry, snapshot: Snapshot, bases: dict
         vlog.state.rebase(author, seq, entry_id, keys)
         keyed[author] = (seq, entry_id, keys)
     local = vlog.local
+    # Checkpointed at once, with the bases: a restart finds the snapshot's tree where it stands.
+    position = Position(keyed, set(snapshot.heads), snapshot.ops, last=snapshot.last)
 
     def store() -> None:
         local.set_bases(keyed)
         local.add(list(bases.values()))
+        local.save_checkpoint(position, snapshot.tree)
 
     await trio.to_thread.run_sync(store)
     vlog._mutations += 1
@@ -332,6 +336,7 @@ async def _adopt(vlog: VolumeLog, record: Entry, snapshot: Snapshot, bases: dict
     vlog._mutations += 1
     vlog.snapshot_records[record.author] = record
     vlog.restored = "snapshot"
+    vlog._checkpointed = (vlog.op_count, vlog._mutations)
     log.info("started from volume snapshot %s: %d namespace entries, %d nodes, %d chains", record.id.hex()[:12],
              snapshot.ops, len(snapshot.namespace.nodes), len(snapshot.heads))
 
@@ -356,6 +361,7 @@ async def backfill(vlog: VolumeLog) -> None:
                 # The snapshot was a writer's word for the tree: now that every op is here,
                 # the tree is folded from them (and replaces the snapshot's).
                 vlog._mark_late()
+                vlog._refold_wanted.set()
             return
         for author, (seq, entry_id, _) in sorted(pending.items()):
             try:

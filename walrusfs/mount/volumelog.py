@@ -164,9 +164,10 @@ class _Loaded:
 
     def __init__(self, state: LogState, namespace: Namespace, position: Position | None,
                  positions: dict[bytes, tuple[int, bytes]], tail: list[Entry], opened: dict[bytes, Any],
-                 history_complete: bool) -> None:
+                 history_complete: bool, snapshots: list[Entry]) -> None:
         self.state, self.namespace, self.checkpoint = state, namespace, position
         self.positions, self.tail, self.opened, self.history_complete = positions, tail, opened, history_complete
+        self.snapshots = snapshots
 
 
 class VolumeLog:
@@ -241,6 +242,9 @@ class VolumeLog:
         self._refold_lock = trio.Lock()
         self._mutations = 0  # odd while the tree changes (a checkpoint being encoded retries)
         self.starting = True  # refolds wait for the end of the start-up sync
+        #: A first mount replaying the whole log folds it once at the end, not op by op:
+        #: with more than one device most ops arrive out of order anyway.
+        self.deferring = False
         self._replaying = False  # the copy is being rebuilt from peers: the tree waits for the end
         self._cutoff_key: tuple[int, int] = (0, 0)
         self._checkpointed = (0, 0)  # (op_count, mutations) at the last checkpoint
@@ -252,6 +256,7 @@ class VolumeLog:
         #: Entries peers served this mount (a restart asks only for what is new).
         self.fetched = 0
         self.backfilled = 0
+        self._generation = 0  # bumped by a rebuild: a walk begun before it stops
         self.snapshots_rejected = 0
         self.snapshots_made = 0
 
@@ -288,6 +293,9 @@ class VolumeLog:
         stored = local.heads()
         if checkpoint is None and not stored and not bases:
             return None
+        if bases and checkpoint is None:
+            # A snapshot's tree is checkpointed before anything is stored after it.
+            raise LocalCopyError("chains held from a snapshot on, but no checkpoint of its tree")
         state = LogState(self.committee)
         namespace = Namespace()
         positions: dict[bytes, tuple[int, bytes]] = {}
@@ -322,8 +330,9 @@ class VolumeLog:
         opened = {e.id: self._open(e) for e in tail if self._ours(e)}
         if checkpoint is not None:
             namespace.last = checkpoint.position.last
+        snapshots = [e for e in local.of_kind(SNAPSHOT) if e.payload.get("volume") == self.volume.public_key]
         return _Loaded(state, namespace, checkpoint.position if checkpoint is not None else None, positions,
-                       tail, opened, not bases)
+                       tail, opened, not bases, snapshots)
 
     def _adopt(self, loaded: _Loaded) -> None:
         """Make a local copy read by ``_read_local`` this mount's view, and fold what was stored after its checkpoint."""
@@ -340,25 +349,12 @@ class VolumeLog:
             self._history = None
             self.history_complete = trio.Event()
         self.restored = "local copy"
-        self._remember_snapshots()
+        for entry in loaded.snapshots:
+            self.snapshot_records[entry.author] = entry
         self._fold(loaded.tail, self._count_opened(loaded.tail, loaded.opened))
         self._checkpointed = (self.op_count, self._mutations)
         log.info("local copy: %d chains held from a checkpoint on, %d stored entries read (%d of members)",
                  len(loaded.positions), len(loaded.tail), sum(e.author in self._members for e in loaded.tail))
-
-    def _remember_snapshots(self) -> None:
-        """Snapshot entries of the volume whose chains are held from a base on (their heads are on disk)."""
-        if self.local is None:
-            return
-        for author in self.state.bases:
-            if author in self.snapshot_records or author in self.volume_authors:
-                continue
-            try:
-                entry = self.local.entry(author, self.state.head(author))
-            except LocalCopyError:
-                continue
-            if entry is not None and entry.kind == SNAPSHOT and entry.payload.get("volume") == self.volume.public_key:
-                self.snapshot_records[author] = entry
 
     async def _load_own_chain(self) -> None:
         """This device's entries the state lacks (a crash before they were stored, a rebuilt copy), and those to publish."""
@@ -413,15 +409,16 @@ class VolumeLog:
         return Position(heads, set(self.volume_authors), self.op_count, self.sealed_seen, self.unreadable,
                         self.namespace.last)
 
-    async def checkpoint(self, force: bool = False) -> bool:
-        """Write the tree and its position to the local copy (unless nothing changed); whether it was written.
+    async def checkpoint(self, force: bool = False, every: int = 0) -> bool:
+        """Write the tree and its position to the local copy (unless nothing changed, or fewer than ``every`` ops); whether it was written.
 
         The tree is encoded in a worker thread while the loop goes on; a change of the
         tree meanwhile (the counter is odd during one, and moves) makes it try again.
         """
-        if self.local is None or self._late or self._replaying or self._batch is not None:
+        if self.local is None or self._late or self._replaying or self.deferring or self._batch is not None:
             return False  # the tree is not the fold of what its position names (an open batch is in no entry)
-        if not force and self._checkpointed == (self.op_count, self._mutations):
+        if not force and (self._checkpointed == (self.op_count, self._mutations)
+                          or self.op_count - self._checkpointed[0] < every):
             return False
         for _ in range(5):
             mark = self._mutations
@@ -448,7 +445,7 @@ class VolumeLog:
             await trio.sleep(CHECKPOINT_INTERVAL)
             if self.op_count - self._checkpointed[0] >= CHECKPOINT_OPS:
                 try:
-                    await self.checkpoint()
+                    await self.checkpoint(every=CHECKPOINT_OPS)
                 except LocalCopyError as exc:  # pragma: no cover - a disk that fails under us
                     log.warning("could not write a checkpoint: %s", exc)
 
@@ -520,6 +517,8 @@ class VolumeLog:
                 self._late = False
             else:
                 self._mark_late()
+                if not self.starting:
+                    self._refold_wanted.set()  # this op shows after the refold: not after the next walk
         finally:
             self._mutations += 1
         return op
@@ -685,6 +684,7 @@ class VolumeLog:
             return await self._ask(peer, protocol, **fields)
 
         budget = RoundBudget(FOLLOW_BYTES)
+        generation = self._generation
         held: list[Entry] = []
         held_bytes = 0
         accepted = 0
@@ -701,6 +701,8 @@ class VolumeLog:
             async with aclosing(heads_pages(call, self._cursor, budget)) as pages:
                 async for page in pages:
                     await self._compare_heads(peer, page.heads)
+                    if generation != self._generation:
+                        break  # rebuilt: the next walk starts from the first author
                     wants = [(a, self.state.head(a) + 1, head) for a, (head, _) in page.heads.items()]
                     async with aclosing(range_pages(call, wants, budget)) as ranges:
                         async for batch in ranges:
@@ -721,7 +723,12 @@ class VolumeLog:
             self._cursor = finished
             raise
         await flush()
+        if generation != self._generation:
+            self._cursor, complete = None, False
+            return accepted, False
         self._cursor = None if complete else finished
+        if complete and self._late and not self.starting:
+            self._refold_wanted.set()
         if complete and self._replaying:
             self._replaying = False
             self._late = True
@@ -865,6 +872,7 @@ class VolumeLog:
 
     async def _rebuild_locked(self, reason: str) -> None:
         await self._drop_local(reason)
+        self._generation += 1
         self.state = LogState(self.committee)
         self.position, self.volume_authors, self.snapshot_records = {}, set(), {}
         self.op_count = self.sealed_seen = self.unreadable = 0
@@ -958,6 +966,9 @@ class VolumeLog:
         snapshot): meanwhile the tree is the fold of all but the late ops.
         """
         self.starting = False
+        if self.deferring:
+            self.deferring = False
+            self._late = self._late or self.op_count > 0
         if not self._late:
             return
         if self._history is not None and self.history_complete.is_set():
@@ -1058,7 +1069,7 @@ class VolumeLog:
             rewritten = {o.args["node"] for o in ops if o.author != self.device_id and o.kind in ("write", "setattr")
                          and set(o.args) != {"node", "atime_ns"}}
             ops.sort(key=lambda o: o.order)
-            if self._replaying:
+            if self._replaying or self.deferring:
                 self._late_rewritten |= rewritten
                 return
             last = self.namespace.last
@@ -1075,9 +1086,9 @@ class VolumeLog:
             self.on_change(rewritten)
 
     def _mark_late(self) -> None:
+        # The refold waits for the end of the walk in progress: a log still arriving late
+        # (a mount that serves before its first sync ended) costs one refold, not one a round.
         self._late = True
-        if not self.starting:
-            self._refold_wanted.set()
 
     async def history(self) -> list[Op]:
         """Every counted op of the volume (read back from the local copy the first time); waits for history a snapshot left out."""
@@ -1168,7 +1179,10 @@ class VolumeLog:
             local = self.local
 
             async def store() -> None:
-                await trio.to_thread.run_sync(local.add, accepted, ())
+                try:
+                    await trio.to_thread.run_sync(local.add, accepted, ())
+                except Exception as exc:  # noqa: BLE001 - a system task must not raise; the peers hold it anyway
+                    log.warning("could not store a certified entry in the local copy: %s", exc)
 
             try:
                 trio.lowlevel.spawn_system_task(store)
