@@ -22,6 +22,16 @@ that order (``--kinds``), and the private/public ratios are printed.
 
 Targets: mount write and read >= 80% of the blob CLI, cached re-read >= 300 MB/s,
 untar >= 100 files/s; private volumes' write and read >= 0.9x public.
+
+``--startup`` measures mount start-up instead: seconds from starting ``walrusfs mount``
+until ``ls -R`` lists every file, for a private volume of 1,000, 10,000 and 100,000 files
+(``--startup-files``), grown in that order on one devnet. The files are signed with the
+pure core and pushed to the peers (``tests/volumegen.py``: a ``mkdir`` per 1,000 files, a
+``create`` and a ``write`` per file, contents holes), not written through FUSE. At each
+size, in one run: a fresh mount replaying the whole log (snapshots off), the same mount
+restarted (its local copy), a writer that snapshots the volume, and a fresh mount from
+that snapshot; ``--before DIR`` adds a fresh mount by the code in DIR (the tree before
+this work). Targets: restarted 100,000 files < 5 s, fresh < 30 s.
 """
 
 from __future__ import annotations
@@ -136,6 +146,100 @@ def measure_small(kind: str, committee: Path, config: Path, work: Path, source: 
     return seconds, own_entries(state) - before
 
 
+def load() -> str:
+    """The 1-minute load average (other work on the machine skews every timing)."""
+    return open("/proc/loadavg").read().split()[0]
+
+
+def started_until_listed(mount: Mount, files: int, extra_env: dict[str, str] | None = None,
+                         limit: float = 1800.0) -> float:
+    """Seconds from starting ``mount`` until ``ls -R`` lists ``files`` files (each listing's time included)."""
+    began = time.perf_counter()
+    saved = dict(os.environ)
+    os.environ.update(extra_env or {})
+    try:
+        mount.start(limit=limit)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    while time.perf_counter() - began < limit:
+        listing = subprocess.run(["ls", "-R", str(mount.path)], capture_output=True, text=True).stdout
+        if sum(1 for line in listing.splitlines() if line.endswith(".txt")) >= files:
+            return time.perf_counter() - began
+        time.sleep(0.2)
+    raise SystemExit(f"{mount.path} did not list {files} files within {limit:.0f} s")
+
+
+def startup(args: argparse.Namespace) -> None:
+    """Mount start-up times at growing volume sizes (see the module docstring)."""
+    from tests.volumegen import seed_volume
+
+    sizes = [int(n) for n in args.startup_files.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="walrusfs-startup-bench-"))
+    net = work / "net"
+    mounts: list[Mount] = []
+    rows = []
+    print(f"load average at start: {load()}", flush=True)
+    run("devnet", "up", "--peers", str(args.peers), str(net))
+    committee = net / "committee.toml"
+    config = work / "config"
+    try:
+        create_volume(config, "vol")
+        writer = Mount(committee, work / "mnt-writer", "vol", config, work / "state" / "writer")
+        mounts.append(writer)
+        have = 0
+        for size in sizes:
+            began = time.perf_counter()
+            entries = seed_volume(config, "vol", committee, size - have, max(1, (size - have) // 1000),
+                                  prefix=f"s{size}-")
+            have = size
+            print(f"{size} files: pushed {entries} entries to {args.peers} peers in "
+                  f"{time.perf_counter() - began:.0f} s", flush=True)
+            row = {"files": size, "load": [load()]}
+            if args.before:
+                old = Mount(committee, work / f"mnt-before-{size}", "vol", config, work / "state" / f"before-{size}",
+                            "--startup-timeout", "3600")
+                mounts.append(old)
+                row["before"] = started_until_listed(old, size, {"PYTHONPATH": str(Path(args.before).resolve())})
+                old.stop()
+            replay = Mount(committee, work / f"mnt-replay-{size}", "vol", config, work / "state" / f"replay-{size}",
+                           "--startup-timeout", "3600")
+            mounts.append(replay)
+            row["fresh_replay"] = started_until_listed(replay, size, {"WALRUSFS_SNAPSHOTS": "off"})
+            replay.stop()
+            row["restart"] = started_until_listed(replay, size, {"WALRUSFS_SNAPSHOTS": "off"})
+            replay.stop()
+            # A writer snapshots what changed (after as many new entries as files here, so
+            # every size has a snapshot of all of it).
+            started_until_listed(writer, size, {"WALRUSFS_SNAPSHOT_OPS": str(size)})
+            deadline = time.monotonic() + 600
+            while writer.status()["log"]["snapshots_made"] == 0 and time.monotonic() < deadline:
+                time.sleep(1)
+            writer.stop()
+            fresh = Mount(committee, work / f"mnt-fresh-{size}", "vol", config, work / "state" / f"fresh-{size}")
+            mounts.append(fresh)
+            row["fresh_snapshot"] = started_until_listed(fresh, size)
+            row["restored"] = fresh.status()["log"]["restored"]
+            fresh.stop()
+            row["load"].append(load())
+            rows.append(row)
+            print(row, flush=True)
+        print(f"\nwalrusfs mount start-up: {args.peers} peers on 127.0.0.1, private volume; seconds from "
+              "`walrusfs mount` until `ls -R` lists every file")
+        header = f"{'files':>8}  {'fresh, whole log':>17}  {'restarted':>10}  {'fresh, snapshot':>16}"
+        print(header + (f"  {'before (fresh)':>15}" if args.before else "") + "  load average")
+        for row in rows:
+            line = (f"{row['files']:>8,}  {row['fresh_replay']:>17.2f}  {row['restart']:>10.2f}  "
+                    f"{row['fresh_snapshot']:>16.2f}")
+            print(line + (f"  {row['before']:>15.2f}" if args.before else "") + f"  {' -> '.join(row['load'])}")
+        print("targets: 100,000 files restarted < 5 s, fresh < 30 s")
+    finally:
+        for mount in mounts:
+            mount.stop()
+        subprocess.run([EXE, "devnet", "down", str(net)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     """Run the benchmark and print a table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,7 +251,15 @@ def main() -> None:
                         help="an option for the small files' mount, e.g. --mount-option=--pack-below=0")
     parser.add_argument("--kinds", default="public,private",
                         help="volume kinds to measure, in order (default public,private)")
+    parser.add_argument("--startup", action="store_true", help="measure mount start-up times instead")
+    parser.add_argument("--startup-files", default="1000,10000,100000",
+                        help="volume sizes for --startup, ascending (default 1000,10000,100000)")
+    parser.add_argument("--peers", type=int, default=7, help="peers for --startup (default 7)")
+    parser.add_argument("--before", help="with --startup: also time a fresh mount by the walrusfs in this directory")
     args = parser.parse_args()
+    if args.startup:
+        startup(args)
+        return
     kinds = args.kinds.split(",")
     size = args.size << 20
     work = Path(tempfile.mkdtemp(prefix="walrusfs-mount-bench-"))

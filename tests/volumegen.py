@@ -19,6 +19,7 @@ import trio
 from nacl.signing import SigningKey
 
 from p2p.host import running_host
+from p2p.rpc import PeerUnavailable
 from walrusfs.client.members import call_member
 from walrusfs.client.writer import load_key
 from walrusfs.core.committee import parse_committee
@@ -38,7 +39,8 @@ from walrusfs.core.sealing import seal_payload
 from walrusfs.identity import read_seed_file
 from walrusfs.mount.volumelog import entry_context
 
-PUSH_BATCH = 500
+PUSH_BATCH = 250
+PUSH_RETRIES = 30
 
 
 class Device:
@@ -113,9 +115,18 @@ async def push(committee_path: Path, entries: Sequence[Entry]) -> None:
 
         async def to_peer(peer: int) -> None:
             start = 0
+            failures = 0
             while start < len(encoded):
                 batch = entries_within(encoded[start : start + PUSH_BATCH], reply_budget(), PUSH_BATCH)
-                reply, _ = await call_member(host, committee, peer, LOG_PUSH, entries=batch)
+                try:
+                    reply, _ = await call_member(host, committee, peer, LOG_PUSH, entries=batch)
+                except PeerUnavailable:
+                    # A peer busy checking earlier batches (a loaded machine) may drop one: again.
+                    failures += 1
+                    if failures > PUSH_RETRIES:
+                        raise
+                    await trio.sleep(min(failures, 5))
+                    continue
                 refused = [r for r in reply["results"] if r[0] not in ("accepted", "duplicate")]
                 if refused:
                     raise AssertionError(f"peer {peer} refused pushed entries: {refused[:2]}")

@@ -85,12 +85,23 @@ KEEP = 2
 PUBLISH_TRIES = 10
 
 
+#: ``off`` here: this mount neither makes nor uses snapshots (it replays the whole log).
+SNAPSHOTS_ENV = "WALRUSFS_SNAPSHOTS"
+
+
 def snapshot_ops() -> int:
     """How many new namespace entries make a writer snapshot ($WALRUSFS_SNAPSHOT_OPS; 0: never)."""
+    if not snapshots_on():
+        return 0
     try:
         return int(os.environ.get(SNAPSHOT_ENV, SNAPSHOT_OPS))
     except ValueError:
         return SNAPSHOT_OPS
+
+
+def snapshots_on() -> bool:
+    """Whether snapshots are made and used ($WALRUSFS_SNAPSHOTS=off turns both off)."""
+    return os.environ.get(SNAPSHOTS_ENV, "on").lower() not in ("off", "0", "no")
 
 
 def can_snapshot(vlog: VolumeLog) -> bool:
@@ -192,7 +203,7 @@ async def load_snapshot(vlog: VolumeLog) -> bool:
     snapshot entries only costs a replay if all of them do), and a snapshot's position is
     checked against every peer before it is refused for entries the log lacks.
     """
-    if vlog.local is None or vlog.state.chains or vlog.op_count:
+    if vlog.local is None or vlog.state.chains or vlog.op_count or not snapshots_on():
         return False
     order = sorted(range(len(vlog.committee.peers)), key=lambda p: p not in vlog.client.answered)
     wanted = len(vlog.committee.peers) // 3 + 1
