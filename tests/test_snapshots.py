@@ -273,3 +273,31 @@ def test_the_local_copy_notices_rows_changed_behind_its_back(tmp_path: Path) -> 
     assert not store.claim(b"\x00" * 32, COMMITTEE, None)
     assert store.counts() == (0, 0) and store.checkpoint() is None
     store.close()
+
+
+class SlowStore:
+    """A local copy whose writes take a while (a busy disk)."""
+
+    def add(self, entries: object, ops: object = ()) -> None:
+        time.sleep(0.2)
+
+
+async def test_entries_applied_reach_the_tree_even_when_the_wait_for_the_disk_is_cancelled() -> None:
+    """The start-up's time limit once cancelled a mount between taking entries and folding them: files lost."""
+    import trio
+
+    from walrusfs.mount.volumelog import VolumeLog
+    from walrusfs.mount.volumes import Volume
+
+    entries = chain(SigningKey(b"\x60" * 32), 3)
+    client = type("Client", (), {"committee": COMMITTEE, "answered": set()})()
+    vlog = VolumeLog(client, Volume(V, "vol", VOLUME, None, True), type("State", (), {"device": WRITER})(),
+                     local=SlowStore())  # type: ignore[arg-type]
+    vlog.starting = False
+    with trio.CancelScope() as scope:
+        # Cancelled already when the entries are applied (the limit passed while they were
+        # checked): the wait for the disk must not keep them from the tree.
+        scope.cancel()
+        await vlog._accept(entries, {e.id: vlog._open(e) for e in entries})
+    assert vlog.state.head(entries[0].author) == 3
+    assert {n.name for n in vlog.namespace.nodes.values() if n.parent} == {"d1", "d2", "d3"}

@@ -325,7 +325,6 @@ async def _adopt(vlog: VolumeLog, record: Entry, snapshot: Snapshot, bases: dict
     for author, entry in bases.items():
         keys = (author, entry.payload["volume"], namespace_account(entry.payload))
         seq, entry_id = snapshot.heads[author]
-        vlog.state.rebase(author, seq, entry_id, keys)
         keyed[author] = (seq, entry_id, keys)
     local = vlog.local
     # Checkpointed at once, with the bases: a restart finds the snapshot's tree where it stands.
@@ -336,7 +335,10 @@ async def _adopt(vlog: VolumeLog, record: Entry, snapshot: Snapshot, bases: dict
         local.add(list(bases.values()))
         local.save_checkpoint(position, snapshot.tree)
 
-    await trio.to_thread.run_sync(store)
+    with trio.CancelScope(shield=True):  # stored and taken up together, or neither
+        await trio.to_thread.run_sync(store)
+    for author, (seq, entry_id, keys) in keyed.items():
+        vlog.state.rebase(author, seq, entry_id, keys)
     vlog._mutations += 1
     vlog.namespace = snapshot.namespace
     vlog.position = {a: (s, i) for a, (s, i, _) in keyed.items()}

@@ -402,7 +402,10 @@ class VolumeLog:
         if self.local is None or not entries:
             return
         ops = [(e, opened[e.id][0]) for e in entries if e.id in opened]
-        await trio.to_thread.run_sync(self.local.add, entries, ops)
+        # Shielded: the entries are in the state already, so a cancellation here (the
+        # start-up's time limit) must not keep them from the tree, which follows at once.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.local.add, entries, ops)
 
     def _checkpoint_position(self) -> Position:
         heads = {a: (s, i, tuple(sorted(self.state.keys_of(a)))) for a, (s, i) in self.position.items()}
@@ -545,7 +548,8 @@ class VolumeLog:
             if local is not None:
                 local.add([entry], [(entry, ops)])
 
-        await trio.to_thread.run_sync(record)
+        with trio.CancelScope(shield=True):  # signed and recorded: it must reach the state and the tree
+            await trio.to_thread.run_sync(record)
         outcome, _ = self.state.apply(entry, checked=True)
         if outcome is not Outcome.ACCEPTED:  # pragma: no cover - our own chain
             raise LogError(f"own entry not accepted locally: {outcome.value}")
