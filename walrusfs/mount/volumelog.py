@@ -1049,7 +1049,14 @@ class VolumeLog:
                 if entry.kind == SNAPSHOT:
                     self.snapshot_records[author] = entry
                     continue
-                if entry.kind != NAMESPACE or entry.seq >= self.state.cutoff(author):
+                if entry.kind != NAMESPACE:
+                    continue
+                if entry.seq >= self.state.cutoff(author):
+                    # Not counted (a revocation's heads, an equivocation). This device's own
+                    # op still shows here, like a staged write, until its publishing is
+                    # refused (EDQUOT at fsync): the operation that made it expects its node.
+                    if author == self.device_id and opened.get(entry.id) is not None:
+                        ops.append(opened[entry.id])  # type: ignore[arg-type]
                     continue
                 self.volume_authors.add(author)
                 self.op_count += 1
