@@ -1055,8 +1055,12 @@ class VolumeLog:
                     # Not counted (a revocation's heads, an equivocation). This device's own
                     # op still shows here, like a staged write, until its publishing is
                     # refused (EDQUOT at fsync): the operation that made it expects its node.
-                    if author == self.device_id and opened.get(entry.id) is not None:
-                        ops.append(opened[entry.id])  # type: ignore[arg-type]
+                    if author == self.device_id:
+                        for op in opened.get(entry.id) or ():
+                            if op.op_id in self._own_applied:
+                                self._own_applied.discard(op.op_id)  # shown since it was written
+                            else:
+                                ops.append(op)
                     continue
                 self.volume_authors.add(author)
                 self.op_count += 1
