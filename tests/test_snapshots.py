@@ -247,10 +247,10 @@ def test_the_local_copy_notices_rows_changed_behind_its_back(tmp_path: Path) -> 
     entries = chain(SigningKey(b"\x50" * 32), 5)
     store = LogStore(tmp_path, b"\x51" * 32)
     assert store.claim(V, COMMITTEE, None)
-    ops = [(e, Op(e.id, e.hlc, e.author, "mkdir", dict(e.payload["op"]["args"]))) for e in entries]
+    ops = [(e, [Op(e.id, e.hlc, e.author, "mkdir", dict(e.payload["op"]["args"]))]) for e in entries]
     store.add(entries, ops)
     position = Position({entries[0].author: (5, entries[-1].id, (entries[0].author, V))}, {entries[0].author}, 5)
-    store.save_checkpoint(position, encode_tree(build(op for _, op in ops)))
+    store.save_checkpoint(position, encode_tree(build(op for _, carried in ops for op in carried)))
     assert [e.id for e in store.chain(entries[0].author)] == [e.id for e in entries]
     assert len(store.ops({})) == 5 and store.checkpoint() is not None
     store.close()

@@ -11,8 +11,9 @@ Wire form (format 1), a canonical CBOR map ``{"v", "kind": "volume-snapshot", "h
 "tree", "signer", "delegation", "signature"}``:
 
 * ``header`` is the canonical CBOR of ``{"v", "kind": "volume-snapshot-header", "format",
-  "volume", "heads": [[author, seq, id], ...] (by author), "last": [hlc, author, op ID] or
-  null, "ops" (namespace entries folded), "nodes", "tree" (BLAKE2b-256 of the tree bytes)}``;
+  "volume", "heads": [[author, seq, id], ...] (by author), "last": [hlc, author, key,
+  index] (the fold's last place in the total order, ``Op.order``: the key is a single op's
+  ID or a batched entry's batch key) or null, "ops" (namespace entries folded), "nodes", "tree" (BLAKE2b-256 of the tree bytes)}``;
 * ``signature`` is the signer's Ed25519 signature over ``SNAPSHOT_DOMAIN`` + header, and
   ``delegation`` the volume key's delegation of the signer (the one namespace entries
   carry), so only a key that may write the volume can sign one;
@@ -66,12 +67,14 @@ KINDS = (FILE, DIRECTORY, SYMLINK, FIFO, SOCKET, CHARDEV, BLOCKDEV)
 _KIND_INDEX = {kind: index for index, kind in enumerate(KINDS)}
 _TREE_MAGIC = b"WFSTREE1"
 # Per node: ID, kind, mode, uid, gid, rdev, mtime, atime, ctime, size, chunk size, has a
-# version, and the counts of what follows it: chunks, plaintext hashes, target bytes,
-# extended attributes, names. Then the version, each chunk column as one flag byte per
-# item (0 a hole, 1 an ID) followed by the IDs, the target, the attributes (name length,
-# name, value length, value) and the names (directory ID, name length, name).
-_NODE = struct.Struct("<32sBIIIIqqqQQBIIIII")
+# version, and the counts of what follows it: chunks, plaintext hashes, pack offsets,
+# target bytes, extended attributes, names. Then the version, each chunk column as one
+# flag byte per item (0 a hole, 1 an ID) followed by the IDs, the offsets column likewise
+# (0 none, 1 an offset) followed by the offsets (8 bytes each), the target, the attributes
+# (name length, name, value length, value) and the names (directory ID, name length, name).
+_NODE = struct.Struct("<32sBIIIIqqqQQBIIIIII")
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 _U16 = struct.Struct("<H")
 _ID = 32
 #: Longest extended attribute value (an op carrying it fits a 64 KiB entry).
@@ -98,13 +101,17 @@ def encode_tree(namespace: Namespace) -> bytes:
         target = node.target.encode()
         append(pack_node(node_id, _KIND_INDEX[node.kind], node.mode, node.uid, node.gid, node.rdev, node.mtime_ns,
                          node.atime_ns, node.ctime_ns, content.size, content.chunk_size, node.version is not None,
-                         len(content.chunks), len(content.hashes), len(target), len(node.xattrs), len(node.links)))
+                         len(content.chunks), len(content.hashes), len(content.offsets), len(target),
+                         len(node.xattrs), len(node.links)))
         if node.version is not None:
             append(node.version)
         for column in (content.chunks, content.hashes):
             if column:
                 append(bytes(item is not None for item in column))
                 append(b"".join(item for item in column if item is not None))
+        if content.offsets:
+            append(bytes(offset is not None for offset in content.offsets))
+            append(b"".join(_U64.pack(offset) for offset in content.offsets if offset is not None))
         append(target)
         for name in sorted(node.xattrs):
             raw, value = name.encode(), node.xattrs[name]
@@ -160,6 +167,28 @@ def _column(data: bytes, pos: int, n: int, end: int) -> tuple[tuple[bytes | None
     return tuple(column), pos
 
 
+def _offsets(data: bytes, pos: int, chunks: tuple[bytes | None, ...], end: int) -> tuple[tuple[int | None, ...], int]:
+    """A pack offsets column for ``chunks`` at ``pos`` (flag bytes, then 8 bytes per offset); and the position after it."""
+    n = len(chunks)
+    flags = data[pos : pos + n]
+    pos += n
+    present = flags.count(1)
+    if len(flags) != n or present + flags.count(0) != n or pos + present * 8 > end:
+        raise SnapshotError("snapshot tree: a pack offset is neither an offset nor none")
+    column: list[int | None] = []
+    for flag, chunk in zip(flags, chunks):
+        if flag:
+            offset = _U64.unpack_from(data, pos)[0]
+            pos += 8
+            # What ``log.check_op`` lets a write carry: where a stored chunk starts, in range.
+            if chunk is None or offset >= LIMITS["size"]:
+                raise SnapshotError("snapshot tree: a pack offset is out of range or of a hole")
+            column.append(offset)
+        else:
+            column.append(None)
+    return tuple(column), pos
+
+
 def _decode_tree(data: bytes) -> Namespace:
     # One pass with a running offset (a call per field costs more than the rest together).
     # Every length is checked against what is left before it is used, so a count can never
@@ -179,7 +208,7 @@ def _decode_tree(data: bytes) -> Namespace:
     previous = b""
     for _ in range(count):
         (node_id, kind_index, mode, uid, gid, rdev, mtime, atime, ctime, size, chunk_size, has_version,
-         n_chunks, n_hashes, target_size, n_xattrs, n_links) = unpack_node(data, pos)
+         n_chunks, n_hashes, n_offsets, target_size, n_xattrs, n_links) = unpack_node(data, pos)
         pos += node_size
         if node_id <= previous:
             raise SnapshotError("snapshot tree nodes must be listed once each, by ID")
@@ -188,11 +217,13 @@ def _decode_tree(data: bytes) -> Namespace:
             raise SnapshotError("snapshot tree: a node of an unknown kind")
         if mode >= mode_limit or size >= size_limit or not 0 < chunk_size < size_limit:
             raise SnapshotError("snapshot tree: a node's mode, size or chunk size is out of range")
-        if n_chunks != -(-size // chunk_size) or (n_hashes and n_hashes != n_chunks):
+        if (n_chunks != -(-size // chunk_size) or (n_hashes and n_hashes != n_chunks)
+                or (n_offsets and n_offsets != n_chunks)):
             raise SnapshotError("snapshot tree: a node's chunk list does not match its size")
         if target_size >= PATH_MAX:
             raise SnapshotError("snapshot tree: a symbolic link target is too long")
-        if has_version * _ID + 2 * n_chunks + target_size + 6 * n_xattrs + (_ID + 2) * n_links > end - pos:
+        if (has_version * _ID + 2 * n_chunks + n_offsets + target_size + 6 * n_xattrs + (_ID + 2) * n_links
+                > end - pos):
             raise _Truncated
         version = None
         if has_version:
@@ -202,6 +233,7 @@ def _decode_tree(data: bytes) -> Namespace:
         hashes, pos = _column(data, pos, n_hashes, end) if n_hashes else ((), pos)
         if hashes and any((h is None) != (c is None) for h, c in zip(hashes, chunks)):
             raise SnapshotError("snapshot tree: a node's plaintext hashes do not match its chunks")
+        offsets, pos = _offsets(data, pos, chunks, end) if n_offsets else ((), pos)
         target = data[pos : pos + target_size].decode("utf-8")
         pos += target_size
         if "\0" in target:
@@ -230,7 +262,8 @@ def _decode_tree(data: bytes) -> Namespace:
             links.append((directory, raw.decode("utf-8")))
         if pos > end:
             raise _Truncated
-        content = _EMPTY if not size and chunk_size == _EMPTY.chunk_size else Content(size, chunk_size, chunks, hashes)
+        content = (_EMPTY if not size and chunk_size == _EMPTY.chunk_size
+                   else Content(size, chunk_size, chunks, hashes, offsets))
         first = links[0] if links else (None, None)
         nodes[node_id] = Node(node_id, KINDS[kind_index], mode, mtime, first[0], first[1], content, version, target,
                               uid, gid, xattrs, atime, ctime, rdev, links)
@@ -289,7 +322,7 @@ class Snapshot:
     volume: bytes
     signer: bytes
     heads: Heads
-    last: tuple[int, bytes, bytes] | None
+    last: tuple[int, bytes, bytes, int] | None
     ops: int
     namespace: Namespace
     #: The tree's canonical encoding (what a mount keeps as its first checkpoint).
@@ -319,17 +352,18 @@ def decode_heads(rows: Any) -> Heads:
     return heads
 
 
-def _last_field(last: Any) -> tuple[int, bytes, bytes] | None:
+def _last_field(last: Any) -> tuple[int, bytes, bytes, int] | None:
     if last is None:
         return None
-    if not (isinstance(last, list) and len(last) == 3 and isinstance(last[0], int) and not isinstance(last[0], bool)
-            and 0 <= last[0] < 2**63 and all(isinstance(x, bytes) and len(x) == _ID for x in last[1:])):
-        raise SnapshotError("snapshot 'last' must be [hlc, author, op ID] or null")
-    return (last[0], last[1], last[2])
+    if not (isinstance(last, list) and len(last) == 4 and isinstance(last[0], int) and not isinstance(last[0], bool)
+            and 0 <= last[0] < 2**63 and all(isinstance(x, bytes) and len(x) == _ID for x in last[1:3])
+            and isinstance(last[3], int) and not isinstance(last[3], bool) and 0 <= last[3] < 2**32):
+        raise SnapshotError("snapshot 'last' must be [hlc, author, key, index] or null")
+    return (last[0], last[1], last[2], last[3])
 
 
 def sign_snapshot(key: SigningKey, delegation: bytes, volume: bytes, heads: Mapping[bytes, tuple[int, bytes]],
-                  last: tuple[int, bytes, bytes] | None, ops: int, tree: bytes, nodes: int) -> bytes:
+                  last: tuple[int, bytes, bytes, int] | None, ops: int, tree: bytes, nodes: int) -> bytes:
     """A snapshot of ``tree`` (``encode_tree``) at ``heads``, signed by a key the volume delegated."""
     header = wire.encode({
         "v": wire.WIRE_VERSION, "kind": "volume-snapshot-header", "format": FORMAT, "volume": volume,

@@ -107,8 +107,8 @@ class Position:
     ops: int = 0
     sealed_seen: int = 0
     unreadable: int = 0
-    #: The tree's last op in the fold's order.
-    last: tuple[int, bytes, bytes] | None = None
+    #: The tree's last place in the fold's order (``Op.order``: stamp, author, key, index).
+    last: tuple[int, bytes, bytes, int] | None = None
 
     def encode(self) -> bytes:
         """Canonical bytes of the position."""
@@ -132,10 +132,11 @@ class Position:
                 heads[author] = (seq, entry_id, tuple(keys))
             last = message["last"]
             if last is not None:
-                hlc, author, op_id = last
-                if not (isinstance(hlc, int) and isinstance(author, bytes) and isinstance(op_id, bytes)):
+                hlc, author, key, index = last
+                if not (isinstance(hlc, int) and isinstance(author, bytes) and isinstance(key, bytes)
+                        and isinstance(index, int)):
                     raise ValueError("bad last")
-                last = (hlc, author, op_id)
+                last = (hlc, author, key, index)
             return cls(heads, set(message["volume_authors"]), int(message["ops"]), int(message["sealed_seen"]),
                        int(message["unreadable"]), last)
         except (wire.MessageError, KeyError, TypeError, ValueError) as exc:
