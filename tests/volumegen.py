@@ -156,7 +156,7 @@ async def publish_snapshot(committee_path: Path, config: Path, name: str, data: 
         result = await client.store(data, wait_logged=False)
     payload = {"volume": volume, "delegation": delegate_device(volume_key, bytes(key.verify_key)),
                "account": bytes(account.verify_key), "sponsorship": sponsor(account, volume),
-               "blob": result.blob_id.raw, "length": len(data), "ops": ops}
+               "blob": result.blob_id.raw, "length": len(data), "folded": ops}
     entry = sign_entry(key, 1, GENESIS, next_hlc(0, int(time.time() * 1000)), SNAPSHOT, payload)
     await push(committee_path, [entry])
     return entry

@@ -489,11 +489,13 @@ def _check_entry(entry: Entry, committee: Committee, signature: bool = True) -> 
     if entry.kind == SNAPSHOT:
         # Only where the snapshot is: the blob itself carries the signed tree and position
         # (``core.snapshot``), checked by the mount that reads it.
-        if not set(entry.payload) <= {"volume", "delegation", "account", "sponsorship", "blob", "length", "ops"}:
+        # ``folded`` (how many namespace entries the snapshot's tree took in), not ``ops``: that
+        # is a batched namespace entry's list, and no field means two things.
+        if not set(entry.payload) <= {"volume", "delegation", "account", "sponsorship", "blob", "length", "folded"}:
             raise LogError("volume-snapshot entry has unknown fields")
         wire.field(entry.payload, "blob", bytes, size=32)
         wire.uint(entry.payload, "length", 2**63)
-        wire.uint(entry.payload, "ops", 2**62)
+        wire.uint(entry.payload, "folded", 2**62)
     elif entry.kind == NAMESPACE:
         forms = [form for form in NAMESPACE_FORMS if form in entry.payload]
         if len(forms) != 1:

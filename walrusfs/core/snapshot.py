@@ -13,7 +13,7 @@ Wire form (format 1), a canonical CBOR map ``{"v", "kind": "volume-snapshot", "h
 * ``header`` is the canonical CBOR of ``{"v", "kind": "volume-snapshot-header", "format",
   "volume", "heads": [[author, seq, id], ...] (by author), "last": [hlc, author, key,
   index] (the fold's last place in the total order, ``Op.order``: the key is a single op's
-  ID or a batched entry's batch key) or null, "ops" (namespace entries folded), "nodes", "tree" (BLAKE2b-256 of the tree bytes)}``;
+  ID or a batched entry's batch key) or null, "folded" (namespace entries folded), "nodes", "tree" (BLAKE2b-256 of the tree bytes)}``;
 * ``signature`` is the signer's Ed25519 signature over ``SNAPSHOT_DOMAIN`` + header, and
   ``delegation`` the volume key's delegation of the signer (the one namespace entries
   carry), so only a key that may write the volume can sign one;
@@ -323,7 +323,8 @@ class Snapshot:
     signer: bytes
     heads: Heads
     last: tuple[int, bytes, bytes, int] | None
-    ops: int
+    #: How many namespace entries the tree took in (batched or not: an entry counts once).
+    folded: int
     namespace: Namespace
     #: The tree's canonical encoding (what a mount keeps as its first checkpoint).
     tree: bytes = b""
@@ -363,11 +364,11 @@ def _last_field(last: Any) -> tuple[int, bytes, bytes, int] | None:
 
 
 def sign_snapshot(key: SigningKey, delegation: bytes, volume: bytes, heads: Mapping[bytes, tuple[int, bytes]],
-                  last: tuple[int, bytes, bytes, int] | None, ops: int, tree: bytes, nodes: int) -> bytes:
+                  last: tuple[int, bytes, bytes, int] | None, folded: int, tree: bytes, nodes: int) -> bytes:
     """A snapshot of ``tree`` (``encode_tree``) at ``heads``, signed by a key the volume delegated."""
     header = wire.encode({
         "v": wire.WIRE_VERSION, "kind": "volume-snapshot-header", "format": FORMAT, "volume": volume,
-        "heads": encode_heads(heads), "last": list(last) if last is not None else None, "ops": ops,
+        "heads": encode_heads(heads), "last": list(last) if last is not None else None, "folded": folded,
         "nodes": nodes, "tree": hashlib.blake2b(tree, digest_size=32).digest(),
     })
     signature = key.sign(SNAPSHOT_DOMAIN + header).signature
@@ -394,7 +395,7 @@ def open_snapshot(data: bytes, volume: bytes) -> Snapshot:
         except (BadSignatureError, ValueError):
             raise SnapshotError("snapshot signature is invalid") from None
         header = wire.decode(header_bytes, MAX_HEADER_BYTES)
-        if set(header) != {"v", "kind", "format", "volume", "heads", "last", "ops", "nodes", "tree"}:
+        if set(header) != {"v", "kind", "format", "volume", "heads", "last", "folded", "nodes", "tree"}:
             raise SnapshotError("snapshot header has missing or unknown fields")
         if header["kind"] != "volume-snapshot-header" or header["format"] != FORMAT:
             raise SnapshotError(f"unsupported snapshot format {header.get('format')!r}")
@@ -404,7 +405,7 @@ def open_snapshot(data: bytes, volume: bytes) -> Snapshot:
             raise SnapshotError("snapshot tree does not match its signed hash")
         heads = decode_heads(header["heads"])
         last = _last_field(header["last"])
-        ops = wire.uint(header, "ops", 2**62)
+        folded = wire.uint(header, "folded", 2**62)
         nodes = wire.uint(header, "nodes", 2**32)
     except LogError as exc:
         raise SnapshotError(f"snapshot signer: {exc}") from None
@@ -414,7 +415,7 @@ def open_snapshot(data: bytes, volume: bytes) -> Snapshot:
     if len(namespace.nodes) != nodes:
         raise SnapshotError("snapshot tree does not hold the number of nodes its header names")
     namespace.last = last
-    return Snapshot(volume, signer, heads, last, ops, namespace, tree)
+    return Snapshot(volume, signer, heads, last, folded, namespace, tree)
 
 
 def tree_fields(namespace: Namespace) -> dict[str, Any]:

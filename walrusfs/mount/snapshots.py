@@ -128,7 +128,7 @@ async def snapshotter(vlog: VolumeLog) -> None:
 
 def newest_ops(vlog: VolumeLog) -> int:
     """How many namespace entries the newest known snapshot of the volume holds."""
-    return max((int(e.payload.get("ops", 0)) for e in vlog.snapshot_records.values()), default=0)
+    return max((int(e.payload.get("folded", 0)) for e in vlog.snapshot_records.values()), default=0)
 
 
 def due(vlog: VolumeLog) -> bool:
@@ -172,7 +172,7 @@ async def make_snapshot(vlog: VolumeLog) -> Entry | None:
     if result.entry is not None:
         vlog.note_certified(result.entry)
     payload = {"volume": volume, "delegation": delegation, **vlog.sponsor, "blob": result.blob_id.raw,
-               "length": len(data), "ops": ops}
+               "length": len(data), "folded": ops}
     entry = sign_entry(key, 1, GENESIS, next_hlc(0, int(time.time() * 1000), vlog.max_seen), SNAPSHOT, payload)
     for attempt in range(PUBLISH_TRIES):
         try:
@@ -218,7 +218,7 @@ async def load_snapshot(vlog: VolumeLog) -> bool:
             asked += 1
         except (PeerUnavailable, CodecError, ValueError) as exc:
             log.info("no snapshot list from peer %d: %s", peer, exc)
-    ranked = sorted(candidates.values(), key=lambda e: (int(e.payload.get("ops", 0)), e.hlc), reverse=True)
+    ranked = sorted(candidates.values(), key=lambda e: (int(e.payload.get("folded", 0)), e.hlc), reverse=True)
     for record in ranked[:TRIES]:
         try:
             snapshot, bases = await _verified(vlog, order, record)
@@ -256,7 +256,7 @@ async def _candidates(vlog: VolumeLog, peer: int) -> list[Entry]:
         return good
 
     good = await trio.to_thread.run_sync(check, found)
-    return sorted(good, key=lambda e: (int(e.payload.get("ops", 0)), e.hlc), reverse=True)
+    return sorted(good, key=lambda e: (int(e.payload.get("folded", 0)), e.hlc), reverse=True)
 
 
 async def _verified(vlog: VolumeLog, order: list[int], record: Entry) -> tuple[Snapshot, dict[bytes, Entry]]:
@@ -281,7 +281,7 @@ async def _verified(vlog: VolumeLog, order: list[int], record: Entry) -> tuple[S
         snapshot = await trio.to_thread.run_sync(decode)
     except (SealError, SnapshotError) as exc:
         raise _Rejected(str(exc)) from None
-    if snapshot.signer != record.author or snapshot.ops != record.payload.get("ops"):
+    if snapshot.signer != record.author or snapshot.folded != record.payload.get("folded"):
         raise _Rejected("the blob is not the snapshot its entry announces")
     if any(author in vlog._members for author in snapshot.heads):
         raise _Rejected("its position names a committee member's chain")
@@ -328,7 +328,7 @@ async def _adopt(vlog: VolumeLog, record: Entry, snapshot: Snapshot, bases: dict
         keyed[author] = (seq, entry_id, keys)
     local = vlog.local
     # Checkpointed at once, with the bases: a restart finds the snapshot's tree where it stands.
-    position = Position(keyed, set(snapshot.heads), snapshot.ops, last=snapshot.last)
+    position = Position(keyed, set(snapshot.heads), snapshot.folded, last=snapshot.last)
 
     def store() -> None:
         local.set_bases(keyed)
@@ -343,7 +343,7 @@ async def _adopt(vlog: VolumeLog, record: Entry, snapshot: Snapshot, bases: dict
     vlog.namespace = snapshot.namespace
     vlog.position = {a: (s, i) for a, (s, i, _) in keyed.items()}
     vlog.volume_authors = set(snapshot.heads)
-    vlog.op_count = snapshot.ops
+    vlog.op_count = snapshot.folded
     vlog._history, vlog._history_loading = None, None
     vlog.history_complete = trio.Event()
     vlog._mutations += 1
@@ -351,7 +351,7 @@ async def _adopt(vlog: VolumeLog, record: Entry, snapshot: Snapshot, bases: dict
     vlog.restored = "snapshot"
     vlog._checkpointed = (vlog.op_count, vlog._mutations)
     log.info("started from volume snapshot %s: %d namespace entries, %d nodes, %d chains", record.id.hex()[:12],
-             snapshot.ops, len(snapshot.namespace.nodes), len(snapshot.heads))
+             snapshot.folded, len(snapshot.namespace.nodes), len(snapshot.heads))
 
 
 # ---------------------------------------------------------------------------- the history below
@@ -424,7 +424,7 @@ async def _backfill_chain(vlog: VolumeLog, author: bytes, base: int, base_id: by
 def kept_blobs(vlog: VolumeLog) -> set[bytes]:
     """The blobs of the volume's newest snapshots (the lifecycle renews them like a file's chunks)."""
     records = sorted(getattr(vlog, "snapshot_records", {}).values(),
-                     key=lambda e: (int(e.payload.get("ops", 0)), e.hlc), reverse=True)
+                     key=lambda e: (int(e.payload.get("folded", 0)), e.hlc), reverse=True)
     return {e.payload["blob"] for e in records[:KEEP]}
 
 
