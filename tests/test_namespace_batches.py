@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from walrusfs.core import wire
-from walrusfs.core.committee import Committee
+from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key
 from walrusfs.core.log import (
     GENESIS,
     MAX_BATCH_OPS,
@@ -55,7 +55,10 @@ VOLUME = SigningKey(b"\x71" * 32)
 VOLUME_ID = bytes(VOLUME.verify_key)
 READ_KEY = b"\x72" * 32
 AUTHORS = [SigningKey(bytes([0x73 + k]) * 32) for k in range(3)]
-COMMITTEE = Committee.__new__(Committee)  # namespace entries never consult the committee
+MEMBER = bytes(SigningKey(b"\x7a" * 32).verify_key)
+# Namespace entries never consult the committee; a mount's view only asks who its members are.
+COMMITTEE = Committee(0, (PeerInfo(peer_id_from_public_key(MEMBER), MEMBER, ("/ip4/127.0.0.1/tcp/4000",),
+                                   (0, 1, 2, 3)),))
 
 
 def payload(device: SigningKey, **form: Any) -> dict[str, Any]:
@@ -252,7 +255,7 @@ def vlog_on(state_dir: Path, read_key: bytes | None = None) -> VolumeLog:
 
 def folded(vlog: VolumeLog) -> dict[str, Any]:
     """The tree a mount that learns only the signed entries folds."""
-    return build(vlog.ops()).tree()
+    return build(op for entry in vlog.state.namespace_entries(VOLUME_ID) for op in vlog.ops_of(entry) or ()).tree()
 
 
 @pytest.mark.parametrize("read_key", [None, READ_KEY], ids=["public", "private"])
@@ -308,9 +311,7 @@ async def test_an_op_of_another_device_cuts_the_batch_so_later_ops_follow_it(tmp
     other = Chain(AUTHORS[1])
     folder = b"\x0f" * 32
     entry = other.sign(opened.hlc + 5, op={"kind": "mkdir", "args": {"parent": ROOT, "name": "theirs", "node": folder}})
-    vlog.state.apply(entry, checked=True)
-    vlog.max_seen = max(vlog.max_seen, entry.hlc)
-    vlog._refresh_namespace([entry])
+    await vlog._accept([entry], {})  # what a sync does with it
     await vlog.append("create", {"parent": folder, "name": "mine", "node": b"\x10" * 32})
     assert vlog.head == 1 and vlog._batch is not None and vlog._batch.hlc > entry.hlc
     await vlog.flush()
@@ -329,8 +330,7 @@ async def test_a_sealed_batch_with_one_bad_op_is_skipped_whole_and_the_chain_goe
     vlog = vlog_on(tmp_path / "state", READ_KEY)
     for entry in (first, second, moved):
         check_entry(entry, COMMITTEE)  # peers see only sizes
-        vlog.state.apply(entry, checked=True)
-    vlog._refresh_namespace([first, second, moved])
+    await vlog._accept([first, second, moved], {})
     assert set(vlog.namespace.children[ROOT]) == {"d2"}
     assert (vlog.sealed_seen, vlog.unreadable) == (3, 2)
     vlog.store.close()
