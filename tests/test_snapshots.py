@@ -13,8 +13,11 @@ import hashlib
 import random
 import sqlite3
 import struct
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,9 +25,19 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 import tests.test_namespace as folds
+import tests.test_namespace_batches as batches
 from walrusfs.core.committee import Committee, PeerInfo, peer_id_from_public_key
-from walrusfs.core.log import GENESIS, NAMESPACE, LogState, delegate_device, sign_entry
+from walrusfs.core.log import (
+    GENESIS,
+    NAMESPACE,
+    Entry,
+    LogState,
+    delegate_device,
+    entry_ops,
+    sign_entry,
+)
 from walrusfs.core.namespace import ROOT, Content, Namespace, Op, build
+from walrusfs.core.sealing import seal_ops, seal_payload
 from walrusfs.core.snapshot import (
     SnapshotError,
     decode_tree,
@@ -34,6 +47,9 @@ from walrusfs.core.snapshot import (
     tree_fields,
 )
 from walrusfs.mount.logstore import LocalCopyError, LogStore, Position
+from walrusfs.mount.staging import MountState
+from walrusfs.mount.volumelog import VolumeLog, entry_context
+from walrusfs.mount.volumes import Volume
 
 VOLUME = SigningKey(b"\x31" * 32)
 WRITER = SigningKey(b"\x32" * 32)
@@ -301,3 +317,178 @@ async def test_entries_applied_reach_the_tree_even_when_the_wait_for_the_disk_is
         await vlog._accept(entries, {e.id: vlog._open(e) for e in entries})
     assert vlog.state.head(entries[0].author) == 3
     assert {n.name for n in vlog.namespace.nodes.values() if n.parent} == {"d1", "d2", "d3"}
+
+
+# ---------------------------------------------------------------------------- batched and single entries
+
+
+def mixed_log(seed: int, steps: int, read_key: bytes | None) -> list[tuple[Entry, list[dict[str, Any]]]]:
+    """Three devices' chains mixing single-op and batched entries (sealed when ``read_key``), some writes packed.
+
+    Each step one device writes a burst of ops picked from the tree it has seen, as one
+    batched entry or one entry per op; each entry comes with the op maps it carries.
+    """
+    rng = random.Random(seed)
+    chains = {bytes(k.verify_key): batches.Chain(k) for k in batches.AUTHORS}
+    seen: dict[bytes, list[Op]] = {author: [] for author in chains}
+    made: list[tuple[Entry, list[dict[str, Any]]]] = []
+    serial = 0
+    for step in range(1, steps + 1):
+        author = rng.choice(sorted(chains))
+        if rng.random() < 0.3:
+            seen[author] = [op for entry, raws in made for op in entry_ops(entry, raws)]
+            continue
+        tree = build(seen[author])
+        burst = []
+        for _ in range(rng.randrange(1, 5)):
+            serial += 1
+            raw = batches.raw_op(rng, tree, author, serial)
+            if raw["kind"] == "write" and rng.random() < 0.5:
+                raw["args"]["content"]["offsets"] = [rng.randrange(1 << 20)]  # a packed file's chunk
+            burst.append(raw)
+        chain = chains[author]
+        # Stamps of one step may tie with another device's: the fold orders by author, then key and index.
+        hlc = (step // 2) << 16
+        groups = [burst] if rng.random() < 0.5 else [[raw] for raw in burst]
+        for index, group in enumerate(groups):
+            context = entry_context(author, len(chain.entries) + 1)
+            if read_key is None:
+                form = {"ops": group} if len(groups) == 1 else {"op": group[0]}
+            elif len(groups) == 1:
+                form = {"sealed_ops": seal_ops(read_key, batches.VOLUME_ID, group, context)}
+            else:
+                form = {"sealed": seal_payload(read_key, batches.VOLUME_ID, group[0], context)}
+            made.append((chain.sign(hlc + index, **form), group))
+    return made
+
+
+def volume_log(directory: Path, read_key: bytes | None) -> VolumeLog:
+    """A mount's log with its local copy in ``directory`` (no peers: entries are handed to it as a sync would)."""
+    state = MountState(directory)
+    volume = Volume(batches.VOLUME_ID, "vol", batches.VOLUME, read_key, public=read_key is None)
+    client = SimpleNamespace(committee=batches.COMMITTEE, answered=set())
+    return VolumeLog(client, volume, state, local=LogStore(directory, bytes(state.device)))  # type: ignore[arg-type]
+
+
+def close(vlog: VolumeLog) -> None:
+    assert vlog.local is not None
+    vlog.local.close()
+    vlog.store.close()
+
+
+async def take(vlog: VolumeLog, entries: list[Entry], rng: random.Random) -> None:
+    """Hand ``entries`` to the mount in a few arrival batches, then refold if some came out of order."""
+    while entries:
+        cut = rng.randrange(1, len(entries) + 1)
+        await vlog._accept(entries[:cut], {})
+        entries = entries[cut:]
+    vlog.starting = False
+    if vlog._late:
+        await vlog.refold()
+
+
+def order_of(ops: list[Op]) -> list[tuple[bytes, tuple]]:
+    return sorted((op.op_id, op.order) for op in ops)
+
+
+@pytest.mark.parametrize("read_key", [None, b"\x72" * 32], ids=["public", "private"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32), steps=st.integers(4, 24))
+def test_a_restart_and_a_snapshot_fold_the_same_tree_whatever_mix_of_batched_and_single_entries(
+    tmp_path: Path, read_key: bytes | None, seed: int, steps: int,
+) -> None:
+    import trio
+
+    made = mixed_log(seed, steps, read_key)
+    raws = {entry.id: group for entry, group in made}
+    rng = random.Random(seed)
+    arrival = [entry for entry, _ in made]
+    rng.shuffle(arrival)  # a chain's later entries may come first (they wait for the earlier ones)
+    split = rng.randrange(len(arrival) + 1)
+    directory = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example (Hypothesis repeats some)
+
+    def fold_of(vlog: VolumeLog) -> tuple[list[Op], dict[str, Any]]:
+        ops = [op for e in vlog.state.counted() if e.id in raws for op in entry_ops(e, raws[e.id])]
+        return ops, build(ops).tree()
+
+    async def main() -> None:
+        first = volume_log(directory, read_key)
+        await first.load()
+        await take(first, arrival[:split], rng)
+        ops, tree = fold_of(first)
+        assert first.namespace.tree() == tree
+        assert await first.checkpoint(force=True)
+        close(first)
+        # A restart: the checkpoint's tree, and every op read back with the identity the fold gives it.
+        again = volume_log(directory, read_key)
+        await again.load()
+        assert again.restored == "local copy" and again.namespace.tree() == tree
+        assert order_of(await again.history()) == order_of(ops)
+        # What it lacks (entries that waited for an earlier one are fetched again, as from peers).
+        await take(again, [e for e in arrival if e.seq > again.state.head(e.author)], rng)
+        assert again.namespace.tree() == build(op for e, g in made for op in entry_ops(e, g)).tree()
+        close(again)
+
+    trio.run(main)
+    # A snapshot cut anywhere in the total order, even inside a batch: the fold goes on from it.
+    ops = sorted((op for entry, group in made for op in entry_ops(entry, group)), key=lambda o: o.order)
+    cut = rng.randrange(len(ops) + 1)
+    snapshot = open_snapshot(signed(build(ops[:cut])), V)
+    for op in ops[cut:]:
+        snapshot.namespace.apply(op)
+    assert tree_fields(snapshot.namespace) == tree_fields(build(ops))
+
+
+def test_the_local_copy_gives_back_batched_ops_with_the_identities_the_fold_gives_them(tmp_path: Path) -> None:
+    chain = batches.Chain(batches.AUTHORS[0])
+    blob = b"\x0c" * 32
+    single = chain.sign(1 << 16, op=batches.good_op(1))
+    batch = chain.sign(2 << 16, ops=[batches.good_op(2), batches.good_op(3), {"kind": "create", "args": {
+        "parent": ROOT, "name": "f", "node": b"\x0e" * 32}}, {"kind": "write", "args": {"node": b"\x0e" * 32, "content": {
+            "size": 3, "chunk_size": 4, "chunks": [blob], "offsets": [4096]}}}])
+    unread = chain.sign(3 << 16, sealed_ops=bytes(100))
+    store = LogStore(tmp_path, b"\x51" * 32)
+    store.claim(batches.VOLUME_ID, batches.COMMITTEE, None)
+    store.add([single, batch, unread], [(single, entry_ops(single)), (batch, entry_ops(batch)), (unread, None)])
+    back = store.ops({})
+    want = entry_ops(single) + entry_ops(batch)
+    assert [(seq, op.op_id, op.order, op.kind, op.args) for seq, op in back] == [
+        (e.seq, op.op_id, op.order, op.kind, op.args) for e in (single, batch) for op in entry_ops(e)]
+    assert build(op for _, op in back).lookup("f").content.offsets == (4096,)
+    assert [op.op_id for _, op in store.ops({chain.author: 2})] == [want[0].op_id]  # cut at seq 2: counts 1
+    store.close()
+    # A row moved to another place in the batch, or made a single op, no longer passes.
+    for change in ("UPDATE ops SET idx = 7 WHERE idx = 1", "UPDATE ops SET batched = 0 WHERE idx = 2"):
+        copy = tmp_path / change.split()[3]
+        copy.mkdir()
+        (copy / "log.sqlite").write_bytes((tmp_path / "log.sqlite").read_bytes())
+        db = sqlite3.connect(copy / "log.sqlite")
+        with db:
+            db.execute(change)
+        db.close()
+        damaged = LogStore(copy, b"\x51" * 32)
+        with pytest.raises(LocalCopyError):
+            damaged.ops({})
+        damaged.close()
+
+
+async def test_own_batches_reach_the_local_copy_and_a_restart_shows_them(tmp_path: Path) -> None:
+    vlog = volume_log(tmp_path, None)
+    await vlog.load()
+    made = [await vlog.append("mkdir", batches.good_op(k)["args"]) for k in range(30)]
+    assert not await vlog.checkpoint(force=True)  # the open batch's ops are in the tree, in no entry
+    await vlog.flush()
+    made += [await vlog.append("mkdir", batches.good_op(k)["args"]) for k in range(30, 35)]
+    shown = vlog.namespace.tree()
+    close(vlog)  # stopped with a batch open: the next start signs it
+    again = volume_log(tmp_path, None)
+    await again.load()
+    assert again.head == 2 and again.namespace.tree() == shown
+    assert await again.checkpoint(force=True)
+    close(again)
+    third = volume_log(tmp_path, None)
+    await third.load()
+    assert third.restored == "local copy" and third.namespace.tree() == shown
+    assert order_of(await third.history()) == order_of(made)
+    close(third)
