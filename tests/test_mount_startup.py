@@ -154,3 +154,39 @@ def test_hostile_snapshots_are_refused_and_the_log_replayed(vol: MountedVolume) 
     assert status["restored"] is None and status["snapshots_rejected"] == 2, status
     assert files(mount.path) == 40
     mount.stop()
+
+
+def test_files_written_in_batches_and_packed_survive_a_restart_and_a_snapshot(vol: MountedVolume) -> None:
+    """A burst through the mount: batched entries, small files packed (their chunks at offsets in one blob)."""
+    create_volume(vol.config, "burst")
+    os.environ["WALRUSFS_SNAPSHOT_OPS"] = "1"  # a snapshot of whatever the burst signed
+    try:
+        writer = vol.mount("burst-writer", volume="burst")
+    finally:
+        del os.environ["WALRUSFS_SNAPSHOT_OPS"]
+    (writer.path / "many").mkdir()
+    written = {}
+    for k in range(40):
+        written[f"many/f{k}.bin"] = data = os.urandom(300 + 97 * k)
+        (writer.path / f"many/f{k}.bin").write_bytes(data)
+    fsync(writer.path / "many")
+    status = writer.status()
+    assert status["entries_signed"] <= 20 and status["packed_files"] >= 30, status  # 81 ops
+    packed = {name: os.getxattr(writer.path / name, "user.walrus.packed") for name in written
+              if "user.walrus.packed" in os.listxattr(writer.path / name)}
+    assert len(packed) >= 30 and sum(offsets != b"0" for offsets in packed.values()) >= 20  # inside their pack
+    assert wait_for(lambda: writer.status()["log"]["snapshots_made"] >= 1, 40)
+    shown = tree(writer.path)
+    writer.stop()
+    writer.start()
+    fresh = vol.mount("burst-fresh", volume="burst")
+    assert writer.status()["log"]["restored"] == "local copy"
+    assert fresh.status()["log"]["restored"] == "snapshot", fresh.status()["log"]
+    for mount in (writer, fresh):
+        assert tree(mount.path) == shown
+        for name, data in written.items():
+            if name in packed:
+                assert os.getxattr(mount.path / name, "user.walrus.packed") == packed[name], name
+            assert (mount.path / name).read_bytes() == data, name
+    fresh.stop()
+    writer.stop()
