@@ -2,7 +2,8 @@
 
 What a mount would write for a tree of small files (a ``mkdir`` per directory, a ``create``
 and a ``write`` per file), signed by one delegated device on the devnet writer key's grant
-and sealed under the read key for a private volume. Contents are holes (a zero-filled file
+and sealed under the read key for a private volume: one op per entry, or (``batch``) as a
+mount signs a burst, up to that many ops per entry within the mount's ``BATCH_BYTES``. Contents are holes (a zero-filled file
 needs no blob), so millions of bytes of log cost no uploads. Used by the start-up benchmark
 (``benchmarks/mount.py --startup``) and the local-copy tests.
 """
@@ -22,6 +23,7 @@ from p2p.host import running_host
 from p2p.rpc import PeerUnavailable
 from walrusfs.client.members import call_member
 from walrusfs.client.writer import load_key
+from walrusfs.core import wire
 from walrusfs.core.committee import parse_committee
 from walrusfs.core.lifecycle import sponsor
 from walrusfs.core.log import (
@@ -35,9 +37,9 @@ from walrusfs.core.log import (
 )
 from walrusfs.core.messages import LOG_PUSH, entries_within, reply_budget
 from walrusfs.core.namespace import ROOT
-from walrusfs.core.sealing import seal_payload
+from walrusfs.core.sealing import seal_ops, seal_payload
 from walrusfs.identity import read_seed_file
-from walrusfs.mount.volumelog import entry_context
+from walrusfs.mount.volumelog import BATCH_BYTES, entry_context
 
 PUSH_BATCH = 250
 PUSH_RETRIES = 30
@@ -71,6 +73,19 @@ class Device:
         self.prev = entry.id
         return entry
 
+    def sign_batch(self, raws: list[dict[str, Any]]) -> Entry:
+        """The next entry of the chain, carrying a batch of ops (what a mount signs for a burst)."""
+        self.seq += 1
+        self.hlc = next_hlc(self.hlc, int(time.time() * 1000))
+        payload = dict(self.base)
+        if self.read_key is None:
+            payload["ops"] = raws
+        else:
+            payload["sealed_ops"] = seal_ops(self.read_key, self.volume, raws, entry_context(self.author, self.seq))
+        entry = sign_entry(self.key, self.seq, self.prev, self.hlc, NAMESPACE, payload)
+        self.prev = entry.id
+        return entry
+
 
 def tree_ops(files: int, directories: int, prefix: str = "d") -> Iterator[tuple[str, dict[str, Any]]]:
     """The ops of ``files`` small files spread over ``directories`` directories under the root."""
@@ -100,11 +115,26 @@ def volume_keys(config: Path, name: str) -> tuple[SigningKey, bytes | None]:
 
 
 def sign_tree(config: Path, name: str, committee_path: Path, files: int, directories: int,
-              prefix: str = "d") -> list[Entry]:
-    """One new device's chain holding a tree of ``files`` files (see ``tree_ops``)."""
+              prefix: str = "d", batch: int = 1) -> list[Entry]:
+    """One new device's chain holding a tree of ``files`` files (see ``tree_ops``), ``batch`` ops an entry at most."""
     volume_key, read_key = volume_keys(config, name)
     device = Device(volume_key, load_key(committee_path.parent / "writer.key"), read_key)
-    return [device.sign(kind, args) for kind, args in tree_ops(files, directories, prefix)]
+    if batch <= 1:
+        return [device.sign(kind, args) for kind, args in tree_ops(files, directories, prefix)]
+    entries: list[Entry] = []
+    raws: list[dict[str, Any]] = []
+    size = 0
+    for kind, args in tree_ops(files, directories, prefix):
+        raw = {"kind": kind, "args": args}
+        encoded = len(wire.encode({"v": wire.WIRE_VERSION, **raw}))
+        if raws and (len(raws) >= batch or size + encoded > BATCH_BYTES):  # where a mount cuts its batch
+            entries.append(device.sign_batch(raws))
+            raws, size = [], 0
+        raws.append(raw)
+        size += encoded
+    if raws:
+        entries.append(device.sign_batch(raws))
+    return entries
 
 
 async def push(committee_path: Path, entries: Sequence[Entry]) -> None:
@@ -163,8 +193,8 @@ async def publish_snapshot(committee_path: Path, config: Path, name: str, data: 
 
 
 def seed_volume(config: Path, name: str, committee_path: Path, files: int, directories: int,
-                prefix: str = "d") -> int:
-    """Sign a tree of ``files`` files into volume ``name`` and push it to every peer; how many entries."""
-    entries = sign_tree(config, name, committee_path, files, directories, prefix)
+                prefix: str = "d", batch: int = 1) -> int:
+    """Sign a tree of ``files`` files into volume ``name`` (``batch`` ops an entry at most) and push it to every peer; how many entries."""
+    entries = sign_tree(config, name, committee_path, files, directories, prefix, batch)
     trio.run(push, committee_path, entries)
     return len(entries)
