@@ -424,8 +424,9 @@ def test_grant_commands_with_a_stalled_peer_take_about_as_long(vol: MountedVolum
         os.kill(pid, signal.SIGCONT)
     print(f"grant create/list/revoke: all peers up {[round(t, 1) for t in up]} s; "
           f"peer 3 stopped {[round(t, 1) for t in stalled]} s")
-    # The stalled peer costs a hedge or a short grace, never a whole timeout.
-    assert all(s < 2 * u + 2 for s, u in zip(stalled, up))
+    # The stalled peer costs a hedge or a short grace (2 s each), never a whole timeout (30 s
+    # to deliver, 60 s for the log). The slack is for load: CI saw 5.0 s against 1.5 s up.
+    assert all(s < 2 * u + 5 for s, u in zip(stalled, up)), (up, stalled)
     listed = json.loads(walrusfs("grant", "list", "--json", committee=vol.net.committee, check=True).stdout)
     revoked = {r["key"] for r in listed["revocations"]}
     assert set(publics) <= revoked
