@@ -25,6 +25,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 #: The page is rendered at most this often; requests in between get the last rendering.
 RENDER_INTERVAL = 1.0
@@ -61,6 +62,22 @@ def new_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     return registry
+
+
+class ScrapeCollector(Collector):
+    """Figures read at scrape time, in the metrics server's thread (subclasses define ``collect``)."""
+
+    def describe(self) -> list[Any]:
+        """Nothing up front: the registry then never calls ``collect`` outside a scrape."""
+        return []
+
+
+def replace_collector(registry: CollectorRegistry, old: Collector | None, new: Collector) -> Collector:
+    """Register ``new`` in ``registry`` in place of ``old`` (if any), and return it."""
+    if old is not None:
+        registry.unregister(old)
+    registry.register(new)
+    return new
 
 
 class _Page:

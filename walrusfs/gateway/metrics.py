@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..metrics import new_registry
+from ..metrics import ScrapeCollector, new_registry, replace_collector
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -45,10 +45,7 @@ class GatewayMetrics:
 
     def wrap(self, app: Gateway) -> Any:
         """``app`` as an ASGI app whose HTTP exchanges are counted (and its in-flight figures reported)."""
-        if self._collector is not None:
-            self.registry.unregister(self._collector)
-        self._collector = _GatewayCollector(app)
-        self.registry.register(self._collector)
+        self._collector = replace_collector(self.registry, self._collector, _GatewayCollector(app))
         routes = [(route.template, route.pattern) for route in app.routes]
 
         def route_of(path: str) -> str:
@@ -91,15 +88,11 @@ class GatewayMetrics:
         return counted
 
 
-class _GatewayCollector(Collector):
+class _GatewayCollector(ScrapeCollector):
     """The gateway's in-flight figures, read at scrape time."""
 
     def __init__(self, app: Gateway) -> None:
         self.app = app
-
-    def describe(self) -> list[Any]:
-        """Nothing up front: the registry then never calls ``collect`` outside a scrape."""
-        return []
 
     def collect(self) -> Iterator[Any]:
         """The gauges, as metric families."""

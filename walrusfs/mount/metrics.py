@@ -15,7 +15,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..metrics import new_registry
+from ..metrics import ScrapeCollector, new_registry, replace_collector
 
 if TYPE_CHECKING:
     from .contents import Contents
@@ -60,21 +60,14 @@ class MountMetrics:
 
     def watch(self, contents: Contents) -> None:
         """Also report ``contents``' pending uploads and cache size."""
-        if self._collector is not None:
-            self.registry.unregister(self._collector)
-        self._collector = _MountCollector(contents)
-        self.registry.register(self._collector)
+        self._collector = replace_collector(self.registry, self._collector, _MountCollector(contents))
 
 
-class _MountCollector(Collector):
+class _MountCollector(ScrapeCollector):
     """Reads a mount's gauges at scrape time (in the metrics server's thread)."""
 
     def __init__(self, contents: Contents) -> None:
         self.contents = contents
-
-    def describe(self) -> list[Any]:
-        """Nothing up front: the registry then never calls ``collect`` outside a scrape."""
-        return []
 
     def collect(self) -> Iterator[Any]:
         """The gauges, as metric families."""

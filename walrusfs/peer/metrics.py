@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from ..core import messages as m
 from ..core.wire import decode
-from ..metrics import new_registry
+from ..metrics import ScrapeCollector, new_registry, replace_collector
 
 if TYPE_CHECKING:
     from .service import PeerService
@@ -75,10 +75,7 @@ class PeerMetrics:
 
     def watch(self, service: PeerService) -> None:
         """Also report ``service``'s storage, healing, scrubbing, log and challenge figures."""
-        if self._collector is not None:
-            self.registry.unregister(self._collector)
-        self._collector = _PeerCollector(service)
-        self.registry.register(self._collector)
+        self._collector = replace_collector(self.registry, self._collector, _PeerCollector(service))
 
 
 def _counter(name: str, documentation: str, value: float, labels: dict[str, str] | None = None) -> CounterMetricFamily:
@@ -97,15 +94,11 @@ def _by(family: CounterMetricFamily | GaugeMetricFamily, values: dict[str, int])
     return family
 
 
-class _PeerCollector(Collector):
+class _PeerCollector(ScrapeCollector):
     """Reads a running peer's figures at scrape time (in the metrics server's thread)."""
 
     def __init__(self, service: PeerService) -> None:
         self.service = service
-
-    def describe(self) -> list[Any]:
-        """Nothing up front: the registry then never calls ``collect`` outside a scrape."""
-        return []
 
     def collect(self) -> Iterator[Any]:
         """Every figure, as metric families."""
