@@ -486,8 +486,8 @@ class WalrusFS(pyfuse3.Operations):
             # it as it was, and a stamp of our own would publish a time the writer never saw.
             await self.contents.truncate(node, attr.st_size, stamp=False)
         if fields.update_mtime and node.kind == FILE and node.node_id in self.contents.staged:
-            # After the truncation, which stamps its own time: the kernel's time (a truncate
-            # in writeback mode sends the one it shows) or the caller's is the file's.
+            # After the truncation (which keeps the staged time): the kernel's time (a truncate
+            # in writeback mode that changed it sends the one it shows) or the caller's is the file's.
             self.contents.staged[node.node_id].mtime_ns = attr.st_mtime_ns
         if fields.update_size and fh is None:
             await self.contents.commit(node.node_id)
